@@ -1,0 +1,218 @@
+//! The Phase 2 key grammar of DESIGN §1 as plain functions over strings.
+//!
+//! Ids that would make a key ambiguous (an empty id, or one containing `:`)
+//! are not ours to interpret: such keys classify as unknown and are never
+//! written, which is the safe reading of "never touch a key you did not fully
+//! understand".
+
+/// The exchanges of the trading platform, in the order DESIGN §1 lists them.
+pub const DEFAULT_EXCHANGES: [&str; 5] = ["okx", "binance", "bitget", "upbit", "bybit"];
+
+/// TTL of a Phase 2 backup key: 7 days.
+pub const BACKUP_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// Hash fields the migration adds to every position hash.
+pub const META_MIGRATED_AT: &str = "migrated_at";
+pub const META_MIGRATED_FROM: &str = "migrated_from";
+
+/// A legacy grid positions key, `{exchange}:positions:{user_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LegacyPositionsKey {
+    pub exchange: String,
+    pub user_id: String,
+}
+
+/// A well-formed id segment: non-empty and free of the `:` separator.
+pub fn is_id_segment(s: &str) -> bool {
+    !s.is_empty() && !s.contains(':')
+}
+
+impl LegacyPositionsKey {
+    /// Parses `{exchange}:positions:{user_id}` for one of `exchanges`.
+    /// Backup keys (`...:backup:...`) and keys whose user id holds a `:`
+    /// never parse, so they are never migrated.
+    pub fn parse<S: AsRef<str>>(key: &str, exchanges: &[S]) -> Option<Self> {
+        let (exchange, rest) = key.split_once(":positions:")?;
+        if !exchanges.iter().any(|e| e.as_ref() == exchange) || !is_id_segment(exchange) {
+            return None;
+        }
+        is_id_segment(rest).then(|| Self {
+            exchange: exchange.to_owned(),
+            user_id: rest.to_owned(),
+        })
+    }
+
+    pub fn key(&self) -> String {
+        format!("{}:positions:{}", self.exchange, self.user_id)
+    }
+
+    /// `{legacy key}:backup:{stamp}`.
+    pub fn backup_key(&self, stamp: &str) -> String {
+        format!("{}:backup:{}", self.key(), stamp)
+    }
+
+    /// `positions:index:{user_id}:{exchange}`.
+    pub fn index_key(&self) -> String {
+        format!("positions:index:{}:{}", self.user_id, self.exchange)
+    }
+
+    /// `positions:{user_id}:{exchange}:{inst_id}:{side}`.
+    pub fn position_key(&self, index_member: &str) -> String {
+        format!(
+            "positions:{}:{}:{}",
+            self.user_id, self.exchange, index_member
+        )
+    }
+}
+
+/// A backup key `{exchange}:positions:{user_id}:backup:{stamp}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupKey {
+    pub legacy: LegacyPositionsKey,
+    pub stamp: String,
+}
+
+impl BackupKey {
+    pub fn parse<S: AsRef<str>>(key: &str, exchanges: &[S]) -> Option<Self> {
+        let (legacy, stamp) = key.rsplit_once(":backup:")?;
+        let legacy = LegacyPositionsKey::parse(legacy, exchanges)?;
+        is_backup_stamp(stamp).then(|| Self {
+            legacy,
+            stamp: stamp.to_owned(),
+        })
+    }
+}
+
+/// `YYYYMMDD_HHMMSS`.
+pub fn is_backup_stamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 15
+        && b[8] == b'_'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 8 || c.is_ascii_digit())
+}
+
+/// A position hash key `positions:{user_id}:{exchange}:{inst_id}:{side}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PositionHashKey {
+    pub user_id: String,
+    pub exchange: String,
+    pub inst_id: String,
+    pub side: String,
+}
+
+impl PositionHashKey {
+    pub fn parse<S: AsRef<str>>(key: &str, exchanges: &[S]) -> Option<Self> {
+        let rest = key.strip_prefix("positions:")?;
+        let parts: Vec<&str> = rest.split(':').collect();
+        let [user_id, exchange, inst_id, side] = parts.as_slice() else {
+            return None;
+        };
+        let known = exchanges.iter().any(|e| e.as_ref() == *exchange);
+        (known
+            && [user_id, exchange, inst_id].iter().all(|s| !s.is_empty())
+            && (*side == "long" || *side == "short"))
+            .then(|| Self {
+                user_id: (*user_id).to_owned(),
+                exchange: (*exchange).to_owned(),
+                inst_id: (*inst_id).to_owned(),
+                side: (*side).to_owned(),
+            })
+    }
+
+    pub fn index_key(&self) -> String {
+        format!("positions:index:{}:{}", self.user_id, self.exchange)
+    }
+
+    pub fn index_member(&self) -> String {
+        format!("{}:{}", self.inst_id, self.side)
+    }
+}
+
+/// An index set key `positions:index:{user_id}:{exchange}`.
+pub fn parse_index_key<S: AsRef<str>>(key: &str, exchanges: &[S]) -> Option<(String, String)> {
+    let rest = key.strip_prefix("positions:index:")?;
+    let (user_id, exchange) = rest.split_once(':')?;
+    (is_id_segment(user_id)
+        && is_id_segment(exchange)
+        && exchanges.iter().any(|e| e.as_ref() == exchange))
+    .then(|| (user_id.to_owned(), exchange.to_owned()))
+}
+
+/// Escapes Redis glob metacharacters so an id matches only itself in a SCAN
+/// MATCH pattern.
+pub fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EX: [&str; 5] = DEFAULT_EXCHANGES;
+
+    #[test]
+    fn legacy_key_parses_known_exchange_only() {
+        let k = LegacyPositionsKey::parse("okx:positions:42", &EX).unwrap();
+        assert_eq!((k.exchange.as_str(), k.user_id.as_str()), ("okx", "42"));
+        assert_eq!(k.key(), "okx:positions:42");
+        assert!(LegacyPositionsKey::parse("kraken:positions:42", &EX).is_none());
+        assert!(LegacyPositionsKey::parse("okx:positions:", &EX).is_none());
+    }
+
+    #[test]
+    fn backup_keys_are_never_legacy_keys() {
+        let key = "okx:positions:42:backup:20250101_000000";
+        assert!(LegacyPositionsKey::parse(key, &EX).is_none());
+        let b = BackupKey::parse(key, &EX).unwrap();
+        assert_eq!(b.legacy.user_id, "42");
+        assert_eq!(b.stamp, "20250101_000000");
+        assert!(BackupKey::parse("okx:positions:42:backup:today", &EX).is_none());
+    }
+
+    #[test]
+    fn user_id_with_separator_is_unknown() {
+        assert!(LegacyPositionsKey::parse("okx:positions:a:b", &EX).is_none());
+    }
+
+    #[test]
+    fn new_keys_follow_design() {
+        let k = LegacyPositionsKey::parse("bybit:positions:u*1", &EX).unwrap();
+        assert_eq!(k.index_key(), "positions:index:u*1:bybit");
+        assert_eq!(
+            k.position_key("BTC-USDT-SWAP:long"),
+            "positions:u*1:bybit:BTC-USDT-SWAP:long"
+        );
+        assert_eq!(
+            k.backup_key("20261128_010203"),
+            "bybit:positions:u*1:backup:20261128_010203"
+        );
+    }
+
+    #[test]
+    fn position_hash_key_round_trips() {
+        let k = PositionHashKey::parse("positions:7:okx:ETH-USDT-SWAP:short", &EX).unwrap();
+        assert_eq!(k.index_key(), "positions:index:7:okx");
+        assert_eq!(k.index_member(), "ETH-USDT-SWAP:short");
+        assert!(PositionHashKey::parse("positions:index:7:okx", &EX).is_none());
+        assert!(PositionHashKey::parse("positions:7:okx:ETH:net", &EX).is_none());
+        assert_eq!(
+            parse_index_key("positions:index:7:okx", &EX),
+            Some(("7".into(), "okx".into()))
+        );
+    }
+
+    #[test]
+    fn glob_metacharacters_are_escaped() {
+        assert_eq!(escape_glob(r"a*b?c[d]e\f"), r"a\*b\?c\[d\]e\\f");
+        assert_eq!(escape_glob("plain"), "plain");
+    }
+}
