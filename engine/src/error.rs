@@ -1,0 +1,34 @@
+//! The engine's one error type. Each variant says what failed and what the
+//! operator should do next; the binary maps variants to exit codes.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("cannot reach Redis at {url}: {source}. Check the URL, that the server is up, and credentials (REDIS_URL / --redis)")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("Redis command failed during {during}: {source}. Nothing after this point was written; rerun the same command to continue")]
+    Redis {
+        during: &'static str,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("invalid Redis URL: {0}")]
+    BadUrl(String),
+    #[error("no grid-positions run is recorded in the journal on this server: run `keyshift migrate grid-positions` first")]
+    NoRun,
+    #[error("journal record {key} is unreadable ({detail}); it was not written by this version of keyshift. Inspect it before deleting anything")]
+    BadJournal { key: String, detail: String },
+}
+
+impl EngineError {
+    pub fn redis(during: &'static str) -> impl FnOnce(redis::RedisError) -> EngineError {
+        move |source| EngineError::Redis { during, source }
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,412 @@
+//! The Phase 2 runner: SCAN -> read -> plan -> write, batched and pipelined,
+//! over any [`GridPositionsStore`]. It never spawns: batches overlap as
+//! futures on the caller's task, so Redis works on one batch while the next
+//! is planned.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::journal::{outcomes_key, Outcome, RunRecord, RunState};
+use crate::keys::{escape_glob, LegacyPositionsKey, BACKUP_TTL_SECS};
+use crate::plan::{plan_value, PlanOptions, QuarantineReason, UserPlan};
+use crate::store::{GridPositionsStore, PositionWrite, RunContext, UserWrite, WriteOutcome};
+
+pub const MIGRATION: &str = "grid-positions";
+
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    pub exchanges: Vec<String>,
+    pub dry_run: bool,
+    pub skip_closed: bool,
+    /// SCAN COUNT per step.
+    pub scan_count: usize,
+    /// Batches in flight at once.
+    pub in_flight: usize,
+    /// How often a user whose legacy key keeps changing under a writer is
+    /// read and planned again before it is reported as a conflict.
+    pub max_retries: usize,
+    /// How many sample old -> new key mappings a report keeps.
+    pub samples: usize,
+}
+
+impl MigrateOptions {
+    pub fn new(exchanges: Vec<String>) -> Self {
+        Self {
+            exchanges,
+            dry_run: false,
+            skip_closed: false,
+            scan_count: 1000,
+            in_flight: 4,
+            max_retries: 5,
+            samples: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub legacy_keys_found: usize,
+    pub keys_migrated: usize,
+    pub keys_quarantined: usize,
+    pub keys_conflicting: usize,
+    /// Keys that disappeared between SCAN and read (expired, deleted).
+    pub keys_vanished: usize,
+    pub positions_found: usize,
+    pub positions_migrated: usize,
+    pub positions_skipped_closed: usize,
+    pub positions_quarantined: usize,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.legacy_keys_found += o.legacy_keys_found;
+        self.keys_migrated += o.keys_migrated;
+        self.keys_quarantined += o.keys_quarantined;
+        self.keys_conflicting += o.keys_conflicting;
+        self.keys_vanished += o.keys_vanished;
+        self.positions_found += o.positions_found;
+        self.positions_migrated += o.positions_migrated;
+        self.positions_skipped_closed += o.positions_skipped_closed;
+        self.positions_quarantined += o.positions_quarantined;
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub key: String,
+    pub reason: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeySample {
+    pub legacy: String,
+    pub backup: String,
+    pub index: String,
+    pub hashes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationReport {
+    pub migration: &'static str,
+    pub run_id: Option<String>,
+    pub stamp: String,
+    pub dry_run: bool,
+    pub skip_closed: bool,
+    pub exchanges: Vec<String>,
+    pub totals: Counts,
+    pub per_exchange: BTreeMap<String, Counts>,
+    pub samples: Vec<KeySample>,
+    pub quarantined: Vec<Finding>,
+    pub conflicts: Vec<Finding>,
+    pub elapsed_ms: u128,
+}
+
+impl MigrationReport {
+    /// DESIGN §6: exit 3 when the run completed but left keys for review.
+    pub fn needs_review(&self) -> bool {
+        !self.quarantined.is_empty() || !self.conflicts.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct BatchResult {
+    per_exchange: BTreeMap<String, Counts>,
+    samples: Vec<KeySample>,
+    quarantined: Vec<Finding>,
+    conflicts: Vec<Finding>,
+    scanned: usize,
+}
+
+/// Runs Phase 2. `progress` is called with the number of keys each SCAN step
+/// returned.
+pub async fn migrate_grid_positions<S: GridPositionsStore>(
+    store: &S,
+    opts: &MigrateOptions,
+    progress: &dyn Fn(usize),
+) -> Result<MigrationReport> {
+    let started = Instant::now();
+    let now = chrono::Utc::now();
+    let stamp = now.format("%Y%m%d_%H%M%S").to_string();
+    let run_id = format!("{MIGRATION}-{stamp}-{:04x}", now.timestamp_subsec_nanos() & 0xffff);
+    let mut record = RunRecord {
+        run_id: run_id.clone(),
+        migration: MIGRATION.to_owned(),
+        stamp: stamp.clone(),
+        state: RunState::Running,
+        started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        started_ms: now.timestamp_millis(),
+        finished_at: None,
+        skip_closed: opts.skip_closed,
+        exchanges: opts.exchanges.clone(),
+        counts: None,
+        error: None,
+    };
+    if !opts.dry_run {
+        store.save_run(&record).await?;
+    }
+    let ctx = RunContext {
+        outcomes_key: outcomes_key(&run_id),
+        migrated_at: record.started_at.clone(),
+        backup_ttl_secs: BACKUP_TTL_SECS,
+    };
+    let result = run_batches(store, opts, &ctx, &stamp, progress).await;
+    let finished = chrono::Utc::now();
+    record.finished_at = Some(finished.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let mut report = MigrationReport {
+        migration: MIGRATION,
+        run_id: (!opts.dry_run).then_some(run_id),
+        stamp,
+        dry_run: opts.dry_run,
+        skip_closed: opts.skip_closed,
+        exchanges: opts.exchanges.clone(),
+        totals: Counts::default(),
+        per_exchange: BTreeMap::new(),
+        samples: Vec::new(),
+        quarantined: Vec::new(),
+        conflicts: Vec::new(),
+        elapsed_ms: 0,
+    };
+    match result {
+        Ok(batch) => {
+            for counts in batch.per_exchange.values() {
+                report.totals.add(counts);
+            }
+            report.per_exchange = batch.per_exchange;
+            report.samples = batch.samples;
+            report.quarantined = batch.quarantined;
+            report.conflicts = batch.conflicts;
+            report.quarantined.sort_by(|a, b| a.key.cmp(&b.key));
+            report.conflicts.sort_by(|a, b| a.key.cmp(&b.key));
+            report.elapsed_ms = started.elapsed().as_millis();
+            if !opts.dry_run {
+                record.state = RunState::Done;
+                record.counts = Some(serde_json::to_value(&report.totals).expect("counts serialise"));
+                store.save_run(&record).await?;
+            }
+            Ok(report)
+        }
+        Err(e) => {
+            if !opts.dry_run {
+                record.state = RunState::Failed;
+                record.error = Some(e.to_string());
+                // The original error matters more than a failure to record it.
+                let _ = store.save_run(&record).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn run_batches<S: GridPositionsStore>(
+    store: &S,
+    opts: &MigrateOptions,
+    ctx: &RunContext,
+    stamp: &str,
+    progress: &dyn Fn(usize),
+) -> Result<BatchResult> {
+    // One SCAN for all exchanges: MATCH runs server-side, and each key is
+    // then parsed against the exchange list, so backups and ids with `:`
+    // are dropped here rather than by a looser pattern.
+    let pattern = match opts.exchanges.as_slice() {
+        [one] => format!("{}:positions:*", escape_glob(one)),
+        _ => "*:positions:*".to_owned(),
+    };
+    let mut total = BatchResult::default();
+    let mut in_flight = FuturesUnordered::new();
+    let mut cursor = 0u64;
+    let mut scan_done = false;
+    loop {
+        while !scan_done && in_flight.len() < opts.in_flight.max(1) {
+            let (next, keys) = store.scan(cursor, &pattern, opts.scan_count).await?;
+            progress(keys.len());
+            cursor = next;
+            scan_done = cursor == 0;
+            in_flight.push(process_batch(store, opts, ctx, stamp, keys));
+        }
+        match in_flight.next().await {
+            Some(batch) => merge(&mut total, batch?, opts.samples),
+            None if scan_done => break,
+            None => {}
+        }
+    }
+    Ok(total)
+}
+
+fn merge(total: &mut BatchResult, batch: BatchResult, max_samples: usize) {
+    for (ex, counts) in batch.per_exchange {
+        total.per_exchange.entry(ex).or_default().add(&counts);
+    }
+    let room = max_samples.saturating_sub(total.samples.len());
+    total.samples.extend(batch.samples.into_iter().take(room));
+    total.quarantined.extend(batch.quarantined);
+    total.conflicts.extend(batch.conflicts);
+    total.scanned += batch.scanned;
+}
+
+async fn process_batch<S: GridPositionsStore>(
+    store: &S,
+    opts: &MigrateOptions,
+    ctx: &RunContext,
+    stamp: &str,
+    scanned: Vec<String>,
+) -> Result<BatchResult> {
+    let mut result = BatchResult {
+        scanned: scanned.len(),
+        ..BatchResult::default()
+    };
+    let mut pending: Vec<(LegacyPositionsKey, String)> = scanned
+        .into_iter()
+        .filter_map(|k| LegacyPositionsKey::parse(&k, &opts.exchanges).map(|p| (p, k)))
+        .collect();
+    for (legacy, _) in &pending {
+        result.per_exchange.entry(legacy.exchange.clone()).or_default();
+    }
+    let plan_opts = PlanOptions {
+        skip_closed: opts.skip_closed,
+    };
+    let mut attempt = 0;
+    while !pending.is_empty() {
+        attempt += 1;
+        let keys: Vec<String> = pending.iter().map(|(_, k)| k.clone()).collect();
+        let reads = store.read_legacy(&keys).await?;
+        let mut writes = Vec::new();
+        let mut planned = Vec::new();
+        let mut journal = Vec::new();
+        for ((legacy, key), read) in pending.drain(..).zip(reads) {
+            let counts = result.per_exchange.get_mut(&legacy.exchange).expect("entry");
+            let value = match (read.redis_type.as_str(), read.value) {
+                ("none", _) => {
+                    counts.keys_vanished += (attempt == 1) as usize;
+                    continue;
+                }
+                ("string", Some(v)) => v,
+                (other, _) => {
+                    let reason = QuarantineReason::NotAString {
+                        redis_type: other.to_owned(),
+                    };
+                    quarantine(&mut result.quarantined, &mut journal, counts, key, reason, 0, attempt);
+                    continue;
+                }
+            };
+            match plan_value(&value, plan_opts) {
+                UserPlan::Quarantine { reason, positions } => {
+                    quarantine(&mut result.quarantined, &mut journal, counts, key, reason, positions, attempt)
+                }
+                UserPlan::Migrate(plan) => {
+                    let write = UserWrite {
+                        backup_key: legacy.backup_key(stamp),
+                        index_key: legacy.index_key(),
+                        positions: plan
+                            .positions
+                            .into_iter()
+                            .map(|p| {
+                                let member = p.index_member();
+                                PositionWrite {
+                                    key: legacy.position_key(&member),
+                                    member,
+                                    fields: p.fields,
+                                }
+                            })
+                            .collect(),
+                        skipped_closed: plan.skipped_closed,
+                        legacy_key: key.clone(),
+                        expected: value,
+                    };
+                    planned.push((legacy, key));
+                    writes.push(write);
+                }
+            }
+        }
+        let outcomes = if opts.dry_run {
+            vec![WriteOutcome::Migrated { pttl_ms: -1 }; writes.len()]
+        } else {
+            store.migrate_users(ctx, &writes).await?
+        };
+        for ((legacy, key), (write, outcome)) in planned.into_iter().zip(writes.into_iter().zip(outcomes)) {
+            let counts = result.per_exchange.get_mut(&legacy.exchange).expect("entry");
+            match outcome {
+                WriteOutcome::Migrated { .. } => {
+                    let n = write.positions.len();
+                    counts.legacy_keys_found += 1;
+                    counts.keys_migrated += 1;
+                    counts.positions_found += n + write.skipped_closed;
+                    counts.positions_migrated += n;
+                    counts.positions_skipped_closed += write.skipped_closed;
+                    if result.samples.len() < opts.samples {
+                        result.samples.push(KeySample {
+                            legacy: key,
+                            backup: write.backup_key,
+                            index: write.index_key,
+                            hashes: write.positions.into_iter().map(|p| p.key).collect(),
+                        });
+                    }
+                }
+                WriteOutcome::Changed if attempt <= opts.max_retries => pending.push((legacy, key)),
+                WriteOutcome::Changed => {
+                    counts.legacy_keys_found += 1;
+                    counts.keys_conflicting += 1;
+                    let detail = format!("the key changed under a writer {attempt} times in a row; rerun to retry");
+                    record_conflict(&mut result.conflicts, &mut journal, key.clone(), key, detail);
+                }
+                WriteOutcome::Conflict { key: existing } => {
+                    counts.legacy_keys_found += 1;
+                    counts.keys_conflicting += 1;
+                    let detail = format!("{existing} already exists; nothing was written for this user");
+                    record_conflict(&mut result.conflicts, &mut journal, key, existing, detail);
+                }
+            }
+        }
+        if !opts.dry_run {
+            store.record_outcomes(ctx, &journal).await?;
+        }
+    }
+    Ok(result)
+}
+
+fn quarantine(
+    findings: &mut Vec<Finding>,
+    journal: &mut Vec<(String, String)>,
+    counts: &mut Counts,
+    key: String,
+    reason: QuarantineReason,
+    positions: usize,
+    attempt: usize,
+) {
+    // A key re-read after a race is counted once, in its final state.
+    let _ = attempt;
+    counts.legacy_keys_found += 1;
+    counts.keys_quarantined += 1;
+    counts.positions_found += positions;
+    counts.positions_quarantined += positions;
+    let outcome = Outcome::Quarantined {
+        reason: reason.tag().to_owned(),
+        detail: reason.to_string(),
+    };
+    journal.push((key.clone(), serde_json::to_string(&outcome).expect("outcome serialises")));
+    findings.push(Finding {
+        key,
+        reason: reason.tag().to_owned(),
+        detail: reason.to_string(),
+    });
+}
+
+fn record_conflict(
+    findings: &mut Vec<Finding>,
+    journal: &mut Vec<(String, String)>,
+    legacy_key: String,
+    existing: String,
+    detail: String,
+) {
+    let outcome = Outcome::Conflict { key: existing };
+    journal.push((legacy_key.clone(), serde_json::to_string(&outcome).expect("outcome serialises")));
+    findings.push(Finding {
+        key: legacy_key,
+        reason: "conflict".into(),
+        detail,
+    });
+}

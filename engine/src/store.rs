@@ -1,0 +1,75 @@
+//! The one seam between the Phase 2 engine and a Redis deployment. The
+//! runner speaks only this trait, so a standalone server, a cluster and a
+//! test double are implementations, not branches.
+
+use crate::error::Result;
+use crate::journal::RunRecord;
+
+/// A legacy key as read in one batch.
+#[derive(Debug, Clone)]
+pub struct LegacyRead {
+    pub key: String,
+    /// Redis TYPE reply: `string`, `hash`, ..., or `none` when the key vanished.
+    pub redis_type: String,
+    /// The value, for string keys.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Everything one user's atomic migration writes.
+#[derive(Debug, Clone)]
+pub struct UserWrite {
+    pub legacy_key: String,
+    /// The legacy value the plan was made from; the write happens only if
+    /// the key still holds exactly this, so a concurrent writer never loses
+    /// an update.
+    pub expected: Vec<u8>,
+    pub backup_key: String,
+    pub index_key: String,
+    /// One entry per position: key, index member, fields (metadata excluded).
+    pub positions: Vec<PositionWrite>,
+    pub skipped_closed: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct PositionWrite {
+    pub key: String,
+    pub member: String,
+    pub fields: Vec<(String, String)>,
+}
+
+/// What the write of one user did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Written; `pttl_ms` is the legacy TTL carried over (-1: none).
+    Migrated { pttl_ms: i64 },
+    /// The legacy key changed since it was read: read and plan again.
+    Changed,
+    /// A key the migration would create already exists; nothing was written.
+    Conflict { key: String },
+}
+
+/// Per-batch context of a run.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// Hash field name -> outcome JSON lives at this key.
+    pub outcomes_key: String,
+    pub migrated_at: String,
+    pub backup_ttl_secs: u64,
+}
+
+#[allow(async_fn_in_trait)]
+pub trait GridPositionsStore {
+    /// One SCAN step over the keys matching `pattern` (already glob-escaped).
+    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)>;
+    /// Reads the type and (for strings) the value of each key, in order.
+    async fn read_legacy(&self, keys: &[String]) -> Result<Vec<LegacyRead>>;
+    /// Applies each user's migration atomically with respect to writers of
+    /// its legacy key; outcomes in input order.
+    async fn migrate_users(&self, ctx: &RunContext, users: &[UserWrite]) -> Result<Vec<WriteOutcome>>;
+    /// Records outcomes that involved no migration write (quarantine, conflict).
+    async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()>;
+    /// Creates or updates a run record.
+    async fn save_run(&self, run: &RunRecord) -> Result<()>;
+    /// Estimated total keys, for progress.
+    async fn key_count(&self) -> Result<u64>;
+}

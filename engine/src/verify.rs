@@ -1,0 +1,409 @@
+//! `verify grid-positions`: checks the counts, index, fields, backup and ttl
+//! invariants of DESIGN §4 on a live server after a migration, using the
+//! run's backups (found through the journal) as the record of what was
+//! there. Reads only.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use redis::aio::ConnectionLike;
+use serde::Serialize;
+
+use crate::error::{EngineError, Result};
+use crate::invariant::InvariantResult;
+use crate::journal::{outcomes_key, run_key, runs_key, Outcome, RunRecord};
+use crate::keys::{
+    parse_index_key, LegacyPositionsKey, PositionHashKey, BACKUP_TTL_SECS, META_MIGRATED_AT,
+    META_MIGRATED_FROM,
+};
+use crate::migrate::MIGRATION;
+use crate::plan::{plan_value, PlanOptions, UserPlan};
+
+/// How far a carried-over TTL may drift from the legacy TTL (ms), beyond
+/// the time elapsed since the write.
+pub const TTL_TOLERANCE_MS: i64 = 2_000;
+const BATCH: usize = 500;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub migration: &'static str,
+    pub run_id: String,
+    pub stamp: String,
+    pub invariants: Vec<InvariantResult>,
+}
+
+impl VerifyReport {
+    pub fn passed(&self) -> bool {
+        self.invariants.iter().all(|i| i.passed)
+    }
+}
+
+/// The latest run of `grid-positions` recorded on this server.
+pub async fn latest_run<C: ConnectionLike + Clone + Send>(conn: &C) -> Result<RunRecord> {
+    let mut c = conn.clone();
+    let ids: Vec<String> = redis::cmd("ZREVRANGE")
+        .arg(runs_key(MIGRATION))
+        .arg(0)
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .map_err(EngineError::redis("reading the journal"))?;
+    let id = ids.into_iter().next().ok_or(EngineError::NoRun)?;
+    read_run(conn, &id).await
+}
+
+pub async fn read_run<C: ConnectionLike + Clone + Send>(conn: &C, run_id: &str) -> Result<RunRecord> {
+    let mut c = conn.clone();
+    let key = run_key(run_id);
+    let json: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .map_err(EngineError::redis("reading the journal"))?;
+    let json = json.ok_or(EngineError::NoRun)?;
+    serde_json::from_str(&json).map_err(|e| EngineError::BadJournal {
+        key,
+        detail: e.to_string(),
+    })
+}
+
+struct Checks {
+    counts: InvariantResult,
+    index: InvariantResult,
+    fields: InvariantResult,
+    backup: InvariantResult,
+    ttl: InvariantResult,
+}
+
+pub async fn verify_grid_positions<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    run: &RunRecord,
+    progress: &dyn Fn(usize),
+) -> Result<VerifyReport> {
+    let mut checks = Checks {
+        counts: InvariantResult::new(
+            "counts",
+            "legacy positions found = migrated + skipped by a declared rule + quarantined, per user and in total; no migrated legacy key has reappeared",
+        ),
+        index: InvariantResult::new(
+            "index",
+            "every index member has its hash; every position hash is in its index",
+        ),
+        fields: InvariantResult::new("fields", "each hash equals its legacy object plus migrated_at/migrated_from"),
+        backup: InvariantResult::new("backup", "each migrated legacy key has one backup of this run with TTL in (0, 7 days]"),
+        ttl: InvariantResult::new("ttl", "legacy TTLs carried over to every new key within tolerance"),
+    };
+    let opts = PlanOptions {
+        skip_closed: run.skip_closed,
+    };
+    let mut totals = (0usize, 0usize, 0usize, 0usize); // found, migrated, skipped, quarantined
+    let mut cursor = 0u64;
+    loop {
+        let mut c = conn.clone();
+        let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
+            .arg(outcomes_key(&run.run_id))
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(BATCH)
+            .query_async(&mut c)
+            .await
+            .map_err(EngineError::redis("reading run outcomes"))?;
+        let pairs: Vec<(String, String)> = flat
+            .chunks_exact(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect();
+        progress(pairs.len());
+        verify_outcomes(conn, run, opts, &pairs, &mut checks, &mut totals).await?;
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let (found, migrated, skipped, quarantined) = totals;
+    checks.counts.check(if found == migrated + skipped + quarantined {
+        Ok(())
+    } else {
+        Err(format!(
+            "total: found {found} != migrated {migrated} + skipped {skipped} + quarantined {quarantined}"
+        ))
+    });
+    if let Some(recorded) = run.counts.as_ref().and_then(|c| c.get("positions_migrated")) {
+        checks.counts.check(if recorded.as_u64() == Some(migrated as u64) {
+            Ok(())
+        } else {
+            Err(format!("run record says {recorded} positions migrated, the journal shows {migrated}"))
+        });
+    }
+    sweep_orphans(conn, &run.exchanges, &mut checks.index).await?;
+    Ok(VerifyReport {
+        migration: MIGRATION,
+        run_id: run.run_id.clone(),
+        stamp: run.stamp.clone(),
+        invariants: vec![checks.counts, checks.index, checks.fields, checks.backup, checks.ttl],
+    })
+}
+
+struct Expected {
+    legacy_key: String,
+    pttl: i64,
+    at: i64,
+    hashes: Vec<(String, String, Vec<(String, String)>)>, // key, member, fields
+}
+
+async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    run: &RunRecord,
+    opts: PlanOptions,
+    pairs: &[(String, String)],
+    checks: &mut Checks,
+    totals: &mut (usize, usize, usize, usize),
+) -> Result<()> {
+    let mut migrated = Vec::new();
+    for (legacy_key, json) in pairs {
+        let outcome: Outcome = serde_json::from_str(json).map_err(|e| EngineError::BadJournal {
+            key: outcomes_key(&run.run_id),
+            detail: format!("{legacy_key}: {e}"),
+        })?;
+        match outcome {
+            Outcome::Migrated { positions, skipped, pttl, at } => {
+                migrated.push((legacy_key.clone(), positions, skipped, pttl, at))
+            }
+            Outcome::Quarantined { .. } => {}
+            Outcome::Conflict { .. } => {}
+        }
+    }
+    // Round trip 1: backups, their TTLs, index sets, and whether a legacy key is back.
+    let mut pipe = redis::pipe();
+    for (legacy_key, ..) in &migrated {
+        let legacy = LegacyPositionsKey::parse(legacy_key, &run.exchanges).ok_or_else(|| {
+            EngineError::BadJournal {
+                key: outcomes_key(&run.run_id),
+                detail: format!("{legacy_key} is not a legacy positions key"),
+            }
+        })?;
+        let backup = legacy.backup_key(&run.stamp);
+        pipe.get(&backup).pttl(&backup).exists(legacy_key).smembers(legacy.index_key()).pttl(legacy.index_key());
+    }
+    pipe.cmd("TIME");
+    let mut c = conn.clone();
+    let replies: Vec<redis::Value> = pipe
+        .query_async(&mut c)
+        .await
+        .map_err(EngineError::redis("reading backups"))?;
+    let now_ms = server_time_ms(replies.last()).unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+    let mut expected = Vec::new();
+    for ((legacy_key, positions, skipped, pttl, at), r) in migrated.into_iter().zip(replies.chunks_exact(5)) {
+        let legacy = LegacyPositionsKey::parse(&legacy_key, &run.exchanges).expect("checked above");
+        let backup: Option<Vec<u8>> = redis::from_redis_value_ref(&r[0]).ok().flatten();
+        let backup_ttl: i64 = redis::from_redis_value_ref(&r[1]).unwrap_or(-2);
+        let reappeared: bool = redis::from_redis_value_ref(&r[2]).unwrap_or(false);
+        let members: BTreeSet<String> = redis::from_redis_value_ref(&r[3]).unwrap_or_default();
+        let index_ttl: i64 = redis::from_redis_value_ref(&r[4]).unwrap_or(-2);
+        if reappeared {
+            checks.counts.mismatch(|| format!("{legacy_key}: legacy key reappeared after its migration (a writer still uses the old layout)"));
+        }
+        let Some(backup) = backup else {
+            checks.backup.mismatch(|| format!("{legacy_key}: backup {} is missing", legacy.backup_key(&run.stamp)));
+            continue;
+        };
+        checks.backup.check(if backup_ttl > 0 && backup_ttl <= (BACKUP_TTL_SECS * 1000) as i64 {
+            Ok(())
+        } else {
+            Err(format!("{}: TTL {backup_ttl} ms is not in (0, 7 days]", legacy.backup_key(&run.stamp)))
+        });
+        let plan = match plan_value(&backup, opts) {
+            UserPlan::Migrate(p) => p,
+            UserPlan::Quarantine { reason, .. } => {
+                checks.counts.mismatch(|| format!("{legacy_key}: migrated, yet its backup would be quarantined ({reason})"));
+                continue;
+            }
+        };
+        totals.0 += plan.positions.len() + plan.skipped_closed;
+        totals.1 += positions;
+        totals.2 += skipped;
+        checks.counts.check(if plan.positions.len() == positions && plan.skipped_closed == skipped {
+            Ok(())
+        } else {
+            Err(format!(
+                "{legacy_key}: backup holds {} positions (+{} closed skipped), journal says {positions} (+{skipped})",
+                plan.positions.len(),
+                plan.skipped_closed
+            ))
+        });
+        let want: BTreeSet<String> = plan.positions.iter().map(|p| p.index_member()).collect();
+        checks.index.check(if want == members {
+            Ok(())
+        } else {
+            Err(format!("{}: members {members:?}, expected {want:?}", legacy.index_key()))
+        });
+        if !want.is_empty() {
+            check_ttl(&mut checks.ttl, &legacy.index_key(), index_ttl, pttl, at, now_ms);
+        }
+        expected.push(Expected {
+            legacy_key: legacy_key.clone(),
+            hashes: plan
+                .positions
+                .into_iter()
+                .map(|p| {
+                    let member = p.index_member();
+                    (legacy.position_key(&member), member, p.fields)
+                })
+                .collect(),
+            pttl,
+            at,
+        });
+    }
+    // Round trip 2: every expected hash and its TTL.
+    let mut pipe = redis::pipe();
+    for e in &expected {
+        for (key, ..) in &e.hashes {
+            pipe.hgetall(key).pttl(key);
+        }
+    }
+    let replies: Vec<redis::Value> = if expected.iter().all(|e| e.hashes.is_empty()) {
+        Vec::new()
+    } else {
+        let mut c = conn.clone();
+        pipe.query_async(&mut c).await.map_err(EngineError::redis("reading position hashes"))?
+    };
+    let mut replies = replies.chunks_exact(2);
+    for e in &expected {
+        for (key, _member, fields) in &e.hashes {
+            let r = replies.next().expect("one reply pair per hash");
+            let actual: HashMap<String, String> = redis::from_redis_value_ref(&r[0]).unwrap_or_default();
+            let pttl: i64 = redis::from_redis_value_ref(&r[1]).unwrap_or(-2);
+            checks.fields.check(compare_hash(key, &e.legacy_key, fields, &actual));
+            if !actual.is_empty() {
+                check_ttl(&mut checks.ttl, key, pttl, e.pttl, e.at, now_ms);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Compares a position hash with its planned fields plus the metadata.
+fn compare_hash(
+    key: &str,
+    legacy_key: &str,
+    fields: &[(String, String)],
+    actual: &HashMap<String, String>,
+) -> Result<(), String> {
+    if actual.is_empty() {
+        return Err(format!("{key}: hash missing"));
+    }
+    for (f, v) in fields {
+        match actual.get(f) {
+            Some(a) if a == v => {}
+            Some(a) => return Err(format!("{key}: field {f:?} is {a:?}, legacy has {v:?}")),
+            None => return Err(format!("{key}: field {f:?} missing")),
+        }
+    }
+    match actual.get(META_MIGRATED_FROM) {
+        Some(v) if v == legacy_key => {}
+        other => return Err(format!("{key}: migrated_from is {other:?}, expected {legacy_key:?}")),
+    }
+    match actual.get(META_MIGRATED_AT).map(|v| chrono::DateTime::parse_from_rfc3339(v)) {
+        Some(Ok(t)) if t.offset().local_minus_utc() == 0 => {}
+        other => return Err(format!("{key}: migrated_at is not an RFC 3339 UTC time ({other:?})")),
+    }
+    let known: BTreeSet<&str> = fields
+        .iter()
+        .map(|(f, _)| f.as_str())
+        .chain([META_MIGRATED_AT, META_MIGRATED_FROM])
+        .collect();
+    match actual.keys().find(|f| !known.contains(f.as_str())) {
+        Some(extra) => Err(format!("{key}: field {extra:?} is not in the legacy object")),
+        None => Ok(()),
+    }
+}
+
+fn check_ttl(result: &mut InvariantResult, key: &str, actual: i64, legacy_pttl: i64, at: i64, now_ms: i64) {
+    let outcome = if legacy_pttl <= 0 {
+        if actual == -1 {
+            Ok(())
+        } else {
+            Err(format!("{key}: TTL {actual} ms, but the legacy key had none"))
+        }
+    } else {
+        let expected = legacy_pttl - (now_ms - at).max(0);
+        if actual > 0 && (actual - expected).abs() <= TTL_TOLERANCE_MS {
+            Ok(())
+        } else {
+            Err(format!("{key}: TTL {actual} ms, expected about {expected} ms"))
+        }
+    };
+    result.check(outcome);
+}
+
+fn server_time_ms(v: Option<&redis::Value>) -> Option<i64> {
+    let (s, us): (i64, i64) = redis::from_redis_value_ref(v?).ok()?;
+    Some(s * 1000 + us / 1000)
+}
+
+/// Orphan sweep by SCAN over every `positions:` key of the run's exchanges:
+/// each hash must be in its index and each index member must have a hash.
+async fn sweep_orphans<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    exchanges: &[String],
+    index: &mut InvariantResult,
+) -> Result<()> {
+    let mut cursor = 0u64;
+    loop {
+        let mut c = conn.clone();
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("positions:*")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut c)
+            .await
+            .map_err(EngineError::redis("sweeping for orphans"))?;
+        let hashes: Vec<PositionHashKey> =
+            keys.iter().filter_map(|k| PositionHashKey::parse(k, exchanges)).collect();
+        let index_keys: Vec<&String> =
+            keys.iter().filter(|k| parse_index_key(k, exchanges).is_some()).collect();
+        let mut pipe = redis::pipe();
+        for h in &hashes {
+            pipe.sismember(h.index_key(), h.index_member());
+        }
+        for k in &index_keys {
+            pipe.smembers(*k);
+        }
+        let replies: Vec<redis::Value> = if hashes.is_empty() && index_keys.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut c).await.map_err(EngineError::redis("sweeping for orphans"))?
+        };
+        let (member_of, sets) = replies.split_at(hashes.len());
+        for (h, r) in hashes.iter().zip(member_of) {
+            if !redis::from_redis_value_ref::<bool>(r).unwrap_or(false) {
+                index.extra(|| format!("positions:{}:{}:{}:{} is in no index", h.user_id, h.exchange, h.inst_id, h.side));
+            }
+        }
+        let mut member_keys: BTreeMap<String, String> = BTreeMap::new();
+        for (k, r) in index_keys.iter().zip(sets) {
+            let (user, exchange) = parse_index_key(k, exchanges).expect("filtered above");
+            let members: Vec<String> = redis::from_redis_value_ref(r).unwrap_or_default();
+            for m in members {
+                member_keys.insert(format!("positions:{user}:{exchange}:{m}"), format!("{k} member {m:?}"));
+            }
+        }
+        if !member_keys.is_empty() {
+            let mut pipe = redis::pipe();
+            for key in member_keys.keys() {
+                pipe.exists(key);
+            }
+            let exists: Vec<bool> =
+                pipe.query_async(&mut c).await.map_err(EngineError::redis("sweeping for orphans"))?;
+            for ((_, what), present) in member_keys.iter().zip(exists) {
+                if !present {
+                    index.extra(|| format!("{what} has no hash"));
+                }
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(());
+        }
+    }
+}
