@@ -6,7 +6,10 @@
 //!   for one server with a Lua script per user.
 //! - `migrate`: the Phase 2 runner (SCAN, read, plan, write, report).
 //! - `journal`: the run records and per-user outcomes kept in Redis.
+//! - `verify`: the invariants checked on a live server after a migration.
+//! - `api`: the application's data layer, old and new (DESIGN §3).
 //! - `error`: the engine's error type.
+pub mod api;
 pub mod error;
 pub mod invariant;
 pub mod journal;
