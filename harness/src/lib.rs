@@ -1,1 +1,68 @@
+//! keyshift's harness and binary: everything that proves a migration on
+//! disposable Redis servers, plus the command line. Nothing here runs
+//! against production except through `keyshift_engine`.
+//!
+//! - `cli`: the command line of DESIGN §6 (clap); `commands`: one module per subcommand.
+//! - `exit`: exit codes, mapped in one place.
+//! - `gate`: the end-to-end gate; `report`: its report.json, report.md and junit.xml.
+//! - `backend`: disposable Redis servers (docker, process, auto) that clean up on drop.
+//! - `seed`: the keyspace model, JSON fixtures, the seeded generator, and loading into Redis.
+//! - `digest`: a type-aware digest of a keyspace, for "untouched" and "rollback".
+pub mod backend;
+pub mod cli;
+pub mod commands;
+pub mod digest;
+pub mod exit;
+pub mod gate;
+pub mod report;
+pub mod seed;
 
+use cli::{Cli, Command, Migration};
+use commands::migrate::MigrateArgs;
+
+/// Failures of the harness itself (not of Redis or the engine).
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// A write nobody confirmed.
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("usage: {0}")]
+    Usage(String),
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<exit::Outcome> {
+    match cli.command {
+        Command::Migrate {
+            migration: Migration::GridPositions,
+            redis,
+            exchange,
+            dry_run,
+            force,
+            skip_closed,
+            json,
+        } => {
+            commands::migrate::run(MigrateArgs {
+                url: &redis.url,
+                exchange: exchange.as_deref(),
+                dry_run,
+                force,
+                skip_closed,
+                json,
+            })
+            .await
+        }
+        Command::Verify {
+            migration: Migration::GridPositions,
+            redis,
+            json,
+        } => commands::verify::run(&redis.url, json).await,
+        Command::Gate(args) => gate::run(&args).await,
+    }
+}

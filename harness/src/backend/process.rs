@@ -1,0 +1,202 @@
+//! The process backend: a `redis-server` child on a free loopback port,
+//! its working dir and log in a temp dir that goes away with it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use super::{ping_once, tail_lines, BackendError};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+const PORT_ATTEMPTS: usize = 5;
+
+/// The first executable file named `name` in the directories of `PATH`.
+pub(super) fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// A port that was free a moment ago (bind 127.0.0.1:0, read it, release it).
+fn free_port() -> Result<u16, BackendError> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .map_err(|e| BackendError::io("binding 127.0.0.1:0 to find a free port", e))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| BackendError::io("reading the free port", e))?
+        .port();
+    Ok(port)
+}
+
+/// The fixed arguments, then the caller's.
+fn server_args(port: u16, dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--port".into(),
+        port.to_string(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--save".into(),
+        String::new(),
+        "--appendonly".into(),
+        "no".into(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--protected-mode".into(),
+        "no".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+fn port_taken(log: &str) -> bool {
+    log.contains("Address already in use")
+}
+
+pub(super) struct ProcessServer {
+    port: u16,
+    child: Child,
+    // Dropped after the child is dead (Drop below runs before field drops).
+    _dir: tempfile::TempDir,
+}
+
+impl ProcessServer {
+    pub(super) async fn start(extra_args: &[&str]) -> Result<ProcessServer, BackendError> {
+        let binary = find_on_path("redis-server").ok_or(BackendError::RedisServerNotFound)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let dir = tempfile::Builder::new()
+                .prefix("keyshift-redis-")
+                .tempdir()
+                .map_err(|e| BackendError::io("creating a temp dir for redis-server", e))?;
+            let port = free_port()?;
+            let log_path = dir.path().join("redis.log");
+            let log = File::create(&log_path)
+                .map_err(|e| BackendError::io(format!("creating {}", log_path.display()), e))?;
+            let log_err = log
+                .try_clone()
+                .map_err(|e| BackendError::io("duplicating the log file handle", e))?;
+            let child = Command::new(&binary)
+                .args(server_args(port, dir.path(), extra_args))
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log_err)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| BackendError::io(format!("spawning {}", binary.display()), e))?;
+            let mut server = ProcessServer {
+                port,
+                child,
+                _dir: dir,
+            };
+            match server.wait_ready(&log_path).await {
+                Ok(()) => return Ok(server),
+                Err(BackendError::ProcessExited { log_tail, .. })
+                    if port_taken(&log_tail) && attempt < PORT_ATTEMPTS =>
+                {
+                    tracing::debug!("port {port} was taken before redis-server bound it; retrying");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// PING until PONG, watching for an early exit; errors carry the log tail.
+    async fn wait_ready(&mut self, log_path: &Path) -> Result<(), BackendError> {
+        let url = format!("redis://127.0.0.1:{}", self.port);
+        let start = Instant::now();
+        let read_tail = || {
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
+            tail_lines(&log, 20)
+        };
+        loop {
+            let exited = self
+                .child
+                .try_wait()
+                .map_err(|e| BackendError::io("polling redis-server", e))?;
+            if let Some(status) = exited {
+                return Err(BackendError::ProcessExited {
+                    port: self.port,
+                    status: status.to_string(),
+                    log_tail: read_tail(),
+                });
+            }
+            let last_error = match ping_once(&url).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if start.elapsed() >= READY_TIMEOUT {
+                return Err(BackendError::NotReady {
+                    url,
+                    waited: start.elapsed(),
+                    last_error,
+                    log_tail: read_tail(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub(super) fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for ProcessServer {
+    fn drop(&mut self) {
+        // SIGKILL, then reap it so the port is closed when drop returns.
+        let _ = self.child.start_kill();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_put_fixed_settings_first_and_keep_the_empty_save() {
+        let args = server_args(7000, Path::new("/tmp/x"), &["--maxmemory", "10mb"]);
+        assert_eq!(&args[..4], ["--port", "7000", "--bind", "127.0.0.1"]);
+        let save = args.iter().position(|a| a == "--save").unwrap();
+        assert_eq!(args[save + 1], "");
+        assert!(args.windows(2).any(|w| w == ["--dir", "/tmp/x"]));
+        assert!(args.windows(2).any(|w| w == ["--protected-mode", "no"]));
+        assert_eq!(&args[args.len() - 2..], ["--maxmemory", "10mb"]);
+    }
+
+    #[test]
+    fn finds_sh_on_path_and_not_a_missing_binary() {
+        assert!(find_on_path("sh").is_some());
+        assert!(find_on_path("keyshift-no-such-binary").is_none());
+    }
+
+    #[test]
+    fn recognises_a_taken_port() {
+        assert!(port_taken(
+            "# Warning: Could not create server TCP listening socket 127.0.0.1:6379: bind: Address already in use"
+        ));
+        assert!(!port_taken("* Ready to accept connections tcp"));
+    }
+
+    #[test]
+    fn free_port_is_nonzero() {
+        assert_ne!(free_port().unwrap(), 0);
+    }
+}

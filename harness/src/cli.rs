@@ -1,0 +1,82 @@
+//! The command line of DESIGN §6. Doc comments here are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::backend::BackendKind;
+
+#[derive(Debug, Parser)]
+#[command(name = "keyshift", version, about = "Migrate a Redis keyspace to a new key schema, and prove on disposable Redis that nothing is lost.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Migration {
+    /// Phase 2: `{exchange}:positions:{uid}` JSON -> a hash per position + index set.
+    GridPositions,
+}
+
+#[derive(Debug, Args)]
+pub struct RedisArgs {
+    /// Redis URL (redis://[user:password@]host:port[/db]).
+    #[arg(long = "redis", env = "REDIS_URL", hide_env_values = true)]
+    pub url: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a migration on a live server.
+    Migrate {
+        migration: Migration,
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// Migrate only this exchange's keys.
+        #[arg(long)]
+        exchange: Option<String>,
+        /// Read and plan, write nothing; print what would happen.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write without asking (required when not on a terminal).
+        #[arg(long)]
+        force: bool,
+        /// Do not migrate closed positions (pos 0); each is counted in the report.
+        #[arg(long)]
+        skip_closed: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a migration's invariants on a live server (read-only).
+    Verify {
+        migration: Migration,
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Seed a disposable Redis, migrate, check every invariant, write reports.
+    Gate(GateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// Which disposable Redis to start.
+    #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
+    pub backend: BackendKind,
+    /// Generated users.
+    #[arg(long, default_value_t = 2000)]
+    pub users: usize,
+    /// Generator seed; the same seed replays the same keyspace.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Directory of JSON keyspace fixtures seeded beside the generated users.
+    #[arg(long, default_value = "fixtures")]
+    pub fixtures: PathBuf,
+    /// Where report.json, report.md and junit.xml go.
+    #[arg(long, default_value = "reports")]
+    pub report_dir: PathBuf,
+}

@@ -1,0 +1,105 @@
+//! `keyshift migrate grid-positions`.
+
+use std::fmt::Write as _;
+
+use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions, MigrationReport};
+use keyshift_engine::standalone::{connect, StandaloneStore};
+use keyshift_engine::store::GridPositionsStore;
+use keyshift_engine::redact_url;
+
+use super::{confirm_write, exchanges, progress_bar};
+use crate::exit::Outcome;
+
+pub struct MigrateArgs<'a> {
+    pub url: &'a str,
+    pub exchange: Option<&'a str>,
+    pub dry_run: bool,
+    pub force: bool,
+    pub skip_closed: bool,
+    pub json: bool,
+}
+
+pub async fn run(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
+    let conn = connect(args.url).await?;
+    let store = StandaloneStore::new(conn).await?;
+    if !args.dry_run {
+        confirm_write(
+            args.force,
+            &format!("migrate grid-positions on {}", redact_url(args.url)),
+        )?;
+    }
+    let mut opts = MigrateOptions::new(exchanges(args.exchange));
+    opts.dry_run = args.dry_run;
+    opts.skip_closed = args.skip_closed;
+    let bar = progress_bar(store.key_count().await?, "migrate grid-positions");
+    let report = migrate_grid_positions(&store, &opts, &|n| bar.inc(n as u64)).await?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.needs_review() {
+        Outcome::NeedsReview
+    } else {
+        Outcome::Done
+    })
+}
+
+/// The human summary of a run or a dry-run plan.
+pub fn render(r: &MigrationReport) -> String {
+    let mut out = String::new();
+    let heading = if r.dry_run {
+        "Plan (dry run: nothing was written)".to_owned()
+    } else {
+        format!("Run {} (backups stamped {})", r.run_id.as_deref().unwrap_or("-"), r.stamp)
+    };
+    let _ = writeln!(out, "grid-positions — {heading}");
+    let _ = writeln!(
+        out,
+        "{:<10} {:>11} {:>9} {:>11} {:>9} {:>10} {:>9} {:>8} {:>11}",
+        "exchange", "legacy keys", "migrated", "quarantined", "conflicts", "positions", "migrated", "skipped", "quarantined"
+    );
+    let rows = r.per_exchange.iter().map(|(e, c)| (e.as_str(), c)).chain([("total", &r.totals)]);
+    for (name, c) in rows {
+        let _ = writeln!(
+            out,
+            "{:<10} {:>11} {:>9} {:>11} {:>9} {:>10} {:>9} {:>8} {:>11}",
+            name,
+            c.legacy_keys_found,
+            c.keys_migrated,
+            c.keys_quarantined,
+            c.keys_conflicting,
+            c.positions_found,
+            c.positions_migrated,
+            c.positions_skipped_closed,
+            c.positions_quarantined
+        );
+    }
+    if !r.samples.is_empty() {
+        let _ = writeln!(out, "\nSample keys (old -> new):");
+        for s in &r.samples {
+            let _ = writeln!(out, "  {} -> {} hash(es), index {}, backup {}", s.legacy, s.hashes.len(), s.index, s.backup);
+            for h in s.hashes.iter().take(3) {
+                let _ = writeln!(out, "      {h}");
+            }
+        }
+    }
+    for (title, list) in [("Quarantined (left untouched)", &r.quarantined), ("Conflicts (nothing written)", &r.conflicts)] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\n{title}: {}", list.len());
+        for f in list.iter().take(20) {
+            let _ = writeln!(out, "  {}: {} — {}", f.key, f.reason, f.detail);
+        }
+        if list.len() > 20 {
+            let _ = writeln!(out, "  ... {} more (use --json for all)", list.len() - 20);
+        }
+    }
+    let _ = writeln!(out, "\nElapsed: {:.2} s", r.elapsed_ms as f64 / 1000.0);
+    if r.needs_review() {
+        let _ = writeln!(out, "Some keys need review: they were not changed (see the lists above).");
+    }
+    out
+}

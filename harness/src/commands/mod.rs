@@ -1,0 +1,56 @@
+//! One module per subcommand; each returns an [`Outcome`](crate::exit::Outcome).
+
+pub mod migrate;
+pub mod verify;
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use keyshift_engine::keys::DEFAULT_EXCHANGES;
+
+use crate::HarnessError;
+
+/// DESIGN §6: writing without `--force` asks for `yes` on a terminal and
+/// refuses elsewhere.
+pub fn confirm_write(force: bool, what: &str) -> Result<(), HarnessError> {
+    if force {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(HarnessError::Refused(format!(
+            "{what}: not on a terminal, so no one can confirm; pass --force to write"
+        )));
+    }
+    eprint!("{what}. Type yes to continue: ");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).ok();
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(HarnessError::Refused(format!("{what}: not confirmed")))
+    }
+}
+
+/// A progress bar on a terminal, nothing elsewhere.
+pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} keys ({per_sec}, eta {eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// `--exchange EX` narrows the default list to one exchange.
+pub fn exchanges(only: Option<&str>) -> Vec<String> {
+    match only {
+        Some(ex) => vec![ex.to_owned()],
+        None => DEFAULT_EXCHANGES.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}

@@ -1,0 +1,46 @@
+//! `keyshift verify grid-positions`.
+
+use keyshift_engine::standalone::connect;
+use keyshift_engine::verify::{latest_run, verify_grid_positions, VerifyReport};
+
+use super::progress_bar;
+use crate::exit::Outcome;
+
+pub async fn run(url: &str, json: bool) -> anyhow::Result<Outcome> {
+    let conn = connect(url).await?;
+    let run = latest_run(&conn).await?;
+    let bar = progress_bar(run_size(&run), "verify grid-positions");
+    let report = verify_grid_positions(&conn, &run, &|n| bar.inc(n as u64)).await?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.passed() {
+        Outcome::Done
+    } else {
+        Outcome::InvariantFailed
+    })
+}
+
+fn run_size(run: &keyshift_engine::journal::RunRecord) -> u64 {
+    run.counts
+        .as_ref()
+        .and_then(|c| c.get("legacy_keys_found"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
+}
+
+pub fn render(r: &VerifyReport) -> String {
+    let mut out = format!("verify grid-positions — run {} (stamp {})\n", r.run_id, r.stamp);
+    for inv in &r.invariants {
+        out.push_str(&inv.summary_line());
+        out.push('\n');
+        for s in &inv.samples {
+            out.push_str(&format!("    {s}\n"));
+        }
+    }
+    out.push_str(if r.passed() { "All invariants hold.\n" } else { "Invariants FAILED (exit 1).\n" });
+    out
+}

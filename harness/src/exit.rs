@@ -1,0 +1,58 @@
+//! Exit codes of DESIGN §6, decided in one place.
+
+use std::process::ExitCode;
+
+use keyshift_engine::EngineError;
+
+use crate::backend::BackendError;
+use crate::HarnessError;
+
+/// How a command ended when it did not fail outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done, every invariant holds.
+    Done,
+    /// An invariant failed (or legacy keys remain, for validate).
+    InvariantFailed,
+    /// Done, but keys were quarantined or in conflict: see the report.
+    NeedsReview,
+}
+
+pub const DONE: u8 = 0;
+pub const INVARIANT_FAILED: u8 = 1;
+pub const USAGE: u8 = 2;
+pub const NEEDS_REVIEW: u8 = 3;
+pub const UNREACHABLE: u8 = 4;
+
+impl Outcome {
+    pub fn code(self) -> ExitCode {
+        ExitCode::from(match self {
+            Outcome::Done => DONE,
+            Outcome::InvariantFailed => INVARIANT_FAILED,
+            Outcome::NeedsReview => NEEDS_REVIEW,
+        })
+    }
+}
+
+/// Maps an error to its exit code: usage and refusals 2, anything that
+/// could not reach Redis or start a backend 4, other failures 1.
+pub fn error_code(err: &anyhow::Error) -> ExitCode {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<HarnessError>() {
+            return ExitCode::from(match e {
+                HarnessError::Refused(_) | HarnessError::Usage(_) => USAGE,
+            });
+        }
+        if let Some(e) = cause.downcast_ref::<EngineError>() {
+            return ExitCode::from(match e {
+                EngineError::Unreachable { .. } | EngineError::Redis { .. } => UNREACHABLE,
+                EngineError::BadUrl(_) => USAGE,
+                EngineError::NoRun | EngineError::BadJournal { .. } => INVARIANT_FAILED,
+            });
+        }
+        if cause.downcast_ref::<BackendError>().is_some() {
+            return ExitCode::from(UNREACHABLE);
+        }
+    }
+    ExitCode::from(INVARIANT_FAILED)
+}

@@ -1,0 +1,216 @@
+//! The gate's reports: report.json (versioned), report.md and junit.xml,
+//! one JUnit testcase per invariant.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use keyshift_engine::invariant::InvariantResult;
+use keyshift_engine::migrate::MigrationReport;
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+use serde::Serialize;
+
+/// Bump when a field of report.json changes meaning or goes away.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pass,
+    Fail,
+    NotRun,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InvariantEntry {
+    pub id: String,
+    pub status: Status,
+    pub description: String,
+    /// Why an invariant was not run, or what it was checked against.
+    pub note: Option<String>,
+    pub processed: u64,
+    pub matching: u64,
+    pub mismatched: u64,
+    pub extra: u64,
+    pub samples: Vec<String>,
+}
+
+impl InvariantEntry {
+    pub fn from_result(r: InvariantResult) -> Self {
+        Self {
+            status: if r.passed { Status::Pass } else { Status::Fail },
+            id: r.id,
+            description: r.description,
+            note: None,
+            processed: r.processed,
+            matching: r.matching,
+            mismatched: r.mismatched,
+            extra: r.extra,
+            samples: r.samples,
+        }
+    }
+
+    pub fn not_run(id: &str, description: &str, why: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            status: Status::NotRun,
+            description: description.to_owned(),
+            note: Some(why.to_owned()),
+            processed: 0,
+            matching: 0,
+            mismatched: 0,
+            extra: 0,
+            samples: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub name: String,
+    pub migration: Option<MigrationReport>,
+    pub invariants: Vec<InvariantEntry>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GateReport {
+    pub schema_version: u32,
+    pub keyshift_version: &'static str,
+    pub started_at: String,
+    pub elapsed_ms: u128,
+    pub backend: String,
+    pub redis_version: String,
+    pub seed: u64,
+    pub users: usize,
+    pub fixtures: Option<String>,
+    pub keys_seeded: usize,
+    /// What the generator says it made, independent of the engine.
+    pub truth: serde_json::Value,
+    pub phases: Vec<PhaseReport>,
+    pub passed: bool,
+    /// The exact command that replays this run.
+    pub replay: String,
+}
+
+impl GateReport {
+    pub fn compute_passed(&mut self) {
+        self.passed = self
+            .phases
+            .iter()
+            .flat_map(|p| &p.invariants)
+            .all(|i| i.status != Status::Fail);
+    }
+}
+
+pub fn write_all(report: &GateReport, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(report)? + "\n")?;
+    std::fs::write(dir.join("report.md"), markdown(report))?;
+    std::fs::write(dir.join("junit.xml"), junit(report))?;
+    Ok(())
+}
+
+pub fn markdown(r: &GateReport) -> String {
+    let mut out = String::new();
+    let verdict = if r.passed { "PASS" } else { "FAIL" };
+    let _ = writeln!(out, "# keyshift gate: {verdict}\n");
+    let _ = writeln!(
+        out,
+        "Backend `{}` (Redis {}), seed {}, {} generated users, fixtures {}, {} keys seeded, {:.1} s.\n",
+        r.backend,
+        r.redis_version,
+        r.seed,
+        r.users,
+        r.fixtures.as_deref().unwrap_or("none"),
+        r.keys_seeded,
+        r.elapsed_ms as f64 / 1000.0
+    );
+    let _ = writeln!(out, "Replay: `{}`\n", r.replay);
+    for phase in &r.phases {
+        let _ = writeln!(out, "## {}\n", phase.name);
+        if let Some(m) = &phase.migration {
+            let t = &m.totals;
+            let _ = writeln!(
+                out,
+                "Legacy keys {} (migrated {}, quarantined {}, conflicts {}); positions {} (migrated {}, skipped closed {}, quarantined {}); {:.2} s.\n",
+                t.legacy_keys_found,
+                t.keys_migrated,
+                t.keys_quarantined,
+                t.keys_conflicting,
+                t.positions_found,
+                t.positions_migrated,
+                t.positions_skipped_closed,
+                t.positions_quarantined,
+                m.elapsed_ms as f64 / 1000.0
+            );
+        }
+        let _ = writeln!(out, "| invariant | status | processed | matching | mismatched | extra | note |");
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|");
+        for i in &phase.invariants {
+            let status = match i.status {
+                Status::Pass => "pass",
+                Status::Fail => "**FAIL**",
+                Status::NotRun => "not run",
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                i.id,
+                status,
+                i.processed,
+                i.matching,
+                i.mismatched,
+                i.extra,
+                i.note.as_deref().unwrap_or("").replace('|', "\\|")
+            );
+        }
+        for i in phase.invariants.iter().filter(|i| !i.samples.is_empty()) {
+            let _ = writeln!(out, "\n`{}` samples:\n", i.id);
+            for s in &i.samples {
+                let _ = writeln!(out, "- `{}`", s.replace('`', "'"));
+            }
+        }
+        if let Some(m) = phase.migration.as_ref().filter(|m| !m.quarantined.is_empty()) {
+            let _ = writeln!(out, "\nQuarantined keys (left untouched): {}\n", m.quarantined.len());
+            for f in m.quarantined.iter().take(20) {
+                let _ = writeln!(out, "- `{}`: {}", f.key, f.detail.replace('`', "'"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+pub fn junit(r: &GateReport) -> String {
+    let mut report = Report::new("keyshift gate");
+    report.set_time(Duration::from_millis(r.elapsed_ms as u64));
+    for phase in &r.phases {
+        let mut suite = TestSuite::new(phase.name.as_str());
+        for i in &phase.invariants {
+            let status = match i.status {
+                Status::Pass => TestCaseStatus::success(),
+                Status::NotRun => {
+                    let mut s = TestCaseStatus::skipped();
+                    if let Some(note) = &i.note {
+                        s.set_message(note.as_str());
+                    }
+                    s
+                }
+                Status::Fail => {
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    s.set_message(format!(
+                        "{} mismatched, {} extra of {} processed",
+                        i.mismatched, i.extra, i.processed
+                    ));
+                    s.set_description(i.samples.join("\n"));
+                    s
+                }
+            };
+            let mut case = TestCase::new(i.id.as_str(), status);
+            case.set_classname(format!("keyshift.{}", phase.name));
+            suite.add_test_case(case);
+        }
+        report.add_test_suite(suite);
+    }
+    report.to_string().expect("junit serialises")
+}
