@@ -34,13 +34,15 @@ pub struct MigrateOptions {
 }
 
 impl MigrateOptions {
+    pub const DEFAULT_IN_FLIGHT: usize = 8;
+
     pub fn new(exchanges: Vec<String>) -> Self {
         Self {
             exchanges,
             dry_run: false,
             skip_closed: false,
             scan_count: 1000,
-            in_flight: 4,
+            in_flight: Self::DEFAULT_IN_FLIGHT,
             max_retries: 5,
             samples: 5,
         }

@@ -183,10 +183,13 @@ pub fn digest_keyspace(ks: &Keyspace) -> Digest {
         let content = match &e.value {
             KeyValue::String(b) => Content::String(b.clone()),
             KeyValue::Hash(p) => {
-                let m: BTreeMap<&str, &str> = p.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
+                let m: BTreeMap<&str, &str> =
+                    p.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
                 Content::Hash(m.into_iter().map(|(f, v)| (f.into(), v.into())).collect())
             }
-            KeyValue::List(items) => Content::List(items.iter().map(|s| s.clone().into_bytes()).collect()),
+            KeyValue::List(items) => {
+                Content::List(items.iter().map(|s| s.clone().into_bytes()).collect())
+            }
             KeyValue::Set(items) => {
                 let s: BTreeSet<&str> = items.iter().map(String::as_str).collect();
                 Content::Set(s.into_iter().map(|m| m.as_bytes().to_vec()).collect())
@@ -198,7 +201,14 @@ pub fn digest_keyspace(ks: &Keyspace) -> Digest {
         };
         let kind = e.value.kind();
         let ttl_ms = e.ttl_ms.map(|t| t as i64);
-        keys.insert(e.key.clone(), KeyDigest { kind: kind.into(), sha256: sha(kind, content), ttl_ms });
+        keys.insert(
+            e.key.clone(),
+            KeyDigest {
+                kind: kind.into(),
+                sha256: sha(kind, content),
+                ttl_ms,
+            },
+        );
     }
     Digest { keys }
 }
@@ -325,7 +335,14 @@ async fn read_batch(
                 Some(content) => {
                     let ttl_ms = (pttl >= 0).then_some(pttl);
                     let sha256 = sha(&kind, content);
-                    out.insert(name, KeyDigest { kind, sha256, ttl_ms });
+                    out.insert(
+                        name,
+                        KeyDigest {
+                            kind,
+                            sha256,
+                            ttl_ms,
+                        },
+                    );
                 }
                 None => again.push((k, name)),
             }
@@ -377,11 +394,20 @@ mod tests {
     use crate::seed::KeyEntry;
 
     fn kd(kind: &str, b: u8, ttl: Option<i64>) -> KeyDigest {
-        KeyDigest { kind: kind.into(), sha256: [b; 32], ttl_ms: ttl }
+        KeyDigest {
+            kind: kind.into(),
+            sha256: [b; 32],
+            ttl_ms: ttl,
+        }
     }
 
     fn dig(entries: &[(&str, KeyDigest)]) -> Digest {
-        Digest { keys: entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() }
+        Digest {
+            keys: entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }
     }
 
     #[test]
@@ -420,20 +446,55 @@ mod tests {
 
     #[test]
     fn model_digest_follows_redis_semantics() {
-        let one = |v: KeyValue| digest_keyspace(&Keyspace { entries: vec![KeyEntry::new("k", v)] }).keys["k"].sha256;
+        let one = |v: KeyValue| {
+            digest_keyspace(&Keyspace {
+                entries: vec![KeyEntry::new("k", v)],
+            })
+            .keys["k"]
+                .sha256
+        };
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let h = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
-        assert_eq!(one(KeyValue::Set(s(&["b", "a", "b"]))), one(KeyValue::Set(s(&["a", "b"]))));
-        assert_ne!(one(KeyValue::List(s(&["b", "a"]))), one(KeyValue::List(s(&["a", "b"]))));
-        assert_eq!(one(KeyValue::Hash(h(&[("f", "1"), ("g", "2"), ("f", "3")]))), one(KeyValue::Hash(h(&[("g", "2"), ("f", "3")]))));
+        let h = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            one(KeyValue::Set(s(&["b", "a", "b"]))),
+            one(KeyValue::Set(s(&["a", "b"])))
+        );
+        assert_ne!(
+            one(KeyValue::List(s(&["b", "a"]))),
+            one(KeyValue::List(s(&["a", "b"])))
+        );
+        assert_eq!(
+            one(KeyValue::Hash(h(&[("f", "1"), ("g", "2"), ("f", "3")]))),
+            one(KeyValue::Hash(h(&[("g", "2"), ("f", "3")])))
+        );
         // Length prefixes: ["ab", "c"] is not ["a", "bc"].
-        assert_ne!(one(KeyValue::List(s(&["ab", "c"]))), one(KeyValue::List(s(&["a", "bc"]))));
+        assert_ne!(
+            one(KeyValue::List(s(&["ab", "c"]))),
+            one(KeyValue::List(s(&["a", "bc"])))
+        );
         // Same bytes, different type.
-        assert_ne!(one(KeyValue::List(s(&["a"]))), one(KeyValue::Set(s(&["a"]))));
-        let z = |v: &[(&str, f64)]| KeyValue::ZSet(v.iter().map(|(m, s)| (m.to_string(), *s)).collect());
-        assert_eq!(one(z(&[("a", 1.0), ("b", 2.0), ("a", 3.0)])), one(z(&[("b", 2.0), ("a", 3.0)])));
+        assert_ne!(
+            one(KeyValue::List(s(&["a"]))),
+            one(KeyValue::Set(s(&["a"])))
+        );
+        let z = |v: &[(&str, f64)]| {
+            KeyValue::ZSet(v.iter().map(|(m, s)| (m.to_string(), *s)).collect())
+        };
+        assert_eq!(
+            one(z(&[("a", 1.0), ("b", 2.0), ("a", 3.0)])),
+            one(z(&[("b", 2.0), ("a", 3.0)]))
+        );
         assert_ne!(one(z(&[("a", 1.0)])), one(z(&[("a", 1.5)])));
-        let ks = Keyspace { entries: vec![KeyEntry::new("e", KeyValue::List(vec![])), KeyEntry::new("t", KeyValue::String(vec![])).with_ttl(Some(7))] };
+        let ks = Keyspace {
+            entries: vec![
+                KeyEntry::new("e", KeyValue::List(vec![])),
+                KeyEntry::new("t", KeyValue::String(vec![])).with_ttl(Some(7)),
+            ],
+        };
         let d = digest_keyspace(&ks);
         assert_eq!(d.len(), 1);
         assert_eq!(d.keys["t"].ttl_ms, Some(7));
@@ -447,7 +508,9 @@ mod tests {
             Value::Array(vec![b("a"), Value::Double(1.5)]),
             Value::Array(vec![b("b"), Value::Double(f64::INFINITY)]),
         ]);
-        let (Some(Content::ZSet(x)), Some(Content::ZSet(y))) = (decode("zset", flat), decode("zset", nested)) else {
+        let (Some(Content::ZSet(x)), Some(Content::ZSet(y))) =
+            (decode("zset", flat), decode("zset", nested))
+        else {
             panic!("zset decode");
         };
         assert_eq!(x, y);

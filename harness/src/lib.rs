@@ -7,12 +7,14 @@
 //! - `gate`: the end-to-end gate; `report`: its report.json, report.md and junit.xml.
 //! - `backend`: disposable Redis servers (docker, process, auto) that clean up on drop.
 //! - `seed`: the keyspace model, JSON fixtures, the seeded generator, and loading into Redis.
+//! - `floor`: the end state of Phase 2 as raw RESP, the write floor a migration is measured against.
 //! - `digest`: a type-aware digest of a keyspace, for "untouched" and "rollback".
 pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod digest;
 pub mod exit;
+pub mod floor;
 pub mod gate;
 pub mod report;
 pub mod seed;

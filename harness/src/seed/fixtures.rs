@@ -69,7 +69,10 @@ pub fn parse_fixture(file: &Path, text: &str) -> Result<Keyspace, SeedError> {
     let Value::Object(top) = doc else {
         return Err(err(None, "the top level must be an object".into()));
     };
-    if let Some(k) = top.keys().find(|k| !["description", "keys"].contains(&k.as_str())) {
+    if let Some(k) = top
+        .keys()
+        .find(|k| !["description", "keys"].contains(&k.as_str()))
+    {
         return Err(err(None, format!("unknown top-level field {k:?}")));
     }
     match top.get("description") {
@@ -109,7 +112,11 @@ fn parse_entry(item: &Value) -> Result<KeyEntry, String> {
     let at = |m: String| format!("{key:?}: {m}");
     let kind = match obj.get("type") {
         Some(Value::String(t)) => t.as_str(),
-        _ => return Err(at("\"type\" must be one of string, hash, list, set, zset".into())),
+        _ => {
+            return Err(at(
+                "\"type\" must be one of string, hash, list, set, zset".into()
+            ))
+        }
     };
     let ttl_ms = match obj.get("ttl_ms") {
         None => None,
@@ -124,7 +131,9 @@ fn parse_entry(item: &Value) -> Result<KeyEntry, String> {
         if obj.contains_key("json") || obj.contains_key("hex") {
             return Err(at(format!("\"json\"/\"hex\" are for strings, not {kind}")));
         }
-        let v = obj.get("value").ok_or_else(|| at("\"value\" is missing".into()))?;
+        let v = obj
+            .get("value")
+            .ok_or_else(|| at("\"value\" is missing".into()))?;
         parse_collection(kind, v).map_err(at)?
     };
     if value.is_empty_collection() {
@@ -144,7 +153,11 @@ fn parse_string(obj: &Map<String, Value>) -> Result<KeyValue, String> {
     let bytes = match given[0] {
         "value" => match &obj["value"] {
             Value::String(s) => s.clone().into_bytes(),
-            _ => return Err("\"value\" of a string must be a JSON string (use \"json\" for JSON)".into()),
+            _ => {
+                return Err(
+                    "\"value\" of a string must be a JSON string (use \"json\" for JSON)".into(),
+                )
+            }
         },
         // serde_json's compact print; preserve_order keeps object keys in order.
         "json" => serde_json::to_vec(&obj["json"]).map_err(|e| e.to_string())?,
@@ -158,7 +171,7 @@ fn parse_string(obj: &Map<String, Value>) -> Result<KeyValue, String> {
 
 fn decode_hex(h: &str) -> Result<Vec<u8>, String> {
     let digits: Vec<u8> = h.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err("\"hex\" must have an even number of digits".into());
     }
     digits
@@ -167,7 +180,12 @@ fn decode_hex(h: &str) -> Result<Vec<u8>, String> {
             std::str::from_utf8(p)
                 .ok()
                 .and_then(|s| u8::from_str_radix(s, 16).ok())
-                .ok_or_else(|| format!("\"hex\": {:?} is not a hex byte", String::from_utf8_lossy(p)))
+                .ok_or_else(|| {
+                    format!(
+                        "\"hex\": {:?} is not a hex byte",
+                        String::from_utf8_lossy(p)
+                    )
+                })
         })
         .collect()
 }
@@ -224,7 +242,11 @@ fn parse_collection(kind: &str, v: &Value) -> Result<KeyValue, String> {
             }
             KeyValue::ZSet(members)
         }
-        other => return Err(format!("unknown type {other:?} (string, hash, list, set, zset)")),
+        other => {
+            return Err(format!(
+                "unknown type {other:?} (string, hash, list, set, zset)"
+            ))
+        }
     })
 }
 
@@ -267,7 +289,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ks.len(), 7);
-        assert_eq!(ks.entries[0].value, KeyValue::String(b"not json {".to_vec()));
+        assert_eq!(
+            ks.entries[0].value,
+            KeyValue::String(b"not json {".to_vec())
+        );
         assert_eq!(
             ks.entries[1].value,
             KeyValue::String(br#"[{"instId":"X","b":1,"a":[],"f":3.5}]"#.to_vec())
@@ -285,11 +310,25 @@ mod tests {
     }
 
     #[test]
+    fn json_strings_are_serde_json_compact_print() {
+        let ks = parse(r#"{"keys": [{"key": "n", "type": "string", "json": [1e3, 2.5e-5, 1.50, -0, "é\u0041"]}]}"#)
+            .unwrap();
+        assert_eq!(
+            ks.entries[0].value,
+            KeyValue::String("[1000.0,0.000025,1.5,-0.0,\"éA\"]".as_bytes().to_vec())
+        );
+    }
+
+    #[test]
     fn errors_name_file_and_entry() {
-        let m = msg(r#"{"keys": [{"key": "a", "type": "string", "value": "x"}, {"key": "b", "type": "hash", "value": {"f": 1}}]}"#);
+        let m = msg(
+            r#"{"keys": [{"key": "a", "type": "string", "value": "x"}, {"key": "b", "type": "hash", "value": {"f": 1}}]}"#,
+        );
         assert!(m.starts_with("t.json: keys[1]:"), "{m}");
         assert!(m.contains("\"f\""), "{m}");
-        let m = msg(r#"{"keys": [{"key": "a", "type": "string", "value": "x"}, {"key": "a", "type": "string", "value": "y"}]}"#);
+        let m = msg(
+            r#"{"keys": [{"key": "a", "type": "string", "value": "x"}, {"key": "a", "type": "string", "value": "y"}]}"#,
+        );
         assert!(m.contains("keys[1]") && m.contains("keys[0]"), "{m}");
         assert!(msg("{").starts_with("t.json: not valid JSON"));
         assert!(msg(r#"{"keys": [], "extra": 1}"#).contains("unknown top-level field"));

@@ -5,6 +5,7 @@ pub mod fixtures;
 pub mod generator;
 pub mod model;
 mod positions;
+pub mod truth;
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -164,17 +165,34 @@ mod tests {
     #[test]
     fn validate_rejects_duplicates_empty_and_zero_ttl() {
         let s = |k: &str| KeyEntry::new(k, KeyValue::String(b"v".to_vec()));
-        let dup = Keyspace { entries: vec![s("a"), s("a")] };
-        assert!(matches!(validate(&dup), Err(SeedError::DuplicateKey { .. })));
-        let empty = Keyspace { entries: vec![KeyEntry::new("h", KeyValue::Hash(vec![]))] };
-        assert!(matches!(validate(&empty), Err(SeedError::InvalidEntry { .. })));
-        let zero = Keyspace { entries: vec![s("a").with_ttl(Some(0))] };
-        assert!(matches!(validate(&zero), Err(SeedError::InvalidEntry { .. })));
+        let dup = Keyspace {
+            entries: vec![s("a"), s("a")],
+        };
+        assert!(matches!(
+            validate(&dup),
+            Err(SeedError::DuplicateKey { .. })
+        ));
+        let empty = Keyspace {
+            entries: vec![KeyEntry::new("h", KeyValue::Hash(vec![]))],
+        };
+        assert!(matches!(
+            validate(&empty),
+            Err(SeedError::InvalidEntry { .. })
+        ));
+        let zero = Keyspace {
+            entries: vec![s("a").with_ttl(Some(0))],
+        };
+        assert!(matches!(
+            validate(&zero),
+            Err(SeedError::InvalidEntry { .. })
+        ));
     }
 
     #[test]
     fn batches_keep_an_entry_together() {
-        let fields: Vec<_> = (0..600).map(|i| (format!("f{i}"), "v".to_owned())).collect();
+        let fields: Vec<_> = (0..600)
+            .map(|i| (format!("f{i}"), "v".to_owned()))
+            .collect();
         let mut ks = Keyspace::new();
         for i in 0..999 {
             ks.push(KeyEntry::new(format!("s{i}"), KeyValue::String(vec![])));

@@ -167,17 +167,30 @@ mod tests {
 
     #[test]
     fn commands_chunk_and_expire() {
-        let fields: Vec<_> = (0..1000).map(|i| (format!("f{i}"), "v".to_owned())).collect();
+        let fields: Vec<_> = (0..1000)
+            .map(|i| (format!("f{i}"), "v".to_owned()))
+            .collect();
         let e = KeyEntry::new("h", KeyValue::Hash(fields)).with_ttl(Some(5000));
         let cmds = entry_commands(&e);
         assert_eq!(cmds.len(), 3);
         assert_eq!(cmds[0].len(), 2 + 2 * CHUNK);
-        assert_eq!(cmds[2], vec![b"PEXPIRE".to_vec(), b"h".to_vec(), b"5000".to_vec()]);
+        assert_eq!(
+            cmds[2],
+            vec![b"PEXPIRE".to_vec(), b"h".to_vec(), b"5000".to_vec()]
+        );
     }
 
     #[test]
     fn scores_round_trip() {
-        for s in [0.1, -2.5, 1e300, 1e-300, f64::INFINITY, f64::NEG_INFINITY, 3.0] {
+        for s in [
+            0.1,
+            -2.5,
+            1e300,
+            1e-300,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            3.0,
+        ] {
             let text = String::from_utf8(score_arg(s)).unwrap();
             assert_eq!(text.parse::<f64>().unwrap(), s);
         }

@@ -22,7 +22,15 @@ pub(crate) struct Market {
 }
 
 const fn m(inst_id: &'static str, px: f64, dp: u32, ct_val: f64) -> Market {
-    Market { inst_id, inst_type: "SWAP", px, dp, ct_val, inverse: false, ccy: "USDT" }
+    Market {
+        inst_id,
+        inst_type: "SWAP",
+        px,
+        dp,
+        ct_val,
+        inverse: false,
+        ccy: "USDT",
+    }
 }
 
 pub(crate) const MARKETS: &[Market] = &[
@@ -36,9 +44,33 @@ pub(crate) const MARKETS: &[Market] = &[
     m("AVAX-USDT-SWAP", 38.12, 2, 1.0),
     m("TON-USDT-SWAP", 5.412, 3, 1.0),
     m("SUI-USDT-SWAP", 4.187, 4, 1.0),
-    Market { inst_id: "BTC-USD-SWAP", inst_type: "SWAP", px: 97_240.0, dp: 1, ct_val: 100.0, inverse: true, ccy: "BTC" },
-    Market { inst_id: "ETH-USD-SWAP", inst_type: "SWAP", px: 3_411.0, dp: 2, ct_val: 10.0, inverse: true, ccy: "ETH" },
-    Market { inst_id: "BTC-USDT-250627", inst_type: "FUTURES", px: 98_910.0, dp: 1, ct_val: 0.01, inverse: false, ccy: "USDT" },
+    Market {
+        inst_id: "BTC-USD-SWAP",
+        inst_type: "SWAP",
+        px: 97_240.0,
+        dp: 1,
+        ct_val: 100.0,
+        inverse: true,
+        ccy: "BTC",
+    },
+    Market {
+        inst_id: "ETH-USD-SWAP",
+        inst_type: "SWAP",
+        px: 3_411.0,
+        dp: 2,
+        ct_val: 10.0,
+        inverse: true,
+        ccy: "ETH",
+    },
+    Market {
+        inst_id: "BTC-USDT-250627",
+        inst_type: "FUTURES",
+        px: 98_910.0,
+        dp: 1,
+        ct_val: 0.01,
+        inverse: false,
+        ccy: "USDT",
+    },
 ];
 
 const LEVERS: [u32; 11] = [1, 2, 3, 5, 10, 15, 20, 25, 50, 75, 100];
@@ -59,12 +91,13 @@ pub(crate) struct PosSpec {
     pub drop_inst_id: bool,
 }
 
-/// A compact JSON object under construction.
-struct Obj(String);
+/// A compact JSON object being appended to a buffer.
+struct Obj<'a>(&'a mut String, bool);
 
-impl Obj {
+impl Obj<'_> {
     fn key(&mut self, k: &str) {
-        self.0.push(if self.0.is_empty() { '{' } else { ',' });
+        self.0.push(if self.1 { ',' } else { '{' });
+        self.1 = true;
         self.0.push('"');
         self.0.push_str(k);
         self.0.push_str("\":");
@@ -79,16 +112,15 @@ impl Obj {
     fn n(&mut self, k: &str, v: f64, dp: u32) {
         self.key(k);
         self.0.push('"');
-        fixed(&mut self.0, v, dp);
+        fixed(self.0, v, dp);
         self.0.push('"');
     }
     fn raw(&mut self, k: &str, json: &str) {
         self.key(k);
         self.0.push_str(json);
     }
-    fn finish(mut self) -> String {
+    fn finish(self) {
         self.0.push('}');
-        self.0
     }
 }
 
@@ -107,11 +139,41 @@ pub(crate) fn fixed(out: &mut String, v: f64, dp: u32) {
 }
 
 fn id18(rng: &mut impl RngExt) -> String {
-    rng.random_range(500_000_000_000_000_000u64..999_999_999_999_999_999).to_string()
+    rng.random_range(500_000_000_000_000_000u64..999_999_999_999_999_999)
+        .to_string()
 }
 
 /// One OKX v5 position object as compact JSON text.
 pub(crate) fn position_json(rng: &mut impl RngExt, p: PosSpec) -> String {
+    let mut out = String::with_capacity(700);
+    position_into(&mut out, rng, p);
+    out
+}
+
+/// Positions as a JSON array, or as an object keyed by instId.
+pub(crate) fn positions_json(
+    rng: &mut impl RngExt,
+    specs: &[PosSpec],
+    object_shaped: bool,
+) -> String {
+    let mut out = String::with_capacity(2 + specs.len() * 720);
+    out.push(if object_shaped { '{' } else { '[' });
+    for (i, s) in specs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if object_shaped {
+            out.push('"');
+            out.push_str(MARKETS[s.market].inst_id);
+            out.push_str("\":");
+        }
+        position_into(&mut out, rng, *s);
+    }
+    out.push(if object_shaped { '}' } else { ']' });
+    out
+}
+
+fn position_into(out: &mut String, rng: &mut impl RngExt, p: PosSpec) {
     let mk = &MARKETS[p.market];
     let qty: f64 = if rng.random_bool(0.8) {
         rng.random_range(1..=300) as f64
@@ -127,7 +189,11 @@ pub(crate) fn position_json(rng: &mut impl RngExt, p: PosSpec) -> String {
     let last = mark * (1.0 + rng.random_range(-0.0005..0.0005));
     let (notional_usd, upl, im) = if mk.inverse {
         let n = qty * mk.ct_val;
-        (n, (1.0 / avg - 1.0 / mark) * n * dir, n / lever as f64 / mark)
+        (
+            n,
+            (1.0 / avg - 1.0 / mark) * n * dir,
+            n / lever as f64 / mark,
+        )
     } else {
         let n = qty * mk.ct_val * mark;
         (n, (mark - avg) * qty * mk.ct_val * dir, n / lever as f64)
@@ -136,7 +202,7 @@ pub(crate) fn position_json(rng: &mut impl RngExt, p: PosSpec) -> String {
     let c_time: u64 = rng.random_range(1_704_067_200_000..1_748_736_000_000);
     let u_time = c_time + rng.random_range(1_000..30 * 86_400_000);
 
-    let mut o = Obj(String::with_capacity(640));
+    let mut o = Obj(out, false);
     o.s("instType", mk.inst_type);
     if !p.drop_inst_id {
         o.s("instId", mk.inst_id);
@@ -145,8 +211,22 @@ pub(crate) fn position_json(rng: &mut impl RngExt, p: PosSpec) -> String {
         // Net mode: signed pos; a few legacy entries carry no posSide at all.
         (true, _) => (rng.random_bool(0.97).then_some("net"), qty * dir),
         // Long/short mode: pos is positive on both sides; "any case".
-        (false, false) => (Some(if rng.random_bool(0.97) { "long" } else { "LONG" }), qty),
-        (false, true) => (Some(if rng.random_bool(0.97) { "short" } else { "Short" }), qty),
+        (false, false) => (
+            Some(if rng.random_bool(0.97) {
+                "long"
+            } else {
+                "LONG"
+            }),
+            qty,
+        ),
+        (false, true) => (
+            Some(if rng.random_bool(0.97) {
+                "short"
+            } else {
+                "Short"
+            }),
+            qty,
+        ),
     };
     if let Some(ps) = pos_side {
         o.s("posSide", ps);
@@ -192,21 +272,32 @@ pub(crate) fn position_json(rng: &mut impl RngExt, p: PosSpec) -> String {
     o.n("notionalUsd", notional_usd, 2);
     o.n("last", last, mk.dp);
     o.s("ccy", mk.ccy);
-    o.s("adl", if p.closed { "0" } else { ["1", "2", "3", "4", "5"][rng.random_range(0..5)] });
+    o.s(
+        "adl",
+        if p.closed {
+            "0"
+        } else {
+            ["1", "2", "3", "4", "5"][rng.random_range(0..5)]
+        },
+    );
     o.n("realizedPnl", rng.random_range(-50.0..80.0), ccy_dp);
     o.n("fundingFee", rng.random_range(-3.0..1.0), ccy_dp);
     o.s("cTime", &c_time.to_string());
     o.s("uTime", &u_time.to_string());
     if rng.random_bool(0.1) && !p.closed {
         let sl = avg * (1.0 - dir * 0.05);
-        let mut algo = Obj(String::with_capacity(160));
+        let mut text = String::with_capacity(200);
+        text.push('[');
+        let mut algo = Obj(&mut text, false);
         algo.s("algoId", &id18(rng));
         algo.n("slTriggerPx", sl, mk.dp);
         algo.s("slTriggerPxType", "last");
         algo.s("tpTriggerPx", "");
         algo.s("tpTriggerPxType", "");
         algo.s("closeFraction", "1");
-        o.raw("closeOrderAlgo", &format!("[{}]", algo.finish()));
+        algo.finish();
+        text.push(']');
+        o.raw("closeOrderAlgo", &text);
     } else {
         o.raw("closeOrderAlgo", "[]");
     }
@@ -214,12 +305,19 @@ pub(crate) fn position_json(rng: &mut impl RngExt, p: PosSpec) -> String {
         o.raw("extra", r#"{"b":1,"a":2}"#);
     }
     if rng.random_bool(0.15) {
-        o.raw("reduceOnly", if rng.random_bool(0.5) { "true" } else { "false" });
+        o.raw(
+            "reduceOnly",
+            if rng.random_bool(0.5) {
+                "true"
+            } else {
+                "false"
+            },
+        );
     }
     if rng.random_bool(0.15) {
         o.raw("feeRate", FEE_RATES[rng.random_range(0..FEE_RATES.len())]);
     }
-    o.finish()
+    o.finish();
 }
 
 #[cfg(test)]
@@ -258,7 +356,9 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&text).expect(&text);
             // Compact with keys in order; serde_json re-prints 2.5e-5 as
             // 0.000025, which is why a migration must keep a number's text.
-            let reprinted = serde_json::to_string(&v).unwrap().replace("0.000025", "2.5e-5");
+            let reprinted = serde_json::to_string(&v)
+                .unwrap()
+                .replace("0.000025", "2.5e-5");
             assert_eq!(reprinted, text, "compact, order kept");
             let pos: f64 = v["pos"].as_str().unwrap().parse().unwrap();
             if spec.closed {
@@ -271,7 +371,9 @@ mod tests {
                 assert_eq!(side == "short", spec.short);
             }
             assert!(v["closeOrderAlgo"].is_array());
-            for k in ["instId", "posId", "mgnMode", "markPx", "lever", "ccy", "cTime", "uTime"] {
+            for k in [
+                "instId", "posId", "mgnMode", "markPx", "lever", "ccy", "cTime", "uTime",
+            ] {
                 assert!(v[k].is_string(), "{k} in {text}");
             }
         }

@@ -1,17 +1,23 @@
-//! [`GridPositionsStore`] for one Redis server: one Lua script per user makes
-//! each user's migration atomic; batches are pipelined as EVALSHA.
+//! [`GridPositionsStore`] for one Redis server. Each batch is written in
+//! one WATCH/MULTI/EXEC on a dedicated connection (`transaction`); a batch
+//! whose EXEC aborts because a writer touched one of its keys is written
+//! again user by user with a Lua script, each user atomic on its own.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::{mpsc, Mutex};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
 use crate::error::{EngineError, Result};
 use crate::journal::{run_key, runs_key, RunRecord};
+use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
 use crate::store::{GridPositionsStore, LegacyRead, RunContext, UserWrite, WriteOutcome};
 
-const READ_LEGACY: &str = include_str!("lua/read_legacy.lua");
-const MIGRATE_USER: &str = include_str!("lua/migrate_user.lua");
+const READ_LEGACY: &str = include_str!("../lua/read_legacy.lua");
+const MIGRATE_USER: &str = include_str!("../lua/migrate_user.lua");
 
 /// Large pipelines legitimately take seconds; redis-rs's default (500 ms)
 /// would abort a healthy run.
@@ -33,22 +39,72 @@ pub async fn connect(url: &str) -> Result<MultiplexedConnection> {
         })
 }
 
+mod transaction;
+
+/// Dedicated connections for WATCH/MULTI/EXEC: a watch belongs to a
+/// connection, so two batches never share one.
+struct Pool {
+    give: mpsc::UnboundedSender<MultiplexedConnection>,
+    take: Mutex<mpsc::UnboundedReceiver<MultiplexedConnection>>,
+}
+
 #[derive(Clone)]
 pub struct StandaloneStore {
     conn: MultiplexedConnection,
+    pool: Arc<Pool>,
     read_sha: String,
     migrate_sha: String,
 }
 
 impl StandaloneStore {
-    pub async fn new(conn: MultiplexedConnection) -> Result<Self> {
+    /// Connects `transactions` dedicated connections beside `conn` (one per
+    /// batch in flight).
+    pub async fn open(url: &str, conn: MultiplexedConnection, transactions: usize) -> Result<Self> {
+        let (give, take) = mpsc::unbounded_channel();
+        for _ in 0..transactions.max(1) {
+            give.send(connect(url).await?).expect("receiver alive");
+        }
         let mut store = Self {
             conn,
+            pool: Arc::new(Pool {
+                give,
+                take: Mutex::new(take),
+            }),
             read_sha: redis::Script::new(READ_LEGACY).get_hash().to_owned(),
             migrate_sha: redis::Script::new(MIGRATE_USER).get_hash().to_owned(),
         };
         store.load_scripts().await?;
         Ok(store)
+    }
+
+    /// The per-user Lua path: every user atomic on its own.
+    async fn migrate_users_by_script(&self, ctx: &RunContext, users: &[UserWrite]) -> Result<Vec<WriteOutcome>> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            let cmd = pipe.cmd("EVALSHA").arg(&self.migrate_sha).arg(4 + user.positions.len());
+            cmd.arg(&user.legacy_key)
+                .arg(&ctx.outcomes_key)
+                .arg(&user.backup_key)
+                .arg(&user.index_key);
+            for p in &user.positions {
+                cmd.arg(&p.key);
+            }
+            cmd.arg(&user.expected).arg(ctx.backup_ttl_secs).arg(user.skipped_closed);
+            for p in &user.positions {
+                // The metadata travels with the fields so the script sets
+                // each hash with one HSET.
+                cmd.arg(&p.member).arg(p.fields.len() + 2);
+                for (f, v) in &p.fields {
+                    cmd.arg(f).arg(v);
+                }
+                cmd.arg(META_MIGRATED_AT)
+                    .arg(&ctx.migrated_at)
+                    .arg(META_MIGRATED_FROM)
+                    .arg(&user.legacy_key);
+            }
+        }
+        let replies = self.query_scripts(&pipe, "migrating users").await?;
+        replies.into_iter().map(parse_write_outcome).collect()
     }
 
     pub fn connection(&self) -> MultiplexedConnection {
@@ -136,30 +192,32 @@ impl GridPositionsStore for StandaloneStore {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for user in users {
-            let cmd = pipe.cmd("EVALSHA").arg(&self.migrate_sha).arg(4 + user.positions.len());
-            cmd.arg(&user.legacy_key)
-                .arg(&user.backup_key)
-                .arg(&user.index_key)
-                .arg(&ctx.outcomes_key);
-            for p in &user.positions {
-                cmd.arg(&p.key);
-            }
-            cmd.arg(&user.expected)
-                .arg(ctx.backup_ttl_secs)
-                .arg(&ctx.migrated_at)
-                .arg(user.skipped_closed);
-            for p in &user.positions {
-                cmd.arg(&p.member).arg(p.fields.len());
-                for (f, v) in &p.fields {
-                    cmd.arg(f).arg(v);
+        let mut conn = self.pool.take.lock().await.recv().await.expect("pool sender alive");
+        let mut outcomes = Vec::with_capacity(users.len());
+        let mut result = Ok(());
+        for chunk in users.chunks(transaction::USERS_PER_TRANSACTION) {
+            match transaction::migrate_batch(&mut conn, ctx, chunk).await {
+                Ok(Some(done)) => outcomes.extend(done),
+                Ok(None) => match self.migrate_users_by_script(ctx, chunk).await {
+                    Ok(done) => outcomes.extend(done),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                },
+                Err(e) => {
+                    // Leave no MULTI or WATCH behind on a pooled connection.
+                    let _ = redis::cmd("DISCARD").query_async::<()>(&mut conn).await;
+                    let _ = redis::cmd("UNWATCH").query_async::<()>(&mut conn).await;
+                    result = Err(e);
+                    break;
                 }
             }
         }
-        let replies = self.query_scripts(&pipe, "migrating users").await?;
-        replies.into_iter().map(parse_write_outcome).collect()
+        let _ = self.pool.give.send(conn);
+        result.map(|()| outcomes)
     }
+
 
     async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()> {
         if outcomes.is_empty() {
