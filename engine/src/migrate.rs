@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::TryStreamExt;
 use serde::Serialize;
 
 use crate::error::Result;
@@ -34,7 +34,7 @@ pub struct MigrateOptions {
 }
 
 impl MigrateOptions {
-    pub const DEFAULT_IN_FLIGHT: usize = 8;
+    pub const DEFAULT_IN_FLIGHT: usize = 4;
 
     pub fn new(exchanges: Vec<String>) -> Self {
         Self {
@@ -218,23 +218,26 @@ async fn run_batches<S: GridPositionsStore>(
         [one] => format!("{}:positions:*", escape_glob(one)),
         _ => "*:positions:*".to_owned(),
     };
-    let mut total = BatchResult::default();
-    let mut in_flight = FuturesUnordered::new();
-    let mut cursor = 0u64;
-    let mut scan_done = false;
-    loop {
-        while !scan_done && in_flight.len() < opts.in_flight.max(1) {
-            let (next, keys) = store.scan(cursor, &pattern, opts.scan_count).await?;
+    // SCAN steps are a stream polled together with the batches in flight,
+    // so a SCAN round trip never stalls the writes.
+    let scan = futures_util::stream::try_unfold(Some(0u64), |cursor| {
+        let pattern = &pattern;
+        async move {
+            let Some(cursor) = cursor else {
+                return Ok(None);
+            };
+            let (next, keys) = store.scan(cursor, pattern, opts.scan_count).await?;
             progress(keys.len());
-            cursor = next;
-            scan_done = cursor == 0;
-            in_flight.push(process_batch(store, opts, ctx, stamp, keys));
+            Ok(Some((keys, (next != 0).then_some(next))))
         }
-        match in_flight.next().await {
-            Some(batch) => merge(&mut total, batch?, opts.samples),
-            None if scan_done => break,
-            None => {}
-        }
+    });
+    let batches = scan
+        .map_ok(|keys| process_batch(store, opts, ctx, stamp, keys))
+        .try_buffer_unordered(opts.in_flight.max(1));
+    let mut batches = std::pin::pin!(batches);
+    let mut total = BatchResult::default();
+    while let Some(batch) = batches.try_next().await? {
+        merge(&mut total, batch, opts.samples);
     }
     Ok(total)
 }

@@ -16,7 +16,6 @@ use crate::journal::{run_key, runs_key, RunRecord};
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
 use crate::store::{GridPositionsStore, LegacyRead, RunContext, UserWrite, WriteOutcome};
 
-const READ_LEGACY: &str = include_str!("../lua/read_legacy.lua");
 const MIGRATE_USER: &str = include_str!("../lua/migrate_user.lua");
 
 /// Large pipelines legitimately take seconds; redis-rs's default (500 ms)
@@ -26,7 +25,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens a multiplexed connection with keyshift's timeouts.
 pub async fn connect(url: &str) -> Result<MultiplexedConnection> {
-    let client = redis::Client::open(url).map_err(|e| EngineError::BadUrl(e.to_string()))?;
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()
+        .map_err(|e| EngineError::BadUrl(e.to_string()))?
+        // Without TCP_NODELAY a transaction's small round trips wait on
+        // delayed ACKs.
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let client = redis::Client::open(info).map_err(|e| EngineError::BadUrl(e.to_string()))?;
     let config = AsyncConnectionConfig::new()
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
         .set_connection_timeout(Some(CONNECT_TIMEOUT));
@@ -52,13 +58,16 @@ struct Pool {
 pub struct StandaloneStore {
     conn: MultiplexedConnection,
     pool: Arc<Pool>,
-    read_sha: String,
     migrate_sha: String,
 }
 
 impl StandaloneStore {
-    /// Connects `transactions` dedicated connections beside `conn` (one per
-    /// batch in flight).
+    /// Transactions open at once: enough that the server always has the
+    /// next one queued while the client plans.
+    pub const DEFAULT_TRANSACTIONS: usize = 32;
+
+    /// Connects `transactions` dedicated connections beside `conn`: the
+    /// transactions that may be open at once.
     pub async fn open(url: &str, conn: MultiplexedConnection, transactions: usize) -> Result<Self> {
         let (give, take) = mpsc::unbounded_channel();
         for _ in 0..transactions.max(1) {
@@ -70,15 +79,58 @@ impl StandaloneStore {
                 give,
                 take: Mutex::new(take),
             }),
-            read_sha: redis::Script::new(READ_LEGACY).get_hash().to_owned(),
             migrate_sha: redis::Script::new(MIGRATE_USER).get_hash().to_owned(),
         };
         store.load_scripts().await?;
         Ok(store)
     }
 
+    /// One transaction on a pooled connection, or the script when EXEC aborts.
+    async fn migrate_chunk(&self, ctx: &RunContext, chunk: &[UserWrite]) -> Result<Vec<WriteOutcome>> {
+        let mut conn = self.pool.take.lock().await.recv().await.expect("pool sender alive");
+        let result = transaction::migrate_batch(&mut conn, ctx, chunk).await;
+        if result.is_err() {
+            // Leave no MULTI or WATCH behind on a pooled connection.
+            let _ = redis::cmd("DISCARD").query_async::<()>(&mut conn).await;
+            let _ = redis::cmd("UNWATCH").query_async::<()>(&mut conn).await;
+        }
+        let _ = self.pool.give.send(conn);
+        match result? {
+            Some(decisions) => self.settle(ctx, chunk, decisions).await,
+            None => self.migrate_users_by_script(ctx, chunk).await,
+        }
+    }
+
+    /// Turns a committed transaction's decisions into outcomes, sending the
+    /// users it left to the script.
+    async fn settle(
+        &self,
+        ctx: &RunContext,
+        users: &[UserWrite],
+        decisions: Vec<transaction::Decision>,
+    ) -> Result<Vec<WriteOutcome>> {
+        let by_script: Vec<UserWrite> = users
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, d)| **d == transaction::Decision::ByScript)
+            .map(|(u, _)| u.clone())
+            .collect();
+        let mut scripted = self.migrate_users_by_script(ctx, &by_script).await?.into_iter();
+        Ok(decisions
+            .into_iter()
+            .map(|d| match d {
+                transaction::Decision::Write { pttl } => WriteOutcome::Migrated { pttl_ms: pttl },
+                transaction::Decision::Done(o) => o,
+                transaction::Decision::ByScript => scripted.next().expect("one outcome per scripted user"),
+            })
+            .collect())
+    }
+
     /// The per-user Lua path: every user atomic on its own.
     async fn migrate_users_by_script(&self, ctx: &RunContext, users: &[UserWrite]) -> Result<Vec<WriteOutcome>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for user in users {
             let cmd = pipe.cmd("EVALSHA").arg(&self.migrate_sha).arg(4 + user.positions.len());
@@ -112,7 +164,7 @@ impl StandaloneStore {
     }
 
     async fn load_scripts(&mut self) -> Result<()> {
-        for src in [READ_LEGACY, MIGRATE_USER] {
+        for src in [MIGRATE_USER] {
             let _: String = redis::cmd("SCRIPT")
                 .arg("LOAD")
                 .arg(src)
@@ -157,67 +209,63 @@ impl GridPositionsStore for StandaloneStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        // Plain GETs: a non-string key answers WRONGTYPE, and only those
+        // few are asked their TYPE in a second round trip.
         let mut pipe = redis::pipe();
-        pipe.cmd("EVALSHA").arg(&self.read_sha).arg(keys.len()).arg(keys);
-        let mut replies = self.query_scripts(&pipe, "reading legacy keys").await?;
-        let Some(Value::Array(items)) = replies.pop() else {
-            return Err(unexpected("read_legacy reply"));
-        };
-        keys.iter()
-            .zip(items)
-            .map(|(key, item)| {
-                let Value::Array(parts) = item else {
-                    return Err(unexpected("read_legacy item"));
-                };
-                let mut parts = parts.into_iter();
-                let redis_type = match parts.next() {
-                    Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
-                    Some(Value::SimpleString(s)) => s,
-                    _ => return Err(unexpected("read_legacy type")),
-                };
-                let value = match parts.next() {
-                    Some(Value::BulkString(b)) => Some(b),
-                    _ => None,
-                };
-                Ok(LegacyRead {
-                    key: key.clone(),
-                    redis_type,
-                    value,
-                })
-            })
-            .collect()
+        pipe.ignore_errors();
+        for key in keys {
+            pipe.get(key);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<redis::RedisResult<Value>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(EngineError::redis("reading legacy keys"))?;
+        let mut reads = Vec::with_capacity(keys.len());
+        let mut wrong_type = Vec::new();
+        for (i, (key, reply)) in keys.iter().zip(replies).enumerate() {
+            let (redis_type, value) = match reply {
+                Ok(Value::BulkString(v)) => ("string", Some(v)),
+                Ok(Value::Nil) => ("none", None),
+                Err(e) if e.code() == Some("WRONGTYPE") => {
+                    wrong_type.push(i);
+                    ("", None)
+                }
+                Err(e) => return Err(EngineError::Redis { during: "reading legacy keys", source: e }),
+                Ok(_) => return Err(unexpected("GET reply")),
+            };
+            reads.push(LegacyRead {
+                key: key.clone(),
+                redis_type: redis_type.to_owned(),
+                value,
+            });
+        }
+        if !wrong_type.is_empty() {
+            let mut pipe = redis::pipe();
+            for &i in &wrong_type {
+                pipe.cmd("TYPE").arg(&keys[i]);
+            }
+            let types: Vec<String> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(EngineError::redis("reading legacy key types"))?;
+            for (i, t) in wrong_type.into_iter().zip(types) {
+                reads[i].redis_type = t;
+            }
+        }
+        Ok(reads)
     }
 
     async fn migrate_users(&self, ctx: &RunContext, users: &[UserWrite]) -> Result<Vec<WriteOutcome>> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.pool.take.lock().await.recv().await.expect("pool sender alive");
-        let mut outcomes = Vec::with_capacity(users.len());
-        let mut result = Ok(());
-        for chunk in users.chunks(transaction::USERS_PER_TRANSACTION) {
-            match transaction::migrate_batch(&mut conn, ctx, chunk).await {
-                Ok(Some(done)) => outcomes.extend(done),
-                Ok(None) => match self.migrate_users_by_script(ctx, chunk).await {
-                    Ok(done) => outcomes.extend(done),
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                },
-                Err(e) => {
-                    // Leave no MULTI or WATCH behind on a pooled connection.
-                    let _ = redis::cmd("DISCARD").query_async::<()>(&mut conn).await;
-                    let _ = redis::cmd("UNWATCH").query_async::<()>(&mut conn).await;
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        let _ = self.pool.give.send(conn);
-        result.map(|()| outcomes)
+        let chunks = users
+            .chunks(transaction::USERS_PER_TRANSACTION)
+            .map(|chunk| self.migrate_chunk(ctx, chunk));
+        let done = futures_util::future::try_join_all(chunks).await?;
+        Ok(done.into_iter().flatten().collect())
     }
-
 
     async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()> {
         if outcomes.is_empty() {

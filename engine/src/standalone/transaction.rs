@@ -17,14 +17,26 @@ use crate::store::{RunContext, UserWrite, WriteOutcome};
 /// Redis checks each newly watched key against the connection's watch list,
 /// so WATCH costs grow with the square of the keys in one transaction:
 /// a few dozen users (a few hundred keys) keep that negligible.
-pub const USERS_PER_TRANSACTION: usize = 16;
+pub const USERS_PER_TRANSACTION: usize = 8;
+
+/// What the transaction decided for one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Written by the transaction (once EXEC succeeded), TTL carried over.
+    Write { pttl: i64 },
+    /// Settled without a write.
+    Done(WriteOutcome),
+    /// A key it would create exists: the per-user script decides and
+    /// reports which.
+    ByScript,
+}
 
 /// Runs one batch; `Ok(None)` when EXEC aborted because a watched key changed.
 pub async fn migrate_batch(
     conn: &mut MultiplexedConnection,
     ctx: &RunContext,
     users: &[UserWrite],
-) -> Result<Option<Vec<WriteOutcome>>> {
+) -> Result<Option<Vec<Decision>>> {
     // Round trip 1: watch everything, then read under the watch.
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
@@ -38,9 +50,9 @@ pub async fn migrate_batch(
     pipe.add_command(watch);
     for u in users {
         pipe.get(&u.legacy_key).pttl(&u.legacy_key);
-        pipe.exists(&u.backup_key).exists(&u.index_key);
+        let exists = pipe.cmd("EXISTS").arg(&u.backup_key).arg(&u.index_key);
         for p in &u.positions {
-            pipe.exists(&p.key);
+            exists.arg(&p.key);
         }
     }
     pipe.cmd("TIME");
@@ -54,19 +66,12 @@ pub async fn migrate_batch(
     for u in users {
         let value = replies.next().and_then(|r| r.ok());
         let pttl: i64 = int(replies.next());
-        let targets = std::iter::once(&u.backup_key)
-            .chain([&u.index_key])
-            .chain(u.positions.iter().map(|p| &p.key));
-        let mut existing = None;
-        for key in targets {
-            if int(replies.next()) > 0 && existing.is_none() {
-                existing = Some(key.clone());
-            }
-        }
-        decided.push(match (value, existing) {
-            (Some(Value::BulkString(v)), None) if v == u.expected => Ok(pttl),
-            (Some(Value::BulkString(v)), Some(key)) if v == u.expected => Err(WriteOutcome::Conflict { key }),
-            _ => Err(WriteOutcome::Changed),
+        let existing = int(replies.next());
+        decided.push(match value {
+            Some(Value::BulkString(v)) if v == u.expected && existing == 0 => Decision::Write { pttl },
+            // The script path names the key that is in the way.
+            Some(Value::BulkString(v)) if v == u.expected => Decision::ByScript,
+            _ => Decision::Done(WriteOutcome::Changed),
         });
     }
     let (secs, micros): (i64, i64) = replies
@@ -76,19 +81,19 @@ pub async fn migrate_batch(
         .ok_or_else(|| bad_reply("TIME"))?;
     let now_ms = secs * 1000 + micros / 1000;
 
-    if decided.iter().all(|d| d.is_err()) {
+    if !decided.iter().any(|d| matches!(d, Decision::Write { .. })) {
         redis::cmd("UNWATCH")
             .query_async::<()>(conn)
             .await
             .map_err(EngineError::redis("releasing a watch"))?;
-        return Ok(Some(decided.into_iter().map(|d| d.unwrap_err()).collect()));
+        return Ok(Some(decided));
     }
 
     // Round trip 2: every write of the batch, atomically.
     let mut tx = redis::pipe();
     tx.cmd("MULTI");
     for (u, d) in users.iter().zip(&decided) {
-        let Ok(pttl) = d else { continue };
+        let Decision::Write { pttl } = d else { continue };
         // An absolute expiry carries the TTL over exactly, however long the
         // round trips took.
         let expire_at = (*pttl > 0).then(|| now_ms + pttl);
@@ -132,15 +137,7 @@ pub async fn migrate_batch(
         .map_err(EngineError::redis("writing a batch"))?;
     match replies.last() {
         Some(Value::Nil) => Ok(None),
-        Some(Value::Array(_)) => Ok(Some(
-            decided
-                .into_iter()
-                .map(|d| match d {
-                    Ok(pttl) => WriteOutcome::Migrated { pttl_ms: pttl },
-                    Err(o) => o,
-                })
-                .collect(),
-        )),
+        Some(Value::Array(_)) => Ok(Some(decided)),
         _ => Err(bad_reply("EXEC")),
     }
 }

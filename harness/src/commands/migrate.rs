@@ -21,7 +21,7 @@ pub struct MigrateArgs<'a> {
 
 pub async fn run(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
     let conn = connect(args.url).await?;
-    let store = StandaloneStore::open(args.url, conn, MigrateOptions::DEFAULT_IN_FLIGHT).await?;
+    let store = StandaloneStore::open(args.url, conn, StandaloneStore::DEFAULT_TRANSACTIONS).await?;
     if !args.dry_run {
         confirm_write(
             args.force,

@@ -44,7 +44,7 @@ pub async fn run(args: &GateArgs) -> anyhow::Result<Outcome> {
     let mut conn = connect(&server.url()).await?;
     seed::load(&mut conn, &keyspace).await?;
     let redis_version = checks::redis_version(&conn).await;
-    let store = StandaloneStore::open(&server.url(), conn.clone(), MigrateOptions::DEFAULT_IN_FLIGHT).await?;
+    let store = StandaloneStore::open(&server.url(), conn.clone(), StandaloneStore::DEFAULT_TRANSACTIONS).await?;
 
     let not_journal = |k: &str| !is_journal_key(k);
     let pre = digest(&mut conn, not_journal).await?;
