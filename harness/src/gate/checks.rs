@@ -159,7 +159,7 @@ pub fn check_truth(
                 r.ok();
             }
             (Outcome::Quarantined { reason, .. }, Some(expected)) => r.check(
-                if reason == expected || (*expected == "wrong_type" && reason == "not_a_string") {
+                if reason == expected {
                     Ok(())
                 } else {
                     Err(format!("{key}: quarantined as {reason}, generated as {expected}"))

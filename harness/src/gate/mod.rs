@@ -47,6 +47,10 @@ pub async fn run(args: &GateArgs) -> anyhow::Result<Outcome> {
     let store = StandaloneStore::open(&server.url(), conn.clone(), StandaloneStore::DEFAULT_TRANSACTIONS).await?;
 
     let not_journal = |k: &str| !is_journal_key(k);
+    // TTLs tick down between two digests: the tolerance of each comparison
+    // is the time since the first of the two began, plus a second.
+    let slack_since = |t: Instant| t.elapsed().as_millis() as i64 + 1_000;
+    let pre_at = Instant::now();
     let pre = digest(&mut conn, not_journal).await?;
     let mut invariants = Vec::new();
 
@@ -58,7 +62,7 @@ pub async fn run(args: &GateArgs) -> anyhow::Result<Outcome> {
     invariants.push(checks::diff_invariant(
         "dry_run",
         "a dry run writes nothing (journal included)",
-        &compare(&pre, &after_plan, 1_000),
+        &compare(&pre, &after_plan, slack_since(pre_at)),
     ));
 
     opts.dry_run = false;
@@ -76,7 +80,7 @@ pub async fn run(args: &GateArgs) -> anyhow::Result<Outcome> {
     let restored = checks::restore_backups(&conn, &restore_conn, &run, &outcomes).await?;
     let mut restore_conn_mut = restore_conn.clone();
     let restored_digest = digest(&mut restore_conn_mut, |_| true).await?;
-    let slack = started.elapsed().as_millis() as i64 + 2_000;
+    let slack = slack_since(pre_at);
     let restore_diff = compare(&pre.filtered(|k| restored.contains(k)), &restored_digest, slack);
 
     let mut engine_invariants = verified.invariants;
@@ -92,10 +96,12 @@ pub async fn run(args: &GateArgs) -> anyhow::Result<Outcome> {
     invariants.push(checks::api(&restore_conn, &conn, &outcomes, &exchanges).await?);
 
     // A second run must find nothing left to do.
+    let second_at = Instant::now();
     let before_second = digest(&mut conn, not_journal).await?;
     let second = migrate_grid_positions(&store, &opts, &|_| {}).await?;
     let after_second = digest(&mut conn, not_journal).await?;
-    invariants.push(checks::idempotent(&compare(&before_second, &after_second, 1_000), &second));
+    let diff = compare(&before_second, &after_second, slack_since(second_at));
+    invariants.push(checks::idempotent(&diff, &second));
     for (id, description, why) in [
         ("rollback", "migrate then rollback gives the pre-migration keyspace", "rollback is not built yet"),
         ("no-lost-writes", "with writers running, every acknowledged write is in the final state", "writers during the gate are not built yet"),
