@@ -1,10 +1,12 @@
-//! Seeding and digest against a real `redis-server`, started here as a
-//! child process on a free port (independent of the backend module).
+//! Seeding and digest against a real, disposable Redis from
+//! `support::redis()` (the one way tests start a server).
+
+mod support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use keyshift_harness::digest::{compare, digest, digest_keyspace, Digest};
 use keyshift_harness::seed::{
@@ -13,78 +15,8 @@ use keyshift_harness::seed::{
 };
 use redis::aio::MultiplexedConnection;
 
-const REDIS_SERVER: &str = "/usr/bin/redis-server";
 /// Loading and digesting take a few seconds at most; TTLs drift by that.
 const TTL_TOLERANCE_MS: i64 = 30_000;
-
-/// A throwaway `redis-server`, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start() -> (Server, MultiplexedConnection) {
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let dir = tempfile::tempdir().expect("temp dir");
-            let child = Command::new(REDIS_SERVER)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server starts");
-            let mut server = Server {
-                child,
-                port,
-                _dir: dir,
-            };
-            if let Some(conn) = server.connect().await {
-                return (server, conn);
-            }
-        }
-        panic!("redis-server did not come up");
-    }
-
-    async fn connect(&mut self) -> Option<MultiplexedConnection> {
-        let client = redis::Client::open(self.url()).ok()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return None; // exited: most likely the port was taken
-            }
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-                {
-                    return Some(c);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
@@ -125,7 +57,8 @@ async fn assert_round_trip(conn: &mut MultiplexedConnection, ks: &Keyspace, what
 
 #[tokio::test]
 async fn generated_keyspace_loads_exactly() {
-    let (_server, mut conn) = Server::start().await;
+    let redis = support::redis().await;
+    let mut conn = redis.conn.clone();
     let g = generate(&GenConfig {
         users: 5000,
         seed: 17,
@@ -145,7 +78,8 @@ async fn generated_keyspace_loads_exactly() {
 
 #[tokio::test]
 async fn every_fixture_file_loads_exactly_and_together_with_generated_users() {
-    let (_server, mut conn) = Server::start().await;
+    let redis = support::redis().await;
+    let mut conn = redis.conn.clone();
     let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -188,7 +122,8 @@ async fn every_fixture_file_loads_exactly_and_together_with_generated_users() {
 
 #[tokio::test]
 async fn load_refuses_a_server_that_holds_keys() {
-    let (_server, mut conn) = Server::start().await;
+    let redis = support::redis().await;
+    let mut conn = redis.conn.clone();
     redis::cmd("SET")
         .arg("precious")
         .arg("1")
@@ -213,7 +148,8 @@ async fn load_refuses_a_server_that_holds_keys() {
 
 #[tokio::test]
 async fn resp_output_through_redis_cli_pipe_gives_the_same_keyspace() {
-    let (server, mut conn) = Server::start().await;
+    let redis = support::redis().await;
+    let mut conn = redis.conn.clone();
     let mut ks = load_fixture_dir(fixtures_dir()).unwrap();
     ks.extend(
         generate(&GenConfig {
@@ -226,7 +162,7 @@ async fn resp_output_through_redis_cli_pipe_gives_the_same_keyspace() {
     let mut resp = Vec::new();
     write_resp(&ks, &mut resp).unwrap();
     let mut child = Command::new("redis-cli")
-        .args(["-p", &server.port.to_string(), "--pipe"])
+        .args(["-p", &redis.server.port().to_string(), "--pipe"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -246,7 +182,8 @@ async fn resp_output_through_redis_cli_pipe_gives_the_same_keyspace() {
 
 #[tokio::test]
 async fn digest_sees_every_kind_of_change() {
-    let (_server, mut conn) = Server::start().await;
+    let redis = support::redis().await;
+    let mut conn = redis.conn.clone();
     let ks = load_fixture_file(fixtures_dir().join("neighbours.json")).unwrap();
     let before = assert_round_trip(&mut conn, &ks, "neighbours").await;
 
@@ -313,7 +250,8 @@ async fn digest_sees_every_kind_of_change() {
 #[tokio::test]
 #[ignore = "timing: run with --release"]
 async fn seeds_100k_users_in_a_few_seconds() {
-    let (_server, mut conn) = Server::start().await;
+    let redis = support::redis().await;
+    let mut conn = redis.conn.clone();
     let start = Instant::now();
     let g = generate(&GenConfig {
         users: 100_000,

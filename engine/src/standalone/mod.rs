@@ -57,6 +57,8 @@ struct Pool {
 #[derive(Clone)]
 pub struct StandaloneStore {
     conn: MultiplexedConnection,
+    /// Write every user with the per-user script, never a batch transaction.
+    scripts_only: bool,
     pool: Arc<Pool>,
     migrate_sha: String,
 }
@@ -75,6 +77,7 @@ impl StandaloneStore {
         }
         let mut store = Self {
             conn,
+            scripts_only: false,
             pool: Arc::new(Pool {
                 give,
                 take: Mutex::new(take),
@@ -83,6 +86,13 @@ impl StandaloneStore {
         };
         store.load_scripts().await?;
         Ok(store)
+    }
+
+    /// Writes each user with the per-user Lua script only: slower, but one
+    /// script call per user is all a server must allow (no MULTI/WATCH).
+    pub fn scripts_only(mut self) -> Self {
+        self.scripts_only = true;
+        self
     }
 
     /// One transaction on a pooled connection, or the script when EXEC aborts.
@@ -259,6 +269,9 @@ impl GridPositionsStore for StandaloneStore {
     async fn migrate_users(&self, ctx: &RunContext, users: &[UserWrite]) -> Result<Vec<WriteOutcome>> {
         if users.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.scripts_only {
+            return self.migrate_users_by_script(ctx, users).await;
         }
         let chunks = users
             .chunks(transaction::USERS_PER_TRANSACTION)

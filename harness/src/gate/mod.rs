@@ -24,15 +24,27 @@ use crate::seed::{self, generate, load_fixture_dir, GenConfig, Keyspace};
 use crate::HarnessError;
 
 pub async fn run(args: &GateArgs) -> anyhow::Result<Outcome> {
+    run_with(
+        args,
+        GenConfig {
+            users: args.users,
+            seed: args.seed,
+            ..GenConfig::default()
+        },
+    )
+    .await
+}
+
+/// The gate with a generator configuration of its own (rates, exchanges):
+/// `gen.users` and `gen.seed` take the place of `args.users` and
+/// `args.seed`, which are ignored. Only the default rates replay from the
+/// command line, so the report's replay command is exact only for those.
+pub async fn run_with(args: &GateArgs, gen: GenConfig) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let exchanges: Vec<String> = DEFAULT_EXCHANGES.iter().map(|s| (*s).to_owned()).collect();
 
-    let generated = generate(&GenConfig {
-        users: args.users,
-        seed: args.seed,
-        ..GenConfig::default()
-    });
+    let generated = generate(&gen);
     let mut keyspace = generated.keyspace.clone();
     let fixtures = load_fixtures(args)?;
     if let Some(f) = &fixtures {
@@ -116,8 +128,8 @@ pub async fn run(args: &GateArgs) -> anyhow::Result<Outcome> {
         elapsed_ms: started.elapsed().as_millis(),
         backend: server.kind().to_string(),
         redis_version,
-        seed: args.seed,
-        users: args.users,
+        seed: gen.seed,
+        users: gen.users,
         fixtures: fixtures.as_ref().map(|_| args.fixtures.display().to_string()),
         keys_seeded: keyspace.entries.len(),
         truth: serde_json::to_value(&generated.truth)?,
@@ -127,7 +139,7 @@ pub async fn run(args: &GateArgs) -> anyhow::Result<Outcome> {
             invariants,
         }],
         passed: false,
-        replay: replay_command(args, server.kind()),
+        replay: replay_command(args, &gen, server.kind()),
     };
     report.compute_passed();
     report::write_all(&report, &args.report_dir)?;
@@ -150,11 +162,11 @@ fn load_fixtures(args: &GateArgs) -> anyhow::Result<Option<Keyspace>> {
     Err(HarnessError::Usage(format!("--fixtures {}: no such directory", args.fixtures.display())).into())
 }
 
-fn replay_command(args: &GateArgs, kind: crate::backend::BackendKind) -> String {
+fn replay_command(args: &GateArgs, gen: &GenConfig, kind: crate::backend::BackendKind) -> String {
     format!(
         "keyshift gate --backend {kind} --users {} --seed {} --fixtures {} --report-dir {}",
-        args.users,
-        args.seed,
+        gen.users,
+        gen.seed,
         args.fixtures.display(),
         args.report_dir.display()
     )

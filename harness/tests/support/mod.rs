@@ -1,0 +1,102 @@
+//! Shared by the integration tests: a disposable Redis per test (process
+//! backend unless KEYSHIFT_TEST_BACKEND says otherwise) and small helpers
+//! to seed keys and run Phase 2 through the engine as the binary does.
+#![allow(dead_code)]
+
+use keyshift_engine::keys::DEFAULT_EXCHANGES;
+use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions, MigrationReport};
+use keyshift_engine::standalone::{connect, StandaloneStore};
+use keyshift_harness::backend::{BackendKind, RedisServer};
+use redis::aio::MultiplexedConnection;
+
+pub struct TestRedis {
+    pub server: RedisServer,
+    pub conn: MultiplexedConnection,
+}
+
+/// The backend integration tests run on: `KEYSHIFT_TEST_BACKEND=docker`
+/// (or auto) switches them; process is the default as it starts fastest.
+pub fn test_backend() -> BackendKind {
+    std::env::var("KEYSHIFT_TEST_BACKEND")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BackendKind::Process)
+}
+
+pub async fn redis() -> TestRedis {
+    let server = RedisServer::start(test_backend())
+        .await
+        .expect("a disposable redis");
+    let conn = connect(&server.url()).await.expect("connect");
+    TestRedis { server, conn }
+}
+
+pub fn exchanges() -> Vec<String> {
+    DEFAULT_EXCHANGES.iter().map(|s| (*s).to_owned()).collect()
+}
+
+impl TestRedis {
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    pub async fn set(&self, key: &str, value: impl AsRef<[u8]>) {
+        let mut c = self.conn.clone();
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value.as_ref())
+            .query_async::<()>(&mut c)
+            .await
+            .unwrap();
+    }
+
+    pub async fn set_px(&self, key: &str, value: impl AsRef<[u8]>, ttl_ms: u64) {
+        let mut c = self.conn.clone();
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value.as_ref())
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async::<()>(&mut c)
+            .await
+            .unwrap();
+    }
+
+    pub async fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut c = self.conn.clone();
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut c).await.unwrap()
+    }
+
+    /// Every key, sorted (a server this test created, so KEYS is fine).
+    pub async fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.cmd(&["KEYS", "*"]).await;
+        keys.sort();
+        keys
+    }
+
+    pub async fn store(&self) -> StandaloneStore {
+        StandaloneStore::open(&self.url(), self.conn.clone(), 4)
+            .await
+            .unwrap()
+    }
+
+    /// Runs Phase 2 with `configure` applied to the default options.
+    pub async fn migrate_with(
+        &self,
+        configure: impl FnOnce(&mut MigrateOptions),
+    ) -> MigrationReport {
+        let mut opts = MigrateOptions::new(exchanges());
+        configure(&mut opts);
+        migrate_grid_positions(&self.store().await, &opts, &|_| {})
+            .await
+            .unwrap()
+    }
+
+    pub async fn migrate(&self) -> MigrationReport {
+        self.migrate_with(|_| {}).await
+    }
+}
