@@ -57,8 +57,8 @@ async fn assert_round_trip(conn: &mut MultiplexedConnection, ks: &Keyspace, what
 
 #[tokio::test]
 async fn generated_keyspace_loads_exactly() {
-    let redis = support::redis().await;
-    let mut conn = redis.conn.clone();
+    let db = support::redis().await;
+    let mut conn = db.conn.clone();
     let g = generate(&GenConfig {
         users: 5000,
         seed: 17,
@@ -78,8 +78,8 @@ async fn generated_keyspace_loads_exactly() {
 
 #[tokio::test]
 async fn every_fixture_file_loads_exactly_and_together_with_generated_users() {
-    let redis = support::redis().await;
-    let mut conn = redis.conn.clone();
+    let db = support::redis().await;
+    let mut conn = db.conn.clone();
     let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -122,8 +122,8 @@ async fn every_fixture_file_loads_exactly_and_together_with_generated_users() {
 
 #[tokio::test]
 async fn load_refuses_a_server_that_holds_keys() {
-    let redis = support::redis().await;
-    let mut conn = redis.conn.clone();
+    let db = support::redis().await;
+    let mut conn = db.conn.clone();
     redis::cmd("SET")
         .arg("precious")
         .arg("1")
@@ -148,8 +148,8 @@ async fn load_refuses_a_server_that_holds_keys() {
 
 #[tokio::test]
 async fn resp_output_through_redis_cli_pipe_gives_the_same_keyspace() {
-    let redis = support::redis().await;
-    let mut conn = redis.conn.clone();
+    let db = support::redis().await;
+    let mut conn = db.conn.clone();
     let mut ks = load_fixture_dir(fixtures_dir()).unwrap();
     ks.extend(
         generate(&GenConfig {
@@ -162,7 +162,7 @@ async fn resp_output_through_redis_cli_pipe_gives_the_same_keyspace() {
     let mut resp = Vec::new();
     write_resp(&ks, &mut resp).unwrap();
     let mut child = Command::new("redis-cli")
-        .args(["-p", &redis.server.port().to_string(), "--pipe"])
+        .args(["-p", &db.server.port().to_string(), "--pipe"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -182,8 +182,8 @@ async fn resp_output_through_redis_cli_pipe_gives_the_same_keyspace() {
 
 #[tokio::test]
 async fn digest_sees_every_kind_of_change() {
-    let redis = support::redis().await;
-    let mut conn = redis.conn.clone();
+    let db = support::redis().await;
+    let mut conn = db.conn.clone();
     let ks = load_fixture_file(fixtures_dir().join("neighbours.json")).unwrap();
     let before = assert_round_trip(&mut conn, &ks, "neighbours").await;
 
@@ -250,8 +250,8 @@ async fn digest_sees_every_kind_of_change() {
 #[tokio::test]
 #[ignore = "timing: run with --release"]
 async fn seeds_100k_users_in_a_few_seconds() {
-    let redis = support::redis().await;
-    let mut conn = redis.conn.clone();
+    let db = support::redis().await;
+    let mut conn = db.conn.clone();
     let start = Instant::now();
     let g = generate(&GenConfig {
         users: 100_000,

@@ -98,7 +98,7 @@ pub enum BackendError {
     DockerRequired { host: String, reason: String },
     #[error("`ldd {binary}` failed: {reason}; the local image needs a dynamically linked redis-server whose libraries ldd can list")]
     Ldd { binary: String, reason: String },
-    #[error("building image {image} failed: {reason}; build it by hand with docker/redis-image/build.sh, or set KEYSHIFT_REDIS_IMAGE to an image that has redis-server")]
+    #[error("building image {image} failed: {reason}; check `docker build` works offline (legacy builder), or set KEYSHIFT_REDIS_IMAGE to an image that has redis-server")]
     ImageBuild { image: String, reason: String },
     #[error("starting a container of {image} failed: {reason}")]
     ContainerStart { image: String, reason: String },
