@@ -95,7 +95,10 @@ mod tests {
         }
         r.extra(|| "orphan".into());
         assert!(!r.passed);
-        assert_eq!((r.processed, r.matching, r.mismatched, r.extra), (11, 1, 10, 1));
+        assert_eq!(
+            (r.processed, r.matching, r.mismatched, r.extra),
+            (11, 1, 10, 1)
+        );
         assert_eq!(r.samples.len(), MAX_SAMPLES);
     }
 }

@@ -86,7 +86,12 @@ mod tests {
         let parsed: Outcome = serde_json::from_str(lua).unwrap();
         assert_eq!(
             parsed,
-            Outcome::Migrated { positions: 3, skipped: 1, pttl: -1, at: 1_700_000_000_000 }
+            Outcome::Migrated {
+                positions: 3,
+                skipped: 1,
+                pttl: -1,
+                at: 1_700_000_000_000
+            }
         );
     }
 

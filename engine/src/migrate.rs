@@ -134,7 +134,10 @@ pub async fn migrate_grid_positions<S: GridPositionsStore>(
     let started = Instant::now();
     let now = chrono::Utc::now();
     let stamp = now.format("%Y%m%d_%H%M%S").to_string();
-    let run_id = format!("{MIGRATION}-{stamp}-{:04x}", now.timestamp_subsec_nanos() & 0xffff);
+    let run_id = format!(
+        "{MIGRATION}-{stamp}-{:04x}",
+        now.timestamp_subsec_nanos() & 0xffff
+    );
     let mut record = RunRecord {
         run_id: run_id.clone(),
         migration: MIGRATION.to_owned(),
@@ -187,7 +190,8 @@ pub async fn migrate_grid_positions<S: GridPositionsStore>(
             report.elapsed_ms = started.elapsed().as_millis();
             if !opts.dry_run {
                 record.state = RunState::Done;
-                record.counts = Some(serde_json::to_value(&report.totals).expect("counts serialise"));
+                record.counts =
+                    Some(serde_json::to_value(&report.totals).expect("counts serialise"));
                 store.save_run(&record).await?;
             }
             Ok(report)
@@ -269,7 +273,10 @@ async fn process_batch<S: GridPositionsStore>(
         .filter_map(|k| LegacyPositionsKey::parse(&k, &opts.exchanges).map(|p| (p, k)))
         .collect();
     for (legacy, _) in &pending {
-        result.per_exchange.entry(legacy.exchange.clone()).or_default();
+        result
+            .per_exchange
+            .entry(legacy.exchange.clone())
+            .or_default();
     }
     let plan_opts = PlanOptions {
         skip_closed: opts.skip_closed,
@@ -283,7 +290,10 @@ async fn process_batch<S: GridPositionsStore>(
         let mut planned = Vec::new();
         let mut journal = Vec::new();
         for ((legacy, key), read) in pending.drain(..).zip(reads) {
-            let counts = result.per_exchange.get_mut(&legacy.exchange).expect("entry");
+            let counts = result
+                .per_exchange
+                .get_mut(&legacy.exchange)
+                .expect("entry");
             let value = match (read.redis_type.as_str(), read.value) {
                 ("none", _) => {
                     counts.keys_vanished += (attempt == 1) as usize;
@@ -294,14 +304,28 @@ async fn process_batch<S: GridPositionsStore>(
                     let reason = QuarantineReason::NotAString {
                         redis_type: other.to_owned(),
                     };
-                    quarantine(&mut result.quarantined, &mut journal, counts, key, reason, 0, attempt);
+                    quarantine(
+                        &mut result.quarantined,
+                        &mut journal,
+                        counts,
+                        key,
+                        reason,
+                        0,
+                        attempt,
+                    );
                     continue;
                 }
             };
             match plan_value(&value, plan_opts) {
-                UserPlan::Quarantine { reason, positions } => {
-                    quarantine(&mut result.quarantined, &mut journal, counts, key, reason, positions, attempt)
-                }
+                UserPlan::Quarantine { reason, positions } => quarantine(
+                    &mut result.quarantined,
+                    &mut journal,
+                    counts,
+                    key,
+                    reason,
+                    positions,
+                    attempt,
+                ),
                 UserPlan::Migrate(plan) => {
                     let write = UserWrite {
                         backup_key: legacy.backup_key(stamp),
@@ -332,8 +356,13 @@ async fn process_batch<S: GridPositionsStore>(
         } else {
             store.migrate_users(ctx, &writes).await?
         };
-        for ((legacy, key), (write, outcome)) in planned.into_iter().zip(writes.into_iter().zip(outcomes)) {
-            let counts = result.per_exchange.get_mut(&legacy.exchange).expect("entry");
+        for ((legacy, key), (write, outcome)) in
+            planned.into_iter().zip(writes.into_iter().zip(outcomes))
+        {
+            let counts = result
+                .per_exchange
+                .get_mut(&legacy.exchange)
+                .expect("entry");
             match outcome {
                 WriteOutcome::Migrated { .. } => {
                     let n = write.positions.len();
@@ -355,13 +384,22 @@ async fn process_batch<S: GridPositionsStore>(
                 WriteOutcome::Changed => {
                     counts.legacy_keys_found += 1;
                     counts.keys_conflicting += 1;
-                    let detail = format!("the key changed under a writer {attempt} times in a row; rerun to retry");
-                    record_conflict(&mut result.conflicts, &mut journal, key.clone(), key, detail);
+                    let detail = format!(
+                        "the key changed under a writer {attempt} times in a row; rerun to retry"
+                    );
+                    record_conflict(
+                        &mut result.conflicts,
+                        &mut journal,
+                        key.clone(),
+                        key,
+                        detail,
+                    );
                 }
                 WriteOutcome::Conflict { key: existing } => {
                     counts.legacy_keys_found += 1;
                     counts.keys_conflicting += 1;
-                    let detail = format!("{existing} already exists; nothing was written for this user");
+                    let detail =
+                        format!("{existing} already exists; nothing was written for this user");
                     record_conflict(&mut result.conflicts, &mut journal, key, existing, detail);
                 }
             }
@@ -392,7 +430,10 @@ fn quarantine(
         reason: reason.tag().to_owned(),
         detail: reason.to_string(),
     };
-    journal.push((key.clone(), serde_json::to_string(&outcome).expect("outcome serialises")));
+    journal.push((
+        key.clone(),
+        serde_json::to_string(&outcome).expect("outcome serialises"),
+    ));
     findings.push(Finding {
         key,
         reason: reason.tag().to_owned(),
@@ -408,7 +449,10 @@ fn record_conflict(
     detail: String,
 ) {
     let outcome = Outcome::Conflict { key: existing };
-    journal.push((legacy_key.clone(), serde_json::to_string(&outcome).expect("outcome serialises")));
+    journal.push((
+        legacy_key.clone(),
+        serde_json::to_string(&outcome).expect("outcome serialises"),
+    ));
     findings.push(Finding {
         key: legacy_key,
         reason: "conflict".into(),

@@ -102,7 +102,10 @@ impl fmt::Display for QuarantineReason {
             }
             Self::NotJson { detail } => write!(f, "value is not JSON ({detail})"),
             Self::NotArrayOrObject { found } => {
-                write!(f, "value is a JSON {found}, not an array or object of positions")
+                write!(
+                    f,
+                    "value is a JSON {found}, not an array or object of positions"
+                )
             }
             Self::PositionNotObject { index } => write!(f, "position #{index} is not an object"),
             Self::DuplicateField { index, field } => {
@@ -113,7 +116,10 @@ impl fmt::Display for QuarantineReason {
                 write!(f, "position #{index} has an unusable instId: {detail}")
             }
             Self::ObjectKeyNotInstId { key, inst_id } => {
-                write!(f, "object key {key:?} differs from its position's instId {inst_id:?}")
+                write!(
+                    f,
+                    "object key {key:?} differs from its position's instId {inst_id:?}"
+                )
             }
             Self::ReservedField { index, field } => write!(
                 f,
@@ -150,7 +156,14 @@ pub fn plan_value(value: &[u8], opts: PlanOptions) -> UserPlan {
     };
     let top: &RawValue = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => return quarantine(QuarantineReason::NotJson { detail: e.to_string() }, 0),
+        Err(e) => {
+            return quarantine(
+                QuarantineReason::NotJson {
+                    detail: e.to_string(),
+                },
+                0,
+            )
+        }
     };
     let raw = top.get();
     let (shape, entries): (ValueShape, Vec<(Option<String>, &RawValue)>) =
@@ -171,7 +184,10 @@ pub fn plan_value(value: &[u8], opts: PlanOptions) -> UserPlan {
                     fields.into_iter().map(|(k, v)| (Some(k), v)).collect(),
                 ),
                 Ok(Err(dup)) => {
-                    let reason = QuarantineReason::DuplicateField { index: 0, field: dup };
+                    let reason = QuarantineReason::DuplicateField {
+                        index: 0,
+                        field: dup,
+                    };
                     return quarantine(reason, 0);
                 }
                 Err(e) => {
@@ -219,7 +235,10 @@ pub fn plan_value(value: &[u8], opts: PlanOptions) -> UserPlan {
 }
 
 /// Plans one position object; the bool says whether it is closed (`pos` 0).
-fn plan_position(index: usize, item: &RawValue) -> Result<(PlannedPosition, bool), QuarantineReason> {
+fn plan_position(
+    index: usize,
+    item: &RawValue,
+) -> Result<(PlannedPosition, bool), QuarantineReason> {
     if !item.get().starts_with('{') {
         return Err(QuarantineReason::PositionNotObject { index });
     }
@@ -237,7 +256,8 @@ fn plan_position(index: usize, item: &RawValue) -> Result<(PlannedPosition, bool
         let text = raw.get();
         let is_string = text.starts_with('"');
         let value = if is_string {
-            serde_json::from_str::<String>(text).map_err(|_| QuarantineReason::PositionNotObject { index })?
+            serde_json::from_str::<String>(text)
+                .map_err(|_| QuarantineReason::PositionNotObject { index })?
         } else {
             compact_json(text)
         };
@@ -256,7 +276,10 @@ fn plan_position(index: usize, item: &RawValue) -> Result<(PlannedPosition, bool
             return Err(QuarantineReason::InvalidInstId { index, detail });
         }
         Some((true, s)) if s.is_empty() => {
-            return Err(QuarantineReason::InvalidInstId { index, detail: "empty" });
+            return Err(QuarantineReason::InvalidInstId {
+                index,
+                detail: "empty",
+            });
         }
         Some((true, s)) if s.contains(':') => {
             let detail = "contains ':', the key separator";

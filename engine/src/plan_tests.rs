@@ -45,7 +45,10 @@ fn every_field_kept_in_order_with_non_strings_as_compact_json() {
         r#"[{"instId":"BTC-USDT","pos":"1","closeOrderAlgo": [ ],"extra":{ "b" : 1, "a" : 2 },"flag":true,"px":3.5,"big":123456789012345678901234567890,"n":null,"s":"a \"q\" é"}]"#,
     );
     let fields = &p.positions[0].fields;
-    let got: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let got: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -64,7 +67,10 @@ fn every_field_kept_in_order_with_non_strings_as_compact_json() {
 
 #[test]
 fn compact_json_keeps_whitespace_inside_strings() {
-    assert_eq!(compact_json(r#"{ "a b" : [ 1 , "x \" y" ] }"#), r#"{"a b":[1,"x \" y"]}"#);
+    assert_eq!(
+        compact_json(r#"{ "a b" : [ 1 , "x \" y" ] }"#),
+        r#"{"a b":[1,"x \" y"]}"#
+    );
     assert_eq!(compact_json(r#"["\\", " "]"#), r#"["\\"," "]"#);
 }
 
@@ -87,7 +93,9 @@ fn empty_array_and_empty_object_migrate_with_no_positions() {
 
 #[test]
 fn object_keyed_by_inst_id_migrates() {
-    let p = migrate(r#"{"BTC-USDT":{"instId":"BTC-USDT","pos":"-1"},"ETH-USDT":{"instId":"ETH-USDT","pos":"2"}}"#);
+    let p = migrate(
+        r#"{"BTC-USDT":{"instId":"BTC-USDT","pos":"-1"},"ETH-USDT":{"instId":"ETH-USDT","pos":"2"}}"#,
+    );
     assert_eq!(p.shape, ValueShape::ObjectByInstId);
     let members: Vec<String> = p.positions.iter().map(|p| p.index_member()).collect();
     assert_eq!(members, ["BTC-USDT:short", "ETH-USDT:long"]);
@@ -115,9 +123,18 @@ fn plan_quarantines_malformed_values() {
     assert_eq!(quarantine_tag(br#"[{"instId":7}]"#), "invalid_inst_id");
     assert_eq!(quarantine_tag(br#"[{"instId":""}]"#), "invalid_inst_id");
     assert_eq!(quarantine_tag(br#"[{"instId":"a:b"}]"#), "invalid_inst_id");
-    assert_eq!(quarantine_tag(br#"[{"instId":"A","pos":"1","pos":"2"}]"#), "duplicate_field");
-    assert_eq!(quarantine_tag(br#"{"A":{"instId":"B"}}"#), "object_key_not_inst_id");
-    assert_eq!(quarantine_tag(br#"[{"instId":"A","migrated_at":"x"}]"#), "reserved_field");
+    assert_eq!(
+        quarantine_tag(br#"[{"instId":"A","pos":"1","pos":"2"}]"#),
+        "duplicate_field"
+    );
+    assert_eq!(
+        quarantine_tag(br#"{"A":{"instId":"B"}}"#),
+        "object_key_not_inst_id"
+    );
+    assert_eq!(
+        quarantine_tag(br#"[{"instId":"A","migrated_at":"x"}]"#),
+        "reserved_field"
+    );
 }
 
 #[test]
@@ -125,7 +142,12 @@ fn plan_quarantines_colliding_positions() {
     let v = br#"[{"instId":"A","pos":"1"},{"instId":"A","posSide":"long","pos":"2"}]"#;
     match plan_value(v, PlanOptions::default()) {
         UserPlan::Quarantine { reason, positions } => {
-            assert_eq!(reason, QuarantineReason::Collision { member: "A:long".into() });
+            assert_eq!(
+                reason,
+                QuarantineReason::Collision {
+                    member: "A:long".into()
+                }
+            );
             assert_eq!(positions, 2);
         }
         other => panic!("{other:?}"),

@@ -65,7 +65,11 @@ pub trait GridPositionsStore {
     async fn read_legacy(&self, keys: &[String]) -> Result<Vec<LegacyRead>>;
     /// Applies each user's migration atomically with respect to writers of
     /// its legacy key; outcomes in input order.
-    async fn migrate_users(&self, ctx: &RunContext, users: &[UserWrite]) -> Result<Vec<WriteOutcome>>;
+    async fn migrate_users(
+        &self,
+        ctx: &RunContext,
+        users: &[UserWrite],
+    ) -> Result<Vec<WriteOutcome>>;
     /// Records outcomes that involved no migration write (quarantine, conflict).
     async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()>;
     /// Creates or updates a run record.

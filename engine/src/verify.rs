@@ -51,7 +51,10 @@ pub async fn latest_run<C: ConnectionLike + Clone + Send>(conn: &C) -> Result<Ru
     read_run(conn, &id).await
 }
 
-pub async fn read_run<C: ConnectionLike + Clone + Send>(conn: &C, run_id: &str) -> Result<RunRecord> {
+pub async fn read_run<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    run_id: &str,
+) -> Result<RunRecord> {
     let mut c = conn.clone();
     let key = run_key(run_id);
     let json: Option<String> = redis::cmd("GET")
@@ -126,19 +129,33 @@ pub async fn verify_grid_positions<C: ConnectionLike + Clone + Send>(
             "total: found {found} != migrated {migrated} + skipped {skipped} + quarantined {quarantined}"
         ))
     });
-    if let Some(recorded) = run.counts.as_ref().and_then(|c| c.get("positions_migrated")) {
-        checks.counts.check(if recorded.as_u64() == Some(migrated as u64) {
-            Ok(())
-        } else {
-            Err(format!("run record says {recorded} positions migrated, the journal shows {migrated}"))
-        });
+    if let Some(recorded) = run
+        .counts
+        .as_ref()
+        .and_then(|c| c.get("positions_migrated"))
+    {
+        checks
+            .counts
+            .check(if recorded.as_u64() == Some(migrated as u64) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "run record says {recorded} positions migrated, the journal shows {migrated}"
+                ))
+            });
     }
     sweep_orphans(conn, &run.exchanges, &mut checks.index).await?;
     Ok(VerifyReport {
         migration: MIGRATION,
         run_id: run.run_id.clone(),
         stamp: run.stamp.clone(),
-        invariants: vec![checks.counts, checks.index, checks.fields, checks.backup, checks.ttl],
+        invariants: vec![
+            checks.counts,
+            checks.index,
+            checks.fields,
+            checks.backup,
+            checks.ttl,
+        ],
     })
 }
 
@@ -146,7 +163,8 @@ struct Expected {
     legacy_key: String,
     pttl: i64,
     at: i64,
-    hashes: Vec<(String, String, Vec<(String, String)>)>, // key, member, fields
+    /// Each hash's key and planned fields.
+    hashes: Vec<(String, Vec<(String, String)>)>,
 }
 
 async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
@@ -164,9 +182,12 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
             detail: format!("{legacy_key}: {e}"),
         })?;
         match outcome {
-            Outcome::Migrated { positions, skipped, pttl, at } => {
-                migrated.push((legacy_key.clone(), positions, skipped, pttl, at))
-            }
+            Outcome::Migrated {
+                positions,
+                skipped,
+                pttl,
+                at,
+            } => migrated.push((legacy_key.clone(), positions, skipped, pttl, at)),
             Outcome::Quarantined { .. } => {}
             Outcome::Conflict { .. } => {}
         }
@@ -181,7 +202,11 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
             }
         })?;
         let backup = legacy.backup_key(&run.stamp);
-        pipe.get(&backup).pttl(&backup).exists(legacy_key).smembers(legacy.index_key()).pttl(legacy.index_key());
+        pipe.get(&backup)
+            .pttl(&backup)
+            .exists(legacy_key)
+            .smembers(legacy.index_key())
+            .pttl(legacy.index_key());
     }
     pipe.cmd("TIME");
     let mut c = conn.clone();
@@ -189,9 +214,12 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
         .query_async(&mut c)
         .await
         .map_err(EngineError::redis("reading backups"))?;
-    let now_ms = server_time_ms(replies.last()).unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+    let now_ms =
+        server_time_ms(replies.last()).unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     let mut expected = Vec::new();
-    for ((legacy_key, positions, skipped, pttl, at), r) in migrated.into_iter().zip(replies.chunks_exact(5)) {
+    for ((legacy_key, positions, skipped, pttl, at), r) in
+        migrated.into_iter().zip(replies.chunks_exact(5))
+    {
         let legacy = LegacyPositionsKey::parse(&legacy_key, &run.exchanges).expect("checked above");
         let backup: Option<Vec<u8>> = redis::from_redis_value_ref(&r[0]).ok().flatten();
         let backup_ttl: i64 = redis::from_redis_value_ref(&r[1]).unwrap_or(-2);
@@ -202,18 +230,32 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
             checks.counts.mismatch(|| format!("{legacy_key}: legacy key reappeared after its migration (a writer still uses the old layout)"));
         }
         let Some(backup) = backup else {
-            checks.backup.mismatch(|| format!("{legacy_key}: backup {} is missing", legacy.backup_key(&run.stamp)));
+            checks.backup.mismatch(|| {
+                format!(
+                    "{legacy_key}: backup {} is missing",
+                    legacy.backup_key(&run.stamp)
+                )
+            });
             continue;
         };
-        checks.backup.check(if backup_ttl > 0 && backup_ttl <= (BACKUP_TTL_SECS * 1000) as i64 {
-            Ok(())
-        } else {
-            Err(format!("{}: TTL {backup_ttl} ms is not in (0, 7 days]", legacy.backup_key(&run.stamp)))
-        });
+        checks.backup.check(
+            if backup_ttl > 0 && backup_ttl <= (BACKUP_TTL_SECS * 1000) as i64 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}: TTL {backup_ttl} ms is not in (0, 7 days]",
+                    legacy.backup_key(&run.stamp)
+                ))
+            },
+        );
         let plan = match plan_value(&backup, opts) {
             UserPlan::Migrate(p) => p,
             UserPlan::Quarantine { reason, .. } => {
-                checks.counts.mismatch(|| format!("{legacy_key}: migrated, yet its backup would be quarantined ({reason})"));
+                checks.counts.mismatch(|| {
+                    format!(
+                        "{legacy_key}: migrated, yet its backup would be quarantined ({reason})"
+                    )
+                });
                 continue;
             }
         };
@@ -233,20 +275,27 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
         checks.index.check(if want == members {
             Ok(())
         } else {
-            Err(format!("{}: members {members:?}, expected {want:?}", legacy.index_key()))
+            Err(format!(
+                "{}: members {members:?}, expected {want:?}",
+                legacy.index_key()
+            ))
         });
         if !want.is_empty() {
-            check_ttl(&mut checks.ttl, &legacy.index_key(), index_ttl, pttl, at, now_ms);
+            check_ttl(
+                &mut checks.ttl,
+                &legacy.index_key(),
+                index_ttl,
+                pttl,
+                at,
+                now_ms,
+            );
         }
         expected.push(Expected {
             legacy_key: legacy_key.clone(),
             hashes: plan
                 .positions
                 .into_iter()
-                .map(|p| {
-                    let member = p.index_member();
-                    (legacy.position_key(&member), member, p.fields)
-                })
+                .map(|p| (legacy.position_key(&p.index_member()), p.fields))
                 .collect(),
             pttl,
             at,
@@ -263,15 +312,20 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
         Vec::new()
     } else {
         let mut c = conn.clone();
-        pipe.query_async(&mut c).await.map_err(EngineError::redis("reading position hashes"))?
+        pipe.query_async(&mut c)
+            .await
+            .map_err(EngineError::redis("reading position hashes"))?
     };
     let mut replies = replies.chunks_exact(2);
     for e in &expected {
-        for (key, _member, fields) in &e.hashes {
+        for (key, fields) in &e.hashes {
             let r = replies.next().expect("one reply pair per hash");
-            let actual: HashMap<String, String> = redis::from_redis_value_ref(&r[0]).unwrap_or_default();
+            let actual: HashMap<String, String> =
+                redis::from_redis_value_ref(&r[0]).unwrap_or_default();
             let pttl: i64 = redis::from_redis_value_ref(&r[1]).unwrap_or(-2);
-            checks.fields.check(compare_hash(key, &e.legacy_key, fields, &actual));
+            checks
+                .fields
+                .check(compare_hash(key, &e.legacy_key, fields, &actual));
             if !actual.is_empty() {
                 check_ttl(&mut checks.ttl, key, pttl, e.pttl, e.at, now_ms);
             }
@@ -299,11 +353,22 @@ fn compare_hash(
     }
     match actual.get(META_MIGRATED_FROM) {
         Some(v) if v == legacy_key => {}
-        other => return Err(format!("{key}: migrated_from is {other:?}, expected {legacy_key:?}")),
+        other => {
+            return Err(format!(
+                "{key}: migrated_from is {other:?}, expected {legacy_key:?}"
+            ))
+        }
     }
-    match actual.get(META_MIGRATED_AT).map(|v| chrono::DateTime::parse_from_rfc3339(v)) {
+    match actual
+        .get(META_MIGRATED_AT)
+        .map(|v| chrono::DateTime::parse_from_rfc3339(v))
+    {
         Some(Ok(t)) if t.offset().local_minus_utc() == 0 => {}
-        other => return Err(format!("{key}: migrated_at is not an RFC 3339 UTC time ({other:?})")),
+        other => {
+            return Err(format!(
+                "{key}: migrated_at is not an RFC 3339 UTC time ({other:?})"
+            ))
+        }
     }
     let known: BTreeSet<&str> = fields
         .iter()
@@ -311,24 +376,37 @@ fn compare_hash(
         .chain([META_MIGRATED_AT, META_MIGRATED_FROM])
         .collect();
     match actual.keys().find(|f| !known.contains(f.as_str())) {
-        Some(extra) => Err(format!("{key}: field {extra:?} is not in the legacy object")),
+        Some(extra) => Err(format!(
+            "{key}: field {extra:?} is not in the legacy object"
+        )),
         None => Ok(()),
     }
 }
 
-fn check_ttl(result: &mut InvariantResult, key: &str, actual: i64, legacy_pttl: i64, at: i64, now_ms: i64) {
+fn check_ttl(
+    result: &mut InvariantResult,
+    key: &str,
+    actual: i64,
+    legacy_pttl: i64,
+    at: i64,
+    now_ms: i64,
+) {
     let outcome = if legacy_pttl <= 0 {
         if actual == -1 {
             Ok(())
         } else {
-            Err(format!("{key}: TTL {actual} ms, but the legacy key had none"))
+            Err(format!(
+                "{key}: TTL {actual} ms, but the legacy key had none"
+            ))
         }
     } else {
         let expected = legacy_pttl - (now_ms - at).max(0);
         if actual > 0 && (actual - expected).abs() <= TTL_TOLERANCE_MS {
             Ok(())
         } else {
-            Err(format!("{key}: TTL {actual} ms, expected about {expected} ms"))
+            Err(format!(
+                "{key}: TTL {actual} ms, expected about {expected} ms"
+            ))
         }
     };
     result.check(outcome);
@@ -358,10 +436,14 @@ async fn sweep_orphans<C: ConnectionLike + Clone + Send>(
             .query_async(&mut c)
             .await
             .map_err(EngineError::redis("sweeping for orphans"))?;
-        let hashes: Vec<PositionHashKey> =
-            keys.iter().filter_map(|k| PositionHashKey::parse(k, exchanges)).collect();
-        let index_keys: Vec<&String> =
-            keys.iter().filter(|k| parse_index_key(k, exchanges).is_some()).collect();
+        let hashes: Vec<PositionHashKey> = keys
+            .iter()
+            .filter_map(|k| PositionHashKey::parse(k, exchanges))
+            .collect();
+        let index_keys: Vec<&String> = keys
+            .iter()
+            .filter(|k| parse_index_key(k, exchanges).is_some())
+            .collect();
         let mut pipe = redis::pipe();
         for h in &hashes {
             pipe.sismember(h.index_key(), h.index_member());
@@ -372,12 +454,19 @@ async fn sweep_orphans<C: ConnectionLike + Clone + Send>(
         let replies: Vec<redis::Value> = if hashes.is_empty() && index_keys.is_empty() {
             Vec::new()
         } else {
-            pipe.query_async(&mut c).await.map_err(EngineError::redis("sweeping for orphans"))?
+            pipe.query_async(&mut c)
+                .await
+                .map_err(EngineError::redis("sweeping for orphans"))?
         };
         let (member_of, sets) = replies.split_at(hashes.len());
         for (h, r) in hashes.iter().zip(member_of) {
             if !redis::from_redis_value_ref::<bool>(r).unwrap_or(false) {
-                index.extra(|| format!("positions:{}:{}:{}:{} is in no index", h.user_id, h.exchange, h.inst_id, h.side));
+                index.extra(|| {
+                    format!(
+                        "positions:{}:{}:{}:{} is in no index",
+                        h.user_id, h.exchange, h.inst_id, h.side
+                    )
+                });
             }
         }
         let mut member_keys: BTreeMap<String, String> = BTreeMap::new();
@@ -385,7 +474,10 @@ async fn sweep_orphans<C: ConnectionLike + Clone + Send>(
             let (user, exchange) = parse_index_key(k, exchanges).expect("filtered above");
             let members: Vec<String> = redis::from_redis_value_ref(r).unwrap_or_default();
             for m in members {
-                member_keys.insert(format!("positions:{user}:{exchange}:{m}"), format!("{k} member {m:?}"));
+                member_keys.insert(
+                    format!("positions:{user}:{exchange}:{m}"),
+                    format!("{k} member {m:?}"),
+                );
             }
         }
         if !member_keys.is_empty() {
@@ -393,8 +485,10 @@ async fn sweep_orphans<C: ConnectionLike + Clone + Send>(
             for key in member_keys.keys() {
                 pipe.exists(key);
             }
-            let exists: Vec<bool> =
-                pipe.query_async(&mut c).await.map_err(EngineError::redis("sweeping for orphans"))?;
+            let exists: Vec<bool> = pipe
+                .query_async(&mut c)
+                .await
+                .map_err(EngineError::redis("sweeping for orphans"))?;
             for ((_, what), present) in member_keys.iter().zip(exists) {
                 if !present {
                     index.extra(|| format!("{what} has no hash"));

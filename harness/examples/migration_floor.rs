@@ -15,7 +15,11 @@ fn main() -> std::io::Result<()> {
     let users: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let seed: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1);
     let dir = std::path::PathBuf::from(args.get(2).map(String::as_str).unwrap_or("."));
-    let generated = generate(&GenConfig { users, seed, ..GenConfig::default() });
+    let generated = generate(&GenConfig {
+        users,
+        seed,
+        ..GenConfig::default()
+    });
     let mut seed_out = BufWriter::new(std::fs::File::create(dir.join("seed.resp"))?);
     write_resp(&generated.keyspace, &mut seed_out)?;
     let exchanges: Vec<String> = DEFAULT_EXCHANGES.iter().map(|s| (*s).to_owned()).collect();

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::backend::BackendKind;
 
 #[derive(Debug, Parser)]
-#[command(name = "keyshift", version, about = "Migrate a Redis keyspace to a new key schema, and prove on disposable Redis that nothing is lost.")]
+#[command(
+    name = "keyshift",
+    version,
+    about = "Migrate a Redis keyspace to a new key schema, and prove on disposable Redis that nothing is lost."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

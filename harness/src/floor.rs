@@ -6,7 +6,9 @@
 
 use std::io::{self, Write};
 
-use keyshift_engine::keys::{LegacyPositionsKey, BACKUP_TTL_SECS, META_MIGRATED_AT, META_MIGRATED_FROM};
+use keyshift_engine::keys::{
+    LegacyPositionsKey, BACKUP_TTL_SECS, META_MIGRATED_AT, META_MIGRATED_FROM,
+};
 use keyshift_engine::plan::{plan_value, PlanOptions, UserPlan};
 
 use crate::seed::{KeyValue, Keyspace};
@@ -34,8 +36,10 @@ pub fn write_end_state(
 ) -> io::Result<usize> {
     let mut users = 0;
     for entry in &ks.entries {
-        let (Some(legacy), KeyValue::String(value)) = (LegacyPositionsKey::parse(&entry.key, exchanges), &entry.value)
-        else {
+        let (Some(legacy), KeyValue::String(value)) = (
+            LegacyPositionsKey::parse(&entry.key, exchanges),
+            &entry.value,
+        ) else {
             continue;
         };
         let UserPlan::Migrate(plan) = plan_value(value, PlanOptions::default()) else {
@@ -72,7 +76,16 @@ pub fn write_end_state(
         }
         let backup = legacy.backup_key(stamp);
         let ex = BACKUP_TTL_SECS.to_string();
-        write_command(out, &[b"SET".as_slice(), backup.as_bytes(), value, b"EX", ex.as_bytes()])?;
+        write_command(
+            out,
+            &[
+                b"SET".as_slice(),
+                backup.as_bytes(),
+                value,
+                b"EX",
+                ex.as_bytes(),
+            ],
+        )?;
         write_command(out, &["DEL", entry.key.as_str()])?;
     }
     Ok(users)
@@ -88,12 +101,27 @@ mod tests {
         let mut ks = Keyspace::new();
         let v = br#"[{"instId":"A","pos":"-1"}]"#.to_vec();
         ks.push(KeyEntry::new("okx:positions:7", KeyValue::String(v)));
-        ks.push(KeyEntry::new("okx:positions:8", KeyValue::String(b"junk".to_vec())));
+        ks.push(KeyEntry::new(
+            "okx:positions:8",
+            KeyValue::String(b"junk".to_vec()),
+        ));
         let mut out = Vec::new();
-        let n = write_end_state(&ks, &["okx".into()], "20260101_000000", "2026-01-01T00:00:00Z", &mut out).unwrap();
+        let n = write_end_state(
+            &ks,
+            &["okx".into()],
+            "20260101_000000",
+            "2026-01-01T00:00:00Z",
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(n, 1);
         let text = String::from_utf8(out).unwrap();
-        for needle in ["positions:7:okx:A:short", "SADD", "okx:positions:7:backup:20260101_000000", "DEL"] {
+        for needle in [
+            "positions:7:okx:A:short",
+            "SADD",
+            "okx:positions:7:backup:20260101_000000",
+            "DEL",
+        ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
         assert!(!text.contains("okx:positions:8"));

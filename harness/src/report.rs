@@ -104,7 +104,10 @@ impl GateReport {
 
 pub fn write_all(report: &GateReport, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(report)? + "\n")?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(report)? + "\n",
+    )?;
     std::fs::write(dir.join("report.md"), markdown(report))?;
     std::fs::write(dir.join("junit.xml"), junit(report))?;
     Ok(())
@@ -144,7 +147,10 @@ pub fn markdown(r: &GateReport) -> String {
                 m.elapsed_ms as f64 / 1000.0
             );
         }
-        let _ = writeln!(out, "| invariant | status | processed | matching | mismatched | extra | note |");
+        let _ = writeln!(
+            out,
+            "| invariant | status | processed | matching | mismatched | extra | note |"
+        );
         let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|");
         for i in &phase.invariants {
             let status = match i.status {
@@ -170,8 +176,16 @@ pub fn markdown(r: &GateReport) -> String {
                 let _ = writeln!(out, "- `{}`", s.replace('`', "'"));
             }
         }
-        if let Some(m) = phase.migration.as_ref().filter(|m| !m.quarantined.is_empty()) {
-            let _ = writeln!(out, "\nQuarantined keys (left untouched): {}\n", m.quarantined.len());
+        if let Some(m) = phase
+            .migration
+            .as_ref()
+            .filter(|m| !m.quarantined.is_empty())
+        {
+            let _ = writeln!(
+                out,
+                "\nQuarantined keys (left untouched): {}\n",
+                m.quarantined.len()
+            );
             for f in m.quarantined.iter().take(20) {
                 let _ = writeln!(out, "- `{}`: {}", f.key, f.detail.replace('`', "'"));
             }

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use keyshift_engine::journal::is_journal_key;
 use keyshift_engine::keys::BACKUP_TTL_SECS;
-use keyshift_engine::store::{GridPositionsStore, PositionWrite, RunContext, UserWrite, WriteOutcome};
+use keyshift_engine::store::{
+    GridPositionsStore, PositionWrite, RunContext, UserWrite, WriteOutcome,
+};
 use keyshift_engine::verify::{latest_run, verify_grid_positions};
 use keyshift_harness::digest::{compare, digest};
 use rstest::rstest;
@@ -24,7 +26,11 @@ async fn members(r: &TestRedis, key: &str) -> BTreeSet<String> {
 }
 
 async fn position_keys(r: &TestRedis) -> Vec<String> {
-    r.keys().await.into_iter().filter(|k| k.starts_with("positions:")).collect()
+    r.keys()
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with("positions:"))
+        .collect()
 }
 
 async fn backup_of(r: &TestRedis, legacy: &str) -> String {
@@ -34,16 +40,29 @@ async fn backup_of(r: &TestRedis, legacy: &str) -> String {
         .into_iter()
         .filter(|k| k.starts_with(&format!("{legacy}:backup:")))
         .collect();
-    assert_eq!(backups.len(), 1, "exactly one backup of {legacy}: {backups:?}");
+    assert_eq!(
+        backups.len(),
+        1,
+        "exactly one backup of {legacy}: {backups:?}"
+    );
     backups[0].clone()
 }
 
 #[rstest]
 #[case::long_short_mode_long(r#"{"instId":"BTC-USDT-SWAP","posSide":"long","pos":"3"}"#, "long")]
-#[case::long_short_mode_short_has_positive_pos(r#"{"instId":"BTC-USDT-SWAP","posSide":"short","pos":"3"}"#, "short")]
-#[case::pos_side_in_upper_case(r#"{"instId":"BTC-USDT-SWAP","posSide":"SHORT","pos":"3"}"#, "short")]
+#[case::long_short_mode_short_has_positive_pos(
+    r#"{"instId":"BTC-USDT-SWAP","posSide":"short","pos":"3"}"#,
+    "short"
+)]
+#[case::pos_side_in_upper_case(
+    r#"{"instId":"BTC-USDT-SWAP","posSide":"SHORT","pos":"3"}"#,
+    "short"
+)]
 #[case::pos_side_mixed_case(r#"{"instId":"BTC-USDT-SWAP","posSide":"Long","pos":"-3"}"#, "long")]
-#[case::net_negative_is_short(r#"{"instId":"BTC-USDT-SWAP","posSide":"net","pos":"-0.5"}"#, "short")]
+#[case::net_negative_is_short(
+    r#"{"instId":"BTC-USDT-SWAP","posSide":"net","pos":"-0.5"}"#,
+    "short"
+)]
 #[case::net_positive_is_long(r#"{"instId":"BTC-USDT-SWAP","posSide":"net","pos":"0.5"}"#, "long")]
 #[case::missing_pos_side_negative_is_short(r#"{"instId":"BTC-USDT-SWAP","pos":"-2"}"#, "short")]
 #[case::missing_pos_side_numeric_pos(r#"{"instId":"BTC-USDT-SWAP","pos":-2}"#, "short")]
@@ -56,7 +75,10 @@ async fn side_follows_the_design_rule(#[case] position: &str, #[case] side: &str
     assert_eq!(report.totals.keys_migrated, 1);
     assert_eq!(
         position_keys(&r).await,
-        vec![format!("positions:index:u1:okx"), format!("positions:u1:okx:BTC-USDT-SWAP:{side}")]
+        vec![
+            format!("positions:index:u1:okx"),
+            format!("positions:u1:okx:BTC-USDT-SWAP:{side}")
+        ]
     );
     assert_eq!(
         members(&r, "positions:index:u1:okx").await,
@@ -96,7 +118,11 @@ async fn every_field_is_kept_with_non_strings_as_compact_json() {
 #[tokio::test]
 async fn closed_positions_migrate_by_default() {
     let r = redis().await;
-    r.set("okx:positions:7", r#"[{"instId":"A","pos":"0"},{"instId":"B","pos":"1"}]"#).await;
+    r.set(
+        "okx:positions:7",
+        r#"[{"instId":"A","pos":"0"},{"instId":"B","pos":"1"}]"#,
+    )
+    .await;
     let report = r.migrate().await;
     assert_eq!(report.totals.positions_migrated, 2);
     assert_eq!(report.totals.positions_skipped_closed, 0);
@@ -106,12 +132,19 @@ async fn closed_positions_migrate_by_default() {
 #[tokio::test]
 async fn skip_closed_skips_and_counts_them() {
     let r = redis().await;
-    r.set("okx:positions:7", r#"[{"instId":"A","pos":"0"},{"instId":"B","pos":"1"},{"instId":"C","pos":"0.0"}]"#).await;
+    r.set(
+        "okx:positions:7",
+        r#"[{"instId":"A","pos":"0"},{"instId":"B","pos":"1"},{"instId":"C","pos":"0.0"}]"#,
+    )
+    .await;
     let report = r.migrate_with(|o| o.skip_closed = true).await;
     assert_eq!(report.totals.positions_found, 3);
     assert_eq!(report.totals.positions_migrated, 1);
     assert_eq!(report.totals.positions_skipped_closed, 2);
-    assert_eq!(members(&r, "positions:index:7:okx").await, BTreeSet::from(["B:long".to_owned()]));
+    assert_eq!(
+        members(&r, "positions:index:7:okx").await,
+        BTreeSet::from(["B:long".to_owned()])
+    );
     // The backup keeps the skipped ones.
     let backup = backup_of(&r, "okx:positions:7").await;
     let kept: String = r.cmd(&["GET", &backup]).await;
@@ -132,7 +165,10 @@ async fn object_shaped_values_migrate_like_arrays() {
         members(&r, "positions:index:9:binance").await,
         BTreeSet::from(["BTC-USDT:short".to_owned(), "ETH-USDT:long".to_owned()])
     );
-    assert_eq!(hash(&r, "positions:9:binance:ETH-USDT:long").await["pos"], "2");
+    assert_eq!(
+        hash(&r, "positions:9:binance:ETH-USDT:long").await["pos"],
+        "2"
+    );
     assert_eq!(r.cmd::<i64>(&["EXISTS", "binance:positions:9"]).await, 0);
 }
 
@@ -168,9 +204,21 @@ async fn malformed_values_are_quarantined_and_untouched(#[case] value: &[u8]) {
     assert_eq!(report.quarantined[0].key, "okx:positions:bad");
     let after: Vec<u8> = r.cmd(&["GET", "okx:positions:bad"]).await;
     assert_eq!(after, value, "value untouched");
-    assert!(r.cmd::<i64>(&["PTTL", "okx:positions:bad"]).await > 3_500_000, "TTL untouched");
-    let written: Vec<String> = r.keys().await.into_iter().filter(|k| !is_journal_key(k)).collect();
-    assert_eq!(written, vec!["okx:positions:bad".to_owned()], "nothing else written");
+    assert!(
+        r.cmd::<i64>(&["PTTL", "okx:positions:bad"]).await > 3_500_000,
+        "TTL untouched"
+    );
+    let written: Vec<String> = r
+        .keys()
+        .await
+        .into_iter()
+        .filter(|k| !is_journal_key(k))
+        .collect();
+    assert_eq!(
+        written,
+        vec!["okx:positions:bad".to_owned()],
+        "nothing else written"
+    );
 }
 
 #[rstest]
@@ -184,7 +232,13 @@ async fn wrong_redis_type_is_quarantined_and_untouched(#[case] create: &[&str]) 
     let report = r.migrate().await;
     assert_eq!(report.totals.keys_quarantined, 1);
     assert_eq!(report.quarantined[0].reason, "not_a_string");
-    assert_eq!(r.cmd::<String>(&["TYPE", "okx:positions:h"]).await, create[0].replace("HSET", "hash").replace("RPUSH", "list").replace("SADD", "set"));
+    assert_eq!(
+        r.cmd::<String>(&["TYPE", "okx:positions:h"]).await,
+        create[0]
+            .replace("HSET", "hash")
+            .replace("RPUSH", "list")
+            .replace("SADD", "set")
+    );
     assert!(position_keys(&r).await.is_empty());
 }
 
@@ -197,24 +251,44 @@ async fn backup_is_byte_identical_with_a_seven_day_ttl() {
     r.migrate().await;
     let backup = backup_of(&r, "upbit:positions:b").await;
     let stamp = backup.rsplit(':').next().unwrap();
-    assert!(chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d_%H%M%S").is_ok(), "{stamp}");
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d_%H%M%S").is_ok(),
+        "{stamp}"
+    );
     assert_eq!(r.cmd::<String>(&["GET", &backup]).await, value);
     let ttl: i64 = r.cmd(&["TTL", &backup]).await;
-    assert!(ttl > 0 && ttl <= BACKUP_TTL_SECS as i64 && ttl > BACKUP_TTL_SECS as i64 - 60, "{ttl}");
+    assert!(
+        ttl > 0 && ttl <= BACKUP_TTL_SECS as i64 && ttl > BACKUP_TTL_SECS as i64 - 60,
+        "{ttl}"
+    );
 }
 
 #[tokio::test]
 async fn legacy_ttl_carries_over_to_hashes_and_index() {
     let r = redis().await;
-    r.set_px("okx:positions:t", r#"[{"instId":"A","pos":"1"},{"instId":"B","pos":"-1"}]"#, 5_000_000).await;
-    r.set("okx:positions:p", r#"[{"instId":"A","pos":"1"}]"#).await;
+    r.set_px(
+        "okx:positions:t",
+        r#"[{"instId":"A","pos":"1"},{"instId":"B","pos":"-1"}]"#,
+        5_000_000,
+    )
+    .await;
+    r.set("okx:positions:p", r#"[{"instId":"A","pos":"1"}]"#)
+        .await;
     r.migrate().await;
-    for key in ["positions:t:okx:A:long", "positions:t:okx:B:short", "positions:index:t:okx"] {
+    for key in [
+        "positions:t:okx:A:long",
+        "positions:t:okx:B:short",
+        "positions:index:t:okx",
+    ] {
         let pttl: i64 = r.cmd(&["PTTL", key]).await;
         assert!((4_990_000..=5_000_000).contains(&pttl), "{key}: {pttl}");
     }
     for key in ["positions:p:okx:A:long", "positions:index:p:okx"] {
-        assert_eq!(r.cmd::<i64>(&["PTTL", key]).await, -1, "{key} stays persistent");
+        assert_eq!(
+            r.cmd::<i64>(&["PTTL", key]).await,
+            -1,
+            "{key} stays persistent"
+        );
     }
 }
 
@@ -222,34 +296,51 @@ async fn legacy_ttl_carries_over_to_hashes_and_index() {
 async fn existing_backups_are_never_migrated() {
     let r = redis().await;
     let old = "okx:positions:u:backup:20240101_000000";
-    r.set_px(old, r#"[{"instId":"A","pos":"1"}]"#, 100_000_000).await;
+    r.set_px(old, r#"[{"instId":"A","pos":"1"}]"#, 100_000_000)
+        .await;
     let report = r.migrate().await;
     assert_eq!(report.totals.legacy_keys_found, 0);
-    assert_eq!(r.keys().await.into_iter().filter(|k| !is_journal_key(k)).collect::<Vec<_>>(), vec![old.to_owned()]);
+    assert_eq!(
+        r.keys()
+            .await
+            .into_iter()
+            .filter(|k| !is_journal_key(k))
+            .collect::<Vec<_>>(),
+        vec![old.to_owned()]
+    );
 }
 
 #[tokio::test]
 async fn exchange_option_migrates_one_exchange_only() {
     let r = redis().await;
-    r.set("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#).await;
-    r.set("binance:positions:1", r#"[{"instId":"A","pos":"1"}]"#).await;
+    r.set("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#)
+        .await;
+    r.set("binance:positions:1", r#"[{"instId":"A","pos":"1"}]"#)
+        .await;
     let report = r.migrate_with(|o| o.exchanges = vec!["okx".into()]).await;
     assert_eq!(report.totals.keys_migrated, 1);
     assert_eq!(r.cmd::<i64>(&["EXISTS", "okx:positions:1"]).await, 0);
     assert_eq!(r.cmd::<i64>(&["EXISTS", "binance:positions:1"]).await, 1);
-    assert!(position_keys(&r).await.iter().all(|k| !k.contains("binance")));
+    assert!(position_keys(&r)
+        .await
+        .iter()
+        .all(|k| !k.contains("binance")));
 }
 
 #[tokio::test]
 async fn dry_run_writes_nothing() {
     let mut r = redis().await;
-    r.set("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#).await;
+    r.set("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#)
+        .await;
     r.set("okx:positions:2", "junk").await;
     r.set_px("bitget:positions:3", "[]", 9_000_000).await;
     let before = digest(&mut r.conn, |_| true).await.unwrap();
     let report = r.migrate_with(|o| o.dry_run = true).await;
     let after = digest(&mut r.conn, |_| true).await.unwrap();
-    assert!(compare(&before, &after, 1_000).is_clean(), "dry run wrote something");
+    assert!(
+        compare(&before, &after, 1_000).is_clean(),
+        "dry run wrote something"
+    );
     assert_eq!(before.len(), 3, "no journal either");
     // ... but it planned what a run would do.
     assert_eq!(report.totals.keys_migrated, 2);
@@ -261,29 +352,55 @@ async fn dry_run_writes_nothing() {
 async fn glob_characters_and_unicode_in_ids_stay_literal() {
     let r = redis().await;
     let uid = "u*[1]?\\é";
-    r.set(&format!("okx:positions:{uid}"), r#"[{"instId":"BTC-€","pos":"1"}]"#).await;
-    r.set("okx:positions:u1", r#"[{"instId":"A","pos":"1"}]"#).await;
+    r.set(
+        &format!("okx:positions:{uid}"),
+        r#"[{"instId":"BTC-€","pos":"1"}]"#,
+    )
+    .await;
+    r.set("okx:positions:u1", r#"[{"instId":"A","pos":"1"}]"#)
+        .await;
     let report = r.migrate_with(|o| o.exchanges = vec!["okx".into()]).await;
     assert_eq!(report.totals.keys_migrated, 2);
     assert_eq!(
         members(&r, &format!("positions:index:{uid}:okx")).await,
         BTreeSet::from(["BTC-€:long".to_owned()])
     );
-    assert_eq!(members(&r, "positions:index:u1:okx").await, BTreeSet::from(["A:long".to_owned()]));
+    assert_eq!(
+        members(&r, "positions:index:u1:okx").await,
+        BTreeSet::from(["A:long".to_owned()])
+    );
 }
 
 #[tokio::test]
 async fn existing_target_is_a_conflict_and_nothing_is_written() {
     let r = redis().await;
-    r.set("okx:positions:c", r#"[{"instId":"A","pos":"1"},{"instId":"B","pos":"1"}]"#).await;
-    r.cmd::<i64>(&["HSET", "positions:c:okx:B:long", "pos", "9"]).await;
+    r.set(
+        "okx:positions:c",
+        r#"[{"instId":"A","pos":"1"},{"instId":"B","pos":"1"}]"#,
+    )
+    .await;
+    r.cmd::<i64>(&["HSET", "positions:c:okx:B:long", "pos", "9"])
+        .await;
     let report = r.migrate().await;
     assert!(report.needs_review());
     assert_eq!(report.totals.keys_conflicting, 1);
-    assert!(report.conflicts[0].detail.contains("positions:c:okx:B:long"));
-    assert_eq!(r.cmd::<i64>(&["EXISTS", "okx:positions:c"]).await, 1, "legacy kept");
-    assert_eq!(hash(&r, "positions:c:okx:B:long").await, Hash::from([("pos".into(), "9".into())]));
-    assert_eq!(r.cmd::<i64>(&["EXISTS", "positions:c:okx:A:long"]).await, 0, "nothing half-written");
+    assert!(report.conflicts[0]
+        .detail
+        .contains("positions:c:okx:B:long"));
+    assert_eq!(
+        r.cmd::<i64>(&["EXISTS", "okx:positions:c"]).await,
+        1,
+        "legacy kept"
+    );
+    assert_eq!(
+        hash(&r, "positions:c:okx:B:long").await,
+        Hash::from([("pos".into(), "9".into())])
+    );
+    assert_eq!(
+        r.cmd::<i64>(&["EXISTS", "positions:c:okx:A:long"]).await,
+        0,
+        "nothing half-written"
+    );
 }
 
 /// A writer that changes the legacy key after it was read must not lose its
@@ -291,7 +408,8 @@ async fn existing_target_is_a_conflict_and_nothing_is_written() {
 #[tokio::test]
 async fn stale_plan_writes_nothing() {
     let r = redis().await;
-    r.set("okx:positions:w", r#"[{"instId":"A","pos":"2"}]"#).await;
+    r.set("okx:positions:w", r#"[{"instId":"A","pos":"2"}]"#)
+        .await;
     let store = r.store().await;
     let stale = UserWrite {
         legacy_key: "okx:positions:w".into(),
@@ -310,7 +428,10 @@ async fn stale_plan_writes_nothing() {
         migrated_at: "2026-01-01T00:00:00Z".into(),
         backup_ttl_secs: BACKUP_TTL_SECS,
     };
-    let outcomes = store.migrate_users(&ctx, std::slice::from_ref(&stale)).await.unwrap();
+    let outcomes = store
+        .migrate_users(&ctx, std::slice::from_ref(&stale))
+        .await
+        .unwrap();
     assert_eq!(outcomes, vec![WriteOutcome::Changed]);
     assert_eq!(r.keys().await, vec!["okx:positions:w".to_owned()]);
     // And the runner, reading afresh, migrates the writer's value.
@@ -321,8 +442,17 @@ async fn stale_plan_writes_nothing() {
 #[tokio::test]
 async fn verify_passes_after_a_migration_and_catches_tampering() {
     let r = redis().await;
-    r.set("okx:positions:v", r#"[{"instId":"A","pos":"1"},{"instId":"B","pos":"-1"}]"#).await;
-    r.set_px("bybit:positions:v", r#"[{"instId":"C","posSide":"long","pos":"1"}]"#, 7_200_000).await;
+    r.set(
+        "okx:positions:v",
+        r#"[{"instId":"A","pos":"1"},{"instId":"B","pos":"-1"}]"#,
+    )
+    .await;
+    r.set_px(
+        "bybit:positions:v",
+        r#"[{"instId":"C","posSide":"long","pos":"1"}]"#,
+        7_200_000,
+    )
+    .await;
     r.migrate().await;
     let run = latest_run(&r.conn).await.unwrap();
     let ok = verify_grid_positions(&r.conn, &run, &|_| {}).await.unwrap();
@@ -330,26 +460,42 @@ async fn verify_passes_after_a_migration_and_catches_tampering() {
     let ids: Vec<&str> = ok.invariants.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(ids, ["counts", "index", "fields", "backup", "ttl"]);
 
-    r.cmd::<i64>(&["HSET", "positions:v:okx:A:long", "pos", "5"]).await;
+    r.cmd::<i64>(&["HSET", "positions:v:okx:A:long", "pos", "5"])
+        .await;
     r.cmd::<i64>(&["DEL", "positions:v:okx:B:short"]).await;
     r.cmd::<i64>(&["PERSIST", "positions:v:bybit:C:long"]).await;
     r.set("okx:positions:v", "[]").await;
     let bad = verify_grid_positions(&r.conn, &run, &|_| {}).await.unwrap();
-    let failed: BTreeSet<&str> = bad.invariants.iter().filter(|i| !i.passed).map(|i| i.id.as_str()).collect();
-    assert_eq!(failed, BTreeSet::from(["counts", "fields", "index", "ttl"]), "{bad:#?}");
+    let failed: BTreeSet<&str> = bad
+        .invariants
+        .iter()
+        .filter(|i| !i.passed)
+        .map(|i| i.id.as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        BTreeSet::from(["counts", "fields", "index", "ttl"]),
+        "{bad:#?}"
+    );
 }
 
 #[tokio::test]
 async fn a_second_run_migrates_nothing() {
     let r = redis().await;
-    r.set("okx:positions:i", r#"[{"instId":"A","pos":"1"}]"#).await;
+    r.set("okx:positions:i", r#"[{"instId":"A","pos":"1"}]"#)
+        .await;
     r.set("okx:positions:q", "junk").await;
     r.migrate().await;
     let keys = r.keys().await;
     let second = r.migrate().await;
     assert_eq!(second.totals.keys_migrated, 0);
     assert_eq!(second.totals.keys_quarantined, 1);
-    let new: Vec<String> = r.keys().await.into_iter().filter(|k| !keys.contains(k) && !is_journal_key(k)).collect();
+    let new: Vec<String> = r
+        .keys()
+        .await
+        .into_iter()
+        .filter(|k| !keys.contains(k) && !is_journal_key(k))
+        .collect();
     assert!(new.is_empty(), "{new:?}");
 }
 
@@ -360,21 +506,37 @@ async fn script_path_and_transaction_path_agree() {
     use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions};
     use keyshift_harness::seed::{generate, load, GenConfig};
 
-    let generated = generate(&GenConfig { users: 300, seed: 11, ..GenConfig::default() });
+    let generated = generate(&GenConfig {
+        users: 300,
+        seed: 11,
+        ..GenConfig::default()
+    });
     let mut reports = Vec::new();
     for scripts_only in [false, true] {
         let mut r = redis().await;
         load(&mut r.conn, &generated.keyspace).await.unwrap();
         let store = r.store().await;
-        let store = if scripts_only { store.scripts_only() } else { store };
-        let report = migrate_grid_positions(&store, &MigrateOptions::new(support::exchanges()), &|_| {}).await.unwrap();
+        let store = if scripts_only {
+            store.scripts_only()
+        } else {
+            store
+        };
+        let report =
+            migrate_grid_positions(&store, &MigrateOptions::new(support::exchanges()), &|_| {})
+                .await
+                .unwrap();
         let run = latest_run(&r.conn).await.unwrap();
         let verified = verify_grid_positions(&r.conn, &run, &|_| {}).await.unwrap();
-        assert!(verified.passed(), "scripts_only={scripts_only}: {verified:#?}");
+        assert!(
+            verified.passed(),
+            "scripts_only={scripts_only}: {verified:#?}"
+        );
         // Hashes carry each run's own migrated_at, so the runs compare by
         // key count, the verifier having checked every field.
         let stamp = format!(":backup:{}", run.stamp);
-        let digest = digest(&mut r.conn, |k| !is_journal_key(k) && !k.ends_with(&stamp)).await.unwrap();
+        let digest = digest(&mut r.conn, |k| !is_journal_key(k) && !k.ends_with(&stamp))
+            .await
+            .unwrap();
         reports.push((report.totals, digest.len()));
     }
     assert_eq!(reports[0], reports[1]);

@@ -21,7 +21,11 @@ impl<C: ConnectionLike + Clone + Send> HashStore<C> {
     }
 }
 
-fn to_position(inst_id: &str, side: Side, mut fields: BTreeMap<String, String>) -> Option<Position> {
+fn to_position(
+    inst_id: &str,
+    side: Side,
+    mut fields: BTreeMap<String, String>,
+) -> Option<Position> {
     if fields.is_empty() {
         return None;
     }
@@ -78,7 +82,13 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for HashStore<C> {
         Ok(out)
     }
 
-    async fn get_position(&self, user_id: &str, exchange: &str, inst_id: &str, side: Side) -> Result<Option<Position>> {
+    async fn get_position(
+        &self,
+        user_id: &str,
+        exchange: &str,
+        inst_id: &str,
+        side: Side,
+    ) -> Result<Option<Position>> {
         let keys = LegacyPositionsKey {
             exchange: exchange.to_owned(),
             user_id: user_id.to_owned(),

@@ -53,7 +53,13 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for LegacyStore<C> {
         Ok(out)
     }
 
-    async fn get_position(&self, user_id: &str, exchange: &str, inst_id: &str, side: Side) -> Result<Option<Position>> {
+    async fn get_position(
+        &self,
+        user_id: &str,
+        exchange: &str,
+        inst_id: &str,
+        side: Side,
+    ) -> Result<Option<Position>> {
         Ok(self
             .all_positions(user_id, exchange)
             .await?

@@ -28,8 +28,17 @@ impl Position {
     /// Signed contribution to a symbol's size (DESIGN §3): long +|pos|,
     /// short -|pos|, net as stored.
     pub fn signed_size(&self) -> f64 {
-        let pos = self.fields.get("pos").and_then(|p| parse_number(p)).unwrap_or(0.0);
-        match self.fields.get("posSide").map(|s| s.to_ascii_lowercase()).as_deref() {
+        let pos = self
+            .fields
+            .get("pos")
+            .and_then(|p| parse_number(p))
+            .unwrap_or(0.0);
+        match self
+            .fields
+            .get("posSide")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
             Some("long") => pos.abs(),
             Some("short") => -pos.abs(),
             _ => pos,
@@ -39,7 +48,10 @@ impl Position {
 
 /// Sum of signed sizes, in a fixed order so every store gives the same bits.
 pub fn net_size<'a>(positions: impl IntoIterator<Item = &'a Position>, inst_id: &str) -> f64 {
-    let mut matching: Vec<&Position> = positions.into_iter().filter(|p| p.inst_id == inst_id).collect();
+    let mut matching: Vec<&Position> = positions
+        .into_iter()
+        .filter(|p| p.inst_id == inst_id)
+        .collect();
     matching.sort_by_key(|p| p.side);
     matching.iter().map(|p| p.signed_size()).sum()
 }
@@ -50,10 +62,19 @@ pub trait PositionStore {
     /// Every position of a user on an exchange, sorted by (instId, side).
     async fn all_positions(&self, user_id: &str, exchange: &str) -> Result<Vec<Position>>;
     /// One position, if present.
-    async fn get_position(&self, user_id: &str, exchange: &str, inst_id: &str, side: Side) -> Result<Option<Position>>;
+    async fn get_position(
+        &self,
+        user_id: &str,
+        exchange: &str,
+        inst_id: &str,
+        side: Side,
+    ) -> Result<Option<Position>>;
     /// Signed net size of a symbol.
     async fn position_size(&self, user_id: &str, exchange: &str, inst_id: &str) -> Result<f64> {
-        Ok(net_size(&self.all_positions(user_id, exchange).await?, inst_id))
+        Ok(net_size(
+            &self.all_positions(user_id, exchange).await?,
+            inst_id,
+        ))
     }
 }
 
@@ -66,7 +87,11 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-        Position { inst_id: inst.into(), side, fields }
+        Position {
+            inst_id: inst.into(),
+            side,
+            fields,
+        }
     }
 
     #[test]

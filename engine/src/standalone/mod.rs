@@ -96,8 +96,19 @@ impl StandaloneStore {
     }
 
     /// One transaction on a pooled connection, or the script when EXEC aborts.
-    async fn migrate_chunk(&self, ctx: &RunContext, chunk: &[UserWrite]) -> Result<Vec<WriteOutcome>> {
-        let mut conn = self.pool.take.lock().await.recv().await.expect("pool sender alive");
+    async fn migrate_chunk(
+        &self,
+        ctx: &RunContext,
+        chunk: &[UserWrite],
+    ) -> Result<Vec<WriteOutcome>> {
+        let mut conn = self
+            .pool
+            .take
+            .lock()
+            .await
+            .recv()
+            .await
+            .expect("pool sender alive");
         let result = transaction::migrate_batch(&mut conn, ctx, chunk).await;
         if result.is_err() {
             // Leave no MULTI or WATCH behind on a pooled connection.
@@ -125,25 +136,37 @@ impl StandaloneStore {
             .filter(|(_, d)| **d == transaction::Decision::ByScript)
             .map(|(u, _)| u.clone())
             .collect();
-        let mut scripted = self.migrate_users_by_script(ctx, &by_script).await?.into_iter();
+        let mut scripted = self
+            .migrate_users_by_script(ctx, &by_script)
+            .await?
+            .into_iter();
         Ok(decisions
             .into_iter()
             .map(|d| match d {
                 transaction::Decision::Write { pttl } => WriteOutcome::Migrated { pttl_ms: pttl },
                 transaction::Decision::Done(o) => o,
-                transaction::Decision::ByScript => scripted.next().expect("one outcome per scripted user"),
+                transaction::Decision::ByScript => {
+                    scripted.next().expect("one outcome per scripted user")
+                }
             })
             .collect())
     }
 
     /// The per-user Lua path: every user atomic on its own.
-    async fn migrate_users_by_script(&self, ctx: &RunContext, users: &[UserWrite]) -> Result<Vec<WriteOutcome>> {
+    async fn migrate_users_by_script(
+        &self,
+        ctx: &RunContext,
+        users: &[UserWrite],
+    ) -> Result<Vec<WriteOutcome>> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for user in users {
-            let cmd = pipe.cmd("EVALSHA").arg(&self.migrate_sha).arg(4 + user.positions.len());
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(&self.migrate_sha)
+                .arg(4 + user.positions.len());
             cmd.arg(&user.legacy_key)
                 .arg(&ctx.outcomes_key)
                 .arg(&user.backup_key)
@@ -151,7 +174,9 @@ impl StandaloneStore {
             for p in &user.positions {
                 cmd.arg(&p.key);
             }
-            cmd.arg(&user.expected).arg(ctx.backup_ttl_secs).arg(user.skipped_closed);
+            cmd.arg(&user.expected)
+                .arg(ctx.backup_ttl_secs)
+                .arg(user.skipped_closed);
             for p in &user.positions {
                 // The metadata travels with the fields so the script sets
                 // each hash with one HSET.
@@ -188,13 +213,19 @@ impl StandaloneStore {
     /// Runs a pipeline; if the server lost its scripts (restart, SCRIPT
     /// FLUSH) they are loaded again and the pipeline sent once more. Every
     /// EVALSHA of the first attempt failed, so nothing runs twice.
-    async fn query_scripts(&self, pipe: &redis::Pipeline, during: &'static str) -> Result<Vec<Value>> {
+    async fn query_scripts(
+        &self,
+        pipe: &redis::Pipeline,
+        during: &'static str,
+    ) -> Result<Vec<Value>> {
         let mut conn = self.conn.clone();
         match pipe.query_async::<Vec<Value>>(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 let mut again = self.clone();
                 again.load_scripts().await?;
-                pipe.query_async(&mut conn).await.map_err(EngineError::redis(during))
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(EngineError::redis(during))
             }
             other => other.map_err(EngineError::redis(during)),
         }
@@ -241,7 +272,12 @@ impl GridPositionsStore for StandaloneStore {
                     wrong_type.push(i);
                     ("", None)
                 }
-                Err(e) => return Err(EngineError::Redis { during: "reading legacy keys", source: e }),
+                Err(e) => {
+                    return Err(EngineError::Redis {
+                        during: "reading legacy keys",
+                        source: e,
+                    })
+                }
                 Ok(_) => return Err(unexpected("GET reply")),
             };
             reads.push(LegacyRead {
@@ -266,7 +302,11 @@ impl GridPositionsStore for StandaloneStore {
         Ok(reads)
     }
 
-    async fn migrate_users(&self, ctx: &RunContext, users: &[UserWrite]) -> Result<Vec<WriteOutcome>> {
+    async fn migrate_users(
+        &self,
+        ctx: &RunContext,
+        users: &[UserWrite],
+    ) -> Result<Vec<WriteOutcome>> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
@@ -336,6 +376,10 @@ fn parse_write_outcome(reply: Value) -> Result<WriteOutcome> {
 fn unexpected(what: &str) -> EngineError {
     EngineError::Redis {
         during: "decoding a script reply",
-        source: redis::RedisError::from((redis::ErrorKind::Client, "unexpected reply shape", what.to_owned())),
+        source: redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "unexpected reply shape",
+            what.to_owned(),
+        )),
     }
 }

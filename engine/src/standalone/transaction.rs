@@ -42,7 +42,10 @@ pub async fn migrate_batch(
     pipe.ignore_errors();
     let mut watch = redis::cmd("WATCH");
     for u in users {
-        watch.arg(&u.legacy_key).arg(&u.backup_key).arg(&u.index_key);
+        watch
+            .arg(&u.legacy_key)
+            .arg(&u.backup_key)
+            .arg(&u.index_key);
         for p in &u.positions {
             watch.arg(&p.key);
         }
@@ -61,14 +64,19 @@ pub async fn migrate_batch(
         .await
         .map_err(EngineError::redis("reading a batch under WATCH"))?;
     let mut replies = replies.into_iter();
-    replies.next().transpose().map_err(EngineError::redis("watching a batch"))?;
+    replies
+        .next()
+        .transpose()
+        .map_err(EngineError::redis("watching a batch"))?;
     let mut decided = Vec::with_capacity(users.len());
     for u in users {
         let value = replies.next().and_then(|r| r.ok());
         let pttl: i64 = int(replies.next());
         let existing = int(replies.next());
         decided.push(match value {
-            Some(Value::BulkString(v)) if v == u.expected && existing == 0 => Decision::Write { pttl },
+            Some(Value::BulkString(v)) if v == u.expected && existing == 0 => {
+                Decision::Write { pttl }
+            }
             // The script path names the key that is in the way.
             Some(Value::BulkString(v)) if v == u.expected => Decision::ByScript,
             _ => Decision::Done(WriteOutcome::Changed),
@@ -93,7 +101,9 @@ pub async fn migrate_batch(
     let mut tx = redis::pipe();
     tx.cmd("MULTI");
     for (u, d) in users.iter().zip(&decided) {
-        let Decision::Write { pttl } = d else { continue };
+        let Decision::Write { pttl } = d else {
+            continue;
+        };
         // An absolute expiry carries the TTL over exactly, however long the
         // round trips took.
         let expire_at = (*pttl > 0).then(|| now_ms + pttl);
@@ -119,7 +129,11 @@ pub async fn migrate_batch(
                 tx.cmd("PEXPIREAT").arg(&u.index_key).arg(at);
             }
         }
-        tx.cmd("SET").arg(&u.backup_key).arg(&u.expected).arg("EX").arg(ctx.backup_ttl_secs);
+        tx.cmd("SET")
+            .arg(&u.backup_key)
+            .arg(&u.expected)
+            .arg("EX")
+            .arg(ctx.backup_ttl_secs);
         tx.cmd("DEL").arg(&u.legacy_key);
         let outcome = Outcome::Migrated {
             positions: u.positions.len(),
@@ -128,7 +142,10 @@ pub async fn migrate_batch(
             at: now_ms,
         };
         let json = serde_json::to_string(&outcome).expect("outcome serialises");
-        tx.cmd("HSET").arg(&ctx.outcomes_key).arg(&u.legacy_key).arg(json);
+        tx.cmd("HSET")
+            .arg(&ctx.outcomes_key)
+            .arg(&u.legacy_key)
+            .arg(json);
     }
     tx.cmd("EXEC");
     let replies: Vec<Value> = tx
@@ -152,6 +169,10 @@ fn int(reply: Option<redis::RedisResult<Value>>) -> i64 {
 fn bad_reply(what: &str) -> EngineError {
     EngineError::Redis {
         during: "decoding a transaction reply",
-        source: redis::RedisError::from((redis::ErrorKind::Client, "unexpected reply shape", what.to_owned())),
+        source: redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "unexpected reply shape",
+            what.to_owned(),
+        )),
     }
 }

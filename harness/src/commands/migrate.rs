@@ -3,9 +3,9 @@
 use std::fmt::Write as _;
 
 use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions, MigrationReport};
+use keyshift_engine::redact_url;
 use keyshift_engine::standalone::{connect, StandaloneStore};
 use keyshift_engine::store::GridPositionsStore;
-use keyshift_engine::redact_url;
 
 use super::{confirm_write, exchanges, progress_bar};
 use crate::exit::Outcome;
@@ -21,7 +21,8 @@ pub struct MigrateArgs<'a> {
 
 pub async fn run(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
     let conn = connect(args.url).await?;
-    let store = StandaloneStore::open(args.url, conn, StandaloneStore::DEFAULT_TRANSACTIONS).await?;
+    let store =
+        StandaloneStore::open(args.url, conn, StandaloneStore::DEFAULT_TRANSACTIONS).await?;
     if !args.dry_run {
         confirm_write(
             args.force,
@@ -52,15 +53,31 @@ pub fn render(r: &MigrationReport) -> String {
     let heading = if r.dry_run {
         "Plan (dry run: nothing was written)".to_owned()
     } else {
-        format!("Run {} (backups stamped {})", r.run_id.as_deref().unwrap_or("-"), r.stamp)
+        format!(
+            "Run {} (backups stamped {})",
+            r.run_id.as_deref().unwrap_or("-"),
+            r.stamp
+        )
     };
     let _ = writeln!(out, "grid-positions — {heading}");
     let _ = writeln!(
         out,
         "{:<10} {:>11} {:>9} {:>11} {:>9} {:>10} {:>9} {:>8} {:>11}",
-        "exchange", "legacy keys", "migrated", "quarantined", "conflicts", "positions", "migrated", "skipped", "quarantined"
+        "exchange",
+        "legacy keys",
+        "migrated",
+        "quarantined",
+        "conflicts",
+        "positions",
+        "migrated",
+        "skipped",
+        "quarantined"
     );
-    let rows = r.per_exchange.iter().map(|(e, c)| (e.as_str(), c)).chain([("total", &r.totals)]);
+    let rows = r
+        .per_exchange
+        .iter()
+        .map(|(e, c)| (e.as_str(), c))
+        .chain([("total", &r.totals)]);
     for (name, c) in rows {
         let _ = writeln!(
             out,
@@ -79,13 +96,23 @@ pub fn render(r: &MigrationReport) -> String {
     if !r.samples.is_empty() {
         let _ = writeln!(out, "\nSample keys (old -> new):");
         for s in &r.samples {
-            let _ = writeln!(out, "  {} -> {} hash(es), index {}, backup {}", s.legacy, s.hashes.len(), s.index, s.backup);
+            let _ = writeln!(
+                out,
+                "  {} -> {} hash(es), index {}, backup {}",
+                s.legacy,
+                s.hashes.len(),
+                s.index,
+                s.backup
+            );
             for h in s.hashes.iter().take(3) {
                 let _ = writeln!(out, "      {h}");
             }
         }
     }
-    for (title, list) in [("Quarantined (left untouched)", &r.quarantined), ("Conflicts (nothing written)", &r.conflicts)] {
+    for (title, list) in [
+        ("Quarantined (left untouched)", &r.quarantined),
+        ("Conflicts (nothing written)", &r.conflicts),
+    ] {
         if list.is_empty() {
             continue;
         }
@@ -99,7 +126,10 @@ pub fn render(r: &MigrationReport) -> String {
     }
     let _ = writeln!(out, "\nElapsed: {:.2} s", r.elapsed_ms as f64 / 1000.0);
     if r.needs_review() {
-        let _ = writeln!(out, "Some keys need review: they were not changed (see the lists above).");
+        let _ = writeln!(
+            out,
+            "Some keys need review: they were not changed (see the lists above)."
+        );
     }
     out
 }

@@ -33,7 +33,10 @@ fn run_size(run: &keyshift_engine::journal::RunRecord) -> u64 {
 }
 
 pub fn render(r: &VerifyReport) -> String {
-    let mut out = format!("verify grid-positions — run {} (stamp {})\n", r.run_id, r.stamp);
+    let mut out = format!(
+        "verify grid-positions — run {} (stamp {})\n",
+        r.run_id, r.stamp
+    );
     for inv in &r.invariants {
         out.push_str(&inv.summary_line());
         out.push('\n');
@@ -41,6 +44,10 @@ pub fn render(r: &VerifyReport) -> String {
             out.push_str(&format!("    {s}\n"));
         }
     }
-    out.push_str(if r.passed() { "All invariants hold.\n" } else { "Invariants FAILED (exit 1).\n" });
+    out.push_str(if r.passed() {
+        "All invariants hold.\n"
+    } else {
+        "Invariants FAILED (exit 1).\n"
+    });
     out
 }

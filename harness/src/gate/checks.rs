@@ -16,7 +16,11 @@ use crate::seed::Generated;
 
 pub async fn redis_version(conn: &MultiplexedConnection) -> String {
     let mut c = conn.clone();
-    let info: String = redis::cmd("INFO").arg("server").query_async(&mut c).await.unwrap_or_default();
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
     info.lines()
         .find_map(|l| l.strip_prefix("redis_version:"))
         .unwrap_or("unknown")
@@ -25,16 +29,24 @@ pub async fn redis_version(conn: &MultiplexedConnection) -> String {
 }
 
 /// Every outcome of a run, legacy key -> outcome.
-pub async fn read_outcomes(conn: &MultiplexedConnection, run_id: &str) -> anyhow::Result<BTreeMap<String, Outcome>> {
+pub async fn read_outcomes(
+    conn: &MultiplexedConnection,
+    run_id: &str,
+) -> anyhow::Result<BTreeMap<String, Outcome>> {
     let mut c = conn.clone();
-    let raw: BTreeMap<String, String> = redis::cmd("HGETALL").arg(outcomes_key(run_id)).query_async(&mut c).await?;
+    let raw: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(outcomes_key(run_id))
+        .query_async(&mut c)
+        .await?;
     raw.into_iter()
         .map(|(k, v)| Ok((k, serde_json::from_str(&v)?)))
         .collect()
 }
 
 fn migrated(outcomes: &BTreeMap<String, Outcome>) -> impl Iterator<Item = (&String, &Outcome)> {
-    outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Migrated { .. }))
+    outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Migrated { .. }))
 }
 
 /// Writes each migrated key's backup back under its legacy name, with the
@@ -57,14 +69,17 @@ pub async fn restore_backups(
         pipe.cmd("TIME");
         let mut c = source.clone();
         let mut values: Vec<redis::Value> = pipe.query_async(&mut c).await?;
-        let (secs, micros): (i64, i64) = redis::from_redis_value(values.pop().expect("TIME reply"))?;
+        let (secs, micros): (i64, i64) =
+            redis::from_redis_value(values.pop().expect("TIME reply"))?;
         let now = secs * 1000 + micros / 1000;
         let mut write = redis::pipe();
         for ((key, outcome), value) in chunk.iter().zip(values) {
             let Some(value) = redis::from_redis_value::<Option<Vec<u8>>>(value)? else {
                 continue; // a missing backup is the backup invariant's finding
             };
-            let Outcome::Migrated { pttl, at, .. } = outcome else { unreachable!() };
+            let Outcome::Migrated { pttl, at, .. } = outcome else {
+                unreachable!()
+            };
             let cmd = write.cmd("SET").arg(key.as_str()).arg(value);
             if *pttl > 0 {
                 cmd.arg("PX").arg((*pttl - (now - *at)).max(1));
@@ -86,7 +101,11 @@ pub fn diff_invariant(id: &str, description: &str, diff: &DigestDiff) -> Invaria
 
 /// Adds a digest comparison's findings to an invariant.
 pub fn fold_diff(r: &mut InvariantResult, diff: &DigestDiff, context: &str) {
-    let ctx = if context.is_empty() { String::new() } else { format!(" ({context})") };
+    let ctx = if context.is_empty() {
+        String::new()
+    } else {
+        format!(" ({context})")
+    };
     for _ in 0..diff.matching {
         r.ok();
     }
@@ -120,8 +139,16 @@ pub fn untouched(
             || PositionHashKey::parse(k, exchanges).is_some()
             || parse_index_key(k, exchanges).is_some()
     };
-    let diff = compare(&pre.filtered(|k| !owned(k)), &post.filtered(|k| !owned(k)), ttl_slack_ms);
-    diff_invariant("untouched", "every key outside the migration's patterns is unchanged (type-aware digest)", &diff)
+    let diff = compare(
+        &pre.filtered(|k| !owned(k)),
+        &post.filtered(|k| !owned(k)),
+        ttl_slack_ms,
+    );
+    diff_invariant(
+        "untouched",
+        "every key outside the migration's patterns is unchanged (type-aware digest)",
+        &diff,
+    )
 }
 
 /// A second run writes nothing and migrates nothing.
@@ -131,7 +158,10 @@ pub fn idempotent(diff: &DigestDiff, second: &MigrationReport) -> InvariantEntry
     r.check(if second.totals.keys_migrated == 0 {
         Ok(())
     } else {
-        Err(format!("the second run migrated {} keys", second.totals.keys_migrated))
+        Err(format!(
+            "the second run migrated {} keys",
+            second.totals.keys_migrated
+        ))
     });
     InvariantEntry::from_result(r)
 }
@@ -148,24 +178,41 @@ pub fn check_truth(
     outcomes: &BTreeMap<String, Outcome>,
 ) {
     let truth = &generated.truth;
-    let generated_keys: HashSet<&str> = generated.keyspace.entries.iter().map(|e| e.key.as_str()).collect();
+    let generated_keys: HashSet<&str> = generated
+        .keyspace
+        .entries
+        .iter()
+        .map(|e| e.key.as_str())
+        .collect();
     let mut migrated_keys = 0;
     let mut migrated_positions = 0;
-    for (key, outcome) in outcomes.iter().filter(|(k, _)| generated_keys.contains(k.as_str())) {
+    for (key, outcome) in outcomes
+        .iter()
+        .filter(|(k, _)| generated_keys.contains(k.as_str()))
+    {
         match (outcome, truth.quarantined.get(key.as_str())) {
-            (Outcome::Migrated { positions, skipped, .. }, None) => {
+            (
+                Outcome::Migrated {
+                    positions, skipped, ..
+                },
+                None,
+            ) => {
                 migrated_keys += 1;
                 migrated_positions += positions + skipped;
                 r.ok();
             }
-            (Outcome::Quarantined { reason, .. }, Some(expected)) => r.check(
-                if reason == expected {
+            (Outcome::Quarantined { reason, .. }, Some(expected)) => {
+                r.check(if reason == expected {
                     Ok(())
                 } else {
-                    Err(format!("{key}: quarantined as {reason}, generated as {expected}"))
-                },
-            ),
-            (o, expected) => r.mismatch(|| format!("{key}: outcome {o:?}, generator expected {expected:?}")),
+                    Err(format!(
+                        "{key}: quarantined as {reason}, generated as {expected}"
+                    ))
+                })
+            }
+            (o, expected) => {
+                r.mismatch(|| format!("{key}: outcome {o:?}, generator expected {expected:?}"))
+            }
         }
     }
     let expected_keys = truth.well_formed_legacy_keys;
@@ -177,11 +224,16 @@ pub fn check_truth(
             truth.positions
         ))
     });
-    r.check(if plan.totals == run.totals || run.totals.keys_conflicting > 0 {
-        Ok(())
-    } else {
-        Err(format!("the dry-run plan predicted {:?}, the run did {:?}", plan.totals, run.totals))
-    });
+    r.check(
+        if plan.totals == run.totals || run.totals.keys_conflicting > 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "the dry-run plan predicted {:?}, the run did {:?}",
+                plan.totals, run.totals
+            ))
+        },
+    );
 }
 
 /// Legacy reads on the old data (the restored backups) equal hash-store
@@ -194,8 +246,9 @@ pub async fn api(
 ) -> anyhow::Result<InvariantEntry> {
     let legacy = LegacyStore::new(old.clone());
     let hashes = HashStore::new(new.clone());
-    let users: Vec<LegacyPositionsKey> =
-        migrated(outcomes).filter_map(|(k, _)| LegacyPositionsKey::parse(k, exchanges)).collect();
+    let users: Vec<LegacyPositionsKey> = migrated(outcomes)
+        .filter_map(|(k, _)| LegacyPositionsKey::parse(k, exchanges))
+        .collect();
     let findings: Vec<Vec<Result<(), String>>> = stream::iter(users)
         .map(|user| {
             let (legacy, hashes) = (&legacy, &hashes);
@@ -225,15 +278,26 @@ async fn compare_user<A: PositionStore, B: PositionStore>(
     let mut out = vec![if old == new {
         Ok(())
     } else {
-        Err(format!("{}: all_positions differ ({} legacy, {} hash)", user.key(), old.len(), new.len()))
+        Err(format!(
+            "{}: all_positions differ ({} legacy, {} hash)",
+            user.key(),
+            old.len(),
+            new.len()
+        ))
     }];
     let symbols: BTreeSet<&str> = old.iter().map(|p| p.inst_id.as_str()).collect();
     for symbol in symbols {
-        let (a, b) = (legacy.position_size(uid, ex, symbol).await?, hashes.position_size(uid, ex, symbol).await?);
+        let (a, b) = (
+            legacy.position_size(uid, ex, symbol).await?,
+            hashes.position_size(uid, ex, symbol).await?,
+        );
         out.push(if a.to_bits() == b.to_bits() {
             Ok(())
         } else {
-            Err(format!("{}: position_size({symbol}) legacy {a} != hash {b}", user.key()))
+            Err(format!(
+                "{}: position_size({symbol}) legacy {a} != hash {b}",
+                user.key()
+            ))
         });
     }
     for p in &old {
@@ -241,7 +305,12 @@ async fn compare_user<A: PositionStore, B: PositionStore>(
         out.push(if got.as_ref() == Some(p) {
             Ok(())
         } else {
-            Err(format!("{}: get_position({}, {}) differs", user.key(), p.inst_id, p.side.as_str()))
+            Err(format!(
+                "{}: get_position({}, {}) differs",
+                user.key(),
+                p.inst_id,
+                p.side.as_str()
+            ))
         });
     }
     Ok(out)

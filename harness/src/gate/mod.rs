@@ -56,7 +56,12 @@ pub async fn run_with(args: &GateArgs, gen: GenConfig) -> anyhow::Result<Outcome
     let mut conn = connect(&server.url()).await?;
     seed::load(&mut conn, &keyspace).await?;
     let redis_version = checks::redis_version(&conn).await;
-    let store = StandaloneStore::open(&server.url(), conn.clone(), StandaloneStore::DEFAULT_TRANSACTIONS).await?;
+    let store = StandaloneStore::open(
+        &server.url(),
+        conn.clone(),
+        StandaloneStore::DEFAULT_TRANSACTIONS,
+    )
+    .await?;
 
     let not_journal = |k: &str| !is_journal_key(k);
     // TTLs tick down between two digests: the tolerance of each comparison
@@ -93,7 +98,11 @@ pub async fn run_with(args: &GateArgs, gen: GenConfig) -> anyhow::Result<Outcome
     let mut restore_conn_mut = restore_conn.clone();
     let restored_digest = digest(&mut restore_conn_mut, |_| true).await?;
     let slack = slack_since(pre_at);
-    let restore_diff = compare(&pre.filtered(|k| restored.contains(k)), &restored_digest, slack);
+    let restore_diff = compare(
+        &pre.filtered(|k| restored.contains(k)),
+        &restored_digest,
+        slack,
+    );
 
     let mut engine_invariants = verified.invariants;
     for inv in &mut engine_invariants {
@@ -103,8 +112,14 @@ pub async fn run_with(args: &GateArgs, gen: GenConfig) -> anyhow::Result<Outcome
             _ => {}
         }
     }
-    invariants.extend(engine_invariants.into_iter().map(InvariantEntry::from_result));
-    invariants.push(checks::untouched(&pre, &post, &run, &exchanges, &outcomes, slack));
+    invariants.extend(
+        engine_invariants
+            .into_iter()
+            .map(InvariantEntry::from_result),
+    );
+    invariants.push(checks::untouched(
+        &pre, &post, &run, &exchanges, &outcomes, slack,
+    ));
     invariants.push(checks::api(&restore_conn, &conn, &outcomes, &exchanges).await?);
 
     // A second run must find nothing left to do.
@@ -115,8 +130,16 @@ pub async fn run_with(args: &GateArgs, gen: GenConfig) -> anyhow::Result<Outcome
     let diff = compare(&before_second, &after_second, slack_since(second_at));
     invariants.push(checks::idempotent(&diff, &second));
     for (id, description, why) in [
-        ("rollback", "migrate then rollback gives the pre-migration keyspace", "rollback is not built yet"),
-        ("no-lost-writes", "with writers running, every acknowledged write is in the final state", "writers during the gate are not built yet"),
+        (
+            "rollback",
+            "migrate then rollback gives the pre-migration keyspace",
+            "rollback is not built yet",
+        ),
+        (
+            "no-lost-writes",
+            "with writers running, every acknowledged write is in the final state",
+            "writers during the gate are not built yet",
+        ),
     ] {
         invariants.push(InvariantEntry::not_run(id, description, why));
     }
@@ -130,7 +153,9 @@ pub async fn run_with(args: &GateArgs, gen: GenConfig) -> anyhow::Result<Outcome
         redis_version,
         seed: gen.seed,
         users: gen.users,
-        fixtures: fixtures.as_ref().map(|_| args.fixtures.display().to_string()),
+        fixtures: fixtures
+            .as_ref()
+            .map(|_| args.fixtures.display().to_string()),
         keys_seeded: keyspace.entries.len(),
         truth: serde_json::to_value(&generated.truth)?,
         phases: vec![PhaseReport {
@@ -159,7 +184,11 @@ fn load_fixtures(args: &GateArgs) -> anyhow::Result<Option<Keyspace>> {
         // The default directory is optional outside a checkout.
         return Ok(None);
     }
-    Err(HarnessError::Usage(format!("--fixtures {}: no such directory", args.fixtures.display())).into())
+    Err(HarnessError::Usage(format!(
+        "--fixtures {}: no such directory",
+        args.fixtures.display()
+    ))
+    .into())
 }
 
 fn replay_command(args: &GateArgs, gen: &GenConfig, kind: crate::backend::BackendKind) -> String {
@@ -191,7 +220,10 @@ fn summary(r: &GateReport, dir: &std::path::Path) -> String {
                 i.matching,
                 i.mismatched,
                 i.extra,
-                i.note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default()
+                i.note
+                    .as_ref()
+                    .map(|n| format!("  ({n})"))
+                    .unwrap_or_default()
             ));
             for s in &i.samples {
                 out.push_str(&format!("    {s}\n"));
