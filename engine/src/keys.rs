@@ -28,6 +28,13 @@ pub fn is_id_segment(s: &str) -> bool {
 }
 
 impl LegacyPositionsKey {
+    pub fn new(exchange: &str, user_id: &str) -> Self {
+        Self {
+            exchange: exchange.to_owned(),
+            user_id: user_id.to_owned(),
+        }
+    }
+
     /// Parses `{exchange}:positions:{user_id}` for one of `exchanges`.
     /// Backup keys (`...:backup:...`) and keys whose user id holds a `:`
     /// never parse, so they are never migrated.

@@ -119,7 +119,7 @@ pub fn markdown(r: &GateReport) -> String {
     let _ = writeln!(out, "# keyshift gate: {verdict}\n");
     let _ = writeln!(
         out,
-        "Backend `{}` (Redis {}), seed {}, {} generated users, fixtures {}, {} keys seeded, {:.1} s.\n",
+        "Backend `{}` (Redis {}), seed {}, {} generated users, fixtures from `{}`, {} keys seeded, {:.1} s.\n",
         r.backend,
         r.redis_version,
         r.seed,
@@ -188,6 +188,10 @@ pub fn markdown(r: &GateReport) -> String {
             );
             for f in m.quarantined.iter().take(20) {
                 let _ = writeln!(out, "- `{}`: {}", f.key, f.detail.replace('`', "'"));
+            }
+            if m.quarantined.len() > 20 {
+                let more = m.quarantined.len() - 20;
+                let _ = writeln!(out, "- ... {more} more in report.json");
             }
         }
         out.push('\n');

@@ -50,10 +50,7 @@ fn parse_member(member: &str) -> Option<(&str, Side)> {
 
 impl<C: ConnectionLike + Clone + Send> PositionStore for HashStore<C> {
     async fn all_positions(&self, user_id: &str, exchange: &str) -> Result<Vec<Position>> {
-        let keys = LegacyPositionsKey {
-            exchange: exchange.to_owned(),
-            user_id: user_id.to_owned(),
-        };
+        let keys = LegacyPositionsKey::new(exchange, user_id);
         let mut conn = self.conn.clone();
         let mut members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(keys.index_key())
@@ -73,13 +70,12 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for HashStore<C> {
             .query_async(&mut conn)
             .await
             .map_err(EngineError::redis("reading position hashes"))?;
-        let mut out: Vec<Position> = members
+        let out: Vec<Position> = members
             .into_iter()
             .zip(hashes)
             .filter_map(|((inst_id, side), fields)| to_position(inst_id, side, fields))
             .collect();
-        out.sort_by(|a, b| (&a.inst_id, a.side).cmp(&(&b.inst_id, b.side)));
-        Ok(out)
+        Ok(super::sorted(out))
     }
 
     async fn get_position(
@@ -89,10 +85,7 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for HashStore<C> {
         inst_id: &str,
         side: Side,
     ) -> Result<Option<Position>> {
-        let keys = LegacyPositionsKey {
-            exchange: exchange.to_owned(),
-            user_id: user_id.to_owned(),
-        };
+        let keys = LegacyPositionsKey::new(exchange, user_id);
         let mut conn = self.conn.clone();
         let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
             .arg(keys.position_key(&format!("{inst_id}:{}", side.as_str())))

@@ -20,11 +20,7 @@ impl<C: ConnectionLike + Clone + Send> LegacyStore<C> {
 
 impl<C: ConnectionLike + Clone + Send> PositionStore for LegacyStore<C> {
     async fn all_positions(&self, user_id: &str, exchange: &str) -> Result<Vec<Position>> {
-        let key = LegacyPositionsKey {
-            exchange: exchange.to_owned(),
-            user_id: user_id.to_owned(),
-        }
-        .key();
+        let key = LegacyPositionsKey::new(exchange, user_id).key();
         let mut conn = self.conn.clone();
         let value: Option<Vec<u8>> = redis::cmd("GET")
             .arg(&key)
@@ -37,7 +33,7 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for LegacyStore<C> {
         // The application reads what the migration would write, so the same
         // planner decides sides and field text; an unreadable value is an
         // empty position list to a caller, as the deployed code treats it.
-        let mut out: Vec<Position> = match plan_value(&value, PlanOptions::default()) {
+        let out: Vec<Position> = match plan_value(&value, PlanOptions::default()) {
             UserPlan::Migrate(plan) => plan
                 .positions
                 .into_iter()
@@ -49,8 +45,7 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for LegacyStore<C> {
                 .collect(),
             UserPlan::Quarantine { .. } => Vec::new(),
         };
-        out.sort_by(|a, b| (&a.inst_id, a.side).cmp(&(&b.inst_id, b.side)));
-        Ok(out)
+        Ok(super::sorted(out))
     }
 
     async fn get_position(

@@ -46,6 +46,12 @@ impl Position {
     }
 }
 
+/// Orders positions as every store returns them: by (instId, side).
+fn sorted(mut positions: Vec<Position>) -> Vec<Position> {
+    positions.sort_by(|a, b| (&a.inst_id, a.side).cmp(&(&b.inst_id, b.side)));
+    positions
+}
+
 /// Sum of signed sizes, in a fixed order so every store gives the same bits.
 pub fn net_size<'a>(positions: impl IntoIterator<Item = &'a Position>, inst_id: &str) -> f64 {
     let mut matching: Vec<&Position> = positions
