@@ -296,7 +296,9 @@ async fn process_batch<S: GridPositionsStore>(
                 .expect("entry");
             let value = match (read.redis_type.as_str(), read.value) {
                 ("none", _) => {
-                    counts.keys_vanished += (attempt == 1) as usize;
+                    // Counted once: a key is settled (here or below) only in
+                    // its final state, however often a race sent it back.
+                    counts.keys_vanished += 1;
                     continue;
                 }
                 ("string", Some(v)) => v,
@@ -311,7 +313,6 @@ async fn process_batch<S: GridPositionsStore>(
                         key,
                         reason,
                         0,
-                        attempt,
                     );
                     continue;
                 }
@@ -324,7 +325,6 @@ async fn process_batch<S: GridPositionsStore>(
                     key,
                     reason,
                     positions,
-                    attempt,
                 ),
                 UserPlan::Migrate(plan) => {
                     let write = UserWrite {
@@ -418,10 +418,7 @@ fn quarantine(
     key: String,
     reason: QuarantineReason,
     positions: usize,
-    attempt: usize,
 ) {
-    // A key re-read after a race is counted once, in its final state.
-    let _ = attempt;
     counts.legacy_keys_found += 1;
     counts.keys_quarantined += 1;
     counts.positions_found += positions;
