@@ -17,6 +17,10 @@ pub enum EngineError {
         #[source]
         source: redis::RedisError,
     },
+    #[error("another run holds the lock: {holder}; it expires in {expires_in_ms} ms unless renewed. Wait for it to finish; a lock whose runner died frees itself when it expires")]
+    Locked { holder: String, expires_in_ms: i64 },
+    #[error("{0}")]
+    Refused(String),
     #[error("invalid Redis URL: {0}")]
     BadUrl(String),
     #[error("no grid-positions run is recorded in the journal on this server: run `keyshift migrate grid-positions` first")]

@@ -6,7 +6,11 @@
 //! - `keyshift:run:{run_id}`: the run record, JSON ([`RunRecord`]).
 //! - `keyshift:run:{run_id}:users`: hash, legacy key -> outcome JSON ([`Outcome`]).
 
+use redis::aio::ConnectionLike;
 use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::migrate::MIGRATION;
 
 pub const JOURNAL_PREFIX: &str = "keyshift:";
 
@@ -32,7 +36,10 @@ pub fn is_journal_key(key: &str) -> bool {
 pub enum RunState {
     Running,
     Done,
+    /// Stopped by an error; the same command resumes it.
     Failed,
+    /// Undone by `keyshift rollback`.
+    RolledBack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +58,12 @@ pub struct RunRecord {
     pub counts: Option<serde_json::Value>,
     /// Why the run failed, when it did.
     pub error: Option<String>,
+    /// How many times an interrupted run was resumed.
+    #[serde(default)]
+    pub resumes: u32,
+    /// When it was rolled back, and what the rollback did.
+    #[serde(default)]
+    pub rollback: Option<serde_json::Value>,
 }
 
 /// One legacy key's outcome in a run.
@@ -72,6 +85,93 @@ pub enum Outcome {
     Conflict {
         key: String,
     },
+}
+
+/// The latest run of `grid-positions` recorded on this server.
+pub async fn latest_run<C: ConnectionLike + Clone + Send>(conn: &C) -> Result<RunRecord> {
+    latest_run_of(conn, MIGRATION).await?.ok_or(EngineError::NoRun)
+}
+
+/// The latest run of `migration`, if one is recorded.
+pub async fn latest_run_of<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    migration: &str,
+) -> Result<Option<RunRecord>> {
+    let mut c = conn.clone();
+    let ids: Vec<String> = redis::cmd("ZREVRANGE")
+        .arg(runs_key(migration))
+        .arg(0)
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .map_err(EngineError::redis("reading the journal"))?;
+    match ids.into_iter().next() {
+        Some(id) => read_run(conn, &id).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Every run of `migration`, newest first.
+pub async fn runs_of<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    migration: &str,
+) -> Result<Vec<RunRecord>> {
+    let mut c = conn.clone();
+    let ids: Vec<String> = redis::cmd("ZREVRANGE")
+        .arg(runs_key(migration))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .map_err(EngineError::redis("reading the journal"))?;
+    let mut runs = Vec::with_capacity(ids.len());
+    for id in ids {
+        runs.push(read_run(conn, &id).await?);
+    }
+    Ok(runs)
+}
+
+pub async fn read_run<C: ConnectionLike + Clone + Send>(conn: &C, run_id: &str) -> Result<RunRecord> {
+    let mut c = conn.clone();
+    let key = run_key(run_id);
+    let json: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .map_err(EngineError::redis("reading the journal"))?;
+    let json = json.ok_or(EngineError::NoRun)?;
+    serde_json::from_str(&json).map_err(|e| EngineError::BadJournal {
+        key,
+        detail: e.to_string(),
+    })
+}
+
+/// Streams a run's outcomes in HSCAN batches of about `count`.
+pub async fn scan_outcomes<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    run_id: &str,
+    cursor: u64,
+    count: usize,
+) -> Result<(u64, Vec<(String, Outcome)>)> {
+    let mut c = conn.clone();
+    let key = outcomes_key(run_id);
+    let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
+        .arg(&key)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(&mut c)
+        .await
+        .map_err(EngineError::redis("reading run outcomes"))?;
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    for pair in flat.chunks_exact(2) {
+        let outcome = serde_json::from_str(&pair[1]).map_err(|e| EngineError::BadJournal {
+            key: key.clone(),
+            detail: format!("{}: {e}", pair[0]),
+        })?;
+        out.push((pair[0].clone(), outcome));
+    }
+    Ok((next, out))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::Instant;
 use futures_util::stream::TryStreamExt;
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::journal::{outcomes_key, Outcome, RunRecord, RunState};
 use crate::keys::{escape_glob, LegacyPositionsKey, BACKUP_TTL_SECS};
 use crate::plan::{plan_value, PlanOptions, QuarantineReason, UserPlan};
@@ -96,6 +96,9 @@ pub struct KeySample {
 pub struct MigrationReport {
     pub migration: &'static str,
     pub run_id: Option<String>,
+    /// This invocation continued an interrupted run; its counts cover
+    /// only the keys it settled itself.
+    pub resumed: bool,
     pub stamp: String,
     pub dry_run: bool,
     pub skip_closed: bool,
@@ -132,28 +135,8 @@ pub async fn migrate_grid_positions<S: GridPositionsStore>(
     progress: &dyn Fn(usize),
 ) -> Result<MigrationReport> {
     let started = Instant::now();
-    let now = chrono::Utc::now();
-    let stamp = now.format("%Y%m%d_%H%M%S").to_string();
-    let run_id = format!(
-        "{MIGRATION}-{stamp}-{:04x}",
-        now.timestamp_subsec_nanos() & 0xffff
-    );
-    let mut record = RunRecord {
-        run_id: run_id.clone(),
-        migration: MIGRATION.to_owned(),
-        stamp: stamp.clone(),
-        state: RunState::Running,
-        started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        started_ms: now.timestamp_millis(),
-        finished_at: None,
-        skip_closed: opts.skip_closed,
-        exchanges: opts.exchanges.clone(),
-        counts: None,
-        error: None,
-    };
-    if !opts.dry_run {
-        store.save_run(&record).await?;
-    }
+    let (mut record, resumed) = begin_or_resume(store, opts).await?;
+    let (run_id, stamp) = (record.run_id.clone(), record.stamp.clone());
     let ctx = RunContext {
         outcomes_key: outcomes_key(&run_id),
         migrated_at: record.started_at.clone(),
@@ -164,7 +147,8 @@ pub async fn migrate_grid_positions<S: GridPositionsStore>(
     record.finished_at = Some(finished.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     let mut report = MigrationReport {
         migration: MIGRATION,
-        run_id: (!opts.dry_run).then_some(run_id),
+        run_id: (!opts.dry_run).then(|| run_id.clone()),
+        resumed,
         stamp,
         dry_run: opts.dry_run,
         skip_closed: opts.skip_closed,
@@ -190,8 +174,8 @@ pub async fn migrate_grid_positions<S: GridPositionsStore>(
             report.elapsed_ms = started.elapsed().as_millis();
             if !opts.dry_run {
                 record.state = RunState::Done;
-                record.counts =
-                    Some(serde_json::to_value(&report.totals).expect("counts serialise"));
+                let totals = run_totals(store, &run_id).await?;
+                record.counts = Some(serde_json::to_value(&totals).expect("counts serialise"));
                 store.save_run(&record).await?;
             }
             Ok(report)
@@ -206,6 +190,90 @@ pub async fn migrate_grid_positions<S: GridPositionsStore>(
             Err(e)
         }
     }
+}
+
+/// What the whole run did, resumed parts included, summed from the journal.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RunTotals {
+    pub keys_migrated: usize,
+    pub keys_quarantined: usize,
+    pub keys_conflicting: usize,
+    pub positions_migrated: usize,
+    pub positions_skipped_closed: usize,
+}
+
+async fn run_totals<S: GridPositionsStore>(store: &S, run_id: &str) -> Result<RunTotals> {
+    let mut totals = RunTotals::default();
+    let mut cursor = 0;
+    loop {
+        let (next, outcomes) = store.scan_outcomes(run_id, cursor, 1000).await?;
+        for (_, outcome) in outcomes {
+            match outcome {
+                Outcome::Migrated { positions, skipped, .. } => {
+                    totals.keys_migrated += 1;
+                    totals.positions_migrated += positions;
+                    totals.positions_skipped_closed += skipped;
+                }
+                Outcome::Quarantined { .. } => totals.keys_quarantined += 1,
+                Outcome::Conflict { .. } => totals.keys_conflicting += 1,
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(totals);
+        }
+    }
+}
+
+/// Starts a run, or continues the latest one when it was interrupted (its
+/// runner died or failed): same run id, same backup stamp, same
+/// `migrated_at`, so the end state is the one an uninterrupted run gives.
+/// The caller holds the runner lock, so a `running` record has no live
+/// runner.
+async fn begin_or_resume<S: GridPositionsStore>(
+    store: &S,
+    opts: &MigrateOptions,
+) -> Result<(RunRecord, bool)> {
+    if let Some(mut last) = store.latest_run(MIGRATION).await? {
+        if matches!(last.state, RunState::Running | RunState::Failed) {
+            if last.skip_closed != opts.skip_closed || last.exchanges != opts.exchanges {
+                return Err(EngineError::Refused(format!(
+                    "run {} was interrupted with other options (skip_closed {}, exchanges {:?}); \
+                     rerun with the same options to resume it, or remove its debris with \
+                     `keyshift cleanup-migration grid-positions` first",
+                    last.run_id, last.skip_closed, last.exchanges
+                )));
+            }
+            if !opts.dry_run {
+                last.state = RunState::Running;
+                last.error = None;
+                last.resumes += 1;
+                store.save_run(&last).await?;
+            }
+            return Ok((last, true));
+        }
+    }
+    let now = chrono::Utc::now();
+    let stamp = now.format("%Y%m%d_%H%M%S").to_string();
+    let record = RunRecord {
+        run_id: format!("{MIGRATION}-{stamp}-{:04x}", now.timestamp_subsec_nanos() & 0xffff),
+        migration: MIGRATION.to_owned(),
+        stamp,
+        state: RunState::Running,
+        started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        started_ms: now.timestamp_millis(),
+        finished_at: None,
+        skip_closed: opts.skip_closed,
+        exchanges: opts.exchanges.clone(),
+        counts: None,
+        error: None,
+        resumes: 0,
+        rollback: None,
+    };
+    if !opts.dry_run {
+        store.save_run(&record).await?;
+    }
+    Ok((record, false))
 }
 
 async fn run_batches<S: GridPositionsStore>(

@@ -3,7 +3,7 @@
 //! test double are implementations, not branches.
 
 use crate::error::Result;
-use crate::journal::RunRecord;
+use crate::journal::{Outcome, RunRecord};
 
 /// A legacy key as read in one batch.
 #[derive(Debug, Clone)]
@@ -72,6 +72,15 @@ pub trait GridPositionsStore {
     ) -> Result<Vec<WriteOutcome>>;
     /// Records outcomes that involved no migration write (quarantine, conflict).
     async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()>;
+    /// One HSCAN step over a run's per-user outcomes.
+    async fn scan_outcomes(
+        &self,
+        run_id: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<(String, Outcome)>)>;
+    /// The latest recorded run of `migration`.
+    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>>;
     /// Creates or updates a run record.
     async fn save_run(&self, run: &RunRecord) -> Result<()>;
     /// Estimated total keys, for progress.

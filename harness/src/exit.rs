@@ -23,6 +23,7 @@ pub const INVARIANT_FAILED: u8 = 1;
 pub const USAGE: u8 = 2;
 pub const NEEDS_REVIEW: u8 = 3;
 pub const UNREACHABLE: u8 = 4;
+pub const LOCKED: u8 = 5;
 
 impl Outcome {
     pub fn code(self) -> ExitCode {
@@ -35,7 +36,8 @@ impl Outcome {
 }
 
 /// Maps an error to its exit code: usage and refusals 2, anything that
-/// could not reach Redis or start a backend 4, other failures 1.
+/// could not reach Redis or start a backend 4, a lock held by another run
+/// 5, other failures 1.
 pub fn error_code(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<HarnessError>() {
@@ -46,7 +48,8 @@ pub fn error_code(err: &anyhow::Error) -> ExitCode {
         if let Some(e) = cause.downcast_ref::<EngineError>() {
             return ExitCode::from(match e {
                 EngineError::Unreachable { .. } | EngineError::Redis { .. } => UNREACHABLE,
-                EngineError::BadUrl(_) => USAGE,
+                EngineError::BadUrl(_) | EngineError::Refused(_) => USAGE,
+                EngineError::Locked { .. } => LOCKED,
                 EngineError::NoRun | EngineError::BadJournal { .. } => INVARIANT_FAILED,
             });
         }

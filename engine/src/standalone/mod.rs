@@ -12,7 +12,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
 use crate::error::{EngineError, Result};
-use crate::journal::{run_key, runs_key, RunRecord};
+use crate::journal::{run_key, runs_key, Outcome, RunRecord};
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
 use crate::store::{GridPositionsStore, LegacyRead, RunContext, UserWrite, WriteOutcome};
 
@@ -331,6 +331,19 @@ impl GridPositionsStore for StandaloneStore {
             .query_async::<()>(&mut conn)
             .await
             .map_err(EngineError::redis("recording outcomes in the journal"))
+    }
+
+    async fn scan_outcomes(
+        &self,
+        run_id: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<(String, Outcome)>)> {
+        crate::journal::scan_outcomes(&self.conn, run_id, cursor, count).await
+    }
+
+    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
+        crate::journal::latest_run_of(&self.conn, migration).await
     }
 
     async fn save_run(&self, run: &RunRecord) -> Result<()> {

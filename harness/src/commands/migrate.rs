@@ -7,7 +7,7 @@ use keyshift_engine::redact_url;
 use keyshift_engine::standalone::{connect, StandaloneStore};
 use keyshift_engine::store::GridPositionsStore;
 
-use super::{confirm_write, exchanges, progress_bar};
+use super::{confirm_write, exchanges, locked, progress_bar};
 use crate::exit::Outcome;
 
 pub struct MigrateArgs<'a> {
@@ -22,7 +22,8 @@ pub struct MigrateArgs<'a> {
 pub async fn run(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
     let conn = connect(args.url).await?;
     let store =
-        StandaloneStore::open(args.url, conn, StandaloneStore::DEFAULT_TRANSACTIONS).await?;
+        StandaloneStore::open(args.url, conn.clone(), StandaloneStore::DEFAULT_TRANSACTIONS)
+            .await?;
     if !args.dry_run {
         confirm_write(
             args.force,
@@ -33,7 +34,13 @@ pub async fn run(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
     opts.dry_run = args.dry_run;
     opts.skip_closed = args.skip_closed;
     let bar = progress_bar(store.key_count().await?, "migrate grid-positions");
-    let report = migrate_grid_positions(&store, &opts, &|n| bar.inc(n as u64)).await?;
+    let tick = |n: usize| bar.inc(n as u64);
+    let migrate = migrate_grid_positions(&store, &opts, &tick);
+    let report = if args.dry_run {
+        migrate.await?
+    } else {
+        locked(&conn, "migrate grid-positions", migrate).await?
+    };
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

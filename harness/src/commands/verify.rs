@@ -27,7 +27,7 @@ pub async fn run(url: &str, json: bool) -> anyhow::Result<Outcome> {
 fn run_size(run: &keyshift_engine::journal::RunRecord) -> u64 {
     run.counts
         .as_ref()
-        .and_then(|c| c.get("legacy_keys_found"))
+        .and_then(|c| c.get("keys_migrated"))
         .and_then(|v| v.as_u64())
         .unwrap_or(0)
 }
