@@ -5,7 +5,8 @@
 //! - `store`: the one seam to a Redis deployment; `standalone` implements it
 //!   for one server with a Lua script per user.
 //! - `migrate`: the Phase 2 runner (SCAN, read, plan, write, report).
-//! - `journal`: the run records and per-user outcomes kept in Redis.
+//! - `journal`: the run records and per-user outcomes kept in Redis;
+//!   `lock`: the runner lock that keeps two writing runs apart.
 //! - `verify`: the invariants checked on a live server after a migration.
 //! - `api`: the application's data layer, old and new (DESIGN §3).
 //! - `error`: the engine's error type.
@@ -13,6 +14,7 @@ pub mod api;
 pub mod error;
 pub mod invariant;
 pub mod journal;
+pub mod lock;
 pub mod keys;
 pub mod migrate;
 pub mod plan;

@@ -32,6 +32,17 @@ pub fn confirm_write(force: bool, what: &str) -> Result<(), HarnessError> {
     }
 }
 
+/// Runs a writing command under the runner lock (exit 5 when another run
+/// holds it).
+pub async fn locked<T>(
+    conn: &redis::aio::MultiplexedConnection,
+    command: &str,
+    work: impl std::future::Future<Output = keyshift_engine::Result<T>>,
+) -> keyshift_engine::Result<T> {
+    let holder = keyshift_engine::lock::Holder::new(command);
+    keyshift_engine::lock::hold(conn, &holder, keyshift_engine::lock::ttl_from_env(), work).await
+}
+
 /// A progress bar on a terminal, nothing elsewhere.
 pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
