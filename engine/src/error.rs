@@ -5,13 +5,14 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum EngineError {
-    #[error("cannot reach Redis at {url}: {source}. Check the URL, that the server is up, and credentials (REDIS_URL / --redis)")]
+    // The cause is the `source`, printed once by whoever prints the chain.
+    #[error("cannot reach Redis at {url} (check the URL, that the server is up, and the credentials in REDIS_URL / --redis)")]
     Unreachable {
         url: String,
         #[source]
         source: redis::RedisError,
     },
-    #[error("Redis command failed during {during}: {source}. Nothing after this point was written; rerun the same command to continue")]
+    #[error("Redis command failed while {during}; the run stopped between two atomic steps: rerun the same command to continue")]
     Redis {
         during: &'static str,
         #[source]

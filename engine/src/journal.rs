@@ -87,6 +87,38 @@ pub enum Outcome {
     },
 }
 
+/// One legacy key's outcome in an `order-placed` (Phase 1) run. `moved` and
+/// `dropped_equal` are written by the move script in the same atomic step as
+/// the move; `digest` is [`crate::order_placed::plan::fields_digest`] of the
+/// legacy hash, the record `verify order-placed` compares the target with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum OrderPlacedOutcome {
+    /// Renamed to its target; `pttl` is the legacy TTL in ms (-1: none).
+    Moved {
+        fields: usize,
+        digest: String,
+        pttl: i64,
+        /// Server time of the move, ms since the epoch.
+        at: i64,
+    },
+    /// The target already held the same hash; the legacy key was deleted.
+    DroppedEqual {
+        fields: usize,
+        digest: String,
+        pttl: i64,
+        at: i64,
+    },
+    /// The target exists and differs: neither key was touched.
+    Conflict {
+        target: String,
+        reason: String,
+        detail: String,
+    },
+    /// Not a hash (or a key keyshift cannot name): left untouched.
+    Quarantined { reason: String, detail: String },
+}
+
 /// The latest run of `grid-positions` recorded on this server.
 pub async fn latest_run<C: ConnectionLike + Clone + Send>(conn: &C) -> Result<RunRecord> {
     latest_run_of(conn, MIGRATION).await?.ok_or(EngineError::NoRun)
@@ -191,6 +223,21 @@ mod tests {
                 skipped: 1,
                 pttl: -1,
                 at: 1_700_000_000_000
+            }
+        );
+    }
+
+    #[test]
+    fn order_placed_outcome_json_matches_the_move_script() {
+        // engine/src/lua/move_order_placed.lua formats these by hand.
+        let lua = r#"{"state":"dropped_equal","fields":2,"digest":"ab","pttl":-1,"at":17}"#;
+        assert_eq!(
+            serde_json::from_str::<OrderPlacedOutcome>(lua).unwrap(),
+            OrderPlacedOutcome::DroppedEqual {
+                fields: 2,
+                digest: "ab".into(),
+                pttl: -1,
+                at: 17
             }
         );
     }

@@ -147,6 +147,64 @@ pub fn parse_index_key<S: AsRef<str>>(key: &str, exchanges: &[S]) -> Option<(Str
     .then(|| (user_id.to_owned(), exchange.to_owned()))
 }
 
+/// A legacy grid order-placed flags key (Phase 1),
+/// `{exchange}:user:{user_id}:symbol:{symbol}:order_placed`; its target is
+/// the same key under `orders:`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrderPlacedKey {
+    pub exchange: String,
+    pub user_id: String,
+    pub symbol: String,
+}
+
+/// The prefix Phase 1 puts in front of a legacy order-placed key.
+pub const ORDER_PLACED_TARGET_PREFIX: &str = "orders:";
+
+impl OrderPlacedKey {
+    pub fn new(exchange: &str, user_id: &str, symbol: &str) -> Self {
+        Self {
+            exchange: exchange.to_owned(),
+            user_id: user_id.to_owned(),
+            symbol: symbol.to_owned(),
+        }
+    }
+
+    /// Parses a legacy key for one of `exchanges`. Targets (`orders:...`),
+    /// `..._index` keys and ids holding `:` never parse.
+    pub fn parse<S: AsRef<str>>(key: &str, exchanges: &[S]) -> Option<Self> {
+        let parts: Vec<&str> = key.split(':').collect();
+        let [exchange, "user", user_id, "symbol", symbol, "order_placed"] = parts.as_slice() else {
+            return None;
+        };
+        (exchanges.iter().any(|e| e.as_ref() == *exchange)
+            && [exchange, user_id, symbol].iter().all(|s| !s.is_empty()))
+        .then(|| Self::new(exchange, user_id, symbol))
+    }
+
+    /// Parses a target key `orders:{exchange}:user:{uid}:symbol:{symbol}:order_placed`.
+    pub fn parse_target<S: AsRef<str>>(key: &str, exchanges: &[S]) -> Option<Self> {
+        Self::parse(key.strip_prefix(ORDER_PLACED_TARGET_PREFIX)?, exchanges)
+    }
+
+    pub fn key(&self) -> String {
+        format!(
+            "{}:user:{}:symbol:{}:order_placed",
+            self.exchange, self.user_id, self.symbol
+        )
+    }
+
+    pub fn target_key(&self) -> String {
+        format!("{ORDER_PLACED_TARGET_PREFIX}{}", self.key())
+    }
+
+    /// The SCAN MATCH pattern of the legacy keys of one exchange (escaped),
+    /// or of every exchange (`None`); keys it matches must still `parse`.
+    pub fn scan_pattern(exchange: Option<&str>) -> String {
+        let exchange = exchange.map_or_else(|| "*".to_owned(), escape_glob);
+        format!("{exchange}:user:*:symbol:*:order_placed")
+    }
+}
+
 /// Escapes Redis glob metacharacters so an id matches only itself in a SCAN
 /// MATCH pattern.
 pub fn escape_glob(s: &str) -> String {
@@ -214,6 +272,30 @@ mod tests {
         assert_eq!(
             parse_index_key("positions:index:7:okx", &EX),
             Some(("7".into(), "okx".into()))
+        );
+    }
+
+    #[test]
+    fn order_placed_key_parses_legacy_only_and_maps_to_orders() {
+        let k = OrderPlacedKey::parse("okx:user:7:symbol:BTC-USDT:order_placed", &EX).unwrap();
+        assert_eq!(k, OrderPlacedKey::new("okx", "7", "BTC-USDT"));
+        assert_eq!(
+            k.target_key(),
+            "orders:okx:user:7:symbol:BTC-USDT:order_placed"
+        );
+        assert_eq!(OrderPlacedKey::parse_target(&k.target_key(), &EX), Some(k));
+        for not_legacy in [
+            "orders:okx:user:7:symbol:BTC:order_placed",
+            "okx:user:7:symbol:BTC:order_placed_index",
+            "kraken:user:7:symbol:BTC:order_placed",
+            "okx:user::symbol:BTC:order_placed",
+            "okx:user:a:b:symbol:BTC:order_placed",
+        ] {
+            assert!(OrderPlacedKey::parse(not_legacy, &EX).is_none(), "{not_legacy}");
+        }
+        assert_eq!(
+            OrderPlacedKey::scan_pattern(Some("o*x")),
+            r"o\*x:user:*:symbol:*:order_placed"
         );
     }
 

@@ -7,19 +7,30 @@
 //! - `migrate`: the Phase 2 runner (SCAN, read, plan, write, report).
 //! - `journal`: the run records and per-user outcomes kept in Redis;
 //!   `lock`: the runner lock that keeps two writing runs apart.
-//! - `verify`: the invariants checked on a live server after a migration.
+//! - `verify`: the invariants checked on a live server after a migration;
+//!   `rollback`: undoing a run from its journal and backups; `cleanup`: the
+//!   debris of an interrupted run.
+//! - `schema`: the keyspace patterns as data (built-in TOML or `--schema FILE`);
+//!   `validate` and `cleanup_legacy` classify a live keyspace with it.
+//! - `order_placed`: Phase 1 (planner, store seam, standalone writer, runner, verify).
 //! - `api`: the application's data layer, old and new (DESIGN §3).
 //! - `error`: the engine's error type.
 pub mod api;
+pub mod cleanup;
+pub mod cleanup_legacy;
 pub mod error;
 pub mod invariant;
 pub mod journal;
 pub mod lock;
 pub mod keys;
 pub mod migrate;
+pub mod order_placed;
 pub mod plan;
+pub mod rollback;
+pub mod schema;
 pub mod standalone;
 pub mod store;
+pub mod validate;
 pub mod verify;
 
 pub use error::{EngineError, Result};

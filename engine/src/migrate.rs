@@ -234,7 +234,8 @@ async fn begin_or_resume<S: GridPositionsStore>(
     store: &S,
     opts: &MigrateOptions,
 ) -> Result<(RunRecord, bool)> {
-    if let Some(mut last) = store.latest_run(MIGRATION).await? {
+    let last = store.latest_run(MIGRATION).await?;
+    if let Some(mut last) = last.clone() {
         if matches!(last.state, RunState::Running | RunState::Failed) {
             if last.skip_closed != opts.skip_closed || last.exchanges != opts.exchanges {
                 return Err(EngineError::Refused(format!(
@@ -253,8 +254,16 @@ async fn begin_or_resume<S: GridPositionsStore>(
             return Ok((last, true));
         }
     }
-    let now = chrono::Utc::now();
-    let stamp = now.format("%Y%m%d_%H%M%S").to_string();
+    let mut now = chrono::Utc::now();
+    let mut stamp = now.format("%Y%m%d_%H%M%S").to_string();
+    // Backup names carry a one-second stamp and rollback keeps backups: a
+    // run started in the same second as the last one would collide with
+    // its backups, so it waits for the next second.
+    while last.as_ref().is_some_and(|l| l.stamp == stamp) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        now = chrono::Utc::now();
+        stamp = now.format("%Y%m%d_%H%M%S").to_string();
+    }
     let record = RunRecord {
         run_id: format!("{MIGRATION}-{stamp}-{:04x}", now.timestamp_subsec_nanos() & 0xffff),
         migration: MIGRATION.to_owned(),

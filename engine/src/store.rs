@@ -48,6 +48,33 @@ pub enum WriteOutcome {
     Conflict { key: String },
 }
 
+/// Everything one user's rollback touches.
+#[derive(Debug, Clone)]
+pub struct UserRollback {
+    pub legacy_key: String,
+    pub backup_key: String,
+    pub index_key: String,
+    /// Exactly the hashes and index members the run created.
+    pub hashes: Vec<String>,
+    pub members: Vec<String>,
+    /// Remaining legacy TTL: > 0 restore with it, -1 none, 0 expired.
+    pub pttl_ms: i64,
+    /// Restore even over a legacy key written since the migration.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackOutcome {
+    /// Legacy key restored, `deleted` new keys removed.
+    Restored { deleted: i64 },
+    /// The legacy TTL ran out meanwhile: new keys removed, nothing restored.
+    Expired { deleted: i64 },
+    /// The legacy key exists again (a writer); nothing done without force.
+    Changed,
+    /// The backup is gone; nothing done.
+    NoBackup,
+}
+
 /// Per-batch context of a run.
 #[derive(Debug, Clone)]
 pub struct RunContext {
@@ -70,6 +97,13 @@ pub trait GridPositionsStore {
         ctx: &RunContext,
         users: &[UserWrite],
     ) -> Result<Vec<WriteOutcome>>;
+    /// Rolls each user back atomically; `journal_key` records who is done so
+    /// an interrupted rollback resumes.
+    async fn rollback_users(
+        &self,
+        journal_key: &str,
+        users: &[UserRollback],
+    ) -> Result<Vec<RollbackOutcome>>;
     /// Records outcomes that involved no migration write (quarantine, conflict).
     async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()>;
     /// One HSCAN step over a run's per-user outcomes.

@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Migration {
     /// Phase 2: `{exchange}:positions:{uid}` JSON -> a hash per position + index set.
     GridPositions,
+    /// Phase 1: `{exchange}:user:{uid}:symbol:{symbol}:order_placed` hash -> `orders:...`.
+    OrderPlaced,
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +52,68 @@ pub enum Command {
         #[arg(long)]
         skip_closed: bool,
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo a run: restore legacy keys from its backups, delete exactly the keys it created.
+    Rollback {
+        migration: Migration,
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// Roll back the run whose backups carry this stamp (YYYYMMDD_HHMMSS); default: the latest run.
+        #[arg(long)]
+        backup_stamp: Option<String>,
+        /// List what would be restored and deleted, and any data changed since; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write without asking, and roll back even over data changed since the migration.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Classify every key against the schema (SCAN, read-only): counts per pattern with samples.
+    /// Exit 0 when no legacy key remains, 1 when some do.
+    Validate {
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// A keyspace schema (TOML) instead of the built-in one of DESIGN §1.
+        #[arg(long, value_name = "FILE")]
+        schema: Option<PathBuf>,
+    },
+    /// Phase 1.5: delete the legacy position-cache keys (by exact name; nothing else).
+    CleanupLegacy {
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// List (sampled) and count what would be deleted; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write without asking (required when not on a terminal).
+        #[arg(long)]
+        force: bool,
+        /// A keyspace schema (TOML) instead of the built-in one; its patterns
+        /// marked `cleanup = true` are the ones deleted.
+        #[arg(long, value_name = "FILE")]
+        schema: Option<PathBuf>,
+    },
+    /// Remove the debris of an interrupted run (keys it created for users it did not finish).
+    CleanupMigration {
+        migration: Migration,
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// List what would be deleted; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write without asking (required when not on a terminal).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the recorded runs, their state and progress, and who holds the lock (read-only).
+    Status {
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// Print as JSON.
         #[arg(long)]
         json: bool,
     },

@@ -68,6 +68,68 @@ pub async fn run(cli: Cli) -> anyhow::Result<exit::Outcome> {
             redis,
             json,
         } => commands::verify::run(&redis.url, json).await,
+        Command::Rollback {
+            migration: Migration::GridPositions,
+            redis,
+            backup_stamp,
+            dry_run,
+            force,
+        } => commands::rollback::run(&redis.url, backup_stamp.as_deref(), dry_run, force).await,
+        Command::CleanupMigration {
+            migration: Migration::GridPositions,
+            redis,
+            dry_run,
+            force,
+        } => commands::cleanup_migration::run(&redis.url, dry_run, force).await,
+        Command::Migrate {
+            migration: Migration::OrderPlaced,
+            redis,
+            exchange,
+            dry_run,
+            force,
+            skip_closed,
+            json,
+        } => {
+            commands::order_placed::migrate(MigrateArgs {
+                url: &redis.url,
+                exchange: exchange.as_deref(),
+                dry_run,
+                force,
+                skip_closed,
+                json,
+            })
+            .await
+        }
+        Command::Verify {
+            migration: Migration::OrderPlaced,
+            redis,
+            json,
+        } => commands::order_placed::verify(&redis.url, json).await,
+        Command::Rollback {
+            migration: Migration::OrderPlaced,
+            ..
+        }
+        | Command::CleanupMigration {
+            migration: Migration::OrderPlaced,
+            ..
+        } => Err(HarnessError::Usage(
+            "rollback and cleanup-migration apply to grid-positions only: order-placed renames \
+             each hash in one atomic step, keeping no backups and leaving no debris"
+                .into(),
+        )
+        .into()),
+        Command::Validate {
+            redis,
+            json,
+            schema,
+        } => commands::validate::run(&redis.url, json, schema.as_deref()).await,
+        Command::CleanupLegacy {
+            redis,
+            dry_run,
+            force,
+            schema,
+        } => commands::cleanup_legacy::run(&redis.url, dry_run, force, schema.as_deref()).await,
+        Command::Status { redis, json } => commands::status::run(&redis.url, json).await,
         Command::Gate(args) => gate::run(&args).await,
     }
 }

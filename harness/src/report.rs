@@ -50,6 +50,19 @@ impl InvariantEntry {
         }
     }
 
+    /// Adds a second check of the same invariant (e.g. after re-migrating).
+    pub fn absorb(&mut self, r: InvariantResult) {
+        self.processed += r.processed;
+        self.matching += r.matching;
+        self.mismatched += r.mismatched;
+        self.extra += r.extra;
+        let room = keyshift_engine::invariant::MAX_SAMPLES.saturating_sub(self.samples.len());
+        self.samples.extend(r.samples.into_iter().take(room));
+        if !r.passed {
+            self.status = Status::Fail;
+        }
+    }
+
     pub fn not_run(id: &str, description: &str, why: &str) -> Self {
         Self {
             id: id.to_owned(),

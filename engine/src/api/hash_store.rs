@@ -1,15 +1,37 @@
 //! Positions in the standard layout: a hash per position at
 //! `positions:{user_id}:{exchange}:{instId}:{side}` and an index set of
 //! `{instId}:{side}` at `positions:index:{user_id}:{exchange}`.
+//!
+//! Every call is one round trip: a read-only script for reads, a script
+//! that writes hash and index together for writes. The same scripts serve
+//! the dual-read store, which passes its legacy key as a fallback; this
+//! store passes none.
+//!
+//! `get_position` and `position_size` read the position hashes directly;
+//! `all_positions` reads those the index names. So an index member whose
+//! hash is gone is no position at all (size 0), the guide's
+//! troubleshooting case 3, which the gate's `api` invariant reports.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
+use redis::{Script, Value};
 
-use super::{Position, PositionStore};
-use crate::error::{EngineError, Result};
+use super::error::{check_id, ApiError, ApiResult};
+use super::position::sorted;
+use super::{net_size, Position, PositionObject, PositionStore};
 use crate::keys::{LegacyPositionsKey, META_MIGRATED_AT, META_MIGRATED_FROM};
 use crate::plan::Side;
+
+static ALL_POSITIONS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/all_positions.lua")));
+static READ_HASHES: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/read_hashes.lua")));
+static UPSERT_HASH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/upsert_hash.lua")));
+static REMOVE_HASH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/remove_hash.lua")));
 
 pub struct HashStore<C> {
     conn: C,
@@ -21,11 +43,24 @@ impl<C: ConnectionLike + Clone + Send> HashStore<C> {
     }
 }
 
-fn to_position(
-    inst_id: &str,
-    side: Side,
-    mut fields: BTreeMap<String, String>,
-) -> Option<Position> {
+type Fields = BTreeMap<String, String>;
+
+/// A read of the new layout, or (dual-read, index absent) of the legacy key.
+pub(crate) enum Read<T> {
+    New(T),
+    Legacy(Option<Vec<u8>>),
+}
+
+/// A write of the new layout, or (dual-read) a redirect to the legacy key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Done; `true` when a position was there before (remove) or written (upsert).
+    New(bool),
+    /// The user is not migrated (legacy key present, index absent).
+    Legacy,
+}
+
+fn to_position(inst_id: &str, side: Side, mut fields: Fields) -> Option<Position> {
     if fields.is_empty() {
         return None;
     }
@@ -48,34 +83,149 @@ fn parse_member(member: &str) -> Option<(&str, Side)> {
     Some((inst_id, side))
 }
 
+fn decode<T: redis::FromRedisValue>(v: Value) -> ApiResult<T> {
+    redis::from_redis_value(v).map_err(|e| ApiError::redis("decoding a position read")(e.into()))
+}
+
+/// Splits a script reply `{'new', x}` / `{'legacy', value}`.
+fn split<T: redis::FromRedisValue>(reply: (String, Value)) -> ApiResult<Read<T>> {
+    match reply.0.as_str() {
+        "legacy" => Ok(Read::Legacy(decode(reply.1)?)),
+        _ => Ok(Read::New(decode(reply.1)?)),
+    }
+}
+
+/// The reads and writes of the new layout; `legacy` is the dual-read
+/// fallback key, `None` for the hash store.
+pub(crate) async fn all_new<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    keys: &LegacyPositionsKey,
+    legacy: Option<&str>,
+) -> ApiResult<Read<Vec<Position>>> {
+    let mut invocation = ALL_POSITIONS.key(keys.index_key());
+    if let Some(l) = legacy {
+        invocation.key(l);
+    }
+    let mut c = conn.clone();
+    let reply: (String, Value) = invocation
+        .arg(keys.position_key(""))
+        .invoke_async(&mut c)
+        .await
+        .map_err(ApiError::redis("reading a user's positions"))?;
+    Ok(match split::<Vec<(String, Fields)>>(reply)? {
+        Read::New(hashes) => Read::New(sorted(
+            hashes
+                .into_iter()
+                .filter_map(|(member, fields)| {
+                    let (inst_id, side) = parse_member(&member)?;
+                    to_position(inst_id, side, fields)
+                })
+                .collect(),
+        )),
+        Read::Legacy(v) => Read::Legacy(v),
+    })
+}
+
+/// The hashes of `sides` of one symbol, in that order, present ones only.
+pub(crate) async fn read_new<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    keys: &LegacyPositionsKey,
+    inst_id: &str,
+    sides: &[Side],
+    legacy: Option<&str>,
+) -> ApiResult<Read<Vec<Position>>> {
+    let mut invocation = READ_HASHES.key(keys.index_key());
+    for side in sides {
+        invocation.key(keys.position_key(&format!("{inst_id}:{}", side.as_str())));
+    }
+    if let Some(l) = legacy {
+        invocation.key(l);
+    }
+    let mut c = conn.clone();
+    let reply: (String, Value) = invocation
+        .arg(sides.len())
+        .invoke_async(&mut c)
+        .await
+        .map_err(ApiError::redis("reading position hashes"))?;
+    Ok(match split::<Vec<Fields>>(reply)? {
+        Read::New(hashes) => Read::New(
+            sides
+                .iter()
+                .zip(hashes)
+                .filter_map(|(side, fields)| to_position(inst_id, *side, fields))
+                .collect(),
+        ),
+        Read::Legacy(v) => Read::Legacy(v),
+    })
+}
+
+pub(crate) async fn upsert_new<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    keys: &LegacyPositionsKey,
+    position: &PositionObject,
+    legacy: Option<&str>,
+) -> ApiResult<Written> {
+    let member = position.position().index_member();
+    let mut invocation = UPSERT_HASH.key(keys.position_key(&member));
+    invocation.key(keys.index_key());
+    if let Some(l) = legacy {
+        invocation.key(l);
+    }
+    invocation.arg(&member);
+    for (field, value) in position.hash_fields() {
+        invocation.arg(field).arg(value);
+    }
+    let mut c = conn.clone();
+    let reply: String = invocation
+        .invoke_async(&mut c)
+        .await
+        .map_err(ApiError::redis("writing a position hash and its index"))?;
+    Ok(if reply == "legacy" {
+        Written::Legacy
+    } else {
+        Written::New(true)
+    })
+}
+
+pub(crate) async fn remove_new<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    keys: &LegacyPositionsKey,
+    member: &str,
+    legacy: Option<&str>,
+) -> ApiResult<Written> {
+    let mut invocation = REMOVE_HASH.key(keys.position_key(member));
+    invocation.key(keys.index_key());
+    if let Some(l) = legacy {
+        invocation.key(l);
+    }
+    let mut c = conn.clone();
+    let reply: String =
+        invocation
+            .arg(member)
+            .invoke_async(&mut c)
+            .await
+            .map_err(ApiError::redis(
+                "removing a position hash and its index member",
+            ))?;
+    Ok(match reply.as_str() {
+        "legacy" => Written::Legacy,
+        "removed" => Written::New(true),
+        _ => Written::New(false),
+    })
+}
+
+/// The hash store never passes a fallback, so every read is `New`.
+fn new_only<T>(read: Read<T>) -> T {
+    match read {
+        Read::New(t) => t,
+        Read::Legacy(_) => unreachable!("no legacy key was passed"),
+    }
+}
+
 impl<C: ConnectionLike + Clone + Send> PositionStore for HashStore<C> {
-    async fn all_positions(&self, user_id: &str, exchange: &str) -> Result<Vec<Position>> {
+    async fn all_positions(&self, user_id: &str, exchange: &str) -> ApiResult<Vec<Position>> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
-        let mut conn = self.conn.clone();
-        let mut members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys.index_key())
-            .query_async(&mut conn)
-            .await
-            .map_err(EngineError::redis("reading the position index"))?;
-        members.sort();
-        let members: Vec<(&str, Side)> = members.iter().filter_map(|m| parse_member(m)).collect();
-        if members.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for (inst_id, side) in &members {
-            pipe.hgetall(keys.position_key(&format!("{inst_id}:{}", side.as_str())));
-        }
-        let hashes: Vec<BTreeMap<String, String>> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(EngineError::redis("reading position hashes"))?;
-        let out: Vec<Position> = members
-            .into_iter()
-            .zip(hashes)
-            .filter_map(|((inst_id, side), fields)| to_position(inst_id, side, fields))
-            .collect();
-        Ok(super::sorted(out))
+        Ok(new_only(all_new(&self.conn, &keys, None).await?))
     }
 
     async fn get_position(
@@ -84,14 +234,41 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for HashStore<C> {
         exchange: &str,
         inst_id: &str,
         side: Side,
-    ) -> Result<Option<Position>> {
+    ) -> ApiResult<Option<Position>> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
-        let mut conn = self.conn.clone();
-        let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(keys.position_key(&format!("{inst_id}:{}", side.as_str())))
-            .query_async(&mut conn)
-            .await
-            .map_err(EngineError::redis("reading a position hash"))?;
-        Ok(to_position(inst_id, side, fields))
+        let read = read_new(&self.conn, &keys, inst_id, &[side], None).await?;
+        Ok(new_only(read).pop())
+    }
+
+    async fn position_size(&self, user_id: &str, exchange: &str, inst_id: &str) -> ApiResult<f64> {
+        let keys = LegacyPositionsKey::new(exchange, user_id);
+        let sides = [Side::Long, Side::Short];
+        let read = read_new(&self.conn, &keys, inst_id, &sides, None).await?;
+        Ok(net_size(&new_only(read), inst_id))
+    }
+
+    async fn upsert(
+        &self,
+        user_id: &str,
+        exchange: &str,
+        position: &PositionObject,
+    ) -> ApiResult<()> {
+        check_id("user id", user_id)?;
+        check_id("exchange", exchange)?;
+        let keys = LegacyPositionsKey::new(exchange, user_id);
+        upsert_new(&self.conn, &keys, position, None).await?;
+        Ok(())
+    }
+
+    async fn remove(
+        &self,
+        user_id: &str,
+        exchange: &str,
+        inst_id: &str,
+        side: Side,
+    ) -> ApiResult<bool> {
+        let keys = LegacyPositionsKey::new(exchange, user_id);
+        let member = format!("{inst_id}:{}", side.as_str());
+        Ok(remove_new(&self.conn, &keys, &member, None).await? == Written::New(true))
     }
 }

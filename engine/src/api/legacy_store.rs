@@ -1,12 +1,29 @@
 //! Positions as the legacy layout keeps them: one JSON value per user and
 //! exchange at `{exchange}:positions:{user_id}`.
+//!
+//! Writes read the value, edit it in Rust ([`super::legacy_value`]: shape
+//! and unknown fields kept) and store it with a compare-and-set script, so
+//! a concurrent writer's update is never lost: when the value changed in
+//! between, the write is read, edited and tried again.
+
+use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
+use redis::Script;
 
-use super::{Position, PositionStore};
-use crate::error::{EngineError, Result};
+use super::error::{check_id, ApiError, ApiResult};
+use super::legacy_value::{edit_value, read_positions, Edit};
+use super::{Position, PositionObject, PositionStore};
 use crate::keys::LegacyPositionsKey;
-use crate::plan::{plan_value, PlanOptions, Side, UserPlan};
+use crate::plan::Side;
+
+static CAS_LEGACY: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/cas_legacy.lua")));
+
+/// Attempts of one write before it gives up as [`ApiError::Contended`]:
+/// every failed attempt means another write succeeded, so only a key
+/// rewritten this often in a row runs out.
+pub const MAX_WRITE_ATTEMPTS: usize = 1000;
 
 pub struct LegacyStore<C> {
     conn: C,
@@ -18,34 +35,80 @@ impl<C: ConnectionLike + Clone + Send> LegacyStore<C> {
     }
 }
 
-impl<C: ConnectionLike + Clone + Send> PositionStore for LegacyStore<C> {
-    async fn all_positions(&self, user_id: &str, exchange: &str) -> Result<Vec<Position>> {
-        let key = LegacyPositionsKey::new(exchange, user_id).key();
-        let mut conn = self.conn.clone();
-        let value: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .map_err(EngineError::redis("reading legacy positions"))?;
-        let Some(value) = value else {
-            return Ok(Vec::new());
+/// What one guarded legacy write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LegacyWrite {
+    /// Written (`true`), or nothing to change (`false`).
+    Done(bool),
+    /// The guard (the user's index set) exists: the user has moved to the
+    /// new layout; nothing was written.
+    Moved,
+    /// The key is absent and the caller asked to write only an existing
+    /// key; nothing was written.
+    Absent,
+}
+
+pub(crate) async fn get_legacy<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    key: &str,
+) -> ApiResult<Option<Vec<u8>>> {
+    let mut conn = conn.clone();
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .map_err(ApiError::redis("reading legacy positions"))
+}
+
+/// Read, edit, compare-and-set until the value did not change in between.
+/// With `guard` (dual-read), only an existing key is written, and only
+/// while the guard key (the index set) is absent.
+pub(crate) async fn write_legacy<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    key: &str,
+    guard: Option<&str>,
+    edit: Edit<'_>,
+) -> ApiResult<LegacyWrite> {
+    for _ in 0..MAX_WRITE_ATTEMPTS {
+        let current = get_legacy(conn, key).await?;
+        if guard.is_some() && current.is_none() {
+            return Ok(LegacyWrite::Absent);
+        }
+        let Some(next) = edit_value(key, current.as_deref(), edit)? else {
+            return Ok(LegacyWrite::Done(false));
         };
+        let mut invocation = CAS_LEGACY.key(key);
+        if let Some(g) = guard {
+            invocation.key(g);
+        }
+        let mut c = conn.clone();
+        let reply: String = invocation
+            .arg(if current.is_some() { "1" } else { "0" })
+            .arg(current.unwrap_or_default())
+            .arg(next)
+            .invoke_async(&mut c)
+            .await
+            .map_err(ApiError::redis("writing legacy positions"))?;
+        match reply.as_str() {
+            "ok" => return Ok(LegacyWrite::Done(true)),
+            "moved" => return Ok(LegacyWrite::Moved),
+            _ => continue, // changed under us: read again
+        }
+    }
+    Err(ApiError::Contended {
+        key: key.to_owned(),
+        attempts: MAX_WRITE_ATTEMPTS,
+    })
+}
+
+impl<C: ConnectionLike + Clone + Send> PositionStore for LegacyStore<C> {
+    async fn all_positions(&self, user_id: &str, exchange: &str) -> ApiResult<Vec<Position>> {
+        let key = LegacyPositionsKey::new(exchange, user_id).key();
+        let value = get_legacy(&self.conn, &key).await?;
         // The application reads what the migration would write, so the same
         // planner decides sides and field text; an unreadable value is an
         // empty position list to a caller, as the deployed code treats it.
-        let out: Vec<Position> = match plan_value(&value, PlanOptions::default()) {
-            UserPlan::Migrate(plan) => plan
-                .positions
-                .into_iter()
-                .map(|p| Position {
-                    inst_id: p.inst_id,
-                    side: p.side,
-                    fields: p.fields.into_iter().collect(),
-                })
-                .collect(),
-            UserPlan::Quarantine { .. } => Vec::new(),
-        };
-        Ok(super::sorted(out))
+        Ok(read_positions(value.as_deref()))
     }
 
     async fn get_position(
@@ -54,11 +117,36 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for LegacyStore<C> {
         exchange: &str,
         inst_id: &str,
         side: Side,
-    ) -> Result<Option<Position>> {
+    ) -> ApiResult<Option<Position>> {
         Ok(self
             .all_positions(user_id, exchange)
             .await?
             .into_iter()
             .find(|p| p.inst_id == inst_id && p.side == side))
+    }
+
+    async fn upsert(
+        &self,
+        user_id: &str,
+        exchange: &str,
+        position: &PositionObject,
+    ) -> ApiResult<()> {
+        check_id("user id", user_id)?;
+        check_id("exchange", exchange)?;
+        let key = LegacyPositionsKey::new(exchange, user_id).key();
+        write_legacy(&self.conn, &key, None, Edit::Upsert(position)).await?;
+        Ok(())
+    }
+
+    async fn remove(
+        &self,
+        user_id: &str,
+        exchange: &str,
+        inst_id: &str,
+        side: Side,
+    ) -> ApiResult<bool> {
+        let key = LegacyPositionsKey::new(exchange, user_id).key();
+        let edit = Edit::Remove { inst_id, side };
+        Ok(write_legacy(&self.conn, &key, None, edit).await? == LegacyWrite::Done(true))
     }
 }

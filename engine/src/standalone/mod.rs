@@ -14,9 +14,11 @@ use redis::{AsyncConnectionConfig, Value};
 use crate::error::{EngineError, Result};
 use crate::journal::{run_key, runs_key, Outcome, RunRecord};
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
-use crate::store::{GridPositionsStore, LegacyRead, RunContext, UserWrite, WriteOutcome};
+use crate::store::{
+    RollbackOutcome, UserRollback,GridPositionsStore, LegacyRead, RunContext, UserWrite, WriteOutcome};
 
 const MIGRATE_USER: &str = include_str!("../lua/migrate_user.lua");
+const ROLLBACK_USER: &str = include_str!("../lua/rollback_user.lua");
 
 /// Large pipelines legitimately take seconds; redis-rs's default (500 ms)
 /// would abort a healthy run.
@@ -61,6 +63,7 @@ pub struct StandaloneStore {
     scripts_only: bool,
     pool: Arc<Pool>,
     migrate_sha: String,
+    rollback_sha: String,
 }
 
 impl StandaloneStore {
@@ -83,6 +86,7 @@ impl StandaloneStore {
                 take: Mutex::new(take),
             }),
             migrate_sha: redis::Script::new(MIGRATE_USER).get_hash().to_owned(),
+            rollback_sha: redis::Script::new(ROLLBACK_USER).get_hash().to_owned(),
         };
         store.load_scripts().await?;
         Ok(store)
@@ -199,7 +203,7 @@ impl StandaloneStore {
     }
 
     async fn load_scripts(&mut self) -> Result<()> {
-        for src in [MIGRATE_USER] {
+        for src in [MIGRATE_USER, ROLLBACK_USER] {
             let _: String = redis::cmd("SCRIPT")
                 .arg("LOAD")
                 .arg(src)
@@ -318,6 +322,44 @@ impl GridPositionsStore for StandaloneStore {
             .map(|chunk| self.migrate_chunk(ctx, chunk));
         let done = futures_util::future::try_join_all(chunks).await?;
         Ok(done.into_iter().flatten().collect())
+    }
+
+    async fn rollback_users(
+        &self,
+        journal_key: &str,
+        users: &[UserRollback],
+    ) -> Result<Vec<RollbackOutcome>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for u in users {
+            let cmd = pipe.cmd("EVALSHA").arg(&self.rollback_sha).arg(4 + u.hashes.len());
+            cmd.arg(&u.legacy_key)
+                .arg(&u.backup_key)
+                .arg(&u.index_key)
+                .arg(journal_key)
+                .arg(&u.hashes)
+                .arg(u.pttl_ms)
+                .arg(if u.force { "force" } else { "check" })
+                .arg(&u.members);
+        }
+        let replies = self.query_scripts(&pipe, "rolling back users").await?;
+        replies
+            .into_iter()
+            .map(|reply| {
+                let (state, detail): (String, redis::Value) =
+                    redis::from_redis_value(reply).map_err(|_| unexpected("rollback reply"))?;
+                let deleted = redis::from_redis_value::<i64>(detail).unwrap_or(0);
+                Ok(match state.as_str() {
+                    "restored" => RollbackOutcome::Restored { deleted },
+                    "expired" => RollbackOutcome::Expired { deleted },
+                    "changed" => RollbackOutcome::Changed,
+                    "no_backup" => RollbackOutcome::NoBackup,
+                    _ => return Err(unexpected("rollback reply")),
+                })
+            })
+            .collect()
     }
 
     async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()> {

@@ -1,6 +1,12 @@
 //! One module per subcommand; each returns an [`Outcome`](crate::exit::Outcome).
 
+pub mod cleanup_legacy;
+pub mod cleanup_migration;
 pub mod migrate;
+pub mod order_placed;
+pub mod rollback;
+pub mod status;
+pub mod validate;
 pub mod verify;
 
 use std::io::{BufRead, IsTerminal, Write};

@@ -3,6 +3,8 @@
 //! to seed keys and run Phase 2 through the engine as the binary does.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use keyshift_engine::keys::DEFAULT_EXCHANGES;
 use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions, MigrationReport};
 use keyshift_engine::standalone::{connect, StandaloneStore};

@@ -1,0 +1,128 @@
+//! The store deployed during the transition (DESIGN §3): index first,
+//! legacy fallback.
+//!
+//! Reads: while the user's index set `positions:index:{uid}:{exchange}`
+//! exists, every answer comes from the new layout exactly as
+//! [`super::HashStore`] gives it; otherwise from the legacy key exactly as
+//! [`super::LegacyStore`] gives it. The choice and the read are one script,
+//! so a migration running in between cannot split an answer. When both
+//! exist (a legacy key written after the user migrated), the index wins and
+//! the legacy key is invisible; the next migration run reports it as a
+//! conflict.
+//!
+//! Writes go where reads come from, so a reader always sees its writes:
+//! a user with a legacy key and no index (not migrated yet) is written in
+//! the legacy layout, which the migration then moves; everyone else (a
+//! migrated user, a user whose last position was removed, a new user) in
+//! the new layout. Writing the new layout for a user not yet migrated would
+//! create the index and hide every legacy position of that user from this
+//! very store. Each write re-checks the route atomically (the scripts'
+//! guard keys) and follows it if a migration moved the user in between.
+
+use redis::aio::ConnectionLike;
+
+use super::error::{check_id, ApiError, ApiResult};
+use super::hash_store::{all_new, read_new, remove_new, upsert_new, Read, Written};
+use super::legacy_store::{write_legacy, LegacyWrite, MAX_WRITE_ATTEMPTS};
+use super::legacy_value::{read_positions, Edit};
+use super::{net_size, Position, PositionObject, PositionStore};
+use crate::keys::LegacyPositionsKey;
+use crate::plan::Side;
+
+pub struct DualReadStore<C> {
+    conn: C,
+}
+
+impl<C: ConnectionLike + Clone + Send> DualReadStore<C> {
+    pub fn new(conn: C) -> Self {
+        Self { conn }
+    }
+
+    /// Upsert or remove along the route; `true` when something changed
+    /// (remove: a position was there).
+    async fn write(&self, keys: &LegacyPositionsKey, edit: Edit<'_>) -> ApiResult<bool> {
+        let (legacy, index) = (keys.key(), keys.index_key());
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let written = match edit {
+                Edit::Upsert(p) => upsert_new(&self.conn, keys, p, Some(&legacy)).await?,
+                Edit::Remove { inst_id, side } => {
+                    let member = format!("{inst_id}:{}", side.as_str());
+                    remove_new(&self.conn, keys, &member, Some(&legacy)).await?
+                }
+            };
+            match written {
+                Written::New(changed) => return Ok(changed),
+                Written::Legacy => {}
+            }
+            match write_legacy(&self.conn, &legacy, Some(&index), edit).await? {
+                LegacyWrite::Done(changed) => return Ok(changed),
+                // Migrated, or the legacy key deleted, in between: route again.
+                LegacyWrite::Moved | LegacyWrite::Absent => {}
+            }
+        }
+        Err(ApiError::Contended {
+            key: legacy,
+            attempts: MAX_WRITE_ATTEMPTS,
+        })
+    }
+}
+
+fn legacy_or_new(read: Read<Vec<Position>>) -> Vec<Position> {
+    match read {
+        Read::New(positions) => positions,
+        Read::Legacy(value) => read_positions(value.as_deref()),
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send> PositionStore for DualReadStore<C> {
+    async fn all_positions(&self, user_id: &str, exchange: &str) -> ApiResult<Vec<Position>> {
+        let keys = LegacyPositionsKey::new(exchange, user_id);
+        let read = all_new(&self.conn, &keys, Some(&keys.key())).await?;
+        Ok(legacy_or_new(read))
+    }
+
+    async fn get_position(
+        &self,
+        user_id: &str,
+        exchange: &str,
+        inst_id: &str,
+        side: Side,
+    ) -> ApiResult<Option<Position>> {
+        let keys = LegacyPositionsKey::new(exchange, user_id);
+        let read = read_new(&self.conn, &keys, inst_id, &[side], Some(&keys.key())).await?;
+        Ok(legacy_or_new(read)
+            .into_iter()
+            .find(|p| p.inst_id == inst_id && p.side == side))
+    }
+
+    async fn position_size(&self, user_id: &str, exchange: &str, inst_id: &str) -> ApiResult<f64> {
+        let keys = LegacyPositionsKey::new(exchange, user_id);
+        let sides = [Side::Long, Side::Short];
+        let read = read_new(&self.conn, &keys, inst_id, &sides, Some(&keys.key())).await?;
+        Ok(net_size(&legacy_or_new(read), inst_id))
+    }
+
+    async fn upsert(
+        &self,
+        user_id: &str,
+        exchange: &str,
+        position: &PositionObject,
+    ) -> ApiResult<()> {
+        check_id("user id", user_id)?;
+        check_id("exchange", exchange)?;
+        let keys = LegacyPositionsKey::new(exchange, user_id);
+        self.write(&keys, Edit::Upsert(position)).await?;
+        Ok(())
+    }
+
+    async fn remove(
+        &self,
+        user_id: &str,
+        exchange: &str,
+        inst_id: &str,
+        side: Side,
+    ) -> ApiResult<bool> {
+        let keys = LegacyPositionsKey::new(exchange, user_id);
+        self.write(&keys, Edit::Remove { inst_id, side }).await
+    }
+}

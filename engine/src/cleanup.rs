@@ -1,0 +1,126 @@
+//! `cleanup-migration grid-positions`: removes the debris of an interrupted
+//! run — keys it created for users whose legacy key still exists and whose
+//! migration the journal does not record as done. Only keys provably
+//! written by that run are touched: hashes whose `migrated_from` names the
+//! user's legacy key and whose `migrated_at` is the run's, the index
+//! members of exactly those hashes, and backups carrying the run's stamp.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use redis::aio::ConnectionLike;
+use serde::Serialize;
+
+use crate::error::{EngineError, Result};
+use crate::journal::{outcomes_key, RunRecord, RunState};
+use crate::keys::{LegacyPositionsKey, PositionHashKey, META_MIGRATED_AT, META_MIGRATED_FROM};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Debris {
+    pub hashes: Vec<String>,
+    /// Index set -> the members to remove.
+    pub index_members: BTreeMap<String, Vec<String>>,
+    pub backups: Vec<String>,
+}
+
+impl Debris {
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty() && self.index_members.is_empty() && self.backups.is_empty()
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.hashes.len() + self.index_members.len() + self.backups.len()
+    }
+}
+
+/// Finds the debris of `run`, reading only (SCAN, never KEYS).
+pub async fn find_debris<C: ConnectionLike + Clone + Send>(conn: &C, run: &RunRecord) -> Result<Debris> {
+    let mut debris = Debris::default();
+    if !matches!(run.state, RunState::Running | RunState::Failed) {
+        return Ok(debris);
+    }
+    let backup_suffix = format!(":backup:{}", run.stamp);
+    let mut cursor = 0u64;
+    loop {
+        let mut c = conn.clone();
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut c)
+            .await
+            .map_err(EngineError::redis("scanning for debris"))?;
+        let hashes: Vec<PositionHashKey> =
+            keys.iter().filter_map(|k| PositionHashKey::parse(k, &run.exchanges)).collect();
+        let backups: Vec<(&String, String)> = keys
+            .iter()
+            .filter_map(|k| {
+                let legacy = k.strip_suffix(&backup_suffix)?;
+                LegacyPositionsKey::parse(legacy, &run.exchanges).map(|_| (k, legacy.to_owned()))
+            })
+            .collect();
+        if !hashes.is_empty() || !backups.is_empty() {
+            let mut pipe = redis::pipe();
+            for h in &hashes {
+                let key = format!("positions:{}:{}:{}", h.user_id, h.exchange, h.index_member());
+                pipe.cmd("HMGET").arg(key).arg(META_MIGRATED_FROM).arg(META_MIGRATED_AT);
+                let legacy = LegacyPositionsKey::new(&h.exchange, &h.user_id).key();
+                pipe.exists(&legacy).hexists(outcomes_key(&run.run_id), &legacy);
+            }
+            for (_, legacy) in &backups {
+                pipe.exists(legacy).hexists(outcomes_key(&run.run_id), legacy);
+            }
+            let replies: Vec<redis::Value> = pipe
+                .query_async(&mut c)
+                .await
+                .map_err(EngineError::redis("reading debris candidates"))?;
+            let (for_hashes, for_backups) = replies.split_at(hashes.len() * 3);
+            for (h, r) in hashes.iter().zip(for_hashes.chunks_exact(3)) {
+                let meta: (Option<String>, Option<String>) =
+                    redis::from_redis_value_ref(&r[0]).unwrap_or((None, None));
+                let legacy_exists: bool = redis::from_redis_value_ref(&r[1]).unwrap_or(false);
+                let settled: bool = redis::from_redis_value_ref(&r[2]).unwrap_or(true);
+                let legacy = LegacyPositionsKey::new(&h.exchange, &h.user_id);
+                let ours = meta.0.as_deref() == Some(legacy.key().as_str())
+                    && meta.1.as_deref() == Some(run.started_at.as_str());
+                if ours && legacy_exists && !settled {
+                    debris
+                        .hashes
+                        .push(format!("positions:{}:{}:{}", h.user_id, h.exchange, h.index_member()));
+                    debris.index_members.entry(legacy.index_key()).or_default().push(h.index_member());
+                }
+            }
+            for ((key, _), r) in backups.iter().zip(for_backups.chunks_exact(2)) {
+                let legacy_exists: bool = redis::from_redis_value_ref(&r[0]).unwrap_or(false);
+                let settled: bool = redis::from_redis_value_ref(&r[1]).unwrap_or(true);
+                if legacy_exists && !settled {
+                    debris.backups.push((*key).clone());
+                }
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    debris.hashes.sort();
+    debris.backups.sort();
+    Ok(debris)
+}
+
+/// Deletes exactly the keys and members listed; returns how many went.
+pub async fn remove_debris<C: ConnectionLike + Clone + Send>(conn: &C, debris: &Debris) -> Result<i64> {
+    let mut pipe = redis::pipe();
+    for k in debris.hashes.iter().chain(&debris.backups) {
+        pipe.del(k);
+    }
+    for (index, members) in &debris.index_members {
+        let unique: BTreeSet<&String> = members.iter().collect();
+        pipe.srem(index, unique.into_iter().collect::<Vec<_>>());
+    }
+    let mut c = conn.clone();
+    let counts: Vec<i64> = pipe
+        .query_async(&mut c)
+        .await
+        .map_err(EngineError::redis("removing debris"))?;
+    Ok(counts.into_iter().sum())
+}

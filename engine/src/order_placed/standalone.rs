@@ -1,0 +1,269 @@
+//! [`OrderPlacedStore`] for one Redis server: one Lua script per key,
+//! pipelined a batch at a time.
+//!
+//! Why a script per key and not Phase 2's WATCH/MULTI batch: the decision
+//! (the legacy hash still as planned, the target still absent or still
+//! equal) compares two hashes' contents, which a script does server-side in
+//! the same atomic step as RENAME / DEL; the target's absence must be
+//! checked in that step because RENAME overwrites. A script here makes
+//! four or five calls per key, so the call overhead that made Phase 2's
+//! transaction path worth its second round trip and fallback (many HSETs
+//! per user) has nothing to win.
+
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+
+use crate::error::{EngineError, Result};
+use crate::journal::{latest_run_of, run_key, runs_key, OrderPlacedOutcome, RunRecord};
+
+use super::plan::{Fields, KeyRead};
+use super::store::{KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};
+
+const MOVE_ORDER_PLACED: &str = include_str!("../lua/move_order_placed.lua");
+
+#[derive(Clone)]
+pub struct StandaloneOrderPlaced {
+    conn: MultiplexedConnection,
+    sha: String,
+}
+
+impl StandaloneOrderPlaced {
+    /// Wraps a connection from [`crate::standalone::connect`] and loads the
+    /// move script.
+    pub async fn open(conn: MultiplexedConnection) -> Result<Self> {
+        let store = Self {
+            conn,
+            sha: redis::Script::new(MOVE_ORDER_PLACED).get_hash().to_owned(),
+        };
+        store.load_script().await?;
+        Ok(store)
+    }
+
+    pub fn connection(&self) -> MultiplexedConnection {
+        self.conn.clone()
+    }
+
+    async fn load_script(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(MOVE_ORDER_PLACED)
+            .query_async::<String>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(EngineError::redis("loading the order-placed move script"))
+    }
+}
+
+impl OrderPlacedStore for StandaloneOrderPlaced {
+    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await
+            .map_err(EngineError::redis("scanning for legacy order-placed keys"))
+    }
+
+    async fn read_keys(&self, keys: &[String]) -> Result<Vec<KeyRead>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // HGETALL only: a non-hash answers WRONGTYPE, and only those few are
+        // asked their TYPE in a second round trip.
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for key in keys {
+            pipe.hgetall(key);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<redis::RedisResult<Value>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(EngineError::redis("reading order-placed hashes"))?;
+        let mut reads = Vec::with_capacity(keys.len());
+        let mut wrong_type = Vec::new();
+        for (i, reply) in replies.into_iter().enumerate() {
+            reads.push(match reply {
+                Ok(v) => KeyRead::hash(redis::from_redis_value::<Fields>(v).map_err(|e| {
+                    EngineError::Redis {
+                        during: "decoding an order-placed hash",
+                        source: e.into(),
+                    }
+                })?),
+                Err(e) if e.code() == Some("WRONGTYPE") => {
+                    wrong_type.push(i);
+                    KeyRead::Absent
+                }
+                Err(source) => {
+                    return Err(EngineError::Redis {
+                        during: "reading order-placed hashes",
+                        source,
+                    })
+                }
+            });
+        }
+        if !wrong_type.is_empty() {
+            let mut pipe = redis::pipe();
+            for &i in &wrong_type {
+                pipe.cmd("TYPE").arg(&keys[i]);
+            }
+            let types: Vec<String> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(EngineError::redis("reading key types"))?;
+            for (i, redis_type) in wrong_type.into_iter().zip(types) {
+                // A key deleted or turned into a hash in between reads
+                // as absent or as "hash": either way the plan it gives is
+                // re-checked by the script before any write.
+                reads[i] = match redis_type.as_str() {
+                    "none" => KeyRead::Absent,
+                    _ => KeyRead::Other { redis_type },
+                };
+            }
+        }
+        Ok(reads)
+    }
+
+    async fn apply(&self, outcomes_key: &str, writes: &[KeyWrite]) -> Result<Vec<WriteOutcome>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for w in writes {
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(&self.sha)
+                .arg(3)
+                .arg(&w.legacy_key)
+                .arg(&w.target_key)
+                .arg(outcomes_key)
+                .arg(match w.kind {
+                    WriteKind::Move => "move",
+                    WriteKind::DropEqual => "drop",
+                })
+                .arg(&w.digest)
+                .arg(w.expected.len());
+            for (f, v) in &w.expected {
+                cmd.arg(f).arg(v);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let replies = match pipe.query_async::<Vec<Value>>(&mut conn).await {
+            // The server lost its scripts (restart, SCRIPT FLUSH): every
+            // EVALSHA failed, so nothing ran; load and send once more.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.load_script().await?;
+                pipe.query_async(&mut conn).await
+            }
+            other => other,
+        }
+        .map_err(EngineError::redis("moving order-placed keys"))?;
+        replies.into_iter().map(parse_outcome).collect()
+    }
+
+    async fn record_outcomes(
+        &self,
+        outcomes_key: &str,
+        outcomes: &[(String, String)],
+    ) -> Result<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        redis::cmd("HSET")
+            .arg(outcomes_key)
+            .arg(outcomes)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(EngineError::redis("recording outcomes in the journal"))
+    }
+
+    async fn scan_outcomes(
+        &self,
+        outcomes_key: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<(String, OrderPlacedOutcome)>)> {
+        scan_outcomes(&self.conn, outcomes_key, cursor, count).await
+    }
+
+    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
+        latest_run_of(&self.conn, migration).await
+    }
+
+    async fn save_run(&self, run: &RunRecord) -> Result<()> {
+        let json = serde_json::to_string(run).expect("run record serialises");
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .set(run_key(&run.run_id), json)
+            .zadd(runs_key(&run.migration), &run.run_id, run.started_ms)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(EngineError::redis("saving the run record"))
+    }
+
+    async fn key_count(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        redis::cmd("DBSIZE")
+            .query_async(&mut conn)
+            .await
+            .map_err(EngineError::redis("counting keys"))
+    }
+}
+
+/// One HSCAN step over an order-placed run's outcomes (also used by verify).
+pub async fn scan_outcomes<C: redis::aio::ConnectionLike + Clone + Send>(
+    conn: &C,
+    outcomes_key: &str,
+    cursor: u64,
+    count: usize,
+) -> Result<(u64, Vec<(String, OrderPlacedOutcome)>)> {
+    let mut c = conn.clone();
+    let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
+        .arg(outcomes_key)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(&mut c)
+        .await
+        .map_err(EngineError::redis("reading run outcomes"))?;
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    for pair in flat.chunks_exact(2) {
+        let outcome = serde_json::from_str(&pair[1]).map_err(|e| EngineError::BadJournal {
+            key: outcomes_key.to_owned(),
+            detail: format!("{}: {e}", pair[0]),
+        })?;
+        out.push((pair[0].clone(), outcome));
+    }
+    Ok((next, out))
+}
+
+fn parse_outcome(reply: Value) -> Result<WriteOutcome> {
+    let bad = || EngineError::Redis {
+        during: "decoding the order-placed move script's reply",
+        source: redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "unexpected reply shape",
+            format!("{reply:?}"),
+        )),
+    };
+    let Value::Array(parts) = &reply else {
+        return Err(bad());
+    };
+    let state = match parts.first() {
+        Some(Value::BulkString(b)) => b.as_slice(),
+        _ => return Err(bad()),
+    };
+    match (state, parts.get(1)) {
+        (b"moved", Some(Value::Int(pttl))) => Ok(WriteOutcome::Moved { pttl_ms: *pttl }),
+        (b"dropped", _) => Ok(WriteOutcome::Dropped),
+        (b"changed", _) => Ok(WriteOutcome::Changed),
+        _ => Err(bad()),
+    }
+}

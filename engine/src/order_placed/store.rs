@@ -1,0 +1,72 @@
+//! The one seam between the Phase 1 runner and a Redis deployment, as
+//! [`crate::store`] is for Phase 2: the runner speaks only this trait.
+
+use crate::error::Result;
+use crate::journal::{OrderPlacedOutcome, RunRecord};
+
+use super::plan::{Fields, KeyRead};
+
+/// What one legacy key's write does, once planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// Rename the legacy key to its (absent) target.
+    Move,
+    /// Delete the legacy key; its target holds the same hash.
+    DropEqual,
+}
+
+/// One planned write. It happens only if the legacy key still holds exactly
+/// `expected` and the target is still absent (`Move`) or still holds
+/// `expected` (`DropEqual`), so a concurrent writer never loses an update.
+#[derive(Debug, Clone)]
+pub struct KeyWrite {
+    pub legacy_key: String,
+    pub target_key: String,
+    pub kind: WriteKind,
+    /// The legacy hash the plan was made from, sorted by field.
+    pub expected: Fields,
+    /// [`super::plan::fields_digest`] of `expected`, for the journal.
+    pub digest: String,
+}
+
+/// What the write of one key did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Renamed; `pttl_ms` is the TTL it carried (-1: none).
+    Moved { pttl_ms: i64 },
+    /// The legacy key was deleted, its equal target left as it was.
+    Dropped,
+    /// A key changed since it was read: read and plan again.
+    Changed,
+}
+
+#[allow(async_fn_in_trait)]
+pub trait OrderPlacedStore {
+    /// One SCAN step over the keys matching `pattern` (already glob-escaped).
+    /// Key names are raw bytes: one that is not UTF-8 is reported, not lost.
+    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<Vec<u8>>)>;
+    /// Reads each key: absent, a hash with its fields, or another type.
+    async fn read_keys(&self, keys: &[String]) -> Result<Vec<KeyRead>>;
+    /// Applies each write atomically, recording `moved` / `dropped_equal`
+    /// in `outcomes_key` in the same step; outcomes in input order.
+    async fn apply(&self, outcomes_key: &str, writes: &[KeyWrite]) -> Result<Vec<WriteOutcome>>;
+    /// Records outcomes that involved no write (conflict, quarantine).
+    async fn record_outcomes(
+        &self,
+        outcomes_key: &str,
+        outcomes: &[(String, String)],
+    ) -> Result<()>;
+    /// One HSCAN step over a run's per-key outcomes.
+    async fn scan_outcomes(
+        &self,
+        outcomes_key: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<(String, OrderPlacedOutcome)>)>;
+    /// The latest recorded run of `migration`.
+    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>>;
+    /// Creates or updates a run record.
+    async fn save_run(&self, run: &RunRecord) -> Result<()>;
+    /// Estimated total keys, for progress.
+    async fn key_count(&self) -> Result<u64>;
+}

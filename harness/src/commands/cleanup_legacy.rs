@@ -1,0 +1,105 @@
+//! `keyshift cleanup-legacy` (Phase 1.5): delete the legacy position-cache
+//! keys the schema marks `cleanup`, nothing else.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use keyshift_engine::cleanup_legacy::{cleanup_legacy, Cleanup, CleanupOptions, CleanupReport};
+use keyshift_engine::redact_url;
+use keyshift_engine::standalone::connect;
+use keyshift_engine::validate::key_count;
+
+use super::validate::load_schema;
+use super::{confirm_write, progress_bar};
+use crate::exit::Outcome;
+use crate::HarnessError;
+
+pub async fn run(
+    url: &str,
+    dry_run: bool,
+    force: bool,
+    schema: Option<&Path>,
+) -> anyhow::Result<Outcome> {
+    let schema = load_schema(schema)?;
+    let opts = CleanupOptions {
+        dry_run,
+        ..CleanupOptions::default()
+    };
+    let cleanup =
+        Cleanup::new(&schema, &opts).map_err(|e| HarnessError::Usage(e.to_string()))?;
+    let conn = connect(url).await?;
+    if !dry_run {
+        confirm_write(
+            force,
+            &format!(
+                "cleanup-legacy on {}: delete every legacy position-cache key",
+                redact_url(url)
+            ),
+        )?;
+    }
+    let bar = progress_bar(key_count(&conn).await?, "cleanup-legacy");
+    let report = cleanup_legacy(&conn, cleanup, &|n| bar.inc(n as u64)).await?;
+    bar.finish_and_clear();
+    print!("{}", render(&report));
+    Ok(if report.needs_review() {
+        Outcome::NeedsReview
+    } else {
+        Outcome::Done
+    })
+}
+
+pub fn render(r: &CleanupReport) -> String {
+    let mut out = String::new();
+    let (heading, verb) = if r.dry_run {
+        ("Dry run: nothing was deleted", "Would delete")
+    } else {
+        ("deleted by exact key name", "Deleted")
+    };
+    let _ = writeln!(out, "cleanup-legacy — {heading}");
+    let _ = writeln!(
+        out,
+        "{:<28} {:>10} {:>10}  template",
+        "pattern",
+        verb.to_lowercase(),
+        "wrong type"
+    );
+    for p in &r.patterns {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>10} {:>10}  {}",
+            p.id, p.deleted, p.wrong_type, p.template
+        );
+    }
+    if !r.samples.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{verb} (first {} of {}):",
+            r.samples.len(),
+            r.deleted
+        );
+        for k in &r.samples {
+            let _ = writeln!(out, "  {k:?}");
+        }
+    }
+    if r.wrong_type > 0 {
+        let _ = writeln!(
+            out,
+            "\nLeft in place, not of their pattern's type (first {} of {}); review them:",
+            r.wrong_type_samples.len(),
+            r.wrong_type
+        );
+        for m in &r.wrong_type_samples {
+            let _ = writeln!(out, "  {:?} is a {}", m.key, m.actual);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nScanned: {} keys in {:.2} s; {} vanished before their turn",
+        r.keys_scanned,
+        r.elapsed_ms as f64 / 1000.0,
+        r.vanished
+    );
+    let _ = writeln!(out, "{verb}: {} keys", r.deleted);
+    let _ = writeln!(out, "Processed: {} keys", r.processed);
+    out
+}

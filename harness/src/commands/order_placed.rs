@@ -1,0 +1,174 @@
+//! `keyshift migrate order-placed` and `keyshift verify order-placed`
+//! (Phase 1).
+
+use std::fmt::Write as _;
+
+use keyshift_engine::order_placed::migrate::Finding;
+use keyshift_engine::order_placed::store::OrderPlacedStore;
+use keyshift_engine::order_placed::verify::latest_run;
+use keyshift_engine::order_placed::{
+    migrate_order_placed, verify_order_placed, OrderPlacedOptions, OrderPlacedReport,
+    StandaloneOrderPlaced, MIGRATION,
+};
+use keyshift_engine::redact_url;
+use keyshift_engine::standalone::connect;
+use keyshift_engine::verify::VerifyReport;
+
+use super::migrate::MigrateArgs;
+use super::{confirm_write, exchanges, locked, progress_bar};
+use crate::exit::Outcome;
+use crate::HarnessError;
+
+pub async fn migrate(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
+    if args.skip_closed {
+        return Err(HarnessError::Usage(
+            "--skip-closed applies to grid-positions only; order-placed moves every hash".into(),
+        )
+        .into());
+    }
+    let conn = connect(args.url).await?;
+    let store = StandaloneOrderPlaced::open(conn.clone()).await?;
+    let what = format!("migrate {MIGRATION} on {}", redact_url(args.url));
+    if !args.dry_run {
+        confirm_write(args.force, &what)?;
+    }
+    let mut opts = OrderPlacedOptions::new(exchanges(args.exchange));
+    opts.dry_run = args.dry_run;
+    let bar = progress_bar(store.key_count().await?, &format!("migrate {MIGRATION}"));
+    let tick = |n: usize| bar.inc(n as u64);
+    let migrate = migrate_order_placed(&store, &opts, &tick);
+    let report = if args.dry_run {
+        migrate.await?
+    } else {
+        locked(&conn, &format!("migrate {MIGRATION}"), migrate).await?
+    };
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.needs_review() {
+        Outcome::NeedsReview
+    } else {
+        Outcome::Done
+    })
+}
+
+pub async fn verify(url: &str, json: bool) -> anyhow::Result<Outcome> {
+    let conn = connect(url).await?;
+    let Some(run) = latest_run(&conn).await? else {
+        // Exit 1, as for a failed invariant: nothing can be shown to hold.
+        anyhow::bail!(
+            "no {MIGRATION} run is recorded in the journal on this server: run `keyshift migrate {MIGRATION}` first"
+        );
+    };
+    let size = run
+        .counts
+        .as_ref()
+        .and_then(|c| c.get("legacy_keys_found"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    let bar = progress_bar(size, &format!("verify {MIGRATION}"));
+    let report = verify_order_placed(&conn, &run, &|n| bar.inc(n as u64)).await?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_verify(&report));
+    }
+    Ok(if report.passed() {
+        Outcome::Done
+    } else {
+        Outcome::InvariantFailed
+    })
+}
+
+/// The human summary of a run or a dry-run plan.
+pub fn render(r: &OrderPlacedReport) -> String {
+    let mut out = String::new();
+    let heading = if r.dry_run {
+        "Plan (dry run: nothing was written)".to_owned()
+    } else {
+        let resumed = if r.resumed { ", resumed" } else { "" };
+        format!("Run {}{resumed}", r.run_id.as_deref().unwrap_or("-"))
+    };
+    let _ = writeln!(out, "{MIGRATION} — {heading}");
+    let _ = writeln!(
+        out,
+        "{:<10} {:>11} {:>7} {:>13} {:>9} {:>11} {:>8}",
+        "exchange", "legacy keys", "moved", "dropped equal", "conflicts", "quarantined", "vanished"
+    );
+    let rows = r
+        .per_exchange
+        .iter()
+        .map(|(e, c)| (e.as_str(), c))
+        .chain([("total", &r.totals)]);
+    for (name, c) in rows {
+        let _ = writeln!(
+            out,
+            "{:<10} {:>11} {:>7} {:>13} {:>9} {:>11} {:>8}",
+            name,
+            c.legacy_keys_found,
+            c.keys_moved,
+            c.keys_dropped_equal,
+            c.keys_conflicting,
+            c.keys_quarantined,
+            c.keys_vanished
+        );
+    }
+    if !r.samples.is_empty() {
+        let _ = writeln!(out, "\nSample keys (old -> new):");
+        for s in &r.samples {
+            let _ = writeln!(out, "  {} -> {} ({})", s.legacy, s.target, s.action);
+        }
+    }
+    for (title, list) in [
+        ("Conflicts (neither key touched)", &r.conflicts),
+        ("Quarantined (left untouched)", &r.quarantined),
+    ] {
+        render_findings(&mut out, title, list);
+    }
+    let _ = writeln!(out, "\nElapsed: {:.2} s", r.elapsed_ms as f64 / 1000.0);
+    if r.needs_review() {
+        let _ = writeln!(
+            out,
+            "Some keys need review: they were not changed (see the lists above)."
+        );
+    }
+    out
+}
+
+fn render_findings(out: &mut String, title: &str, list: &[Finding]) {
+    if list.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n{title}: {}", list.len());
+    for f in list.iter().take(20) {
+        let _ = writeln!(
+            out,
+            "  {} -> {}: {} — {}",
+            f.key, f.target, f.reason, f.detail
+        );
+    }
+    if list.len() > 20 {
+        let _ = writeln!(out, "  ... {} more (use --json for all)", list.len() - 20);
+    }
+}
+
+pub fn render_verify(r: &VerifyReport) -> String {
+    let mut out = format!("verify {} — run {}\n", r.migration, r.run_id);
+    for inv in &r.invariants {
+        out.push_str(&inv.summary_line());
+        out.push('\n');
+        for s in &inv.samples {
+            let _ = writeln!(out, "    {s}");
+        }
+    }
+    out.push_str(if r.passed() {
+        "All invariants hold.\n"
+    } else {
+        "Invariants FAILED (exit 1).\n"
+    });
+    out
+}

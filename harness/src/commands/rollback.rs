@@ -1,0 +1,62 @@
+//! `keyshift rollback grid-positions`.
+
+use std::fmt::Write as _;
+
+use keyshift_engine::redact_url;
+use keyshift_engine::rollback::{find_run, rollback_grid_positions, RollbackOptions, RollbackReport};
+use keyshift_engine::standalone::{connect, StandaloneStore};
+
+use super::{confirm_write, locked};
+use crate::exit::Outcome;
+
+pub async fn run(url: &str, backup_stamp: Option<&str>, dry_run: bool, force: bool) -> anyhow::Result<Outcome> {
+    let conn = connect(url).await?;
+    let store = StandaloneStore::open(url, conn.clone(), 1).await?;
+    let run = find_run(&conn, backup_stamp).await?;
+    let opts = RollbackOptions {
+        backup_stamp: backup_stamp.map(str::to_owned),
+        dry_run,
+        force,
+    };
+    let report = if dry_run {
+        rollback_grid_positions(&store, &conn, &run, &opts).await?
+    } else {
+        confirm_write(force, &format!("roll back run {} on {}", run.run_id, redact_url(url)))?;
+        locked(&conn, "rollback grid-positions", rollback_grid_positions(&store, &conn, &run, &opts)).await?
+    };
+    print!("{}", render(&report));
+    Ok(if report.skipped.is_empty() { Outcome::Done } else { Outcome::NeedsReview })
+}
+
+pub fn render(r: &RollbackReport) -> String {
+    let mut out = String::new();
+    let verb = if r.dry_run { "would restore" } else { "restored" };
+    let _ = writeln!(
+        out,
+        "rollback grid-positions — run {} (stamp {}){}",
+        r.run_id,
+        r.stamp,
+        if r.dry_run { " [dry run: nothing written]" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "users {}: {verb} {}, expired meanwhile {}, already rolled back {}, new keys deleted {}",
+        r.users, r.restored, r.expired, r.already_done, r.keys_deleted
+    );
+    for (title, list) in [("Changed since the migration", &r.changed), ("Left as they are", &r.skipped)] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "{title}: {}", list.len());
+        for f in list.iter().take(20) {
+            let _ = writeln!(out, "  {}: {} — {}", f.key, f.reason, f.detail);
+        }
+        if list.len() > 20 {
+            let _ = writeln!(out, "  ... {} more", list.len() - 20);
+        }
+    }
+    if !r.changed.is_empty() && r.forced && !r.dry_run {
+        let _ = writeln!(out, "Rolled back over these changes (--force).");
+    }
+    out
+}
