@@ -33,7 +33,10 @@ impl Debris {
 }
 
 /// Finds the debris of `run`, reading only (SCAN, never KEYS).
-pub async fn find_debris<C: ConnectionLike + Clone + Send>(conn: &C, run: &RunRecord) -> Result<Debris> {
+pub async fn find_debris<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    run: &RunRecord,
+) -> Result<Debris> {
     let mut debris = Debris::default();
     if !matches!(run.state, RunState::Running | RunState::Failed) {
         return Ok(debris);
@@ -49,8 +52,10 @@ pub async fn find_debris<C: ConnectionLike + Clone + Send>(conn: &C, run: &RunRe
             .query_async(&mut c)
             .await
             .map_err(EngineError::redis("scanning for debris"))?;
-        let hashes: Vec<PositionHashKey> =
-            keys.iter().filter_map(|k| PositionHashKey::parse(k, &run.exchanges)).collect();
+        let hashes: Vec<PositionHashKey> = keys
+            .iter()
+            .filter_map(|k| PositionHashKey::parse(k, &run.exchanges))
+            .collect();
         let backups: Vec<(&String, String)> = keys
             .iter()
             .filter_map(|k| {
@@ -61,13 +66,23 @@ pub async fn find_debris<C: ConnectionLike + Clone + Send>(conn: &C, run: &RunRe
         if !hashes.is_empty() || !backups.is_empty() {
             let mut pipe = redis::pipe();
             for h in &hashes {
-                let key = format!("positions:{}:{}:{}", h.user_id, h.exchange, h.index_member());
-                pipe.cmd("HMGET").arg(key).arg(META_MIGRATED_FROM).arg(META_MIGRATED_AT);
+                let key = format!(
+                    "positions:{}:{}:{}",
+                    h.user_id,
+                    h.exchange,
+                    h.index_member()
+                );
+                pipe.cmd("HMGET")
+                    .arg(key)
+                    .arg(META_MIGRATED_FROM)
+                    .arg(META_MIGRATED_AT);
                 let legacy = LegacyPositionsKey::new(&h.exchange, &h.user_id).key();
-                pipe.exists(&legacy).hexists(outcomes_key(&run.run_id), &legacy);
+                pipe.exists(&legacy)
+                    .hexists(outcomes_key(&run.run_id), &legacy);
             }
             for (_, legacy) in &backups {
-                pipe.exists(legacy).hexists(outcomes_key(&run.run_id), legacy);
+                pipe.exists(legacy)
+                    .hexists(outcomes_key(&run.run_id), legacy);
             }
             let replies: Vec<redis::Value> = pipe
                 .query_async(&mut c)
@@ -83,10 +98,17 @@ pub async fn find_debris<C: ConnectionLike + Clone + Send>(conn: &C, run: &RunRe
                 let ours = meta.0.as_deref() == Some(legacy.key().as_str())
                     && meta.1.as_deref() == Some(run.started_at.as_str());
                 if ours && legacy_exists && !settled {
+                    debris.hashes.push(format!(
+                        "positions:{}:{}:{}",
+                        h.user_id,
+                        h.exchange,
+                        h.index_member()
+                    ));
                     debris
-                        .hashes
-                        .push(format!("positions:{}:{}:{}", h.user_id, h.exchange, h.index_member()));
-                    debris.index_members.entry(legacy.index_key()).or_default().push(h.index_member());
+                        .index_members
+                        .entry(legacy.index_key())
+                        .or_default()
+                        .push(h.index_member());
                 }
             }
             for ((key, _), r) in backups.iter().zip(for_backups.chunks_exact(2)) {
@@ -108,7 +130,10 @@ pub async fn find_debris<C: ConnectionLike + Clone + Send>(conn: &C, run: &RunRe
 }
 
 /// Deletes exactly the keys and members listed; returns how many went.
-pub async fn remove_debris<C: ConnectionLike + Clone + Send>(conn: &C, debris: &Debris) -> Result<i64> {
+pub async fn remove_debris<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    debris: &Debris,
+) -> Result<i64> {
     let mut pipe = redis::pipe();
     for k in debris.hashes.iter().chain(&debris.backups) {
         pipe.del(k);

@@ -365,7 +365,10 @@ mod tests {
             c.record(cand, o);
         }
         let r = c.finish(0);
-        assert_eq!((r.processed, r.deleted, r.wrong_type, r.vanished), (3, 1, 1, 1));
+        assert_eq!(
+            (r.processed, r.deleted, r.wrong_type, r.vanished),
+            (3, 1, 1, 1)
+        );
         assert_eq!(r.samples, ["position:1:X"]);
         assert!(r.needs_review());
         let ids: Vec<&str> = r.patterns.iter().map(|p| p.id.as_str()).collect();

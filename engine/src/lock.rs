@@ -40,7 +40,11 @@ impl Holder {
                 .unwrap_or_else(|| "unknown".into()),
             pid: std::process::id(),
             since: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            token: format!("{:x}{:x}", now.timestamp_nanos_opt().unwrap_or(0), std::process::id()),
+            token: format!(
+                "{:x}{:x}",
+                now.timestamp_nanos_opt().unwrap_or(0),
+                std::process::id()
+            ),
         }
     }
 }
@@ -100,8 +104,11 @@ where
         lost = renew => lost,
     };
     let mut c = conn.clone();
-    let released: redis::RedisResult<i64> =
-        redis::Script::new(RELEASE).key(LOCK_KEY).arg(&value).invoke_async(&mut c).await;
+    let released: redis::RedisResult<i64> = redis::Script::new(RELEASE)
+        .key(LOCK_KEY)
+        .arg(&value)
+        .invoke_async(&mut c)
+        .await;
     if let Err(e) = released {
         // The lock expires on its own; the run's own result matters more.
         tracing::warn!("could not release the runner lock ({e}); it expires in {ttl:?}");
@@ -111,12 +118,26 @@ where
 
 async fn locked_by<C: ConnectionLike + Clone + Send>(conn: &C) -> EngineError {
     let mut c = conn.clone();
-    let current: Option<String> = redis::cmd("GET").arg(LOCK_KEY).query_async(&mut c).await.ok().flatten();
-    let pttl: i64 = redis::cmd("PTTL").arg(LOCK_KEY).query_async(&mut c).await.unwrap_or(-2);
+    let current: Option<String> = redis::cmd("GET")
+        .arg(LOCK_KEY)
+        .query_async(&mut c)
+        .await
+        .ok()
+        .flatten();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(LOCK_KEY)
+        .query_async(&mut c)
+        .await
+        .unwrap_or(-2);
     let holder = current
         .as_deref()
         .and_then(|v| serde_json::from_str::<Holder>(v).ok())
-        .map(|h| format!("`{}` (pid {} on {}) since {}", h.command, h.pid, h.host, h.since))
+        .map(|h| {
+            format!(
+                "`{}` (pid {} on {}) since {}",
+                h.command, h.pid, h.host, h.since
+            )
+        })
         .unwrap_or_else(|| "another runner".into());
     EngineError::Locked {
         holder,

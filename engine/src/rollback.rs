@@ -146,7 +146,10 @@ where
                     u
                 })
                 .collect();
-            for (u, outcome) in users.iter().zip(store.rollback_users(&journal_key, &users).await?) {
+            for (u, outcome) in users
+                .iter()
+                .zip(store.rollback_users(&journal_key, &users).await?)
+            {
                 match outcome {
                     RollbackOutcome::Restored { deleted } => {
                         report.restored += 1;
@@ -213,7 +216,10 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
             }
         })?;
         let backup = legacy.backup_key(&run.stamp);
-        pipe.get(&backup).exists(key).smembers(legacy.index_key()).hget(journal_key, key);
+        pipe.get(&backup)
+            .exists(key)
+            .smembers(legacy.index_key())
+            .hget(journal_key, key);
         users.push((legacy, backup));
     }
     pipe.cmd("TIME");
@@ -243,22 +249,37 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
             continue;
         }
         let Some(value) = value else {
-            report.skipped.push(finding(key, "no_backup", &format!("{backup} is gone; nothing can be restored")));
+            report.skipped.push(finding(
+                key,
+                "no_backup",
+                &format!("{backup} is gone; nothing can be restored"),
+            ));
             continue;
         };
         let UserPlan::Migrate(plan) = plan_value(&value, opts) else {
-            report.skipped.push(finding(key, "unreadable_backup", &format!("{backup} no longer plans as a migrated value")));
+            report.skipped.push(finding(
+                key,
+                "unreadable_backup",
+                &format!("{backup} no longer plans as a migrated value"),
+            ));
             continue;
         };
         if legacy_exists {
-            report.changed.push(finding(key, "legacy_rewritten", &format!("{key} was written again after the migration")));
+            report.changed.push(finding(
+                key,
+                "legacy_rewritten",
+                &format!("{key} was written again after the migration"),
+            ));
         }
         let ours: BTreeSet<String> = plan.positions.iter().map(|p| p.index_member()).collect();
         for extra in members.difference(&ours) {
             report.changed.push(finding(
                 key,
                 "index_member_added",
-                &format!("{} holds {extra:?}, which the run did not add", legacy.index_key()),
+                &format!(
+                    "{} holds {extra:?}, which the run did not add",
+                    legacy.index_key()
+                ),
             ));
         }
         let hashes: Vec<(String, Vec<(String, String)>)> = plan
@@ -289,7 +310,9 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
         for (hash_key, fields) in &hashes {
             let actual = current.next().unwrap_or_default();
             if let Err(why) = wrote_exactly(&actual, fields, &key, &run.started_at) {
-                report.changed.push(finding(&key, "hash_changed", &format!("{hash_key}: {why}")));
+                report
+                    .changed
+                    .push(finding(&key, "hash_changed", &format!("{hash_key}: {why}")));
             }
         }
         out.push(UserRollback {
@@ -327,10 +350,17 @@ fn wrote_exactly(
     let expected: HashMap<&str, &str> = fields
         .iter()
         .map(|(f, v)| (f.as_str(), v.as_str()))
-        .chain([(META_MIGRATED_AT, migrated_at), (META_MIGRATED_FROM, legacy_key)])
+        .chain([
+            (META_MIGRATED_AT, migrated_at),
+            (META_MIGRATED_FROM, legacy_key),
+        ])
         .collect();
     if actual.len() != expected.len() {
-        return Err(format!("{} fields now, the run wrote {}", actual.len(), expected.len()));
+        return Err(format!(
+            "{} fields now, the run wrote {}",
+            actual.len(),
+            expected.len()
+        ));
     }
     for (f, v) in &expected {
         match actual.get(*f) {

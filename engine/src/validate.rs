@@ -341,7 +341,10 @@ mod tests {
         assert_eq!(r.pattern("grid_positions.index").unwrap().count, 1);
         assert_eq!(r.pattern("order_placed.orders").unwrap().count, 1);
         assert_eq!(r.unknown.count, 1);
-        assert_eq!((r.keys_scanned, r.legacy_keys, r.type_mismatches), (6, 3, 1));
+        assert_eq!(
+            (r.keys_scanned, r.legacy_keys, r.type_mismatches),
+            (6, 3, 1)
+        );
         assert!(!r.passed);
     }
 

@@ -69,12 +69,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<exit::Outcome> {
             json,
         } => commands::verify::run(&redis.url, json).await,
         Command::Rollback {
-            migration: Migration::GridPositions,
+            migration,
             redis,
             backup_stamp,
             dry_run,
             force,
-        } => commands::rollback::run(&redis.url, backup_stamp.as_deref(), dry_run, force).await,
+        } => {
+            let stamp = backup_stamp.as_deref();
+            commands::rollback::run(migration, &redis.url, stamp, dry_run, force).await
+        }
         Command::CleanupMigration {
             migration: Migration::GridPositions,
             redis,
@@ -105,19 +108,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<exit::Outcome> {
             redis,
             json,
         } => commands::order_placed::verify(&redis.url, json).await,
-        Command::Rollback {
+        Command::CleanupMigration {
             migration: Migration::OrderPlaced,
             ..
+        } => {
+            // Each key moves in one atomic step: an interrupted run leaves
+            // nothing half-done; `migrate order-placed` resumes it.
+            println!("cleanup-migration order-placed: nothing to clean (each key moves atomically)");
+            Ok(exit::Outcome::Done)
         }
-        | Command::CleanupMigration {
-            migration: Migration::OrderPlaced,
-            ..
-        } => Err(HarnessError::Usage(
-            "rollback and cleanup-migration apply to grid-positions only: order-placed renames \
-             each hash in one atomic step, keeping no backups and leaving no debris"
-                .into(),
-        )
-        .into()),
         Command::Validate {
             redis,
             json,

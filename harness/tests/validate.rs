@@ -58,7 +58,10 @@ const FIXTURE_KEYS: &[(&str, Option<&str>)] = &[
     ("okx:positions:fx-okx-ls-1", Some("grid_positions.legacy")),
     ("bybit:positions:fx-okx-ls-2", Some("grid_positions.legacy")),
     ("okx:positions:fx-okx-net-1", Some("grid_positions.legacy")),
-    ("bitget:positions:fx-okx-net-2", Some("grid_positions.legacy")),
+    (
+        "bitget:positions:fx-okx-net-2",
+        Some("grid_positions.legacy"),
+    ),
     (
         "okx:user:fx-op-1:symbol:BTC-USDT-SWAP:order_placed",
         Some("order_placed.legacy"),
@@ -79,7 +82,10 @@ const FIXTURE_KEYS: &[(&str, Option<&str>)] = &[
         "orders:okx:user:fx-op-3:symbol:SOL-USDT-SWAP:order_placed",
         Some("order_placed.standard"),
     ),
-    ("position:fx-op-1:BTC-USDT-SWAP", Some("position_cache.legacy")),
+    (
+        "position:fx-op-1:BTC-USDT-SWAP",
+        Some("position_cache.legacy"),
+    ),
     (
         "user:fx-op-1:position:BTC-USDT-SWAP:long",
         Some("position_cache.legacy_user"),
@@ -152,7 +158,10 @@ async fn counts_equal_the_seeded_truth_per_pattern() {
     let legacy = r.pattern("grid_positions.legacy").unwrap();
     assert_eq!(legacy.type_mismatches, not_a_string + FIXTURE_WRONG_TYPE);
     assert_eq!(r.type_mismatches, legacy.type_mismatches);
-    assert!(r.patterns.iter().all(|p| p.samples.len() as u64 == p.count.min(5)));
+    assert!(r
+        .patterns
+        .iter()
+        .all(|p| p.samples.len() as u64 == p.count.min(5)));
     assert!(!r.passed);
 }
 

@@ -8,7 +8,8 @@
 //! - `store`: the seam to a deployment; `standalone` implements it for one
 //!   server with one Lua script per key (`lua/move_order_placed.lua`);
 //! - `migrate`: the runner (SCAN, read, plan, write, report);
-//! - `verify`: the counts, fields and ttl invariants after a run.
+//! - `verify`: the counts, fields and ttl invariants after a run;
+//! - `rollback`: undoing a run (rename back, or copy back a dropped key).
 //!
 //! Journal: per legacy key an [`crate::journal::OrderPlacedOutcome`] in
 //! the run's outcome hash; `moved` / `dropped_equal` carry a SHA-256 of
@@ -16,6 +17,7 @@
 
 pub mod migrate;
 pub mod plan;
+pub mod rollback;
 pub mod standalone;
 pub mod store;
 pub mod verify;

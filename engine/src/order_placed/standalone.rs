@@ -17,9 +17,10 @@ use crate::error::{EngineError, Result};
 use crate::journal::{latest_run_of, run_key, runs_key, OrderPlacedOutcome, RunRecord};
 
 use super::plan::{Fields, KeyRead};
-use super::store::{KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};
+use super::store::{KeyRollback, KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};
 
 const MOVE_ORDER_PLACED: &str = include_str!("../lua/move_order_placed.lua");
+const ROLLBACK_ORDER_PLACED: &str = include_str!("../lua/rollback_order_placed.lua");
 
 #[derive(Clone)]
 pub struct StandaloneOrderPlaced {
@@ -56,6 +57,29 @@ impl StandaloneOrderPlaced {
 }
 
 impl OrderPlacedStore for StandaloneOrderPlaced {
+    async fn rollback_keys(&self, journal_key: &str, keys: &[KeyRollback]) -> Result<Vec<String>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Rollbacks are rare: plain EVAL spares a script cache to keep loaded.
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("EVAL")
+                .arg(ROLLBACK_ORDER_PLACED)
+                .arg(3)
+                .arg(&k.target_key)
+                .arg(&k.legacy_key)
+                .arg(journal_key)
+                .arg(if k.moved { "moved" } else { "dropped" })
+                .arg(k.pttl_ms)
+                .arg(if k.force { "force" } else { "check" });
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async(&mut conn)
+            .await
+            .map_err(EngineError::redis("rolling back order-placed keys"))
+    }
+
     async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
         let mut conn = self.conn.clone();
         redis::cmd("SCAN")

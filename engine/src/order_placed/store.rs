@@ -40,8 +40,23 @@ pub enum WriteOutcome {
     Changed,
 }
 
+/// One key's rollback (see `rollback`).
+#[derive(Debug, Clone)]
+pub struct KeyRollback {
+    pub target_key: String,
+    pub legacy_key: String,
+    /// Renamed by the run (else: dropped because the target was equal).
+    pub moved: bool,
+    /// For a dropped key: remaining legacy TTL (> 0), -1 none, 0 expired.
+    pub pttl_ms: i64,
+    pub force: bool,
+}
+
 #[allow(async_fn_in_trait)]
 pub trait OrderPlacedStore {
+    /// Undoes each key's step atomically; answers `restored`, `expired`,
+    /// `changed` or `no_target` per key, and records done keys in `journal_key`.
+    async fn rollback_keys(&self, journal_key: &str, keys: &[KeyRollback]) -> Result<Vec<String>>;
     /// One SCAN step over the keys matching `pattern` (already glob-escaped).
     /// Key names are raw bytes: one that is not UTF-8 is reported, not lost.
     async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<Vec<u8>>)>;

@@ -58,7 +58,10 @@ fn by_keys_rs(key: &str) -> Vec<(String, Vec<(String, String)>)> {
     }
     for (id, k) in [
         ("order_placed.legacy", OrderPlacedKey::parse(key, &ex)),
-        ("order_placed.standard", OrderPlacedKey::parse_target(key, &ex)),
+        (
+            "order_placed.standard",
+            OrderPlacedKey::parse_target(key, &ex),
+        ),
     ] {
         if let Some(k) = k {
             out.push((
@@ -113,10 +116,42 @@ fn assert_agree(schema: &Schema, key: &str) {
 /// and unknown exchanges, sides in and out of case, stamps right and
 /// wrong, glob characters, unicode, empty.
 const PARTS: &[&str] = &[
-    "positions", "position", "index", "backup", "user", "symbol", "okx", "binance", "bitget",
-    "upbit", "bybit", "kraken", "OKX", "long", "short", "net", "LONG", "20250101_000000",
-    "2025010_000000", "20250101-000000", "２0250101_000000", "99999999_999999", "latest", "",
-    "42", "u*1", "a?b", "[x]", r"\", "*", "ü", "用户", "🙂", "BTC-USDT-SWAP", " ", "meta",
+    "positions",
+    "position",
+    "index",
+    "backup",
+    "user",
+    "symbol",
+    "okx",
+    "binance",
+    "bitget",
+    "upbit",
+    "bybit",
+    "kraken",
+    "OKX",
+    "long",
+    "short",
+    "net",
+    "LONG",
+    "20250101_000000",
+    "2025010_000000",
+    "20250101-000000",
+    "２0250101_000000",
+    "99999999_999999",
+    "latest",
+    "",
+    "42",
+    "u*1",
+    "a?b",
+    "[x]",
+    r"\",
+    "*",
+    "ü",
+    "用户",
+    "🙂",
+    "BTC-USDT-SWAP",
+    " ",
+    "meta",
 ];
 
 fn part() -> impl Strategy<Value = String> {
@@ -131,12 +166,26 @@ fn part() -> impl Strategy<Value = String> {
 /// characters, unicode, grammar words), sometimes any part.
 fn fill(placeholder: &str) -> BoxedStrategy<String> {
     let fitting: &'static [&'static str] = match placeholder {
-        "exchange" => &["okx", "binance", "bitget", "upbit", "bybit", "kraken", "OKX"],
+        "exchange" => &[
+            "okx", "binance", "bitget", "upbit", "bybit", "kraken", "OKX",
+        ],
         "side" => &["long", "short", "net", "Long"],
         "stamp" => &["20250101_000000", "20261128_235959", "2025-01-01", "latest"],
         _ => &[
-            "42", "u*1", "a?b", "[x]", r"a\b", "ü", "用户", "🙂", "index", "backup",
-            "positions", "BTC-USDT-SWAP", "a:b", "",
+            "42",
+            "u*1",
+            "a?b",
+            "[x]",
+            r"a\b",
+            "ü",
+            "用户",
+            "🙂",
+            "index",
+            "backup",
+            "positions",
+            "BTC-USDT-SWAP",
+            "a:b",
+            "",
         ],
     };
     prop_oneof![
@@ -155,10 +204,12 @@ fn key() -> impl Strategy<Value = String> {
             let segments: Vec<BoxedStrategy<String>> = p
                 .template
                 .split(':')
-                .map(|s| match s.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
-                    Some(name) => fill(name),
-                    None => Just(s.to_owned()).boxed(),
-                })
+                .map(
+                    |s| match s.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
+                        Some(name) => fill(name),
+                        None => Just(s.to_owned()).boxed(),
+                    },
+                )
                 .collect();
             segments.prop_map(|v| v.join(":")).boxed()
         })

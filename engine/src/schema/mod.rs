@@ -179,7 +179,10 @@ pub enum SchemaError {
 }
 
 fn list(a: &[Ambiguity]) -> String {
-    a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("; ")
+    a.iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[derive(Debug, Clone)]
@@ -304,23 +307,66 @@ mod tests {
         let s = Schema::builtin();
         assert_eq!(s.ambiguities(), vec![]);
         assert_eq!(s.patterns().len(), 11);
-        assert_eq!(s.exchanges(), ["okx", "binance", "bitget", "upbit", "bybit"]);
+        assert_eq!(
+            s.exchanges(),
+            ["okx", "binance", "bitget", "upbit", "bybit"]
+        );
     }
 
     #[test]
     fn classifies_every_key_of_design_section_1() {
         for (key, id, kind) in [
-            ("position:42:BTC-USDT-SWAP", "position_cache.legacy", Kind::Legacy),
-            ("user:42:position:BTC-USDT-SWAP:long", "position_cache.legacy_user", Kind::Legacy),
-            ("position:42:okx:BTC-USDT-SWAP:short", "position_cache.standard", Kind::Standard),
-            ("bybit:user:42:symbol:SOLUSDT:order_placed", "order_placed.legacy", Kind::Legacy),
-            ("orders:bybit:user:42:symbol:SOLUSDT:order_placed", "order_placed.standard", Kind::Standard),
-            ("orders:okx:user:42:symbol:SOLUSDT:order_placed_index", "order_placed.index", Kind::Standard),
-            ("orders:okx:user:42:symbol:SOLUSDT:orders", "order_placed.orders", Kind::Standard),
+            (
+                "position:42:BTC-USDT-SWAP",
+                "position_cache.legacy",
+                Kind::Legacy,
+            ),
+            (
+                "user:42:position:BTC-USDT-SWAP:long",
+                "position_cache.legacy_user",
+                Kind::Legacy,
+            ),
+            (
+                "position:42:okx:BTC-USDT-SWAP:short",
+                "position_cache.standard",
+                Kind::Standard,
+            ),
+            (
+                "bybit:user:42:symbol:SOLUSDT:order_placed",
+                "order_placed.legacy",
+                Kind::Legacy,
+            ),
+            (
+                "orders:bybit:user:42:symbol:SOLUSDT:order_placed",
+                "order_placed.standard",
+                Kind::Standard,
+            ),
+            (
+                "orders:okx:user:42:symbol:SOLUSDT:order_placed_index",
+                "order_placed.index",
+                Kind::Standard,
+            ),
+            (
+                "orders:okx:user:42:symbol:SOLUSDT:orders",
+                "order_placed.orders",
+                Kind::Standard,
+            ),
             ("upbit:positions:42", "grid_positions.legacy", Kind::Legacy),
-            ("positions:42:okx:ETH-USDT-SWAP:long", "grid_positions.position", Kind::Standard),
-            ("positions:index:42:okx", "grid_positions.index", Kind::Standard),
-            ("okx:positions:42:backup:20251128_010203", "grid_positions.backup", Kind::Backup),
+            (
+                "positions:42:okx:ETH-USDT-SWAP:long",
+                "grid_positions.position",
+                Kind::Standard,
+            ),
+            (
+                "positions:index:42:okx",
+                "grid_positions.index",
+                Kind::Standard,
+            ),
+            (
+                "okx:positions:42:backup:20251128_010203",
+                "grid_positions.backup",
+                Kind::Backup,
+            ),
         ] {
             let s = Schema::builtin();
             let m = s.classify(key).unwrap_or_else(|| panic!("{key} unknown"));
@@ -368,7 +414,10 @@ mod tests {
             assert_eq!(id_of(key).as_deref(), Some("grid_positions.backup"));
         }
         // A user whose id is `backup` still has a legacy key of their own.
-        assert_eq!(id_of("okx:positions:backup").as_deref(), Some("grid_positions.legacy"));
+        assert_eq!(
+            id_of("okx:positions:backup").as_deref(),
+            Some("grid_positions.legacy")
+        );
     }
 
     #[test]
@@ -411,7 +460,10 @@ type = "hash"
         let parts: Vec<&str> = found[0].example.split(':').collect();
         assert!(s.patterns().iter().all(|p| p.captures(&parts).is_some()));
         let msg = SchemaError::Ambiguous(found).to_string();
-        assert!(msg.contains("index and position both match \"positions:index:okx:okx\""), "{msg}");
+        assert!(
+            msg.contains("index and position both match \"positions:index:okx:okx\""),
+            "{msg}"
+        );
     }
 
     #[test]

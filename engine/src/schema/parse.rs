@@ -59,13 +59,12 @@ fn line_of(src: &str, offset: usize) -> usize {
 pub(super) fn parse(src: &str) -> Result<Parsed, SchemaError> {
     let raw: RawSchema =
         toml::from_str(src).map_err(|e| SchemaError::Toml(e.to_string().trim_end().to_owned()))?;
-    let invalid = |span: std::ops::Range<usize>, field: String, message: String| {
-        SchemaError::Invalid {
+    let invalid =
+        |span: std::ops::Range<usize>, field: String, message: String| SchemaError::Invalid {
             line: line_of(src, span.start),
             field,
             message,
-        }
-    };
+        };
 
     let exchanges = raw.exchanges.get_ref().clone();
     let bad_exchange = exchanges
@@ -109,14 +108,22 @@ pub(super) fn parse(src: &str) -> Result<Parsed, SchemaError> {
             "one_of" => {
                 want("shape", def.shape.is_some())?;
                 let values = def.values.clone().ok_or_else(|| {
-                    invalid(span.clone(), field("values"), "kind one_of needs `values`".into())
+                    invalid(
+                        span.clone(),
+                        field("values"),
+                        "kind one_of needs `values`".into(),
+                    )
                 })?;
                 Constraint::OneOf(values)
             }
             "shape" => {
                 want("values", def.values.is_some())?;
                 let shape = def.shape.clone().ok_or_else(|| {
-                    invalid(span.clone(), field("shape"), "kind shape needs `shape`".into())
+                    invalid(
+                        span.clone(),
+                        field("shape"),
+                        "kind shape needs `shape`".into(),
+                    )
                 })?;
                 Constraint::Shape(shape)
             }
@@ -226,15 +233,18 @@ mod tests {
             pat("")
         ))
         .contains("unique"));
-        assert!(err(&format!("{HEAD}")).contains("no [[pattern]]"));
+        assert!(err(HEAD).contains("no [[pattern]]"));
         assert!(err("exchanges = []\n").contains("exchanges"));
-        assert!(err(&format!("{HEAD}[placeholders.s]\nkind = \"one_of\"\n"))
-            .contains("needs `values`"));
+        assert!(
+            err(&format!("{HEAD}[placeholders.s]\nkind = \"one_of\"\n")).contains("needs `values`")
+        );
         assert!(err(&format!(
             "{HEAD}[placeholders.s]\nkind = \"one_of\"\nvalues = [\"a:b\"]\n"
         ))
         .contains("holds `:`"));
-        assert!(err(&format!("{HEAD}[placeholders.s]\nkind = \"regex\"\n")).contains("unknown kind"));
+        assert!(
+            err(&format!("{HEAD}[placeholders.s]\nkind = \"regex\"\n")).contains("unknown kind")
+        );
         assert!(Schema::from_toml(&pat("")).is_ok());
     }
 }

@@ -93,7 +93,10 @@ fn shape_example(shape: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment {
     Literal(String),
-    Placeholder { name: String, constraint: Constraint },
+    Placeholder {
+        name: String,
+        constraint: Constraint,
+    },
 }
 
 impl Segment {
@@ -107,9 +110,7 @@ impl Segment {
     /// A segment text both accept, if there is one.
     pub fn meet(&self, other: &Segment) -> Option<String> {
         match (self, other) {
-            (Segment::Literal(a), b) | (b, Segment::Literal(a)) => {
-                b.accepts(a).then(|| a.clone())
-            }
+            (Segment::Literal(a), b) | (b, Segment::Literal(a)) => b.accepts(a).then(|| a.clone()),
             (
                 Segment::Placeholder { constraint: a, .. },
                 Segment::Placeholder { constraint: b, .. },
@@ -170,7 +171,10 @@ mod tests {
                 "side".to_owned(),
                 Constraint::OneOf(vec!["long".into(), "short".into()]),
             ),
-            ("stamp".to_owned(), Constraint::Shape("########_######".into())),
+            (
+                "stamp".to_owned(),
+                Constraint::Shape("########_######".into()),
+            ),
         ])
     }
 
@@ -179,7 +183,9 @@ mod tests {
         let segs = parse_template("positions:{user_id}:{side}", &decl()).unwrap();
         assert_eq!(segs.len(), 3);
         assert_eq!(segs[0], Segment::Literal("positions".into()));
-        assert!(matches!(&segs[1], Segment::Placeholder { name, constraint: Constraint::Id } if name == "user_id"));
+        assert!(
+            matches!(&segs[1], Segment::Placeholder { name, constraint: Constraint::Id } if name == "user_id")
+        );
     }
 
     #[test]

@@ -25,8 +25,7 @@ pub async fn run(
         dry_run,
         ..CleanupOptions::default()
     };
-    let cleanup =
-        Cleanup::new(&schema, &opts).map_err(|e| HarnessError::Usage(e.to_string()))?;
+    let cleanup = Cleanup::new(&schema, &opts).map_err(|e| HarnessError::Usage(e.to_string()))?;
     let conn = connect(url).await?;
     if !dry_run {
         confirm_write(

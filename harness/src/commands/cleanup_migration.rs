@@ -22,10 +22,21 @@ pub async fn run(url: &str, dry_run: bool, force: bool) -> anyhow::Result<Outcom
     if debris.is_empty() || dry_run {
         return Ok(Outcome::Done);
     }
-    confirm_write(force, &format!("delete {} debris key(s) on {}", debris.key_count(), redact_url(url)))?;
+    confirm_write(
+        force,
+        &format!(
+            "delete {} debris key(s) on {}",
+            debris.key_count(),
+            redact_url(url)
+        ),
+    )?;
     let removed = locked(&conn, "cleanup-migration grid-positions", async {
         // Found again under the lock: a run may have finished meanwhile.
-        let debris = find_debris(&conn, &keyshift_engine::journal::read_run(&conn, &run.run_id).await?).await?;
+        let debris = find_debris(
+            &conn,
+            &keyshift_engine::journal::read_run(&conn, &run.run_id).await?,
+        )
+        .await?;
         remove_debris(&conn, &debris).await
     })
     .await?;

@@ -1,49 +1,116 @@
-//! `keyshift rollback grid-positions`.
+//! `keyshift rollback grid-positions|order-placed`.
 
 use std::fmt::Write as _;
 
+use keyshift_engine::order_placed::{self, StandaloneOrderPlaced};
 use keyshift_engine::redact_url;
-use keyshift_engine::rollback::{find_run, rollback_grid_positions, RollbackOptions, RollbackReport};
+use keyshift_engine::rollback::{
+    find_run, rollback_grid_positions, RollbackOptions, RollbackReport,
+};
 use keyshift_engine::standalone::{connect, StandaloneStore};
 
 use super::{confirm_write, locked};
+use crate::cli::Migration;
 use crate::exit::Outcome;
 
-pub async fn run(url: &str, backup_stamp: Option<&str>, dry_run: bool, force: bool) -> anyhow::Result<Outcome> {
+pub async fn run(
+    migration: Migration,
+    url: &str,
+    backup_stamp: Option<&str>,
+    dry_run: bool,
+    force: bool,
+) -> anyhow::Result<Outcome> {
     let conn = connect(url).await?;
-    let store = StandaloneStore::open(url, conn.clone(), 1).await?;
-    let run = find_run(&conn, backup_stamp).await?;
     let opts = RollbackOptions {
         backup_stamp: backup_stamp.map(str::to_owned),
         dry_run,
         force,
     };
-    let report = if dry_run {
-        rollback_grid_positions(&store, &conn, &run, &opts).await?
-    } else {
-        confirm_write(force, &format!("roll back run {} on {}", run.run_id, redact_url(url)))?;
-        locked(&conn, "rollback grid-positions", rollback_grid_positions(&store, &conn, &run, &opts)).await?
+    let report = match migration {
+        Migration::GridPositions => {
+            let store = StandaloneStore::open(url, conn.clone(), 1).await?;
+            let run = find_run(&conn, backup_stamp).await?;
+            let work = rollback_grid_positions(&store, &conn, &run, &opts);
+            confirmed(
+                &conn,
+                url,
+                &run.run_id,
+                &opts,
+                "rollback grid-positions",
+                work,
+            )
+            .await?
+        }
+        Migration::OrderPlaced => {
+            let store = StandaloneOrderPlaced::open(conn.clone()).await?;
+            let run = order_placed::rollback::find_run(&conn, backup_stamp).await?;
+            let work = order_placed::rollback::rollback_order_placed(&store, &conn, &run, &opts);
+            confirmed(
+                &conn,
+                url,
+                &run.run_id,
+                &opts,
+                "rollback order-placed",
+                work,
+            )
+            .await?
+        }
     };
     print!("{}", render(&report));
-    Ok(if report.skipped.is_empty() { Outcome::Done } else { Outcome::NeedsReview })
+    Ok(if report.skipped.is_empty() {
+        Outcome::Done
+    } else {
+        Outcome::NeedsReview
+    })
+}
+
+/// A dry run just runs; a real one asks (or takes --force) and holds the lock.
+async fn confirmed(
+    conn: &redis::aio::MultiplexedConnection,
+    url: &str,
+    run_id: &str,
+    opts: &RollbackOptions,
+    command: &str,
+    work: impl std::future::Future<Output = keyshift_engine::Result<RollbackReport>>,
+) -> anyhow::Result<RollbackReport> {
+    if opts.dry_run {
+        return Ok(work.await?);
+    }
+    confirm_write(
+        opts.force,
+        &format!("roll back run {run_id} on {}", redact_url(url)),
+    )?;
+    Ok(locked(conn, command, work).await?)
 }
 
 pub fn render(r: &RollbackReport) -> String {
     let mut out = String::new();
-    let verb = if r.dry_run { "would restore" } else { "restored" };
+    let verb = if r.dry_run {
+        "would restore"
+    } else {
+        "restored"
+    };
     let _ = writeln!(
         out,
-        "rollback grid-positions — run {} (stamp {}){}",
+        "rollback {} — run {} (stamp {}){}",
+        r.migration,
         r.run_id,
         r.stamp,
-        if r.dry_run { " [dry run: nothing written]" } else { "" }
+        if r.dry_run {
+            " [dry run: nothing written]"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         out,
         "users {}: {verb} {}, expired meanwhile {}, already rolled back {}, new keys deleted {}",
         r.users, r.restored, r.expired, r.already_done, r.keys_deleted
     );
-    for (title, list) in [("Changed since the migration", &r.changed), ("Left as they are", &r.skipped)] {
+    for (title, list) in [
+        ("Changed since the migration", &r.changed),
+        ("Left as they are", &r.skipped),
+    ] {
         if list.is_empty() {
             continue;
         }

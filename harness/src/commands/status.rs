@@ -30,7 +30,10 @@ pub async fn run(url: &str, json: bool) -> anyhow::Result<Outcome> {
     let pttl: i64 = redis::cmd("PTTL").arg(LOCK_KEY).query_async(&mut c).await?;
     let mut runs = Vec::new();
     for run in runs_of(&conn, MIGRATION).await? {
-        let settled: u64 = redis::cmd("HLEN").arg(outcomes_key(&run.run_id)).query_async(&mut c).await?;
+        let settled: u64 = redis::cmd("HLEN")
+            .arg(outcomes_key(&run.run_id))
+            .query_async(&mut c)
+            .await?;
         runs.push(RunStatus { run, settled });
     }
     let status = Status {
@@ -61,7 +64,11 @@ pub async fn run(url: &str, json: bool) -> anyhow::Result<Outcome> {
             r.run.finished_at.as_deref().unwrap_or("-"),
             r.run.stamp,
             r.settled,
-            if r.run.resumes > 0 { format!("  resumed {}x", r.run.resumes) } else { String::new() }
+            if r.run.resumes > 0 {
+                format!("  resumed {}x", r.run.resumes)
+            } else {
+                String::new()
+            }
         );
     }
     Ok(Outcome::Done)

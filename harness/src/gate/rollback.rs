@@ -44,14 +44,21 @@ pub async fn rollback_then_migrate_again(
         rollback_grid_positions(store, conn, &run, &RollbackOptions::default()),
     )
     .await?;
-    let ours = |k: &str| is_journal_key(k) || BackupKey::parse(k, &run.exchanges).is_some_and(|b| b.stamp == run.stamp);
+    let ours = |k: &str| {
+        is_journal_key(k)
+            || BackupKey::parse(k, &run.exchanges).is_some_and(|b| b.stamp == run.stamp)
+    };
     let mut c = conn.clone();
     let elapsed = before.taken.elapsed();
     let started = Instant::now();
     let after = digest(&mut c, |k| !ours(k)).await?;
     let took = started.elapsed().max(before.took);
     let expected = shifted(&before.digest.filtered(|k| !ours(k)), elapsed);
-    let diff = compare(&expected, &after, TTL_TOLERANCE_MS + took.as_millis() as i64);
+    let diff = compare(
+        &expected,
+        &after,
+        TTL_TOLERANCE_MS + took.as_millis() as i64,
+    );
     let mut result = InvariantResult::new(
         "rollback",
         "migrate then rollback gives the pre-migration keyspace (backups and journal aside), TTLs within 1 s",
@@ -62,25 +69,39 @@ pub async fn rollback_then_migrate_again(
     }
 
     // Migrate again from the restored keyspace; it must verify as the first did.
-    let again = locked(conn, "gate: migrate grid-positions", migrate_grid_positions(store, opts, &|_| {})).await?;
+    let again = locked(
+        conn,
+        "gate: migrate grid-positions",
+        migrate_grid_positions(store, opts, &|_| {}),
+    )
+    .await?;
     let run2 = latest_run(conn).await?;
-    let mut verified = verify_grid_positions(conn, &run2, &|_| {}).await?.invariants;
+    let mut verified = verify_grid_positions(conn, &run2, &|_| {})
+        .await?
+        .invariants;
     for v in &mut verified {
-        v.check(if run2.run_id != run.run_id && again.totals.keys_migrated == rollback.restored {
-            Ok(())
-        } else {
-            Err(format!(
-                "the second migration migrated {} keys, the rollback restored {}",
-                again.totals.keys_migrated, rollback.restored
-            ))
-        });
+        v.check(
+            if run2.run_id != run.run_id && again.totals.keys_migrated == rollback.restored {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the second migration migrated {} keys, the rollback restored {}",
+                    again.totals.keys_migrated, rollback.restored
+                ))
+            },
+        );
     }
 
     // And once more: nothing left to do, nothing written.
     let third_at = Instant::now();
     let not_journal = |k: &str| !is_journal_key(k);
     let before_third = digest(&mut c, not_journal).await?;
-    let third = locked(conn, "gate: migrate grid-positions", migrate_grid_positions(store, opts, &|_| {})).await?;
+    let third = locked(
+        conn,
+        "gate: migrate grid-positions",
+        migrate_grid_positions(store, opts, &|_| {}),
+    )
+    .await?;
     let after_third = digest(&mut c, not_journal).await?;
     let slack = third_at.elapsed().as_millis() as i64 + TTL_TOLERANCE_MS;
     let idempotent = checks::idempotent(&compare(&before_third, &after_third, slack), &third);

@@ -1,0 +1,236 @@
+//! `rollback order-placed`: undoes each Phase 1 step of a run as the
+//! journal records it. Phase 1 keeps no backups because it loses nothing
+//! to undo: a moved key is renamed back (its TTL travels with it); a legacy
+//! key dropped because its target was equal is copied back from the target,
+//! with the TTL it had left. Before writing, a target that no longer holds
+//! what the run recorded (its digest), or a legacy key written again, is
+//! listed and refuses the rollback without `force`.
+
+use std::time::Instant;
+
+use redis::aio::ConnectionLike;
+
+use crate::error::{EngineError, Result};
+use crate::journal::{runs_of, OrderPlacedOutcome, RunRecord, RunState};
+use crate::keys::OrderPlacedKey;
+use crate::migrate::Finding;
+use crate::rollback::{rollback_journal_key, RollbackOptions, RollbackReport};
+
+use super::plan::fields_digest;
+use super::store::{KeyRollback, OrderPlacedStore};
+use super::MIGRATION;
+
+const BATCH: usize = 500;
+
+/// The order-placed run a rollback applies to.
+pub async fn find_run<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    stamp: Option<&str>,
+) -> Result<RunRecord> {
+    let runs = runs_of(conn, MIGRATION).await?;
+    let run = match stamp {
+        Some(s) => runs.into_iter().find(|r| r.stamp == s).ok_or_else(|| {
+            EngineError::Refused(format!(
+                "no order-placed run has stamp {s}; `keyshift status` lists the runs"
+            ))
+        })?,
+        None => runs.into_iter().next().ok_or_else(|| {
+            EngineError::Refused("no order-placed run is recorded on this server".into())
+        })?,
+    };
+    if run.state == RunState::RolledBack {
+        return Err(EngineError::Refused(format!(
+            "run {} was already rolled back",
+            run.run_id
+        )));
+    }
+    Ok(run)
+}
+
+pub async fn rollback_order_placed<S, C>(
+    store: &S,
+    conn: &C,
+    run: &RunRecord,
+    opts: &RollbackOptions,
+) -> Result<RollbackReport>
+where
+    S: OrderPlacedStore,
+    C: ConnectionLike + Clone + Send,
+{
+    let started = Instant::now();
+    let journal_key = rollback_journal_key(&run.run_id);
+    let outcomes_key = crate::journal::outcomes_key(&run.run_id);
+    let mut report = RollbackReport {
+        migration: MIGRATION,
+        run_id: run.run_id.clone(),
+        stamp: run.stamp.clone(),
+        dry_run: opts.dry_run,
+        forced: opts.force,
+        users: 0,
+        restored: 0,
+        expired: 0,
+        already_done: 0,
+        keys_deleted: 0,
+        changed: Vec::new(),
+        skipped: Vec::new(),
+        elapsed_ms: 0,
+    };
+    let mut plans = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let (next, outcomes) = store.scan_outcomes(&outcomes_key, cursor, BATCH).await?;
+        let steps: Vec<(String, OrderPlacedOutcome)> = outcomes
+            .into_iter()
+            .filter(|(_, o)| {
+                matches!(
+                    o,
+                    OrderPlacedOutcome::Moved { .. } | OrderPlacedOutcome::DroppedEqual { .. }
+                )
+            })
+            .collect();
+        report.users += steps.len();
+        plans.extend(plan_batch(conn, run, &journal_key, &steps, &mut report).await?);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    if !report.changed.is_empty() && !opts.force && !opts.dry_run {
+        return Err(EngineError::Refused(format!(
+            "{} change(s) since the migration would be lost, e.g. {}; review them (--dry-run lists them) and pass --force to roll back anyway",
+            report.changed.len(),
+            report.changed[0].detail
+        )));
+    }
+    if opts.dry_run {
+        report.restored = plans.len();
+    } else {
+        for chunk in plans.chunks_mut(BATCH) {
+            chunk.iter_mut().for_each(|k| k.force = opts.force);
+            for (k, state) in chunk
+                .iter()
+                .zip(store.rollback_keys(&journal_key, chunk).await?)
+            {
+                match state.as_str() {
+                    "restored" => report.restored += 1,
+                    "expired" => report.expired += 1,
+                    other => report.skipped.push(Finding {
+                        key: k.legacy_key.clone(),
+                        reason: other.to_owned(),
+                        detail: format!("left as it is ({other}) while rolling back"),
+                    }),
+                }
+            }
+        }
+        if report.skipped.is_empty() {
+            let mut record = run.clone();
+            record.state = RunState::RolledBack;
+            record.rollback = Some(serde_json::json!({
+                "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "restored": report.restored,
+                "expired": report.expired,
+                "forced": opts.force,
+            }));
+            store.save_run(&record).await?;
+        }
+    }
+    report.elapsed_ms = started.elapsed().as_millis();
+    Ok(report)
+}
+
+async fn plan_batch<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    run: &RunRecord,
+    journal_key: &str,
+    steps: &[(String, OrderPlacedOutcome)],
+    report: &mut RollbackReport,
+) -> Result<Vec<KeyRollback>> {
+    let mut pipe = redis::pipe();
+    let mut targets = Vec::with_capacity(steps.len());
+    for (legacy, _) in steps {
+        let key = OrderPlacedKey::parse(legacy, &run.exchanges).ok_or_else(|| {
+            EngineError::BadJournal {
+                key: journal_key.to_owned(),
+                detail: format!("{legacy} is not a legacy order-placed key"),
+            }
+        })?;
+        let target = key.target_key();
+        pipe.hgetall(&target)
+            .exists(legacy)
+            .hget(journal_key, legacy);
+        targets.push(target);
+    }
+    pipe.cmd("TIME");
+    let mut c = conn.clone();
+    let mut replies: Vec<redis::Value> = pipe.query_async(&mut c).await.map_err(
+        EngineError::redis("reading order-placed targets for the rollback"),
+    )?;
+    let (secs, micros): (i64, i64) = replies
+        .pop()
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .unwrap_or((chrono::Utc::now().timestamp(), 0));
+    let now_ms = secs * 1000 + micros / 1000;
+    let mut out = Vec::new();
+    for (((legacy, outcome), target), r) in steps.iter().zip(targets).zip(replies.chunks_exact(3)) {
+        if redis::from_redis_value_ref::<Option<String>>(&r[2])
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            report.already_done += 1;
+            continue;
+        }
+        let fields: Vec<(Vec<u8>, Vec<u8>)> =
+            redis::from_redis_value_ref(&r[0]).unwrap_or_default();
+        let legacy_exists: bool = redis::from_redis_value_ref(&r[1]).unwrap_or(false);
+        let (moved, digest, pttl, at) = match outcome {
+            OrderPlacedOutcome::Moved {
+                digest, pttl, at, ..
+            } => (true, digest, *pttl, *at),
+            OrderPlacedOutcome::DroppedEqual {
+                digest, pttl, at, ..
+            } => (false, digest, *pttl, *at),
+            _ => continue,
+        };
+        let finding = |reason: &str, detail: String| Finding {
+            key: legacy.clone(),
+            reason: reason.to_owned(),
+            detail,
+        };
+        if fields.is_empty() {
+            // A target that carried the legacy TTL and expired is not a change.
+            if !(moved && pttl > 0 && now_ms - at >= pttl) {
+                report.skipped.push(finding(
+                    "no_target",
+                    format!("{target} is gone; nothing to restore"),
+                ));
+            }
+            continue;
+        }
+        if fields_digest(&fields) != *digest {
+            report.changed.push(finding(
+                "target_changed",
+                format!("{target} no longer holds what the run moved"),
+            ));
+        }
+        if legacy_exists {
+            report.changed.push(finding(
+                "legacy_rewritten",
+                format!("{legacy} was written again after the migration"),
+            ));
+        }
+        let remaining = if pttl <= 0 {
+            -1
+        } else {
+            (pttl - (now_ms - at)).max(0)
+        };
+        out.push(KeyRollback {
+            target_key: target,
+            legacy_key: legacy.clone(),
+            moved,
+            pttl_ms: remaining,
+            force: false,
+        });
+    }
+    Ok(out)
+}
