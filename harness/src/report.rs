@@ -78,11 +78,47 @@ impl InvariantEntry {
     }
 }
 
+/// One phase of the gate (order-placed, cleanup-legacy, grid-positions).
 #[derive(Debug, Clone, Serialize)]
 pub struct PhaseReport {
     pub name: String,
-    pub migration: Option<MigrationReport>,
+    /// One line for people: what the phase did.
+    pub summary: String,
+    /// Keys left for review (quarantined, in conflict, wrong type), with why.
+    pub for_review: Vec<(String, String)>,
+    /// The phase's own report (counts per exchange, samples, ...).
+    pub details: serde_json::Value,
     pub invariants: Vec<InvariantEntry>,
+}
+
+impl PhaseReport {
+    /// The Phase 2 report of a migration run.
+    pub fn grid_positions(m: &MigrationReport, invariants: Vec<InvariantEntry>) -> Self {
+        let t = &m.totals;
+        Self {
+            name: "grid-positions".into(),
+            summary: format!(
+                "Legacy keys {} (migrated {}, quarantined {}, conflicts {}); positions {} (migrated {}, skipped closed {}, quarantined {}); {:.2} s.",
+                t.legacy_keys_found,
+                t.keys_migrated,
+                t.keys_quarantined,
+                t.keys_conflicting,
+                t.positions_found,
+                t.positions_migrated,
+                t.positions_skipped_closed,
+                t.positions_quarantined,
+                m.elapsed_ms as f64 / 1000.0
+            ),
+            for_review: m
+                .quarantined
+                .iter()
+                .chain(&m.conflicts)
+                .map(|f| (f.key.clone(), f.detail.clone()))
+                .collect(),
+            details: serde_json::to_value(m).expect("report serialises"),
+            invariants,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,22 +180,7 @@ pub fn markdown(r: &GateReport) -> String {
     let _ = writeln!(out, "Replay: `{}`\n", r.replay);
     for phase in &r.phases {
         let _ = writeln!(out, "## {}\n", phase.name);
-        if let Some(m) = &phase.migration {
-            let t = &m.totals;
-            let _ = writeln!(
-                out,
-                "Legacy keys {} (migrated {}, quarantined {}, conflicts {}); positions {} (migrated {}, skipped closed {}, quarantined {}); {:.2} s.\n",
-                t.legacy_keys_found,
-                t.keys_migrated,
-                t.keys_quarantined,
-                t.keys_conflicting,
-                t.positions_found,
-                t.positions_migrated,
-                t.positions_skipped_closed,
-                t.positions_quarantined,
-                m.elapsed_ms as f64 / 1000.0
-            );
-        }
+        let _ = writeln!(out, "{}\n", phase.summary);
         let _ = writeln!(
             out,
             "| invariant | status | processed | matching | mismatched | extra | note |"
@@ -189,22 +210,14 @@ pub fn markdown(r: &GateReport) -> String {
                 let _ = writeln!(out, "- `{}`", s.replace('`', "'"));
             }
         }
-        if let Some(m) = phase
-            .migration
-            .as_ref()
-            .filter(|m| !m.quarantined.is_empty())
-        {
-            let _ = writeln!(
-                out,
-                "\nQuarantined keys (left untouched): {}\n",
-                m.quarantined.len()
-            );
-            for f in m.quarantined.iter().take(20) {
-                let _ = writeln!(out, "- `{}`: {}", f.key, f.detail.replace('`', "'"));
+        if !phase.for_review.is_empty() {
+            let n = phase.for_review.len();
+            let _ = writeln!(out, "\nLeft untouched for review: {n}\n");
+            for (key, why) in phase.for_review.iter().take(20) {
+                let _ = writeln!(out, "- `{}`: {}", key, why.replace('`', "'"));
             }
-            if m.quarantined.len() > 20 {
-                let more = m.quarantined.len() - 20;
-                let _ = writeln!(out, "- ... {more} more in report.json");
+            if n > 20 {
+                let _ = writeln!(out, "- ... {} more in report.json", n - 20);
             }
         }
         out.push('\n');

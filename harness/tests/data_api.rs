@@ -48,8 +48,8 @@ fn store(r: &TestRedis, kind: Kind) -> Store {
 }
 
 macro_rules! each {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self {
+    ($store:expr, $s:ident => $e:expr) => {
+        match $store {
             Store::Legacy($s) => $e,
             Store::Hash($s) => $e,
             Store::Dual($s) => $e,
@@ -61,7 +61,13 @@ impl PositionStore for Store {
     async fn all_positions(&self, u: &str, ex: &str) -> ApiResult<Vec<Position>> {
         each!(self, s => s.all_positions(u, ex).await)
     }
-    async fn get_position(&self, u: &str, ex: &str, i: &str, side: Side) -> ApiResult<Option<Position>> {
+    async fn get_position(
+        &self,
+        u: &str,
+        ex: &str,
+        i: &str,
+        side: Side,
+    ) -> ApiResult<Option<Position>> {
         each!(self, s => s.get_position(u, ex, i, side).await)
     }
     async fn position_size(&self, u: &str, ex: &str, i: &str) -> ApiResult<f64> {
@@ -88,8 +94,11 @@ async fn get(r: &TestRedis, key: &str) -> Option<String> {
 async fn every_operation_round_trips(#[values(Kind::Legacy, Kind::Hash, Kind::Dual)] kind: Kind) {
     let r = redis().await;
     let s = store(&r, kind);
-    let long = obj(r#"{"instId":"BTC-USDT-SWAP","posSide":"long","pos":"3","avgPx":"61000.5","lever":10}"#);
-    let short = obj(r#"{"instId":"BTC-USDT-SWAP","posSide":"short","pos":"5","odd":{"z":[1,2],"a":null}}"#);
+    let long = obj(
+        r#"{"instId":"BTC-USDT-SWAP","posSide":"long","pos":"3","avgPx":"61000.5","lever":10}"#,
+    );
+    let short =
+        obj(r#"{"instId":"BTC-USDT-SWAP","posSide":"short","pos":"5","odd":{"z":[1,2],"a":null}}"#);
     let net = obj(r#"{"instId":"ETH-USDT-SWAP","posSide":"net","pos":"-0.25"}"#);
     for p in [&long, &short, &net] {
         s.upsert("u1", "okx", p).await.unwrap();
@@ -102,28 +111,60 @@ async fn every_operation_round_trips(#[values(Kind::Legacy, Kind::Hash, Kind::Du
     expected.sort_by(|a, b| (&a.inst_id, a.side).cmp(&(&b.inst_id, b.side)));
     assert_eq!(s.all_positions("u1", "okx").await.unwrap(), expected);
     assert_eq!(
-        s.get_position("u1", "okx", "BTC-USDT-SWAP", Side::Short).await.unwrap().as_ref(),
+        s.get_position("u1", "okx", "BTC-USDT-SWAP", Side::Short)
+            .await
+            .unwrap()
+            .as_ref(),
         Some(short.position())
     );
     assert_eq!(short.position().fields["odd"], r#"{"z":[1,2],"a":null}"#);
-    assert_eq!(s.get_position("u1", "okx", "ETH-USDT-SWAP", Side::Long).await.unwrap(), None);
-    assert_eq!(s.position_size("u1", "okx", "BTC-USDT-SWAP").await.unwrap(), -2.0);
-    assert_eq!(s.position_size("u1", "okx", "ETH-USDT-SWAP").await.unwrap(), -0.25);
-    assert_eq!(s.position_size("u1", "okx", "SOL-USDT-SWAP").await.unwrap(), 0.0);
+    assert_eq!(
+        s.get_position("u1", "okx", "ETH-USDT-SWAP", Side::Long)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.position_size("u1", "okx", "BTC-USDT-SWAP").await.unwrap(),
+        -2.0
+    );
+    assert_eq!(
+        s.position_size("u1", "okx", "ETH-USDT-SWAP").await.unwrap(),
+        -0.25
+    );
+    assert_eq!(
+        s.position_size("u1", "okx", "SOL-USDT-SWAP").await.unwrap(),
+        0.0
+    );
     assert!(s.all_positions("u1", "binance").await.unwrap().is_empty());
 
     // Upsert replaces the position at its (instId, side) whole.
     let moved = obj(r#"{"instId":"BTC-USDT-SWAP","posSide":"long","pos":"1"}"#);
     s.upsert("u1", "okx", &moved).await.unwrap();
     assert_eq!(
-        s.get_position("u1", "okx", "BTC-USDT-SWAP", Side::Long).await.unwrap().as_ref(),
+        s.get_position("u1", "okx", "BTC-USDT-SWAP", Side::Long)
+            .await
+            .unwrap()
+            .as_ref(),
         Some(moved.position())
     );
-    assert_eq!(s.position_size("u1", "okx", "BTC-USDT-SWAP").await.unwrap(), -4.0);
+    assert_eq!(
+        s.position_size("u1", "okx", "BTC-USDT-SWAP").await.unwrap(),
+        -4.0
+    );
 
-    assert!(s.remove("u1", "okx", "BTC-USDT-SWAP", Side::Short).await.unwrap());
-    assert!(!s.remove("u1", "okx", "BTC-USDT-SWAP", Side::Short).await.unwrap());
-    assert_eq!(s.position_size("u1", "okx", "BTC-USDT-SWAP").await.unwrap(), 1.0);
+    assert!(s
+        .remove("u1", "okx", "BTC-USDT-SWAP", Side::Short)
+        .await
+        .unwrap());
+    assert!(!s
+        .remove("u1", "okx", "BTC-USDT-SWAP", Side::Short)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.position_size("u1", "okx", "BTC-USDT-SWAP").await.unwrap(),
+        1.0
+    );
     assert_eq!(s.all_positions("u1", "okx").await.unwrap().len(), 2);
 }
 
@@ -134,10 +175,15 @@ async fn removing_the_last_position_leaves_no_position(
 ) {
     let r = redis().await;
     let s = store(&r, kind);
-    s.upsert("u1", "okx", &obj(r#"{"instId":"A","pos":"1"}"#)).await.unwrap();
+    s.upsert("u1", "okx", &obj(r#"{"instId":"A","pos":"1"}"#))
+        .await
+        .unwrap();
     assert!(s.remove("u1", "okx", "A", Side::Long).await.unwrap());
     assert!(s.all_positions("u1", "okx").await.unwrap().is_empty());
-    assert_eq!(s.get_position("u1", "okx", "A", Side::Long).await.unwrap(), None);
+    assert_eq!(
+        s.get_position("u1", "okx", "A", Side::Long).await.unwrap(),
+        None
+    );
     match kind {
         // The legacy value stays, empty, in its shape.
         Kind::Legacy => assert_eq!(r.keys().await, [LEGACY]),
@@ -150,15 +196,30 @@ async fn removing_the_last_position_leaves_no_position(
 
 #[rstest]
 #[tokio::test]
-async fn invalid_positions_and_ids_write_nothing(#[values(Kind::Legacy, Kind::Hash, Kind::Dual)] kind: Kind) {
+async fn invalid_positions_and_ids_write_nothing(
+    #[values(Kind::Legacy, Kind::Hash, Kind::Dual)] kind: Kind,
+) {
     let r = redis().await;
     let s = store(&r, kind);
-    for bad in [r#"{"pos":"1"}"#, r#"{"instId":"A:B"}"#, r#"[{"instId":"A"}]"#] {
-        assert!(matches!(PositionObject::parse(bad), Err(ApiError::InvalidPosition { .. })));
+    for bad in [
+        r#"{"pos":"1"}"#,
+        r#"{"instId":"A:B"}"#,
+        r#"[{"instId":"A"}]"#,
+    ] {
+        assert!(matches!(
+            PositionObject::parse(bad),
+            Err(ApiError::InvalidPosition { .. })
+        ));
     }
     let p = obj(r#"{"instId":"A","pos":"1"}"#);
-    assert!(matches!(s.upsert("u:1", "okx", &p).await, Err(ApiError::InvalidId { .. })));
-    assert!(matches!(s.upsert("u1", "", &p).await, Err(ApiError::InvalidId { .. })));
+    assert!(matches!(
+        s.upsert("u:1", "okx", &p).await,
+        Err(ApiError::InvalidId { .. })
+    ));
+    assert!(matches!(
+        s.upsert("u1", "", &p).await,
+        Err(ApiError::InvalidId { .. })
+    ));
     assert!(r.keys().await.is_empty());
 }
 
@@ -172,16 +233,31 @@ async fn invalid_positions_and_ids_write_nothing(#[values(Kind::Legacy, Kind::Ha
     r#"{"A":{"instId":"A","pos":"1","mystery":{"k":[1.50, "x"]}},"B":{"instId":"B","posSide":"short","pos":"7"},"C":{"instId":"C","pos":"1"}}"#
 )]
 #[tokio::test]
-async fn legacy_writes_keep_shape_unknown_fields_and_ttl(#[case] before: &str, #[case] after: &str) {
+async fn legacy_writes_keep_shape_unknown_fields_and_ttl(
+    #[case] before: &str,
+    #[case] after: &str,
+) {
     let r = redis().await;
     r.set_px(LEGACY, before, 3_600_000).await;
     let s = LegacyStore::new(r.conn.clone());
-    s.upsert("u1", "okx", &obj(r#"{"instId":"B","posSide":"short","pos":"7"}"#)).await.unwrap();
-    s.upsert("u1", "okx", &obj(r#"{"instId":"C","pos":"1"}"#)).await.unwrap();
+    s.upsert(
+        "u1",
+        "okx",
+        &obj(r#"{"instId":"B","posSide":"short","pos":"7"}"#),
+    )
+    .await
+    .unwrap();
+    s.upsert("u1", "okx", &obj(r#"{"instId":"C","pos":"1"}"#))
+        .await
+        .unwrap();
     assert_eq!(get(&r, LEGACY).await.as_deref(), Some(after));
     let ttl = pttl(&r, LEGACY).await;
     assert!(ttl > 3_500_000 && ttl <= 3_600_000, "TTL kept: {ttl}");
-    let a = s.get_position("u1", "okx", "A", Side::Long).await.unwrap().unwrap();
+    let a = s
+        .get_position("u1", "okx", "A", Side::Long)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(a.fields["mystery"], r#"{"k":[1.50,"x"]}"#);
 }
 
@@ -191,8 +267,14 @@ async fn object_shaped_legacy_value_refuses_a_second_side() {
     let before = r#"{"A":{"instId":"A","pos":"1"}}"#;
     r.set(LEGACY, before).await;
     let s = LegacyStore::new(r.conn.clone());
-    let err = s.upsert("u1", "okx", &obj(r#"{"instId":"A","pos":"-1"}"#)).await.unwrap_err();
-    assert!(matches!(err, ApiError::ObjectShapeHoldsOneSide { .. }), "{err}");
+    let err = s
+        .upsert("u1", "okx", &obj(r#"{"instId":"A","pos":"-1"}"#))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::ObjectShapeHoldsOneSide { .. }),
+        "{err}"
+    );
     assert_eq!(get(&r, LEGACY).await.as_deref(), Some(before));
 }
 
@@ -201,7 +283,10 @@ async fn unreadable_legacy_values_are_never_rewritten() {
     let r = redis().await;
     r.set(LEGACY, "[{'instId': 'A'}]").await;
     let s = LegacyStore::new(r.conn.clone());
-    let err = s.upsert("u1", "okx", &obj(r#"{"instId":"A"}"#)).await.unwrap_err();
+    let err = s
+        .upsert("u1", "okx", &obj(r#"{"instId":"A"}"#))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ApiError::UnreadableLegacy { .. }), "{err}");
     assert!(s.all_positions("u1", "okx").await.unwrap().is_empty());
     assert_eq!(get(&r, LEGACY).await.as_deref(), Some("[{'instId': 'A'}]"));
@@ -211,17 +296,27 @@ async fn unreadable_legacy_values_are_never_rewritten() {
 async fn hash_writes_keep_hash_and_index_together_and_ttl() {
     let r = redis().await;
     let s = HashStore::new(r.conn.clone());
-    s.upsert("u1", "okx", &obj(r#"{"instId":"A","pos":"1","extra":"x"}"#)).await.unwrap();
+    s.upsert("u1", "okx", &obj(r#"{"instId":"A","pos":"1","extra":"x"}"#))
+        .await
+        .unwrap();
     r.cmd::<()>(&["PEXPIRE", INDEX, "3600000"]).await;
     // A new position takes its user's TTL (the index's) ...
-    s.upsert("u1", "okx", &obj(r#"{"instId":"B","pos":"1"}"#)).await.unwrap();
+    s.upsert("u1", "okx", &obj(r#"{"instId":"B","pos":"1"}"#))
+        .await
+        .unwrap();
     assert!(pttl(&r, "positions:u1:okx:B:long").await > 3_500_000);
     // ... a replaced one keeps its own, and loses fields it no longer has.
-    r.cmd::<()>(&["PEXPIRE", "positions:u1:okx:A:long", "7200000"]).await;
-    s.upsert("u1", "okx", &obj(r#"{"instId":"A","pos":"2"}"#)).await.unwrap();
+    r.cmd::<()>(&["PEXPIRE", "positions:u1:okx:A:long", "7200000"])
+        .await;
+    s.upsert("u1", "okx", &obj(r#"{"instId":"A","pos":"2"}"#))
+        .await
+        .unwrap();
     assert!(pttl(&r, "positions:u1:okx:A:long").await > 7_000_000);
     let hash: BTreeMap<String, String> = r.cmd(&["HGETALL", "positions:u1:okx:A:long"]).await;
-    assert_eq!(hash, BTreeMap::from([("instId".into(), "A".into()), ("pos".into(), "2".into())]));
+    assert_eq!(
+        hash,
+        BTreeMap::from([("instId".into(), "A".into()), ("pos".into(), "2".into())])
+    );
     let members: Vec<String> = r.cmd(&["SORT", INDEX, "ALPHA"]).await;
     assert_eq!(members, ["A:long", "B:long"]);
 }
@@ -230,9 +325,18 @@ async fn hash_writes_keep_hash_and_index_together_and_ttl() {
 async fn hash_reads_drop_migration_metadata() {
     let r = redis().await;
     r.set(LEGACY, r#"[{"instId":"A","pos":"1"}]"#).await;
-    let before = LegacyStore::new(r.conn.clone()).all_positions("u1", "okx").await.unwrap();
+    let before = LegacyStore::new(r.conn.clone())
+        .all_positions("u1", "okx")
+        .await
+        .unwrap();
     r.migrate().await;
-    assert_eq!(HashStore::new(r.conn.clone()).all_positions("u1", "okx").await.unwrap(), before);
+    assert_eq!(
+        HashStore::new(r.conn.clone())
+            .all_positions("u1", "okx")
+            .await
+            .unwrap(),
+        before
+    );
 }
 
 #[tokio::test]
@@ -245,10 +349,16 @@ async fn dual_read_falls_back_to_legacy_until_the_user_migrates() {
     let before = legacy.all_positions("u1", "okx").await.unwrap();
     assert_eq!(dual.all_positions("u1", "okx").await.unwrap(), before);
     assert_eq!(dual.position_size("u1", "okx", "B").await.unwrap(), -2.0);
-    assert!(dual.get_position("u1", "okx", "A", Side::Long).await.unwrap().is_some());
+    assert!(dual
+        .get_position("u1", "okx", "A", Side::Long)
+        .await
+        .unwrap()
+        .is_some());
 
     // Not migrated: a write goes to the legacy value, so nothing is hidden.
-    dual.upsert("u1", "okx", &obj(r#"{"instId":"C","pos":"3"}"#)).await.unwrap();
+    dual.upsert("u1", "okx", &obj(r#"{"instId":"C","pos":"3"}"#))
+        .await
+        .unwrap();
     assert!(dual.remove("u1", "okx", "A", Side::Long).await.unwrap());
     assert_eq!(r.keys().await, [LEGACY]);
     let written = legacy.all_positions("u1", "okx").await.unwrap();
@@ -258,9 +368,14 @@ async fn dual_read_falls_back_to_legacy_until_the_user_migrates() {
     r.migrate().await;
     assert_eq!(get(&r, LEGACY).await, None);
     assert_eq!(dual.all_positions("u1", "okx").await.unwrap(), written);
-    dual.upsert("u1", "okx", &obj(r#"{"instId":"D","pos":"4"}"#)).await.unwrap();
+    dual.upsert("u1", "okx", &obj(r#"{"instId":"D","pos":"4"}"#))
+        .await
+        .unwrap();
     assert_eq!(get(&r, LEGACY).await, None);
-    assert!(r.keys().await.contains(&"positions:u1:okx:D:long".to_owned()));
+    assert!(r
+        .keys()
+        .await
+        .contains(&"positions:u1:okx:D:long".to_owned()));
     assert_eq!(dual.position_size("u1", "okx", "D").await.unwrap(), 4.0);
 }
 
@@ -269,23 +384,37 @@ async fn dual_read_prefers_the_index_when_both_exist_and_starts_new_users_new() 
     let r = redis().await;
     let dual = DualReadStore::new(r.conn.clone());
     // A new user is born in the new layout.
-    dual.upsert("u1", "okx", &obj(r#"{"instId":"A","pos":"1"}"#)).await.unwrap();
-    assert_eq!(r.keys().await, ["positions:index:u1:okx", "positions:u1:okx:A:long"]);
+    dual.upsert("u1", "okx", &obj(r#"{"instId":"A","pos":"1"}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.keys().await,
+        ["positions:index:u1:okx", "positions:u1:okx:A:long"]
+    );
     // A stray legacy value beside the index is not read.
     r.set(LEGACY, r#"[{"instId":"Z","pos":"9"}]"#).await;
     let all = dual.all_positions("u1", "okx").await.unwrap();
-    assert_eq!(all.iter().map(|p| p.inst_id.as_str()).collect::<Vec<_>>(), ["A"]);
+    assert_eq!(
+        all.iter().map(|p| p.inst_id.as_str()).collect::<Vec<_>>(),
+        ["A"]
+    );
     assert_eq!(dual.position_size("u1", "okx", "Z").await.unwrap(), 0.0);
-    dual.upsert("u1", "okx", &obj(r#"{"instId":"Z","pos":"1"}"#)).await.unwrap();
-    assert_eq!(get(&r, LEGACY).await.as_deref(), Some(r#"[{"instId":"Z","pos":"9"}]"#));
+    dual.upsert("u1", "okx", &obj(r#"{"instId":"Z","pos":"1"}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&r, LEGACY).await.as_deref(),
+        Some(r#"[{"instId":"Z","pos":"9"}]"#)
+    );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_legacy_writers_lose_nothing() {
     const TASKS: usize = 16;
     const EACH: usize = 5;
     let r = redis().await;
-    r.set(LEGACY, r#"[{"instId":"KEEP","pos":"1","unknown":[1]}]"#).await;
+    r.set(LEGACY, r#"[{"instId":"KEEP","pos":"1","unknown":[1]}]"#)
+        .await;
     let store = Arc::new(LegacyStore::new(r.conn.clone()));
     let tasks: Vec<_> = (0..TASKS)
         .map(|t| {
@@ -296,7 +425,10 @@ async fn concurrent_legacy_writers_lose_nothing() {
                     store.upsert("u1", "okx", &p).await.unwrap();
                 }
                 // Each task also removes one of its own again.
-                assert!(store.remove("u1", "okx", &format!("S{t}-0"), Side::Long).await.unwrap());
+                assert!(store
+                    .remove("u1", "okx", &format!("S{t}-0"), Side::Long)
+                    .await
+                    .unwrap());
             })
         })
         .collect();
@@ -307,11 +439,18 @@ async fn concurrent_legacy_writers_lose_nothing() {
     assert_eq!(all.len(), 1 + TASKS * (EACH - 1));
     for t in 0..TASKS {
         for i in 1..EACH {
-            let got = store.get_position("u1", "okx", &format!("S{t}-{i}"), Side::Long).await.unwrap();
+            let got = store
+                .get_position("u1", "okx", &format!("S{t}-{i}"), Side::Long)
+                .await
+                .unwrap();
             assert_eq!(got.unwrap().fields["pos"], i.to_string());
         }
     }
-    let keep = store.get_position("u1", "okx", "KEEP", Side::Long).await.unwrap().unwrap();
+    let keep = store
+        .get_position("u1", "okx", "KEEP", Side::Long)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(keep.fields["unknown"], "[1]");
 }
 
@@ -320,29 +459,67 @@ async fn trading_cache_defaults_to_okx_with_a_300_second_ttl() {
     let r = redis().await;
     let cache = TradingCache::new(r.conn.clone());
     let body = r#"{"instId":"BTC-USDT-SWAP","pos":"2"}"#;
-    cache.set_position("7", "BTC-USDT-SWAP", Side::Long, body, None).await.unwrap();
-    cache.set_position("7", "BTC-USDT-SWAP", Side::Long, "{}", Some("bybit")).await.unwrap();
-    assert_eq!(r.keys().await, ["position:7:bybit:BTC-USDT-SWAP:long", "position:7:okx:BTC-USDT-SWAP:long"]);
+    cache
+        .set_position("7", "BTC-USDT-SWAP", Side::Long, body, None)
+        .await
+        .unwrap();
+    cache
+        .set_position("7", "BTC-USDT-SWAP", Side::Long, "{}", Some("bybit"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.keys().await,
+        [
+            "position:7:bybit:BTC-USDT-SWAP:long",
+            "position:7:okx:BTC-USDT-SWAP:long"
+        ]
+    );
     let ttl: i64 = r.cmd(&["TTL", "position:7:okx:BTC-USDT-SWAP:long"]).await;
     assert!(ttl > 290 && ttl as u64 <= POSITION_CACHE_TTL_SECS, "{ttl}");
     assert_eq!(
-        cache.get_position("7", "BTC-USDT-SWAP", Side::Long, None).await.unwrap().as_deref(),
+        cache
+            .get_position("7", "BTC-USDT-SWAP", Side::Long, None)
+            .await
+            .unwrap()
+            .as_deref(),
         Some(body)
     );
     assert_eq!(
-        cache.get_position("7", "BTC-USDT-SWAP", Side::Long, Some("okx")).await.unwrap().as_deref(),
+        cache
+            .get_position("7", "BTC-USDT-SWAP", Side::Long, Some("okx"))
+            .await
+            .unwrap()
+            .as_deref(),
         Some(body)
     );
-    assert_eq!(cache.get_position("7", "BTC-USDT-SWAP", Side::Short, None).await.unwrap(), None);
-    assert!(cache.remove_position("7", "BTC-USDT-SWAP", Side::Long, None).await.unwrap());
-    assert!(!cache.remove_position("7", "BTC-USDT-SWAP", Side::Long, None).await.unwrap());
+    assert_eq!(
+        cache
+            .get_position("7", "BTC-USDT-SWAP", Side::Short, None)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(cache
+        .remove_position("7", "BTC-USDT-SWAP", Side::Long, None)
+        .await
+        .unwrap());
+    assert!(!cache
+        .remove_position("7", "BTC-USDT-SWAP", Side::Long, None)
+        .await
+        .unwrap());
     assert_eq!(r.keys().await, ["position:7:bybit:BTC-USDT-SWAP:long"]);
-    let err = cache.set_position("7", "X", Side::Long, "{oops", None).await.unwrap_err();
+    let err = cache
+        .set_position("7", "X", Side::Long, "{oops", None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ApiError::NotJson { .. }), "{err}");
 }
 
 #[rstest]
-#[case::standard(FlagsLayout::Standard, "orders:okx:user:7:symbol:BTC-USDT:order_placed")]
+#[case::standard(
+    FlagsLayout::Standard,
+    "orders:okx:user:7:symbol:BTC-USDT:order_placed"
+)]
 #[case::legacy(FlagsLayout::Legacy, "okx:user:7:symbol:BTC-USDT:order_placed")]
 #[tokio::test]
 async fn order_placed_flags(#[case] layout: FlagsLayout, #[case] key: &str) {
@@ -358,11 +535,21 @@ async fn order_placed_flags(#[case] layout: FlagsLayout, #[case] key: &str) {
         .await
         .unwrap();
     let all = flags.get_all("okx", "7", "BTC-USDT").await.unwrap();
-    let expect = |v: [(&str, bool); 4]| v.into_iter().map(|(l, b)| (l.to_owned(), b)).collect::<BTreeMap<_, _>>();
-    assert_eq!(all, expect([("0", true), ("1", false), ("2", true), ("3", true)]));
+    let expect = |v: [(&str, bool); 4]| {
+        v.into_iter()
+            .map(|(l, b)| (l.to_owned(), b))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        all,
+        expect([("0", true), ("1", false), ("2", true), ("3", true)])
+    );
     assert_eq!(flags.reset("okx", "7", "BTC-USDT").await.unwrap(), 4);
     let all = flags.get_all("okx", "7", "BTC-USDT").await.unwrap();
-    assert_eq!(all, expect([("0", false), ("1", false), ("2", false), ("3", false)]));
+    assert_eq!(
+        all,
+        expect([("0", false), ("1", false), ("2", false), ("3", false)])
+    );
     assert!(pttl(&r, key).await > 3_500_000, "writes keep the TTL");
     assert_eq!(r.keys().await, [key], "no other key is written");
     assert_eq!(flags.reset("okx", "7", "ETH-USDT").await.unwrap(), 0);

@@ -131,7 +131,8 @@ pub fn net_size<'a>(positions: impl IntoIterator<Item = &'a Position>, inst_id: 
         .filter(|p| p.inst_id == inst_id)
         .collect();
     matching.sort_by_key(|p| p.side);
-    matching.iter().map(|p| p.signed_size()).sum()
+    // `+ 0.0` turns the -0.0 of an empty sum or a closed short into 0.
+    matching.iter().map(|p| p.signed_size()).sum::<f64>() + 0.0
 }
 
 #[cfg(test)]
@@ -159,7 +160,9 @@ mod tests {
         ];
         assert_eq!(net_size(&ps, "A"), -2.0);
         assert_eq!(net_size(&ps, "B"), -2.0);
-        assert_eq!(net_size(&ps, "C"), 0.0);
+        assert_eq!(net_size(&ps, "C").to_bits(), 0.0f64.to_bits());
+        let closed_short = [pos("D", Side::Short, "short", "0")];
+        assert_eq!(net_size(&closed_short, "D").to_bits(), 0.0f64.to_bits());
     }
 
     #[test]

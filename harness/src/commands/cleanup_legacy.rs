@@ -37,7 +37,14 @@ pub async fn run(
         )?;
     }
     let bar = progress_bar(key_count(&conn).await?, "cleanup-legacy");
-    let report = cleanup_legacy(&conn, cleanup, &|n| bar.inc(n as u64)).await?;
+    let tick = |n: usize| bar.inc(n as u64);
+    let work = cleanup_legacy(&conn, cleanup, &tick);
+    // Deleting is writing: it takes the runner lock like every writing run.
+    let report = if dry_run {
+        work.await?
+    } else {
+        super::locked(&conn, "cleanup-legacy", work).await?
+    };
     bar.finish_and_clear();
     print!("{}", render(&report));
     Ok(if report.needs_review() {

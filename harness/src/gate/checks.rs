@@ -209,7 +209,9 @@ pub fn check_truth(
                 r.check(if *skipped == 0 || run.skip_closed {
                     Ok(())
                 } else {
-                    Err(format!("{key}: {skipped} position(s) skipped without --skip-closed"))
+                    Err(format!(
+                        "{key}: {skipped} position(s) skipped without --skip-closed"
+                    ))
                 });
             }
             (Outcome::Quarantined { reason, .. }, Some(expected)) => {

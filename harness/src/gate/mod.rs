@@ -4,6 +4,7 @@
 //! reports -> exit code.
 
 pub mod checks;
+mod phase1;
 mod rollback;
 
 use std::time::Instant;
@@ -68,6 +69,17 @@ pub async fn run_with(args: &GateArgs, gen: GenConfig) -> anyhow::Result<Outcome
     // TTLs tick down between two digests: the tolerance of each comparison
     // is the time since the first of the two began, plus a second.
     let slack_since = |t: Instant| t.elapsed().as_millis() as i64 + 1_000;
+
+    // The migration guide's order: Phase 1, Phase 1.5, then Phase 2, each
+    // checked against the keyspace as the previous phase left it.
+    let mut phases = Vec::new();
+    let phase_at = Instant::now();
+    let before_phase = digest(&mut conn, not_journal).await?;
+    phases.push(phase1::order_placed(&conn, &keyspace, &exchanges, &before_phase, phase_at).await?);
+    let phase_at = Instant::now();
+    let before_phase = digest(&mut conn, not_journal).await?;
+    phases.push(phase1::cleanup_legacy_cache(&conn, &keyspace, &before_phase, phase_at).await?);
+
     let pre_at = Instant::now();
     let pre = digest(&mut conn, not_journal).await?;
     let pre_took = pre_at.elapsed();
@@ -76,18 +88,25 @@ pub async fn run_with(args: &GateArgs, gen: GenConfig) -> anyhow::Result<Outcome
     // The plan must write nothing at all.
     let mut opts = MigrateOptions::new(exchanges.clone());
     opts.dry_run = true;
+    let plan_at = Instant::now();
+    let before_plan = digest(&mut conn, |_| true).await?;
     let plan = migrate_grid_positions(&store, &opts, &|_| {}).await?;
     let after_plan = digest(&mut conn, |_| true).await?;
     invariants.push(checks::diff_invariant(
         "dry_run",
         "a dry run writes nothing (journal included)",
-        &compare(&pre, &after_plan, slack_since(pre_at)),
+        &compare(&before_plan, &after_plan, slack_since(plan_at)),
     ));
 
     opts.dry_run = false;
     let bar = progress_bar(store.key_count().await?, "gate: migrate grid-positions");
     let tick = |n: usize| bar.inc(n as u64);
-    let migration = locked(&conn, "gate: migrate grid-positions", migrate_grid_positions(&store, &opts, &tick)).await?;
+    let migration = locked(
+        &conn,
+        "gate: migrate grid-positions",
+        migrate_grid_positions(&store, &opts, &tick),
+    )
+    .await?;
     bar.finish_and_clear();
     let run = latest_run(&conn).await?;
     let verified = verify_grid_positions(&conn, &run, &|_| {}).await?;
@@ -161,11 +180,10 @@ pub async fn run_with(args: &GateArgs, gen: GenConfig) -> anyhow::Result<Outcome
             .map(|_| args.fixtures.display().to_string()),
         keys_seeded: keyspace.entries.len(),
         truth: serde_json::to_value(&generated.truth)?,
-        phases: vec![PhaseReport {
-            name: "grid-positions".into(),
-            migration: Some(migration),
-            invariants,
-        }],
+        phases: {
+            phases.push(PhaseReport::grid_positions(&migration, invariants));
+            phases
+        },
         passed: false,
         replay: replay_command(args, &gen, server.kind()),
     };
@@ -207,9 +225,7 @@ fn replay_command(args: &GateArgs, gen: &GenConfig, kind: crate::backend::Backen
 fn summary(r: &GateReport, dir: &std::path::Path) -> String {
     let mut out = String::new();
     for phase in &r.phases {
-        if let Some(m) = &phase.migration {
-            out.push_str(&crate::commands::migrate::render(m));
-        }
+        out.push_str(&format!("== {}: {}\n", phase.name, phase.summary));
         for i in &phase.invariants {
             let status = match i.status {
                 report::Status::Pass => "PASS",

@@ -1,0 +1,227 @@
+//! The gate's Phase 1 (`order-placed`) and Phase 1.5 (`cleanup-legacy`),
+//! run before Phase 2 on the same seeded server. Each returns its phase
+//! report; expectations come from the seeded keyspace model, classified by
+//! the schema, not from what the engine reports.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use keyshift_engine::cleanup_legacy::{cleanup_legacy, Cleanup, CleanupOptions};
+use keyshift_engine::invariant::InvariantResult;
+use keyshift_engine::journal::{is_journal_key, outcomes_key, OrderPlacedOutcome};
+use keyshift_engine::keys::OrderPlacedKey;
+use keyshift_engine::order_placed::{
+    migrate_order_placed, verify::latest_run, verify_order_placed, OrderPlacedOptions,
+    StandaloneOrderPlaced,
+};
+use keyshift_engine::schema::Schema;
+use redis::aio::MultiplexedConnection;
+
+use super::checks::{diff_invariant, fold_diff};
+use crate::commands::locked;
+use crate::digest::{compare, digest, Digest};
+use crate::report::{InvariantEntry, PhaseReport};
+use crate::seed::Keyspace;
+
+/// TTLs tick down between two digests: the time since the first began,
+/// plus a second.
+fn slack_since(t: Instant) -> i64 {
+    t.elapsed().as_millis() as i64 + 1_000
+}
+
+/// Phase 1 on `conn`; `pre` is the digest taken before it, at `pre_at`.
+pub async fn order_placed(
+    conn: &MultiplexedConnection,
+    keyspace: &Keyspace,
+    exchanges: &[String],
+    pre: &Digest,
+    pre_at: Instant,
+) -> anyhow::Result<PhaseReport> {
+    let store = StandaloneOrderPlaced::open(conn.clone()).await?;
+    let mut opts = OrderPlacedOptions::new(exchanges.to_vec());
+    opts.dry_run = true;
+    let plan = migrate_order_placed(&store, &opts, &|_| {}).await?;
+    opts.dry_run = false;
+    let report = locked(
+        conn,
+        "gate: migrate order-placed",
+        migrate_order_placed(&store, &opts, &|_| {}),
+    )
+    .await?;
+    let run = latest_run(conn)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the order-placed run left no journal record"))?;
+    let verified = verify_order_placed(conn, &run, &|_| {}).await?;
+
+    // Every legacy order-placed key the model holds is found, and the plan
+    // foresaw exactly what the run did.
+    let expected = keyspace
+        .entries
+        .iter()
+        .filter(|e| OrderPlacedKey::parse(&e.key, exchanges).is_some())
+        .count();
+    let mut invariants: Vec<InvariantEntry> = Vec::new();
+    for mut inv in verified.invariants {
+        if inv.id == "counts" {
+            inv.check(if report.totals.legacy_keys_found == expected {
+                Ok(())
+            } else {
+                Err(format!(
+                    "seeded {expected} legacy order-placed keys, the run found {}",
+                    report.totals.legacy_keys_found
+                ))
+            });
+            inv.check(if plan.totals == report.totals {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the dry-run plan predicted {:?}, the run did {:?}",
+                    plan.totals, report.totals
+                ))
+            });
+        }
+        invariants.push(InvariantEntry::from_result(inv));
+    }
+
+    // Untouched: everything but the keys this run moved or dropped and
+    // their targets.
+    let outcomes = read_outcomes(conn, &run.run_id).await?;
+    let owned = |k: &str| {
+        is_journal_key(k)
+            || matches!(
+                outcomes.get(k),
+                Some(OrderPlacedOutcome::Moved { .. } | OrderPlacedOutcome::DroppedEqual { .. })
+            )
+            || OrderPlacedKey::parse_target(k, exchanges).is_some_and(|t| {
+                matches!(
+                    outcomes.get(&t.key()),
+                    Some(OrderPlacedOutcome::Moved { .. })
+                )
+            })
+    };
+    let mut c = conn.clone();
+    let after = digest(&mut c, |k| !owned(k)).await?;
+    let diff = compare(&pre.filtered(|k| !owned(k)), &after, slack_since(pre_at));
+    invariants.push(diff_invariant(
+        "untouched",
+        "every key outside the keys Phase 1 moved or dropped (and their targets) is unchanged",
+        &diff,
+    ));
+    let t = &report.totals;
+    Ok(PhaseReport {
+        name: "order-placed".into(),
+        summary: format!(
+            "Legacy keys {} (moved {}, dropped as equal {}, conflicts {}, quarantined {}); {:.2} s.",
+            t.legacy_keys_found,
+            t.keys_moved,
+            t.keys_dropped_equal,
+            t.keys_conflicting,
+            t.keys_quarantined,
+            report.elapsed_ms as f64 / 1000.0
+        ),
+        for_review: report
+            .quarantined
+            .iter()
+            .chain(&report.conflicts)
+            .map(|f| (f.key.clone(), format!("{}: {}", f.reason, f.detail)))
+            .collect(),
+        details: serde_json::to_value(&report)?,
+        invariants,
+    })
+}
+
+async fn read_outcomes(
+    conn: &MultiplexedConnection,
+    run_id: &str,
+) -> anyhow::Result<BTreeMap<String, OrderPlacedOutcome>> {
+    let mut c = conn.clone();
+    let raw: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(outcomes_key(run_id))
+        .query_async(&mut c)
+        .await?;
+    raw.into_iter()
+        .map(|(k, v)| Ok((k, serde_json::from_str(&v)?)))
+        .collect()
+}
+
+/// Phase 1.5 on `conn`; `pre` is the digest taken before it.
+pub async fn cleanup_legacy_cache(
+    conn: &MultiplexedConnection,
+    keyspace: &Keyspace,
+    pre: &Digest,
+    pre_at: Instant,
+) -> anyhow::Result<PhaseReport> {
+    let schema = Schema::builtin();
+    let is_cache = |k: &str| {
+        schema
+            .classify(k)
+            .is_some_and(|m| schema.patterns()[m.index].cleanup)
+    };
+    let expected = keyspace.entries.iter().filter(|e| is_cache(&e.key)).count() as u64;
+    let opts = CleanupOptions::default();
+    let cleanup = Cleanup::new(&schema, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = locked(
+        conn,
+        "gate: cleanup-legacy",
+        cleanup_legacy(conn, cleanup, &|_| {}),
+    )
+    .await?;
+
+    let mut counts = InvariantResult::new(
+        "counts",
+        "every seeded legacy position-cache key is deleted, and only those",
+    );
+    counts.check(if report.deleted == expected && report.wrong_type == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "seeded {expected} legacy cache keys; deleted {}, wrong type {}",
+            report.deleted, report.wrong_type
+        ))
+    });
+    let mut c = conn.clone();
+    let after_all = digest(&mut c, |k| !is_journal_key(k)).await?;
+    for k in after_all.keys.keys().filter(|k| is_cache(k)) {
+        counts.mismatch(|| format!("{k}: a legacy cache key is still there"));
+    }
+    let mut untouched = InvariantResult::new(
+        "untouched",
+        "every key that is not a legacy position-cache key is unchanged (standard position:{uid}:{exchange}:{symbol}:{side} included)",
+    );
+    let keep = |k: &str| !is_cache(k) && !is_journal_key(k);
+    fold_diff(
+        &mut untouched,
+        &compare(
+            &pre.filtered(keep),
+            &after_all.filtered(keep),
+            slack_since(pre_at),
+        ),
+        "",
+    );
+    Ok(PhaseReport {
+        name: "cleanup-legacy".into(),
+        summary: format!(
+            "Processed: {} keys (deleted {}, wrong type {}, vanished {}); {:.2} s.",
+            report.processed,
+            report.deleted,
+            report.wrong_type,
+            report.vanished,
+            report.elapsed_ms as f64 / 1000.0
+        ),
+        for_review: report
+            .wrong_type_samples
+            .iter()
+            .map(|m| {
+                (
+                    m.key.clone(),
+                    format!("a {} where a string belongs: kept", m.actual),
+                )
+            })
+            .collect(),
+        details: serde_json::to_value(&report)?,
+        invariants: vec![
+            InvariantEntry::from_result(counts),
+            InvariantEntry::from_result(untouched),
+        ],
+    })
+}
