@@ -37,7 +37,12 @@ fn check_report(dir: &Path, gen: &GenConfig) -> Result<(), TestCaseError> {
     let truth = generate(gen).truth;
     prop_assert_eq!(&report["keys_seeded"], truth.total_keys);
 
-    let phase = &report["phases"][0];
+    let phase = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "grid-positions")
+        .ok_or_else(|| TestCaseError::fail("no grid-positions phase"))?;
     for id in MUST_PASS {
         let inv = phase["invariants"]
             .as_array()
@@ -50,7 +55,7 @@ fn check_report(dir: &Path, gen: &GenConfig) -> Result<(), TestCaseError> {
 
     // The run did what the generator says it made, independently of the
     // gate's own counts invariant.
-    let totals = &phase["migration"]["totals"];
+    let totals = &phase["details"]["totals"];
     prop_assert_eq!(
         &totals["legacy_keys_found"],
         truth.legacy_keys,
@@ -77,7 +82,7 @@ fn check_report(dir: &Path, gen: &GenConfig) -> Result<(), TestCaseError> {
         totals
     );
     prop_assert_eq!(&totals["positions_skipped_closed"], 0, "{:#}", totals);
-    let mut got: Vec<&str> = phase["migration"]["quarantined"]
+    let mut got: Vec<&str> = phase["details"]["quarantined"]
         .as_array()
         .unwrap()
         .iter()
