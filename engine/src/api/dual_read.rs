@@ -22,9 +22,9 @@
 use redis::aio::ConnectionLike;
 
 use super::error::{check_id, ApiError, ApiResult};
-use super::hash_store::{all_new, read_new, remove_new, upsert_new, Read, Written};
+use super::hash_store::{all_new, read_new, remove_new, upsert_new, Read, Want, Written};
 use super::legacy_store::{write_legacy, LegacyWrite, MAX_WRITE_ATTEMPTS};
-use super::legacy_value::{read_positions, Edit};
+use super::legacy_value::{read_position, read_positions, read_size, Edit};
 use super::{net_size, Position, PositionObject, PositionStore};
 use crate::keys::LegacyPositionsKey;
 use crate::plan::Side;
@@ -67,18 +67,13 @@ impl<C: ConnectionLike + Clone + Send> DualReadStore<C> {
     }
 }
 
-fn legacy_or_new(read: Read<Vec<Position>>) -> Vec<Position> {
-    match read {
-        Read::New(positions) => positions,
-        Read::Legacy(value) => read_positions(value.as_deref()),
-    }
-}
-
 impl<C: ConnectionLike + Clone + Send> PositionStore for DualReadStore<C> {
     async fn all_positions(&self, user_id: &str, exchange: &str) -> ApiResult<Vec<Position>> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
-        let read = all_new(&self.conn, &keys, Some(&keys.key())).await?;
-        Ok(legacy_or_new(read))
+        Ok(match all_new(&self.conn, &keys, Some(&keys.key())).await? {
+            Read::New(positions) => positions,
+            Read::Legacy(value) => read_positions(value.as_deref()),
+        })
     }
 
     async fn get_position(
@@ -89,17 +84,22 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for DualReadStore<C> {
         side: Side,
     ) -> ApiResult<Option<Position>> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
-        let read = read_new(&self.conn, &keys, inst_id, &[side], Some(&keys.key())).await?;
-        Ok(legacy_or_new(read)
-            .into_iter()
-            .find(|p| p.inst_id == inst_id && p.side == side))
+        let (legacy, want) = (keys.key(), Want::Position);
+        let read = read_new(&self.conn, &keys, inst_id, &[side], want, Some(&legacy)).await?;
+        Ok(match read {
+            Read::New(mut found) => found.pop(),
+            Read::Legacy(value) => read_position(value.as_deref(), inst_id, side),
+        })
     }
 
     async fn position_size(&self, user_id: &str, exchange: &str, inst_id: &str) -> ApiResult<f64> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
-        let sides = [Side::Long, Side::Short];
-        let read = read_new(&self.conn, &keys, inst_id, &sides, Some(&keys.key())).await?;
-        Ok(net_size(&legacy_or_new(read), inst_id))
+        let (legacy, want, sides) = (keys.key(), Want::Size, [Side::Long, Side::Short]);
+        let read = read_new(&self.conn, &keys, inst_id, &sides, want, Some(&legacy)).await?;
+        Ok(match read {
+            Read::New(found) => net_size(&found, inst_id),
+            Read::Legacy(value) => read_size(value.as_deref(), inst_id),
+        })
     }
 
     async fn upsert(

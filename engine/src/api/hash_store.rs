@@ -19,7 +19,7 @@ use redis::aio::ConnectionLike;
 use redis::{Script, Value};
 
 use super::error::{check_id, ApiError, ApiResult};
-use super::position::sorted;
+use super::position::{sorted, SIZE_FIELDS};
 use super::{net_size, Position, PositionObject, PositionStore};
 use crate::keys::{LegacyPositionsKey, META_MIGRATED_AT, META_MIGRATED_FROM};
 use crate::plan::Side;
@@ -126,12 +126,23 @@ pub(crate) async fn all_new<C: ConnectionLike + Clone + Send>(
     })
 }
 
-/// The hashes of `sides` of one symbol, in that order, present ones only.
+/// What a read of position hashes asks for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Want {
+    /// Every field: a get.
+    Position,
+    /// `pos` and `posSide` only: all a size needs.
+    Size,
+}
+
+/// The hashes of `sides` of one symbol, in that order, present ones only
+/// (for [`Want::Size`], with the size fields only).
 pub(crate) async fn read_new<C: ConnectionLike + Clone + Send>(
     conn: &C,
     keys: &LegacyPositionsKey,
     inst_id: &str,
     sides: &[Side],
+    want: Want,
     legacy: Option<&str>,
 ) -> ApiResult<Read<Vec<Position>>> {
     let mut invocation = READ_HASHES.key(keys.index_key());
@@ -141,22 +152,45 @@ pub(crate) async fn read_new<C: ConnectionLike + Clone + Send>(
     if let Some(l) = legacy {
         invocation.key(l);
     }
+    invocation.arg(sides.len());
+    if let Want::Size = want {
+        invocation.arg(&SIZE_FIELDS[..]);
+    }
     let mut c = conn.clone();
     let reply: (String, Value) = invocation
-        .arg(sides.len())
         .invoke_async(&mut c)
         .await
         .map_err(ApiError::redis("reading position hashes"))?;
-    Ok(match split::<Vec<Fields>>(reply)? {
-        Read::New(hashes) => Read::New(
-            sides
-                .iter()
-                .zip(hashes)
-                .filter_map(|(side, fields)| to_position(inst_id, *side, fields))
-                .collect(),
-        ),
-        Read::Legacy(v) => Read::Legacy(v),
-    })
+    let hashes: Vec<Fields> = match (want, split::<Vec<Value>>(reply)?) {
+        (_, Read::Legacy(v)) => return Ok(Read::Legacy(v)),
+        (Want::Position, Read::New(hashes)) => {
+            hashes.into_iter().map(decode).collect::<ApiResult<_>>()?
+        }
+        (Want::Size, Read::New(hashes)) => hashes
+            .into_iter()
+            .map(|h| {
+                let values: Vec<Option<String>> = decode(h)?;
+                Ok(size_fields(values))
+            })
+            .collect::<ApiResult<_>>()?,
+    };
+    Ok(Read::New(
+        sides
+            .iter()
+            .zip(hashes)
+            .filter_map(|(side, fields)| to_position(inst_id, *side, fields))
+            .collect(),
+    ))
+}
+
+/// An HMGET of [`SIZE_FIELDS`] as fields. A hash that holds neither field
+/// reads as absent: it adds nothing to a size either way.
+fn size_fields(values: Vec<Option<String>>) -> Fields {
+    SIZE_FIELDS
+        .iter()
+        .zip(values)
+        .filter_map(|(name, v)| Some(((*name).to_owned(), v?)))
+        .collect()
 }
 
 pub(crate) async fn upsert_new<C: ConnectionLike + Clone + Send>(
@@ -236,14 +270,14 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for HashStore<C> {
         side: Side,
     ) -> ApiResult<Option<Position>> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
-        let read = read_new(&self.conn, &keys, inst_id, &[side], None).await?;
+        let read = read_new(&self.conn, &keys, inst_id, &[side], Want::Position, None).await?;
         Ok(new_only(read).pop())
     }
 
     async fn position_size(&self, user_id: &str, exchange: &str, inst_id: &str) -> ApiResult<f64> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
         let sides = [Side::Long, Side::Short];
-        let read = read_new(&self.conn, &keys, inst_id, &sides, None).await?;
+        let read = read_new(&self.conn, &keys, inst_id, &sides, Want::Size, None).await?;
         Ok(net_size(&new_only(read), inst_id))
     }
 

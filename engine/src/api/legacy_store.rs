@@ -12,7 +12,7 @@ use redis::aio::ConnectionLike;
 use redis::Script;
 
 use super::error::{check_id, ApiError, ApiResult};
-use super::legacy_value::{edit_value, read_positions, Edit};
+use super::legacy_value::{edit_value, read_position, read_positions, read_size, Edit};
 use super::{Position, PositionObject, PositionStore};
 use crate::keys::LegacyPositionsKey;
 use crate::plan::Side;
@@ -118,11 +118,15 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for LegacyStore<C> {
         inst_id: &str,
         side: Side,
     ) -> ApiResult<Option<Position>> {
-        Ok(self
-            .all_positions(user_id, exchange)
-            .await?
-            .into_iter()
-            .find(|p| p.inst_id == inst_id && p.side == side))
+        let key = LegacyPositionsKey::new(exchange, user_id).key();
+        let value = get_legacy(&self.conn, &key).await?;
+        Ok(read_position(value.as_deref(), inst_id, side))
+    }
+
+    async fn position_size(&self, user_id: &str, exchange: &str, inst_id: &str) -> ApiResult<f64> {
+        let key = LegacyPositionsKey::new(exchange, user_id).key();
+        let value = get_legacy(&self.conn, &key).await?;
+        Ok(read_size(value.as_deref(), inst_id))
     }
 
     async fn upsert(

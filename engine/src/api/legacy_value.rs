@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use serde_json::value::RawValue;
 
 use super::error::{ApiError, ApiResult};
-use super::position::{Position, PositionObject};
-use crate::plan::{plan_value, PlanOptions, Side, UserPlan, ValueShape};
+use super::position::{net_size, Position, PositionObject, SIZE_FIELDS};
+use crate::plan::{plan_value, PlanOptions, PlannedPosition, Side, UserPlan, ValueShape};
 
 /// What to do to one position of a legacy value.
 #[derive(Debug, Clone, Copy)]
@@ -27,18 +27,44 @@ pub(crate) enum Edit<'a> {
     },
 }
 
-/// Every position a legacy value holds, sorted; a value the migration
-/// would quarantine reads as no positions, as the deployed code treats it.
-pub(crate) fn read_positions(value: Option<&[u8]>) -> Vec<Position> {
-    let Some(value) = value else {
-        return Vec::new();
-    };
-    match plan_value(value, PlanOptions::default()) {
-        UserPlan::Migrate(plan) => {
-            super::position::sorted(plan.positions.into_iter().map(Position::from).collect())
-        }
-        UserPlan::Quarantine { .. } => Vec::new(),
+/// The positions of a legacy value as the planner files them; a value the
+/// migration would quarantine holds none, as the deployed code treats it.
+fn planned(value: Option<&[u8]>) -> Vec<PlannedPosition> {
+    match value.map(|v| plan_value(v, PlanOptions::default())) {
+        Some(UserPlan::Migrate(plan)) => plan.positions,
+        Some(UserPlan::Quarantine { .. }) | None => Vec::new(),
     }
+}
+
+/// Every position a legacy value holds, sorted by (instId, side).
+pub(crate) fn read_positions(value: Option<&[u8]>) -> Vec<Position> {
+    super::position::sorted(planned(value).into_iter().map(Position::from).collect())
+}
+
+/// The position at (instId, side), if the value holds it.
+pub(crate) fn read_position(value: Option<&[u8]>, inst_id: &str, side: Side) -> Option<Position> {
+    planned(value)
+        .into_iter()
+        .find(|p| p.inst_id == inst_id && p.side == side)
+        .map(Position::from)
+}
+
+/// The signed net size of a symbol, from the size fields alone.
+pub(crate) fn read_size(value: Option<&[u8]>, inst_id: &str) -> f64 {
+    let sized: Vec<Position> = planned(value)
+        .into_iter()
+        .filter(|p| p.inst_id == inst_id)
+        .map(|p| Position {
+            fields: p
+                .fields
+                .into_iter()
+                .filter(|(name, _)| SIZE_FIELDS.contains(&name.as_str()))
+                .collect(),
+            inst_id: p.inst_id,
+            side: p.side,
+        })
+        .collect();
+    net_size(&sized, inst_id)
 }
 
 /// The value after `edit`, or `None` when the edit changes nothing (remove
@@ -276,6 +302,20 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn reads_agree_with_every_position() {
+        let v = br#"[{"instId":"A","posSide":"long","pos":"3","x":1},{"instId":"A","posSide":"short","pos":"5"}]"#;
+        let all = read_positions(Some(v));
+        assert_eq!(
+            read_position(Some(v), "A", Side::Short).as_ref(),
+            Some(&all[1])
+        );
+        assert_eq!(read_position(Some(v), "B", Side::Long), None);
+        assert_eq!(read_size(Some(v), "A"), net_size(&all, "A"));
+        assert_eq!(read_size(Some(v), "A"), -2.0);
+        assert_eq!(read_size(Some(b"not json"), "A").to_bits(), 0f64.to_bits());
     }
 
     #[test]

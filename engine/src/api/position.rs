@@ -118,6 +118,9 @@ impl PositionObject {
     }
 }
 
+/// The fields [`Position::signed_size`] reads: all a size needs.
+pub(crate) const SIZE_FIELDS: [&str; 2] = ["pos", "posSide"];
+
 /// Orders positions as every store returns them: by (instId, side).
 pub(crate) fn sorted(mut positions: Vec<Position>) -> Vec<Position> {
     positions.sort_by(|a, b| (&a.inst_id, a.side).cmp(&(&b.inst_id, b.side)));

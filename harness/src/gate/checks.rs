@@ -308,7 +308,7 @@ fn agree<T: PartialEq>(
     }
 }
 
-fn show_positions(ps: &Vec<Position>) -> String {
+fn show_positions(ps: &[Position]) -> String {
     let members: Vec<String> = ps.iter().map(Position::index_member).collect();
     format!("[{}]", members.join(", "))
 }
@@ -341,7 +341,7 @@ pub async fn compare_user<A: PositionStore, B: PositionStore, D: PositionStore>(
         user,
         "all_positions",
         [&old, &new, &via_dual],
-        show_positions,
+        |ps| show_positions(ps),
     )];
     let symbols: BTreeSet<&str> = old
         .iter()
