@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::error::{EngineError, Result};
 use crate::journal::{outcomes_key, RunRecord, RunState};
 use crate::keys::{LegacyPositionsKey, PositionHashKey, META_MIGRATED_AT, META_MIGRATED_FROM};
+use crate::keyspace::scan_step;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Debris {
@@ -44,14 +45,8 @@ pub async fn find_debris<C: ConnectionLike + Clone + Send>(
     let backup_suffix = format!(":backup:{}", run.stamp);
     let mut cursor = 0u64;
     loop {
-        let mut c = conn.clone();
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut c)
-            .await
-            .map_err(EngineError::redis("scanning for debris"))?;
+        let (next, keys): (u64, Vec<String>) =
+            scan_step(conn, cursor, None, 1000, "scanning for debris").await?;
         let hashes: Vec<PositionHashKey> = keys
             .iter()
             .filter_map(|k| PositionHashKey::parse(k, &run.exchanges))
@@ -84,6 +79,7 @@ pub async fn find_debris<C: ConnectionLike + Clone + Send>(
                 pipe.exists(legacy)
                     .hexists(outcomes_key(&run.run_id), legacy);
             }
+            let mut c = conn.clone();
             let replies: Vec<redis::Value> = pipe
                 .query_async(&mut c)
                 .await

@@ -20,6 +20,8 @@ pub enum EngineError {
     },
     #[error("another run holds the lock: {holder}; it expires in {expires_in_ms} ms unless renewed. Wait for it to finish; a lock whose runner died frees itself when it expires")]
     Locked { holder: String, expires_in_ms: i64 },
+    #[error("this run lost the runner lock (it was not renewed in time, or was taken over); it stopped between two atomic steps: rerun the same command to resume")]
+    LockLost,
     #[error("{0}")]
     Refused(String),
     #[error("invalid Redis URL: {0}")]

@@ -7,6 +7,7 @@
 //! - `keyshift:run:{run_id}:users`: hash, legacy key -> outcome JSON ([`Outcome`]).
 
 use redis::aio::ConnectionLike;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
@@ -121,7 +122,9 @@ pub enum OrderPlacedOutcome {
 
 /// The latest run of `grid-positions` recorded on this server.
 pub async fn latest_run<C: ConnectionLike + Clone + Send>(conn: &C) -> Result<RunRecord> {
-    latest_run_of(conn, MIGRATION).await?.ok_or(EngineError::NoRun)
+    latest_run_of(conn, MIGRATION)
+        .await?
+        .ok_or(EngineError::NoRun)
 }
 
 /// The latest run of `migration`, if one is recorded.
@@ -129,15 +132,7 @@ pub async fn latest_run_of<C: ConnectionLike + Clone + Send>(
     conn: &C,
     migration: &str,
 ) -> Result<Option<RunRecord>> {
-    let mut c = conn.clone();
-    let ids: Vec<String> = redis::cmd("ZREVRANGE")
-        .arg(runs_key(migration))
-        .arg(0)
-        .arg(0)
-        .query_async(&mut c)
-        .await
-        .map_err(EngineError::redis("reading the journal"))?;
-    match ids.into_iter().next() {
+    match run_ids(conn, migration, 0).await?.into_iter().next() {
         Some(id) => read_run(conn, &id).await.map(Some),
         None => Ok(None),
     }
@@ -148,14 +143,7 @@ pub async fn runs_of<C: ConnectionLike + Clone + Send>(
     conn: &C,
     migration: &str,
 ) -> Result<Vec<RunRecord>> {
-    let mut c = conn.clone();
-    let ids: Vec<String> = redis::cmd("ZREVRANGE")
-        .arg(runs_key(migration))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
-        .await
-        .map_err(EngineError::redis("reading the journal"))?;
+    let ids = run_ids(conn, migration, -1).await?;
     let mut runs = Vec::with_capacity(ids.len());
     for id in ids {
         runs.push(read_run(conn, &id).await?);
@@ -163,7 +151,27 @@ pub async fn runs_of<C: ConnectionLike + Clone + Send>(
     Ok(runs)
 }
 
-pub async fn read_run<C: ConnectionLike + Clone + Send>(conn: &C, run_id: &str) -> Result<RunRecord> {
+/// The ids of the runs of `migration`, newest first, down to rank `last`
+/// (-1: all).
+async fn run_ids<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    migration: &str,
+    last: i64,
+) -> Result<Vec<String>> {
+    let mut c = conn.clone();
+    redis::cmd("ZREVRANGE")
+        .arg(runs_key(migration))
+        .arg(0)
+        .arg(last)
+        .query_async(&mut c)
+        .await
+        .map_err(EngineError::redis("reading the journal"))
+}
+
+pub async fn read_run<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    run_id: &str,
+) -> Result<RunRecord> {
     let mut c = conn.clone();
     let key = run_key(run_id);
     let json: Option<String> = redis::cmd("GET")
@@ -178,17 +186,58 @@ pub async fn read_run<C: ConnectionLike + Clone + Send>(conn: &C, run_id: &str) 
     })
 }
 
-/// Streams a run's outcomes in HSCAN batches of about `count`.
-pub async fn scan_outcomes<C: ConnectionLike + Clone + Send>(
+/// Creates or updates a run record and files it under its migration.
+pub async fn save_run<C: ConnectionLike + Clone + Send>(conn: &C, run: &RunRecord) -> Result<()> {
+    let json = serde_json::to_string(run).expect("run record serialises");
+    let mut c = conn.clone();
+    redis::pipe()
+        .atomic()
+        .set(run_key(&run.run_id), json)
+        .zadd(runs_key(&run.migration), &run.run_id, run.started_ms)
+        .query_async::<()>(&mut c)
+        .await
+        .map_err(EngineError::redis("saving the run record"))
+}
+
+/// Records outcomes (legacy key, outcome JSON) in the outcome hash at `key`.
+pub async fn record_outcomes<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    key: &str,
+    outcomes: &[(String, String)],
+) -> Result<()> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let mut c = conn.clone();
+    redis::cmd("HSET")
+        .arg(key)
+        .arg(outcomes)
+        .query_async::<()>(&mut c)
+        .await
+        .map_err(EngineError::redis("recording outcomes in the journal"))
+}
+
+/// Streams a run's outcomes in HSCAN batches of about `count`; `T` is the
+/// migration's outcome type ([`Outcome`], [`OrderPlacedOutcome`]).
+pub async fn scan_outcomes<T: DeserializeOwned, C: ConnectionLike + Clone + Send>(
     conn: &C,
     run_id: &str,
     cursor: u64,
     count: usize,
-) -> Result<(u64, Vec<(String, Outcome)>)> {
+) -> Result<(u64, Vec<(String, T)>)> {
+    scan_outcomes_at(conn, &outcomes_key(run_id), cursor, count).await
+}
+
+/// [`scan_outcomes`] over the outcome hash at `key`.
+pub async fn scan_outcomes_at<T: DeserializeOwned, C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    key: &str,
+    cursor: u64,
+    count: usize,
+) -> Result<(u64, Vec<(String, T)>)> {
     let mut c = conn.clone();
-    let key = outcomes_key(run_id);
     let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
-        .arg(&key)
+        .arg(key)
         .arg(cursor)
         .arg("COUNT")
         .arg(count)
@@ -198,12 +247,86 @@ pub async fn scan_outcomes<C: ConnectionLike + Clone + Send>(
     let mut out = Vec::with_capacity(flat.len() / 2);
     for pair in flat.chunks_exact(2) {
         let outcome = serde_json::from_str(&pair[1]).map_err(|e| EngineError::BadJournal {
-            key: key.clone(),
+            key: key.to_owned(),
             detail: format!("{}: {e}", pair[0]),
         })?;
         out.push((pair[0].clone(), outcome));
     }
     Ok((next, out))
+}
+
+/// What a runner starts a run of, or resumes its latest run with.
+pub struct RunStart<'a> {
+    pub migration: &'static str,
+    pub skip_closed: bool,
+    pub exchanges: &'a [String],
+    /// A dry run writes nothing: no new record, no resumed one.
+    pub dry_run: bool,
+    /// Wait for a stamp the latest run does not have (backups are named
+    /// by it).
+    pub fresh_stamp: bool,
+}
+
+/// Starts a run, or continues `last` (the latest run of the migration) when
+/// it was interrupted (its runner died or failed): same run id, same stamp,
+/// same `started_at`, so the end state is the one an uninterrupted run
+/// gives. `refuse` says why `last` cannot be resumed with this run's
+/// options, if it cannot. The caller holds the runner lock, so a `running`
+/// record has no live runner. Returns the record and whether it resumed;
+/// unless a dry run, the record is saved with `save`.
+pub async fn begin_or_resume(
+    start: RunStart<'_>,
+    last: Option<RunRecord>,
+    refuse: impl FnOnce(&RunRecord) -> Option<String>,
+    save: impl AsyncFnOnce(&RunRecord) -> Result<()>,
+) -> Result<(RunRecord, bool)> {
+    if let Some(mut last) = last.clone() {
+        if matches!(last.state, RunState::Running | RunState::Failed) {
+            if let Some(why) = refuse(&last) {
+                return Err(EngineError::Refused(why));
+            }
+            if !start.dry_run {
+                last.state = RunState::Running;
+                last.error = None;
+                last.resumes += 1;
+                save(&last).await?;
+            }
+            return Ok((last, true));
+        }
+    }
+    let mut now = chrono::Utc::now();
+    let mut stamp = now.format("%Y%m%d_%H%M%S").to_string();
+    // Backup names carry a one-second stamp and rollback keeps backups: a
+    // run started in the same second as the last one would collide with
+    // its backups, so it waits for the next second.
+    while start.fresh_stamp && last.as_ref().is_some_and(|l| l.stamp == stamp) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        now = chrono::Utc::now();
+        stamp = now.format("%Y%m%d_%H%M%S").to_string();
+    }
+    let migration = start.migration;
+    let record = RunRecord {
+        run_id: format!(
+            "{migration}-{stamp}-{:04x}",
+            now.timestamp_subsec_nanos() & 0xffff
+        ),
+        migration: migration.to_owned(),
+        stamp,
+        state: RunState::Running,
+        started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        started_ms: now.timestamp_millis(),
+        finished_at: None,
+        skip_closed: start.skip_closed,
+        exchanges: start.exchanges.to_vec(),
+        counts: None,
+        error: None,
+        resumes: 0,
+        rollback: None,
+    };
+    if !start.dry_run {
+        save(&record).await?;
+    }
+    Ok((record, false))
 }
 
 #[cfg(test)]

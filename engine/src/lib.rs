@@ -5,8 +5,9 @@
 //! - `store`: the one seam to a Redis deployment; `standalone` implements it
 //!   for one server with a Lua script per user.
 //! - `migrate`: the Phase 2 runner (SCAN, read, plan, write, report).
-//! - `journal`: the run records and per-user outcomes kept in Redis;
-//!   `lock`: the runner lock that keeps two writing runs apart.
+//! - `journal`: the run records and per-user outcomes kept in Redis, and
+//!   starting or resuming a run; `lock`: the runner lock that keeps two
+//!   writing runs apart; `keyspace`: the SCAN step and key count all share.
 //! - `verify`: the invariants checked on a live server after a migration;
 //!   `rollback`: undoing a run from its journal and backups; `cleanup`: the
 //!   debris of an interrupted run.
@@ -21,8 +22,9 @@ pub mod cleanup_legacy;
 pub mod error;
 pub mod invariant;
 pub mod journal;
-pub mod lock;
 pub mod keys;
+pub mod keyspace;
+pub mod lock;
 pub mod migrate;
 pub mod order_placed;
 pub mod plan;

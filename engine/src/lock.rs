@@ -95,13 +95,15 @@ where
                 .await
                 .map_err(EngineError::redis("renewing the runner lock"))?;
             if renewed == 0 {
-                return Err::<T, _>(locked_by(conn).await);
+                return Err::<T, _>(EngineError::LockLost);
             }
         }
     };
     let result = tokio::select! {
-        r = work => r,
+        // Renewal first: a run whose lock is gone must not start another step.
+        biased;
         lost = renew => lost,
+        r = work => r,
     };
     let mut c = conn.clone();
     let released: redis::RedisResult<i64> = redis::Script::new(RELEASE)

@@ -9,8 +9,8 @@ use std::time::Instant;
 use futures_util::stream::TryStreamExt;
 use serde::Serialize;
 
-use crate::error::{EngineError, Result};
-use crate::journal::{outcomes_key, Outcome, RunRecord, RunState};
+use crate::error::Result;
+use crate::journal::{self, outcomes_key, Outcome, RunRecord, RunStart, RunState};
 use crate::keys::{escape_glob, LegacyPositionsKey, BACKUP_TTL_SECS};
 use crate::plan::{plan_value, PlanOptions, QuarantineReason, UserPlan};
 use crate::store::{GridPositionsStore, PositionWrite, RunContext, UserWrite, WriteOutcome};
@@ -209,7 +209,9 @@ async fn run_totals<S: GridPositionsStore>(store: &S, run_id: &str) -> Result<Ru
         let (next, outcomes) = store.scan_outcomes(run_id, cursor, 1000).await?;
         for (_, outcome) in outcomes {
             match outcome {
-                Outcome::Migrated { positions, skipped, .. } => {
+                Outcome::Migrated {
+                    positions, skipped, ..
+                } => {
                     totals.keys_migrated += 1;
                     totals.positions_migrated += positions;
                     totals.positions_skipped_closed += skipped;
@@ -225,64 +227,31 @@ async fn run_totals<S: GridPositionsStore>(store: &S, run_id: &str) -> Result<Ru
     }
 }
 
-/// Starts a run, or continues the latest one when it was interrupted (its
-/// runner died or failed): same run id, same backup stamp, same
-/// `migrated_at`, so the end state is the one an uninterrupted run gives.
-/// The caller holds the runner lock, so a `running` record has no live
-/// runner.
+/// Starts a run, or resumes an interrupted one with the same options
+/// ([`journal::begin_or_resume`]).
 async fn begin_or_resume<S: GridPositionsStore>(
     store: &S,
     opts: &MigrateOptions,
 ) -> Result<(RunRecord, bool)> {
-    let last = store.latest_run(MIGRATION).await?;
-    if let Some(mut last) = last.clone() {
-        if matches!(last.state, RunState::Running | RunState::Failed) {
-            if last.skip_closed != opts.skip_closed || last.exchanges != opts.exchanges {
-                return Err(EngineError::Refused(format!(
-                    "run {} was interrupted with other options (skip_closed {}, exchanges {:?}); \
-                     rerun with the same options to resume it, or remove its debris with \
-                     `keyshift cleanup-migration grid-positions` first",
-                    last.run_id, last.skip_closed, last.exchanges
-                )));
-            }
-            if !opts.dry_run {
-                last.state = RunState::Running;
-                last.error = None;
-                last.resumes += 1;
-                store.save_run(&last).await?;
-            }
-            return Ok((last, true));
-        }
-    }
-    let mut now = chrono::Utc::now();
-    let mut stamp = now.format("%Y%m%d_%H%M%S").to_string();
-    // Backup names carry a one-second stamp and rollback keeps backups: a
-    // run started in the same second as the last one would collide with
-    // its backups, so it waits for the next second.
-    while last.as_ref().is_some_and(|l| l.stamp == stamp) {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        now = chrono::Utc::now();
-        stamp = now.format("%Y%m%d_%H%M%S").to_string();
-    }
-    let record = RunRecord {
-        run_id: format!("{MIGRATION}-{stamp}-{:04x}", now.timestamp_subsec_nanos() & 0xffff),
-        migration: MIGRATION.to_owned(),
-        stamp,
-        state: RunState::Running,
-        started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        started_ms: now.timestamp_millis(),
-        finished_at: None,
+    let start = RunStart {
+        migration: MIGRATION,
         skip_closed: opts.skip_closed,
-        exchanges: opts.exchanges.clone(),
-        counts: None,
-        error: None,
-        resumes: 0,
-        rollback: None,
+        exchanges: &opts.exchanges,
+        dry_run: opts.dry_run,
+        fresh_stamp: true,
     };
-    if !opts.dry_run {
-        store.save_run(&record).await?;
-    }
-    Ok((record, false))
+    let refuse = |last: &RunRecord| {
+        (last.skip_closed != opts.skip_closed || last.exchanges != opts.exchanges).then(|| {
+            format!(
+                "run {} was interrupted with other options (skip_closed {}, exchanges {:?}); \
+                 rerun with the same options to resume it, or remove its debris with \
+                 `keyshift cleanup-migration grid-positions` first",
+                last.run_id, last.skip_closed, last.exchanges
+            )
+        })
+    };
+    let last = store.latest_run(MIGRATION).await?;
+    journal::begin_or_resume(start, last, refuse, async |run| store.save_run(run).await).await
 }
 
 async fn run_batches<S: GridPositionsStore>(
@@ -394,6 +363,11 @@ async fn process_batch<S: GridPositionsStore>(
                     continue;
                 }
             };
+            // Planning is CPU work on the caller's task: yield now and then
+            // so the lock renewal and the connection drivers keep running.
+            if writes.len() % 32 == 31 {
+                tokio::task::yield_now().await;
+            }
             match plan_value(&value, plan_opts) {
                 UserPlan::Quarantine { reason, positions } => quarantine(
                     &mut result.quarantined,

@@ -62,14 +62,30 @@ pub async fn find_run<C: ConnectionLike + Clone + Send>(
     conn: &C,
     stamp: Option<&str>,
 ) -> Result<RunRecord> {
-    let runs = runs_of(conn, MIGRATION).await?;
+    find_run_of(conn, MIGRATION, stamp, "backup stamp", || {
+        EngineError::NoRun
+    })
+    .await
+}
+
+/// The run of `migration` a rollback applies to: the one stamped `stamp`
+/// (`stamp_noun` names the stamp in the refusal), else the latest (`none`:
+/// the error when there is none); never one already rolled back.
+pub(crate) async fn find_run_of<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    migration: &str,
+    stamp: Option<&str>,
+    stamp_noun: &str,
+    none: impl FnOnce() -> EngineError,
+) -> Result<RunRecord> {
+    let runs = runs_of(conn, migration).await?;
     let run = match stamp {
         Some(s) => runs.into_iter().find(|r| r.stamp == s).ok_or_else(|| {
             EngineError::Refused(format!(
-                "no grid-positions run has backup stamp {s}; `keyshift status` lists the runs"
+                "no {migration} run has {stamp_noun} {s}; `keyshift status` lists the runs"
             ))
         })?,
-        None => runs.into_iter().next().ok_or(EngineError::NoRun)?,
+        None => runs.into_iter().next().ok_or_else(none)?,
     };
     if run.state == RunState::RolledBack {
         return Err(EngineError::Refused(format!(
@@ -78,6 +94,40 @@ pub async fn find_run<C: ConnectionLike + Clone + Send>(
         )));
     }
     Ok(run)
+}
+
+impl RollbackReport {
+    /// An empty report for a rollback of `run`.
+    pub(crate) fn new(migration: &'static str, run: &RunRecord, opts: &RollbackOptions) -> Self {
+        Self {
+            migration,
+            run_id: run.run_id.clone(),
+            stamp: run.stamp.clone(),
+            dry_run: opts.dry_run,
+            forced: opts.force,
+            users: 0,
+            restored: 0,
+            expired: 0,
+            already_done: 0,
+            keys_deleted: 0,
+            changed: Vec::new(),
+            skipped: Vec::new(),
+            elapsed_ms: 0,
+        }
+    }
+
+    /// Refuses to write over changes since the migration, unless forced or
+    /// a dry run (which lists them).
+    pub(crate) fn refuse_changes(&self, opts: &RollbackOptions) -> Result<()> {
+        if !self.changed.is_empty() && !opts.force && !opts.dry_run {
+            return Err(EngineError::Refused(format!(
+                "{} change(s) since the migration would be lost, e.g. {}; review them (--dry-run lists them) and pass --force to roll back anyway",
+                self.changed.len(),
+                self.changed[0].detail
+            )));
+        }
+        Ok(())
+    }
 }
 
 pub async fn rollback_grid_positions<S, C>(
@@ -91,21 +141,7 @@ where
     C: ConnectionLike + Clone + Send,
 {
     let started = Instant::now();
-    let mut report = RollbackReport {
-        migration: MIGRATION,
-        run_id: run.run_id.clone(),
-        stamp: run.stamp.clone(),
-        dry_run: opts.dry_run,
-        forced: opts.force,
-        users: 0,
-        restored: 0,
-        expired: 0,
-        already_done: 0,
-        keys_deleted: 0,
-        changed: Vec::new(),
-        skipped: Vec::new(),
-        elapsed_ms: 0,
-    };
+    let mut report = RollbackReport::new(MIGRATION, run, opts);
     let journal_key = rollback_journal_key(&run.run_id);
     // Pass 1 reads everything and finds changes; pass 2 writes, only when
     // there are none or the operator forced it.
@@ -127,13 +163,7 @@ where
             break;
         }
     }
-    if !report.changed.is_empty() && !opts.force && !opts.dry_run {
-        return Err(EngineError::Refused(format!(
-            "{} change(s) since the migration would be lost, e.g. {}; review them (--dry-run lists them) and pass --force to roll back anyway",
-            report.changed.len(),
-            report.changed[0].detail
-        )));
-    }
+    report.refuse_changes(opts)?;
     if opts.dry_run {
         report.restored = plans.len();
     } else {
@@ -228,11 +258,7 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
         .query_async(&mut c)
         .await
         .map_err(EngineError::redis("reading backups for the rollback"))?;
-    let (secs, micros): (i64, i64) = replies
-        .pop()
-        .and_then(|v| redis::from_redis_value(v).ok())
-        .unwrap_or((chrono::Utc::now().timestamp(), 0));
-    let now_ms = secs * 1000 + micros / 1000;
+    let now_ms = pop_server_time_ms(&mut replies);
     let opts = PlanOptions {
         skip_closed: run.skip_closed,
     };
@@ -328,8 +354,18 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
     Ok(out)
 }
 
+/// The server's TIME, the last reply of a pipeline, in ms (the local clock
+/// when it cannot be read).
+pub(crate) fn pop_server_time_ms(replies: &mut Vec<redis::Value>) -> i64 {
+    let (secs, micros): (i64, i64) = replies
+        .pop()
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .unwrap_or((chrono::Utc::now().timestamp(), 0));
+    secs * 1000 + micros / 1000
+}
+
 /// The legacy TTL left now: -1 for none, 0 when it would have expired.
-fn remaining_ttl(pttl: i64, at: i64, now_ms: i64) -> i64 {
+pub(crate) fn remaining_ttl(pttl: i64, at: i64, now_ms: i64) -> i64 {
     if pttl <= 0 {
         -1
     } else {

@@ -14,7 +14,10 @@ use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
+use crate::keyspace;
 use crate::schema::{Kind, RedisType, Schema};
+
+pub use crate::keyspace::key_count;
 
 #[derive(Debug, Clone)]
 pub struct ValidateOptions {
@@ -226,14 +229,7 @@ pub(crate) async fn scan_step(
     cursor: u64,
     count: usize,
 ) -> Result<(u64, Vec<Vec<u8>>)> {
-    let mut conn = conn.clone();
-    redis::cmd("SCAN")
-        .arg(cursor)
-        .arg("COUNT")
-        .arg(count)
-        .query_async(&mut conn)
-        .await
-        .map_err(EngineError::redis("scanning the keyspace"))
+    keyspace::scan_step(conn, cursor, None, count, "scanning the keyspace").await
 }
 
 /// `TYPE` of each key, in one pipeline.
@@ -252,15 +248,6 @@ pub(crate) async fn types_of<K: AsRef<[u8]>>(
     pipe.query_async(&mut conn)
         .await
         .map_err(EngineError::redis("reading key types"))
-}
-
-/// Keys on the server (`DBSIZE`), for a progress bar.
-pub async fn key_count(conn: &MultiplexedConnection) -> Result<u64> {
-    let mut conn = conn.clone();
-    redis::cmd("DBSIZE")
-        .query_async(&mut conn)
-        .await
-        .map_err(EngineError::redis("counting keys"))
 }
 
 /// Classifies every key of the server. `progress` is called with the

@@ -11,11 +11,12 @@ use serde::Serialize;
 use crate::error::{EngineError, Result};
 use crate::invariant::InvariantResult;
 pub use crate::journal::{latest_run, read_run};
-use crate::journal::{outcomes_key, Outcome, RunRecord};
+use crate::journal::{outcomes_key, scan_outcomes, Outcome, RunRecord};
 use crate::keys::{
     parse_index_key, LegacyPositionsKey, PositionHashKey, BACKUP_TTL_SECS, META_MIGRATED_AT,
     META_MIGRATED_FROM,
 };
+use crate::keyspace::scan_step;
 use crate::migrate::MIGRATION;
 use crate::plan::{plan_value, PlanOptions, UserPlan};
 
@@ -70,21 +71,9 @@ pub async fn verify_grid_positions<C: ConnectionLike + Clone + Send>(
     let mut totals = (0usize, 0usize, 0usize, 0usize); // found, migrated, skipped, quarantined
     let mut cursor = 0u64;
     loop {
-        let mut c = conn.clone();
-        let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
-            .arg(outcomes_key(&run.run_id))
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(BATCH)
-            .query_async(&mut c)
-            .await
-            .map_err(EngineError::redis("reading run outcomes"))?;
-        let pairs: Vec<(String, String)> = flat
-            .chunks_exact(2)
-            .map(|p| (p[0].clone(), p[1].clone()))
-            .collect();
-        progress(pairs.len());
-        verify_outcomes(conn, run, opts, &pairs, &mut checks, &mut totals).await?;
+        let (next, outcomes) = scan_outcomes(conn, &run.run_id, cursor, BATCH).await?;
+        progress(outcomes.len());
+        verify_outcomes(conn, run, opts, outcomes, &mut checks, &mut totals).await?;
         cursor = next;
         if cursor == 0 {
             break;
@@ -125,23 +114,19 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
     conn: &C,
     run: &RunRecord,
     opts: PlanOptions,
-    pairs: &[(String, String)],
+    outcomes: Vec<(String, Outcome)>,
     checks: &mut Checks,
     totals: &mut (usize, usize, usize, usize),
 ) -> Result<()> {
     let mut migrated = Vec::new();
-    for (legacy_key, json) in pairs {
-        let outcome: Outcome = serde_json::from_str(json).map_err(|e| EngineError::BadJournal {
-            key: outcomes_key(&run.run_id),
-            detail: format!("{legacy_key}: {e}"),
-        })?;
+    for (legacy_key, outcome) in outcomes {
         match outcome {
             Outcome::Migrated {
                 positions,
                 skipped,
                 pttl,
                 at,
-            } => migrated.push((legacy_key.clone(), positions, skipped, pttl, at)),
+            } => migrated.push((legacy_key, positions, skipped, pttl, at)),
             Outcome::Quarantined { .. } => {}
             Outcome::Conflict { .. } => {}
         }
@@ -380,16 +365,10 @@ async fn sweep_orphans<C: ConnectionLike + Clone + Send>(
 ) -> Result<()> {
     let mut cursor = 0u64;
     loop {
+        let during = "sweeping for orphans";
+        let (next, keys): (u64, Vec<String>) =
+            scan_step(conn, cursor, Some("positions:*"), 1000, during).await?;
         let mut c = conn.clone();
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg("positions:*")
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut c)
-            .await
-            .map_err(EngineError::redis("sweeping for orphans"))?;
         let hashes: Vec<PositionHashKey> = keys
             .iter()
             .filter_map(|k| PositionHashKey::parse(k, exchanges))

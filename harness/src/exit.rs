@@ -49,7 +49,7 @@ pub fn error_code(err: &anyhow::Error) -> ExitCode {
             return ExitCode::from(match e {
                 EngineError::Unreachable { .. } | EngineError::Redis { .. } => UNREACHABLE,
                 EngineError::BadUrl(_) | EngineError::Refused(_) => USAGE,
-                EngineError::Locked { .. } => LOCKED,
+                EngineError::Locked { .. } | EngineError::LockLost => LOCKED,
                 EngineError::NoRun | EngineError::BadJournal { .. } => INVARIANT_FAILED,
             });
         }

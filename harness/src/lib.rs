@@ -45,7 +45,7 @@ pub fn init_tracing() {
 pub async fn run(cli: Cli) -> anyhow::Result<exit::Outcome> {
     match cli.command {
         Command::Migrate {
-            migration: Migration::GridPositions,
+            migration,
             redis,
             exchange,
             dry_run,
@@ -53,21 +53,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<exit::Outcome> {
             skip_closed,
             json,
         } => {
-            commands::migrate::run(MigrateArgs {
+            let args = MigrateArgs {
                 url: &redis.url,
                 exchange: exchange.as_deref(),
                 dry_run,
                 force,
                 skip_closed,
                 json,
-            })
-            .await
+            };
+            match migration {
+                Migration::GridPositions => commands::migrate::run(args).await,
+                Migration::OrderPlaced => commands::order_placed::migrate(args).await,
+            }
         }
         Command::Verify {
-            migration: Migration::GridPositions,
+            migration,
             redis,
             json,
-        } => commands::verify::run(&redis.url, json).await,
+        } => match migration {
+            Migration::GridPositions => commands::verify::run(&redis.url, json).await,
+            Migration::OrderPlaced => commands::order_placed::verify(&redis.url, json).await,
+        },
         Command::Rollback {
             migration,
             redis,
@@ -84,37 +90,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<exit::Outcome> {
             dry_run,
             force,
         } => commands::cleanup_migration::run(&redis.url, dry_run, force).await,
-        Command::Migrate {
-            migration: Migration::OrderPlaced,
-            redis,
-            exchange,
-            dry_run,
-            force,
-            skip_closed,
-            json,
-        } => {
-            commands::order_placed::migrate(MigrateArgs {
-                url: &redis.url,
-                exchange: exchange.as_deref(),
-                dry_run,
-                force,
-                skip_closed,
-                json,
-            })
-            .await
-        }
-        Command::Verify {
-            migration: Migration::OrderPlaced,
-            redis,
-            json,
-        } => commands::order_placed::verify(&redis.url, json).await,
         Command::CleanupMigration {
             migration: Migration::OrderPlaced,
             ..
         } => {
             // Each key moves in one atomic step: an interrupted run leaves
             // nothing half-done; `migrate order-placed` resumes it.
-            println!("cleanup-migration order-placed: nothing to clean (each key moves atomically)");
+            println!(
+                "cleanup-migration order-placed: nothing to clean (each key moves atomically)"
+            );
             Ok(exit::Outcome::Done)
         }
         Command::Validate {

@@ -9,7 +9,7 @@ use futures_util::stream::TryStreamExt;
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
-use crate::journal::{outcomes_key, OrderPlacedOutcome, RunRecord, RunState};
+use crate::journal::{self, outcomes_key, OrderPlacedOutcome, RunRecord, RunStart, RunState};
 use crate::keys::OrderPlacedKey;
 
 use super::plan::{fields_digest, plan_key, ConflictReason, KeyPlan, QuarantineReason};
@@ -195,53 +195,31 @@ async fn run_totals<S: OrderPlacedStore>(store: &S, outcomes: &str) -> Result<Co
     }
 }
 
-/// Starts a run, or continues the latest one when it was interrupted.
+/// Starts a run, or resumes an interrupted one over the same exchanges
+/// ([`journal::begin_or_resume`]).
 async fn begin_or_resume<S: OrderPlacedStore>(
     store: &S,
     opts: &OrderPlacedOptions,
 ) -> Result<(RunRecord, bool)> {
-    if let Some(mut last) = store.latest_run(MIGRATION).await? {
-        if matches!(last.state, RunState::Running | RunState::Failed) {
-            if last.exchanges != opts.exchanges {
-                return Err(EngineError::Refused(format!(
-                    "run {} was interrupted with exchanges {:?}; rerun with the same \
-                     --exchange to resume it",
-                    last.run_id, last.exchanges
-                )));
-            }
-            if !opts.dry_run {
-                last.state = RunState::Running;
-                last.error = None;
-                last.resumes += 1;
-                store.save_run(&last).await?;
-            }
-            return Ok((last, true));
-        }
-    }
-    let now = chrono::Utc::now();
-    let stamp = now.format("%Y%m%d_%H%M%S").to_string();
-    let record = RunRecord {
-        run_id: format!(
-            "{MIGRATION}-{stamp}-{:04x}",
-            now.timestamp_subsec_nanos() & 0xffff
-        ),
-        migration: MIGRATION.to_owned(),
-        stamp,
-        state: RunState::Running,
-        started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        started_ms: now.timestamp_millis(),
-        finished_at: None,
+    let start = RunStart {
+        migration: MIGRATION,
         skip_closed: false,
-        exchanges: opts.exchanges.clone(),
-        counts: None,
-        error: None,
-        resumes: 0,
-        rollback: None,
+        exchanges: &opts.exchanges,
+        dry_run: opts.dry_run,
+        // Phase 1 keeps no backups and never waited for a stamp of its own.
+        fresh_stamp: false,
     };
-    if !opts.dry_run {
-        store.save_run(&record).await?;
-    }
-    Ok((record, false))
+    let refuse = |last: &RunRecord| {
+        (last.exchanges != opts.exchanges).then(|| {
+            format!(
+                "run {} was interrupted with exchanges {:?}; rerun with the same \
+                 --exchange to resume it",
+                last.run_id, last.exchanges
+            )
+        })
+    };
+    let last = store.latest_run(MIGRATION).await?;
+    journal::begin_or_resume(start, last, refuse, async |run| store.save_run(run).await).await
 }
 
 async fn run_batches<S: OrderPlacedStore>(

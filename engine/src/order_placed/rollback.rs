@@ -11,10 +11,13 @@ use std::time::Instant;
 use redis::aio::ConnectionLike;
 
 use crate::error::{EngineError, Result};
-use crate::journal::{runs_of, OrderPlacedOutcome, RunRecord, RunState};
+use crate::journal::{OrderPlacedOutcome, RunRecord, RunState};
 use crate::keys::OrderPlacedKey;
 use crate::migrate::Finding;
-use crate::rollback::{rollback_journal_key, RollbackOptions, RollbackReport};
+use crate::rollback::{
+    find_run_of, pop_server_time_ms, remaining_ttl, rollback_journal_key, RollbackOptions,
+    RollbackReport,
+};
 
 use super::plan::fields_digest;
 use super::store::{KeyRollback, OrderPlacedStore};
@@ -27,24 +30,10 @@ pub async fn find_run<C: ConnectionLike + Clone + Send>(
     conn: &C,
     stamp: Option<&str>,
 ) -> Result<RunRecord> {
-    let runs = runs_of(conn, MIGRATION).await?;
-    let run = match stamp {
-        Some(s) => runs.into_iter().find(|r| r.stamp == s).ok_or_else(|| {
-            EngineError::Refused(format!(
-                "no order-placed run has stamp {s}; `keyshift status` lists the runs"
-            ))
-        })?,
-        None => runs.into_iter().next().ok_or_else(|| {
-            EngineError::Refused("no order-placed run is recorded on this server".into())
-        })?,
-    };
-    if run.state == RunState::RolledBack {
-        return Err(EngineError::Refused(format!(
-            "run {} was already rolled back",
-            run.run_id
-        )));
-    }
-    Ok(run)
+    find_run_of(conn, MIGRATION, stamp, "stamp", || {
+        EngineError::Refused("no order-placed run is recorded on this server".into())
+    })
+    .await
 }
 
 pub async fn rollback_order_placed<S, C>(
@@ -60,21 +49,7 @@ where
     let started = Instant::now();
     let journal_key = rollback_journal_key(&run.run_id);
     let outcomes_key = crate::journal::outcomes_key(&run.run_id);
-    let mut report = RollbackReport {
-        migration: MIGRATION,
-        run_id: run.run_id.clone(),
-        stamp: run.stamp.clone(),
-        dry_run: opts.dry_run,
-        forced: opts.force,
-        users: 0,
-        restored: 0,
-        expired: 0,
-        already_done: 0,
-        keys_deleted: 0,
-        changed: Vec::new(),
-        skipped: Vec::new(),
-        elapsed_ms: 0,
-    };
+    let mut report = RollbackReport::new(MIGRATION, run, opts);
     let mut plans = Vec::new();
     let mut cursor = 0;
     loop {
@@ -95,13 +70,7 @@ where
             break;
         }
     }
-    if !report.changed.is_empty() && !opts.force && !opts.dry_run {
-        return Err(EngineError::Refused(format!(
-            "{} change(s) since the migration would be lost, e.g. {}; review them (--dry-run lists them) and pass --force to roll back anyway",
-            report.changed.len(),
-            report.changed[0].detail
-        )));
-    }
+    report.refuse_changes(opts)?;
     if opts.dry_run {
         report.restored = plans.len();
     } else {
@@ -165,11 +134,7 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
     let mut replies: Vec<redis::Value> = pipe.query_async(&mut c).await.map_err(
         EngineError::redis("reading order-placed targets for the rollback"),
     )?;
-    let (secs, micros): (i64, i64) = replies
-        .pop()
-        .and_then(|v| redis::from_redis_value(v).ok())
-        .unwrap_or((chrono::Utc::now().timestamp(), 0));
-    let now_ms = secs * 1000 + micros / 1000;
+    let now_ms = pop_server_time_ms(&mut replies);
     let mut out = Vec::new();
     for (((legacy, outcome), target), r) in steps.iter().zip(targets).zip(replies.chunks_exact(3)) {
         if redis::from_redis_value_ref::<Option<String>>(&r[2])
@@ -219,16 +184,11 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
                 format!("{legacy} was written again after the migration"),
             ));
         }
-        let remaining = if pttl <= 0 {
-            -1
-        } else {
-            (pttl - (now_ms - at)).max(0)
-        };
         out.push(KeyRollback {
             target_key: target,
             legacy_key: legacy.clone(),
             moved,
-            pttl_ms: remaining,
+            pttl_ms: remaining_ttl(pttl, at, now_ms),
             force: false,
         });
     }

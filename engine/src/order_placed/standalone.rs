@@ -14,7 +14,8 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 use crate::error::{EngineError, Result};
-use crate::journal::{latest_run_of, run_key, runs_key, OrderPlacedOutcome, RunRecord};
+use crate::journal::{self, OrderPlacedOutcome, RunRecord};
+use crate::keyspace;
 
 use super::plan::{Fields, KeyRead};
 use super::store::{KeyRollback, KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};
@@ -81,16 +82,8 @@ impl OrderPlacedStore for StandaloneOrderPlaced {
     }
 
     async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
-        let mut conn = self.conn.clone();
-        redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
-            .await
-            .map_err(EngineError::redis("scanning for legacy order-placed keys"))
+        let during = "scanning for legacy order-placed keys";
+        keyspace::scan_step(&self.conn, cursor, Some(pattern), count, during).await
     }
 
     async fn read_keys(&self, keys: &[String]) -> Result<Vec<KeyRead>> {
@@ -195,16 +188,7 @@ impl OrderPlacedStore for StandaloneOrderPlaced {
         outcomes_key: &str,
         outcomes: &[(String, String)],
     ) -> Result<()> {
-        if outcomes.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.conn.clone();
-        redis::cmd("HSET")
-            .arg(outcomes_key)
-            .arg(outcomes)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(EngineError::redis("recording outcomes in the journal"))
+        journal::record_outcomes(&self.conn, outcomes_key, outcomes).await
     }
 
     async fn scan_outcomes(
@@ -213,59 +197,20 @@ impl OrderPlacedStore for StandaloneOrderPlaced {
         cursor: u64,
         count: usize,
     ) -> Result<(u64, Vec<(String, OrderPlacedOutcome)>)> {
-        scan_outcomes(&self.conn, outcomes_key, cursor, count).await
+        journal::scan_outcomes_at(&self.conn, outcomes_key, cursor, count).await
     }
 
     async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
-        latest_run_of(&self.conn, migration).await
+        journal::latest_run_of(&self.conn, migration).await
     }
 
     async fn save_run(&self, run: &RunRecord) -> Result<()> {
-        let json = serde_json::to_string(run).expect("run record serialises");
-        let mut conn = self.conn.clone();
-        redis::pipe()
-            .atomic()
-            .set(run_key(&run.run_id), json)
-            .zadd(runs_key(&run.migration), &run.run_id, run.started_ms)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(EngineError::redis("saving the run record"))
+        journal::save_run(&self.conn, run).await
     }
 
     async fn key_count(&self) -> Result<u64> {
-        let mut conn = self.conn.clone();
-        redis::cmd("DBSIZE")
-            .query_async(&mut conn)
-            .await
-            .map_err(EngineError::redis("counting keys"))
+        keyspace::key_count(&self.conn).await
     }
-}
-
-/// One HSCAN step over an order-placed run's outcomes (also used by verify).
-pub async fn scan_outcomes<C: redis::aio::ConnectionLike + Clone + Send>(
-    conn: &C,
-    outcomes_key: &str,
-    cursor: u64,
-    count: usize,
-) -> Result<(u64, Vec<(String, OrderPlacedOutcome)>)> {
-    let mut c = conn.clone();
-    let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
-        .arg(outcomes_key)
-        .arg(cursor)
-        .arg("COUNT")
-        .arg(count)
-        .query_async(&mut c)
-        .await
-        .map_err(EngineError::redis("reading run outcomes"))?;
-    let mut out = Vec::with_capacity(flat.len() / 2);
-    for pair in flat.chunks_exact(2) {
-        let outcome = serde_json::from_str(&pair[1]).map_err(|e| EngineError::BadJournal {
-            key: outcomes_key.to_owned(),
-            detail: format!("{}: {e}", pair[0]),
-        })?;
-        out.push((pair[0].clone(), outcome));
-    }
-    Ok((next, out))
 }
 
 fn parse_outcome(reply: Value) -> Result<WriteOutcome> {

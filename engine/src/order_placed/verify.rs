@@ -11,13 +11,13 @@ use redis::Value;
 
 use crate::error::{EngineError, Result};
 use crate::invariant::InvariantResult;
-use crate::journal::{latest_run_of, outcomes_key, OrderPlacedOutcome, RunRecord};
+use crate::journal::{latest_run_of, outcomes_key, scan_outcomes, OrderPlacedOutcome, RunRecord};
 use crate::keys::OrderPlacedKey;
+use crate::keyspace::scan_step;
 use crate::verify::{VerifyReport, TTL_TOLERANCE_MS};
 
 use super::migrate::Counts;
 use super::plan::{fields_digest, Fields};
-use super::standalone::scan_outcomes;
 use super::MIGRATION;
 
 const BATCH: usize = 500;
@@ -49,11 +49,10 @@ pub async fn verify_order_placed<C: ConnectionLike + Clone + Send>(
         ),
         ttl: InvariantResult::new("ttl", "each moved key kept its remaining TTL within tolerance"),
     };
-    let key = outcomes_key(&run.run_id);
     let mut tally = Counts::default();
     let mut cursor = 0u64;
     loop {
-        let (next, batch) = scan_outcomes(conn, &key, cursor, BATCH).await?;
+        let (next, batch) = scan_outcomes(conn, &run.run_id, cursor, BATCH).await?;
         progress(batch.len());
         batch.iter().for_each(|(_, o)| tally.count(o));
         check_targets(conn, run, &batch, &mut checks).await?;
@@ -243,16 +242,10 @@ async fn sweep_legacy<C: ConnectionLike + Clone + Send>(
     let journal = outcomes_key(&run.run_id);
     let mut cursor = 0u64;
     loop {
+        let during = "sweeping for legacy keys";
+        let (next, keys): (u64, Vec<Vec<u8>>) =
+            scan_step(conn, cursor, Some(&pattern), 1000, during).await?;
         let mut c = conn.clone();
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut c)
-            .await
-            .map_err(EngineError::redis("sweeping for legacy keys"))?;
         let legacy: Vec<String> = keys
             .iter()
             .map(|k| String::from_utf8_lossy(k).into_owned())

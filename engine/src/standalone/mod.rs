@@ -12,10 +12,13 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
 use crate::error::{EngineError, Result};
-use crate::journal::{run_key, runs_key, Outcome, RunRecord};
+use crate::journal::{self, Outcome, RunRecord};
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
+use crate::keyspace;
 use crate::store::{
-    RollbackOutcome, UserRollback,GridPositionsStore, LegacyRead, RunContext, UserWrite, WriteOutcome};
+    GridPositionsStore, LegacyRead, RollbackOutcome, RunContext, UserRollback, UserWrite,
+    WriteOutcome,
+};
 
 const MIGRATE_USER: &str = include_str!("../lua/migrate_user.lua");
 const ROLLBACK_USER: &str = include_str!("../lua/rollback_user.lua");
@@ -238,16 +241,8 @@ impl StandaloneStore {
 
 impl GridPositionsStore for StandaloneStore {
     async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
-        let mut conn = self.conn.clone();
-        redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
-            .await
-            .map_err(EngineError::redis("scanning for legacy keys"))
+        let during = "scanning for legacy keys";
+        keyspace::scan_step(&self.conn, cursor, Some(pattern), count, during).await
     }
 
     async fn read_legacy(&self, keys: &[String]) -> Result<Vec<LegacyRead>> {
@@ -334,7 +329,10 @@ impl GridPositionsStore for StandaloneStore {
         }
         let mut pipe = redis::pipe();
         for u in users {
-            let cmd = pipe.cmd("EVALSHA").arg(&self.rollback_sha).arg(4 + u.hashes.len());
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(&self.rollback_sha)
+                .arg(4 + u.hashes.len());
             cmd.arg(&u.legacy_key)
                 .arg(&u.backup_key)
                 .arg(&u.index_key)
@@ -363,16 +361,7 @@ impl GridPositionsStore for StandaloneStore {
     }
 
     async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()> {
-        if outcomes.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.conn.clone();
-        redis::cmd("HSET")
-            .arg(&ctx.outcomes_key)
-            .arg(outcomes)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(EngineError::redis("recording outcomes in the journal"))
+        journal::record_outcomes(&self.conn, &ctx.outcomes_key, outcomes).await
     }
 
     async fn scan_outcomes(
@@ -381,31 +370,19 @@ impl GridPositionsStore for StandaloneStore {
         cursor: u64,
         count: usize,
     ) -> Result<(u64, Vec<(String, Outcome)>)> {
-        crate::journal::scan_outcomes(&self.conn, run_id, cursor, count).await
+        journal::scan_outcomes(&self.conn, run_id, cursor, count).await
     }
 
     async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
-        crate::journal::latest_run_of(&self.conn, migration).await
+        journal::latest_run_of(&self.conn, migration).await
     }
 
     async fn save_run(&self, run: &RunRecord) -> Result<()> {
-        let json = serde_json::to_string(run).expect("run record serialises");
-        let mut conn = self.conn.clone();
-        redis::pipe()
-            .atomic()
-            .set(run_key(&run.run_id), json)
-            .zadd(runs_key(&run.migration), &run.run_id, run.started_ms)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(EngineError::redis("saving the run record"))
+        journal::save_run(&self.conn, run).await
     }
 
     async fn key_count(&self) -> Result<u64> {
-        let mut conn = self.conn.clone();
-        redis::cmd("DBSIZE")
-            .query_async(&mut conn)
-            .await
-            .map_err(EngineError::redis("counting keys"))
+        keyspace::key_count(&self.conn).await
     }
 }
 

@@ -10,7 +10,7 @@ use keyshift_engine::standalone::connect;
 use keyshift_engine::validate::key_count;
 
 use super::validate::load_schema;
-use super::{confirm_write, progress_bar};
+use super::{confirm_write, locked_unless_dry_run, progress_bar};
 use crate::exit::Outcome;
 use crate::HarnessError;
 
@@ -40,11 +40,7 @@ pub async fn run(
     let tick = |n: usize| bar.inc(n as u64);
     let work = cleanup_legacy(&conn, cleanup, &tick);
     // Deleting is writing: it takes the runner lock like every writing run.
-    let report = if dry_run {
-        work.await?
-    } else {
-        super::locked(&conn, "cleanup-legacy", work).await?
-    };
+    let report = locked_unless_dry_run(&conn, dry_run, "cleanup-legacy", work).await?;
     bar.finish_and_clear();
     print!("{}", render(&report));
     Ok(if report.needs_review() {

@@ -7,7 +7,7 @@ use keyshift_engine::redact_url;
 use keyshift_engine::standalone::{connect, StandaloneStore};
 use keyshift_engine::store::GridPositionsStore;
 
-use super::{confirm_write, exchanges, locked, progress_bar};
+use super::{confirm_write, exchanges, locked_unless_dry_run, print_report, progress_bar};
 use crate::exit::Outcome;
 
 pub struct MigrateArgs<'a> {
@@ -21,9 +21,12 @@ pub struct MigrateArgs<'a> {
 
 pub async fn run(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
     let conn = connect(args.url).await?;
-    let store =
-        StandaloneStore::open(args.url, conn.clone(), StandaloneStore::DEFAULT_TRANSACTIONS)
-            .await?;
+    let store = StandaloneStore::open(
+        args.url,
+        conn.clone(),
+        StandaloneStore::DEFAULT_TRANSACTIONS,
+    )
+    .await?;
     if !args.dry_run {
         confirm_write(
             args.force,
@@ -36,17 +39,10 @@ pub async fn run(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
     let bar = progress_bar(store.key_count().await?, "migrate grid-positions");
     let tick = |n: usize| bar.inc(n as u64);
     let migrate = migrate_grid_positions(&store, &opts, &tick);
-    let report = if args.dry_run {
-        migrate.await?
-    } else {
-        locked(&conn, "migrate grid-positions", migrate).await?
-    };
+    let report =
+        locked_unless_dry_run(&conn, args.dry_run, "migrate grid-positions", migrate).await?;
     bar.finish_and_clear();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
-    }
+    print_report(&report, args.json, render)?;
     Ok(if report.needs_review() {
         Outcome::NeedsReview
     } else {

@@ -49,6 +49,35 @@ pub async fn locked<T>(
     keyshift_engine::lock::hold(conn, &holder, keyshift_engine::lock::ttl_from_env(), work).await
 }
 
+/// Runs `work` under the runner lock, or as it is for a dry run (which
+/// writes nothing).
+pub async fn locked_unless_dry_run<T>(
+    conn: &redis::aio::MultiplexedConnection,
+    dry_run: bool,
+    command: &str,
+    work: impl std::future::Future<Output = keyshift_engine::Result<T>>,
+) -> keyshift_engine::Result<T> {
+    if dry_run {
+        work.await
+    } else {
+        locked(conn, command, work).await
+    }
+}
+
+/// Prints a report: JSON with `--json`, else its human summary.
+pub fn print_report<R: serde::Serialize>(
+    report: &R,
+    json: bool,
+    render: impl FnOnce(&R) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", render(report));
+    }
+    Ok(())
+}
+
 /// A progress bar on a terminal, nothing elsewhere.
 pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {

@@ -15,7 +15,7 @@ use keyshift_engine::standalone::connect;
 use keyshift_engine::verify::VerifyReport;
 
 use super::migrate::MigrateArgs;
-use super::{confirm_write, exchanges, locked, progress_bar};
+use super::{confirm_write, exchanges, locked_unless_dry_run, print_report, progress_bar};
 use crate::exit::Outcome;
 use crate::HarnessError;
 
@@ -37,17 +37,10 @@ pub async fn migrate(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
     let bar = progress_bar(store.key_count().await?, &format!("migrate {MIGRATION}"));
     let tick = |n: usize| bar.inc(n as u64);
     let migrate = migrate_order_placed(&store, &opts, &tick);
-    let report = if args.dry_run {
-        migrate.await?
-    } else {
-        locked(&conn, &format!("migrate {MIGRATION}"), migrate).await?
-    };
+    let command = format!("migrate {MIGRATION}");
+    let report = locked_unless_dry_run(&conn, args.dry_run, &command, migrate).await?;
     bar.finish_and_clear();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
-    }
+    print_report(&report, args.json, render)?;
     Ok(if report.needs_review() {
         Outcome::NeedsReview
     } else {
@@ -72,11 +65,7 @@ pub async fn verify(url: &str, json: bool) -> anyhow::Result<Outcome> {
     let bar = progress_bar(size, &format!("verify {MIGRATION}"));
     let report = verify_order_placed(&conn, &run, &|n| bar.inc(n as u64)).await?;
     bar.finish_and_clear();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render_verify(&report));
-    }
+    print_report(&report, json, render_verify)?;
     Ok(if report.passed() {
         Outcome::Done
     } else {

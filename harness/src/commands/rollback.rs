@@ -9,7 +9,7 @@ use keyshift_engine::rollback::{
 };
 use keyshift_engine::standalone::{connect, StandaloneStore};
 
-use super::{confirm_write, locked};
+use super::{confirm_write, locked_unless_dry_run};
 use crate::cli::Migration;
 use crate::exit::Outcome;
 
@@ -73,14 +73,13 @@ async fn confirmed(
     command: &str,
     work: impl std::future::Future<Output = keyshift_engine::Result<RollbackReport>>,
 ) -> anyhow::Result<RollbackReport> {
-    if opts.dry_run {
-        return Ok(work.await?);
+    if !opts.dry_run {
+        confirm_write(
+            opts.force,
+            &format!("roll back run {run_id} on {}", redact_url(url)),
+        )?;
     }
-    confirm_write(
-        opts.force,
-        &format!("roll back run {run_id} on {}", redact_url(url)),
-    )?;
-    Ok(locked(conn, command, work).await?)
+    Ok(locked_unless_dry_run(conn, opts.dry_run, command, work).await?)
 }
 
 pub fn render(r: &RollbackReport) -> String {

@@ -8,7 +8,7 @@ use keyshift_engine::schema::Schema;
 use keyshift_engine::standalone::connect;
 use keyshift_engine::validate::{key_count, validate, ValidateOptions, ValidateReport};
 
-use super::progress_bar;
+use super::{print_report, progress_bar};
 use crate::exit::Outcome;
 use crate::HarnessError;
 
@@ -30,11 +30,7 @@ pub async fn run(url: &str, json: bool, schema: Option<&Path>) -> anyhow::Result
     })
     .await?;
     bar.finish_and_clear();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
-    }
+    print_report(&report, json, render)?;
     Ok(if report.passed {
         Outcome::Done
     } else {

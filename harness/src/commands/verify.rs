@@ -3,7 +3,7 @@
 use keyshift_engine::standalone::connect;
 use keyshift_engine::verify::{latest_run, verify_grid_positions, VerifyReport};
 
-use super::progress_bar;
+use super::{print_report, progress_bar};
 use crate::exit::Outcome;
 
 pub async fn run(url: &str, json: bool) -> anyhow::Result<Outcome> {
@@ -12,11 +12,7 @@ pub async fn run(url: &str, json: bool) -> anyhow::Result<Outcome> {
     let bar = progress_bar(run_size(&run), "verify grid-positions");
     let report = verify_grid_positions(&conn, &run, &|n| bar.inc(n as u64)).await?;
     bar.finish_and_clear();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
-    }
+    print_report(&report, json, render)?;
     Ok(if report.passed() {
         Outcome::Done
     } else {

@@ -13,6 +13,7 @@ use keyshift_engine::keys::{parse_index_key, BackupKey, LegacyPositionsKey, Posi
 use keyshift_engine::migrate::MigrationReport;
 use keyshift_engine::plan::Side;
 use redis::aio::MultiplexedConnection;
+use serde::de::DeserializeOwned;
 
 use crate::digest::{compare, Digest, DigestDiff};
 use crate::report::InvariantEntry;
@@ -32,11 +33,12 @@ pub async fn redis_version(conn: &MultiplexedConnection) -> String {
         .to_owned()
 }
 
-/// Every outcome of a run, legacy key -> outcome.
-pub async fn read_outcomes(
+/// Every outcome of a run, legacy key -> outcome (the migration's outcome
+/// type: [`Outcome`], or `OrderPlacedOutcome` for Phase 1).
+pub async fn read_outcomes<T: DeserializeOwned>(
     conn: &MultiplexedConnection,
     run_id: &str,
-) -> anyhow::Result<BTreeMap<String, Outcome>> {
+) -> anyhow::Result<BTreeMap<String, T>> {
     let mut c = conn.clone();
     let raw: BTreeMap<String, String> = redis::cmd("HGETALL")
         .arg(outcomes_key(run_id))

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use keyshift_engine::cleanup_legacy::{cleanup_legacy, Cleanup, CleanupOptions};
 use keyshift_engine::invariant::InvariantResult;
-use keyshift_engine::journal::{is_journal_key, outcomes_key, OrderPlacedOutcome};
+use keyshift_engine::journal::{is_journal_key, OrderPlacedOutcome};
 use keyshift_engine::keys::OrderPlacedKey;
 use keyshift_engine::order_placed::{
     migrate_order_placed, verify::latest_run, verify_order_placed, OrderPlacedOptions,
@@ -17,7 +17,7 @@ use keyshift_engine::order_placed::{
 use keyshift_engine::schema::Schema;
 use redis::aio::MultiplexedConnection;
 
-use super::checks::{diff_invariant, fold_diff};
+use super::checks::{diff_invariant, fold_diff, read_outcomes};
 use crate::commands::locked;
 use crate::digest::{compare, digest, Digest};
 use crate::report::{InvariantEntry, PhaseReport};
@@ -85,7 +85,7 @@ pub async fn order_placed(
 
     // Untouched: everything but the keys this run moved or dropped and
     // their targets.
-    let outcomes = read_outcomes(conn, &run.run_id).await?;
+    let outcomes: BTreeMap<String, OrderPlacedOutcome> = read_outcomes(conn, &run.run_id).await?;
     let owned = |k: &str| {
         is_journal_key(k)
             || matches!(
@@ -128,20 +128,6 @@ pub async fn order_placed(
         details: serde_json::to_value(&report)?,
         invariants,
     })
-}
-
-async fn read_outcomes(
-    conn: &MultiplexedConnection,
-    run_id: &str,
-) -> anyhow::Result<BTreeMap<String, OrderPlacedOutcome>> {
-    let mut c = conn.clone();
-    let raw: BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(outcomes_key(run_id))
-        .query_async(&mut c)
-        .await?;
-    raw.into_iter()
-        .map(|(k, v)| Ok((k, serde_json::from_str(&v)?)))
-        .collect()
 }
 
 /// Phase 1.5 on `conn`; `pre` is the digest taken before it.
