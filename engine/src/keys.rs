@@ -291,7 +291,10 @@ mod tests {
             "okx:user::symbol:BTC:order_placed",
             "okx:user:a:b:symbol:BTC:order_placed",
         ] {
-            assert!(OrderPlacedKey::parse(not_legacy, &EX).is_none(), "{not_legacy}");
+            assert!(
+                OrderPlacedKey::parse(not_legacy, &EX).is_none(),
+                "{not_legacy}"
+            );
         }
         assert_eq!(
             OrderPlacedKey::scan_pattern(Some("o*x")),
