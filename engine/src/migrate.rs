@@ -335,7 +335,7 @@ async fn process_batch<S: GridPositionsStore>(
         let mut writes = Vec::new();
         let mut planned = Vec::new();
         let mut journal = Vec::new();
-        for ((legacy, key), read) in pending.drain(..).zip(reads) {
+        for (n, ((legacy, key), read)) in pending.drain(..).zip(reads).enumerate() {
             let counts = result
                 .per_exchange
                 .get_mut(&legacy.exchange)
@@ -365,7 +365,7 @@ async fn process_batch<S: GridPositionsStore>(
             };
             // Planning is CPU work on the caller's task: yield now and then
             // so the lock renewal and the connection drivers keep running.
-            if writes.len() % 32 == 31 {
+            if n % 32 == 31 {
                 tokio::task::yield_now().await;
             }
             match plan_value(&value, plan_opts) {

@@ -15,7 +15,7 @@ use redis::Value;
 
 use crate::error::{EngineError, Result};
 use crate::journal::{self, OrderPlacedOutcome, RunRecord};
-use crate::keyspace;
+use crate::keyspace::{self, TypedRead};
 
 use super::plan::{Fields, KeyRead};
 use super::store::{KeyRollback, KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};
@@ -87,63 +87,24 @@ impl OrderPlacedStore for StandaloneOrderPlaced {
     }
 
     async fn read_keys(&self, keys: &[String]) -> Result<Vec<KeyRead>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        // HGETALL only: a non-hash answers WRONGTYPE, and only those few are
-        // asked their TYPE in a second round trip.
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for key in keys {
-            pipe.hgetall(key);
-        }
-        let mut conn = self.conn.clone();
-        let replies: Vec<redis::RedisResult<Value>> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(EngineError::redis("reading order-placed hashes"))?;
-        let mut reads = Vec::with_capacity(keys.len());
-        let mut wrong_type = Vec::new();
-        for (i, reply) in replies.into_iter().enumerate() {
-            reads.push(match reply {
-                Ok(v) => KeyRead::hash(redis::from_redis_value::<Fields>(v).map_err(|e| {
-                    EngineError::Redis {
+        let during = "reading order-placed hashes";
+        let reads = keyspace::read_expecting(&self.conn, keys, "HGETALL", during).await?;
+        reads
+            .into_iter()
+            .map(|read| match read {
+                TypedRead::Value(v) => Ok(KeyRead::hash(
+                    redis::from_redis_value::<Fields>(v).map_err(|e| EngineError::Redis {
                         during: "decoding an order-placed hash",
                         source: e.into(),
-                    }
-                })?),
-                Err(e) if e.code() == Some("WRONGTYPE") => {
-                    wrong_type.push(i);
-                    KeyRead::Absent
-                }
-                Err(source) => {
-                    return Err(EngineError::Redis {
-                        during: "reading order-placed hashes",
-                        source,
-                    })
-                }
-            });
-        }
-        if !wrong_type.is_empty() {
-            let mut pipe = redis::pipe();
-            for &i in &wrong_type {
-                pipe.cmd("TYPE").arg(&keys[i]);
-            }
-            let types: Vec<String> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(EngineError::redis("reading key types"))?;
-            for (i, redis_type) in wrong_type.into_iter().zip(types) {
-                // A key deleted or turned into a hash in between reads
-                // as absent or as "hash": either way the plan it gives is
+                    })?,
+                )),
+                // A key deleted or turned into a hash in between reads as
+                // absent or as "hash": either way the plan it gives is
                 // re-checked by the script before any write.
-                reads[i] = match redis_type.as_str() {
-                    "none" => KeyRead::Absent,
-                    _ => KeyRead::Other { redis_type },
-                };
-            }
-        }
-        Ok(reads)
+                TypedRead::OtherType(t) if t == "none" => Ok(KeyRead::Absent),
+                TypedRead::OtherType(redis_type) => Ok(KeyRead::Other { redis_type }),
+            })
+            .collect()
     }
 
     async fn apply(&self, outcomes_key: &str, writes: &[KeyWrite]) -> Result<Vec<WriteOutcome>> {

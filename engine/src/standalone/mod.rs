@@ -14,7 +14,7 @@ use redis::{AsyncConnectionConfig, Value};
 use crate::error::{EngineError, Result};
 use crate::journal::{self, Outcome, RunRecord};
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
-use crate::keyspace;
+use crate::keyspace::{self, TypedRead};
 use crate::store::{
     GridPositionsStore, LegacyRead, RollbackOutcome, RunContext, UserRollback, UserWrite,
     WriteOutcome,
@@ -246,59 +246,24 @@ impl GridPositionsStore for StandaloneStore {
     }
 
     async fn read_legacy(&self, keys: &[String]) -> Result<Vec<LegacyRead>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Plain GETs: a non-string key answers WRONGTYPE, and only those
-        // few are asked their TYPE in a second round trip.
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for key in keys {
-            pipe.get(key);
-        }
-        let mut conn = self.conn.clone();
-        let replies: Vec<redis::RedisResult<Value>> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(EngineError::redis("reading legacy keys"))?;
-        let mut reads = Vec::with_capacity(keys.len());
-        let mut wrong_type = Vec::new();
-        for (i, (key, reply)) in keys.iter().zip(replies).enumerate() {
-            let (redis_type, value) = match reply {
-                Ok(Value::BulkString(v)) => ("string", Some(v)),
-                Ok(Value::Nil) => ("none", None),
-                Err(e) if e.code() == Some("WRONGTYPE") => {
-                    wrong_type.push(i);
-                    ("", None)
-                }
-                Err(e) => {
-                    return Err(EngineError::Redis {
-                        during: "reading legacy keys",
-                        source: e,
-                    })
-                }
-                Ok(_) => return Err(unexpected("GET reply")),
-            };
-            reads.push(LegacyRead {
-                key: key.clone(),
-                redis_type: redis_type.to_owned(),
-                value,
-            });
-        }
-        if !wrong_type.is_empty() {
-            let mut pipe = redis::pipe();
-            for &i in &wrong_type {
-                pipe.cmd("TYPE").arg(&keys[i]);
-            }
-            let types: Vec<String> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(EngineError::redis("reading legacy key types"))?;
-            for (i, t) in wrong_type.into_iter().zip(types) {
-                reads[i].redis_type = t;
-            }
-        }
-        Ok(reads)
+        let reads =
+            keyspace::read_expecting(&self.conn, keys, "GET", "reading legacy keys").await?;
+        keys.iter()
+            .zip(reads)
+            .map(|(key, read)| {
+                let (redis_type, value) = match read {
+                    TypedRead::Value(Value::BulkString(v)) => ("string".to_owned(), Some(v)),
+                    TypedRead::Value(Value::Nil) => ("none".to_owned(), None),
+                    TypedRead::OtherType(t) => (t, None),
+                    TypedRead::Value(_) => return Err(unexpected("GET reply")),
+                };
+                Ok(LegacyRead {
+                    key: key.clone(),
+                    redis_type,
+                    value,
+                })
+            })
+            .collect()
     }
 
     async fn migrate_users(
