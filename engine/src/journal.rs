@@ -262,9 +262,6 @@ pub struct RunStart<'a> {
     pub exchanges: &'a [String],
     /// A dry run writes nothing: no new record, no resumed one.
     pub dry_run: bool,
-    /// Wait for a stamp the latest run does not have (backups are named
-    /// by it).
-    pub fresh_stamp: bool,
 }
 
 /// Starts a run, or continues `last` (the latest run of the migration) when
@@ -296,10 +293,10 @@ pub async fn begin_or_resume(
     }
     let mut now = chrono::Utc::now();
     let mut stamp = now.format("%Y%m%d_%H%M%S").to_string();
-    // Backup names carry a one-second stamp and rollback keeps backups: a
-    // run started in the same second as the last one would collide with
-    // its backups, so it waits for the next second.
-    while start.fresh_stamp && last.as_ref().is_some_and(|l| l.stamp == stamp) {
+    // Runs are found by their one-second stamp (`--backup-stamp`), and
+    // Phase 2's backups are named by it: a run started in the same second
+    // as the last one would share both, so it waits for the next second.
+    while last.as_ref().is_some_and(|l| l.stamp == stamp) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         now = chrono::Utc::now();
         stamp = now.format("%Y%m%d_%H%M%S").to_string();

@@ -238,7 +238,6 @@ async fn begin_or_resume<S: GridPositionsStore>(
         skip_closed: opts.skip_closed,
         exchanges: &opts.exchanges,
         dry_run: opts.dry_run,
-        fresh_stamp: true,
     };
     let refuse = |last: &RunRecord| {
         (last.skip_closed != opts.skip_closed || last.exchanges != opts.exchanges).then(|| {

@@ -206,8 +206,6 @@ async fn begin_or_resume<S: OrderPlacedStore>(
         skip_closed: false,
         exchanges: &opts.exchanges,
         dry_run: opts.dry_run,
-        // Phase 1 keeps no backups and never waited for a stamp of its own.
-        fresh_stamp: false,
     };
     let refuse = |last: &RunRecord| {
         (last.exchanges != opts.exchanges).then(|| {
