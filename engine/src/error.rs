@@ -18,6 +18,16 @@ pub enum EngineError {
         #[source]
         source: redis::RedisError,
     },
+    /// The server refused writes with OOM (maxmemory reached). Each user
+    /// is written atomically (one script or one MULTI/EXEC: a script's
+    /// first write is refused before it writes anything), so no user is
+    /// half-migrated; the cause is summarised rather than chained, as a
+    /// pipeline repeats it once per refused command.
+    #[error("Redis is out of memory (maxmemory reached) while {during}: {refused}. Each user's step is atomic, so none is half-written: the run stopped between two atomic steps; raise maxmemory (CONFIG SET maxmemory) or free memory, then rerun the same command to continue")]
+    OutOfMemory {
+        during: &'static str,
+        refused: String,
+    },
     #[error("another run holds the lock: {holder}; it expires in {expires_in_ms} ms unless renewed. Wait for it to finish; a lock whose runner died frees itself when it expires")]
     Locked { holder: String, expires_in_ms: i64 },
     #[error("this run lost the runner lock (it was not renewed in time, or was taken over); it stopped between two atomic steps: rerun the same command to resume")]
@@ -34,8 +44,72 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn redis(during: &'static str) -> impl FnOnce(redis::RedisError) -> EngineError {
-        move |source| EngineError::Redis { during, source }
+        move |source| match out_of_memory(&source) {
+            Some(refused) => EngineError::OutOfMemory { during, refused },
+            None => EngineError::Redis { during, source },
+        }
     }
 }
 
+/// "N command(s) refused: OOM ..." when `e` is (or a pipeline holds) an
+/// OOM refusal.
+fn out_of_memory(e: &redis::RedisError) -> Option<String> {
+    const OOM: &str = "command not allowed when used memory";
+    if e.code() == Some("OOM") {
+        return Some(format!(
+            "OOM {}",
+            e.detail().unwrap_or(OOM).trim_end_matches('.')
+        ));
+    }
+    let refused = e.clone().into_server_errors()?;
+    let oom: Vec<_> = refused
+        .iter()
+        .filter(|(_, err)| err.code() == "OOM")
+        .collect();
+    let (_, first) = oom.first()?;
+    Some(format!(
+        "{} command(s) refused: OOM {}",
+        oom.len(),
+        first.details().unwrap_or(OOM).trim_end_matches('.')
+    ))
+}
+
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(resp: &[u8]) -> redis::RedisError {
+        match redis::parse_redis_value(resp).expect("RESP") {
+            redis::Value::ServerError(e) => e.into(),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_oom_refusal_says_maxmemory_and_what_to_do() {
+        let oom = server_error(b"-OOM command not allowed when used memory > 'maxmemory'.\r\n");
+        let e = EngineError::redis("migrating users")(oom);
+        let text = e.to_string();
+        assert!(matches!(e, EngineError::OutOfMemory { .. }), "{text}");
+        assert!(
+            text.contains("out of memory (maxmemory reached) while migrating users"),
+            "{text}"
+        );
+        assert!(
+            text.contains("raise maxmemory") && text.contains("rerun the same command"),
+            "{text}"
+        );
+        assert!(!text.contains("'maxmemory'.."), "{text}");
+    }
+
+    #[test]
+    fn other_server_errors_stay_redis_errors() {
+        let busy = server_error(b"-BUSY Redis is busy running a script\r\n");
+        assert!(matches!(
+            EngineError::redis("migrating users")(busy),
+            EngineError::Redis { .. }
+        ));
+    }
+}

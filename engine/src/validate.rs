@@ -5,6 +5,10 @@
 //! The counting is the pure [`Tally`]; [`validate`] only feeds it from
 //! SCAN and TYPE. A report's size is bounded by the schema, never by the
 //! keyspace: a 10M-key server gives the same few lines.
+//!
+//! A legacy positions key whose user already has an index set is counted
+//! apart as well, as reappeared after migration: a writer still uses the
+//! old layout, and its writes are invisible to every reader of the new one.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
@@ -14,6 +18,7 @@ use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
+use crate::keys::LegacyPositionsKey;
 use crate::keyspace;
 use crate::schema::{Kind, RedisType, Schema};
 
@@ -65,6 +70,14 @@ pub struct UnknownKeys {
     pub samples: Vec<String>,
 }
 
+/// Legacy positions keys whose user has an index set: written after the
+/// user's migration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReappearedKeys {
+    pub count: u64,
+    pub samples: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ValidateReport {
     /// Distinct keys SCAN returned.
@@ -77,6 +90,9 @@ pub struct ValidateReport {
     pub passed: bool,
     pub patterns: Vec<PatternCount>,
     pub unknown: UnknownKeys,
+    /// Legacy keys (counted in `legacy_keys` too) that reappeared after
+    /// their user's migration.
+    pub reappeared: ReappearedKeys,
     pub elapsed_ms: u64,
 }
 
@@ -120,6 +136,7 @@ pub struct Tally<'s> {
     vanished: u64,
     patterns: Vec<PatternCount>,
     unknown: UnknownKeys,
+    reappeared: ReappearedKeys,
 }
 
 impl<'s> Tally<'s> {
@@ -146,6 +163,29 @@ impl<'s> Tally<'s> {
             vanished: 0,
             patterns,
             unknown: UnknownKeys::default(),
+            reappeared: ReappearedKeys::default(),
+        }
+    }
+
+    /// The index set to look for beside a key of `pattern`: set for a
+    /// legacy grid positions key, whose user has migrated once it exists.
+    pub fn index_of(&self, pattern: usize, key: &[u8]) -> Option<String> {
+        if self.schema.patterns()[pattern].kind != Kind::Legacy {
+            return None;
+        }
+        let key = std::str::from_utf8(key).ok()?;
+        LegacyPositionsKey::parse(key, self.schema.exchanges()).map(|k| k.index_key())
+    }
+
+    /// Records the `TYPE` reply for a key [`Tally::key`] asked about and,
+    /// for a key with an [`Tally::index_of`], whether that index exists.
+    pub fn typed_beside(&mut self, pattern: usize, key: &[u8], actual: &str, index: bool) {
+        self.typed(pattern, key, actual);
+        if index && actual != "none" {
+            self.reappeared.count += 1;
+            if self.reappeared.samples.len() < self.samples {
+                self.reappeared.samples.push(lossy(key));
+            }
         }
     }
 
@@ -214,6 +254,7 @@ impl<'s> Tally<'s> {
             passed: legacy_keys == 0,
             patterns: self.patterns,
             unknown: self.unknown,
+            reappeared: self.reappeared,
             elapsed_ms,
         }
     }
@@ -250,6 +291,21 @@ pub(crate) async fn types_of<K: AsRef<[u8]>>(
         .map_err(EngineError::redis("reading key types"))
 }
 
+/// `EXISTS` of each key, in one pipeline.
+async fn exist(conn: &MultiplexedConnection, keys: &[&str]) -> Result<Vec<bool>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.exists(*k);
+    }
+    let mut conn = conn.clone();
+    pipe.query_async(&mut conn)
+        .await
+        .map_err(EngineError::redis("looking for index sets"))
+}
+
 /// Classifies every key of the server. `progress` is called with the
 /// number of keys each SCAN step returned. The TYPE checks of one step
 /// run while the next step is scanned.
@@ -262,25 +318,32 @@ pub async fn validate(
     let started = Instant::now();
     let mut tally = Tally::new(schema, opts.samples);
     let mut cursor = Some(0u64);
-    let mut checks: Vec<(usize, Vec<u8>)> = Vec::new();
+    // (pattern, key, index set to look for)
+    let mut checks: Vec<(usize, Vec<u8>, Option<String>)> = Vec::new();
     while cursor.is_some() || !checks.is_empty() {
-        let keys: Vec<&[u8]> = checks.iter().map(|(_, k)| k.as_slice()).collect();
+        let keys: Vec<&[u8]> = checks.iter().map(|(_, k, _)| k.as_slice()).collect();
+        let indexes: Vec<&str> = checks.iter().filter_map(|(.., i)| i.as_deref()).collect();
         let scan = async {
             match cursor {
                 Some(c) => scan_step(conn, c, opts.scan_count).await.map(Some),
                 None => Ok(None),
             }
         };
-        let (scanned, types) = futures_util::future::try_join(scan, types_of(conn, &keys)).await?;
-        for ((pattern, key), t) in checks.iter().zip(&types) {
-            tally.typed(*pattern, key, t);
+        let (scanned, types, exists) =
+            futures_util::future::try_join3(scan, types_of(conn, &keys), exist(conn, &indexes))
+                .await?;
+        let mut exists = exists.into_iter();
+        for ((pattern, key, index), t) in checks.iter().zip(&types) {
+            let migrated = index.is_some() && exists.next().unwrap_or(false);
+            tally.typed_beside(*pattern, key, t, migrated);
         }
         checks.clear();
         if let Some((next, keys)) = scanned {
             progress(keys.len());
             for key in keys {
                 if let Some(pattern) = tally.key(&key) {
-                    checks.push((pattern, key));
+                    let index = tally.index_of(pattern, &key);
+                    checks.push((pattern, key, index));
                 }
             }
             cursor = (next != 0).then_some(next);
@@ -332,6 +395,36 @@ mod tests {
             (r.keys_scanned, r.legacy_keys, r.type_mismatches),
             (6, 3, 1)
         );
+        assert!(!r.passed);
+    }
+
+    #[test]
+    fn legacy_positions_key_beside_its_index_is_reappeared() {
+        let schema = Schema::builtin();
+        let mut t = Tally::new(&schema, 5);
+        let mut feed = |key: &[u8], ty: &str, index_exists: bool| {
+            let p = t.key(key).expect("typed pattern");
+            let index = t.index_of(p, key);
+            t.typed_beside(p, key, ty, index.is_some() && index_exists);
+            index
+        };
+        assert_eq!(
+            feed(b"okx:positions:u1", "string", true).as_deref(),
+            Some("positions:index:u1:okx")
+        );
+        assert!(feed(b"okx:positions:u2", "string", false).is_some());
+        // Gone before its type check: neither counted nor reappeared.
+        assert!(feed(b"okx:positions:u3", "none", true).is_some());
+        // Not a legacy positions key: never looked up.
+        assert_eq!(feed(b"positions:index:u1:okx", "set", true), None);
+        assert_eq!(
+            feed(b"okx:user:u1:symbol:X:order_placed", "hash", true),
+            None
+        );
+        let r = t.finish(0);
+        assert_eq!(r.reappeared.count, 1);
+        assert_eq!(r.reappeared.samples, ["okx:positions:u1"]);
+        assert_eq!(r.legacy_keys, 3);
         assert!(!r.passed);
     }
 

@@ -2,10 +2,15 @@
 //! `positions:{user_id}:{exchange}:{instId}:{side}` and an index set of
 //! `{instId}:{side}` at `positions:index:{user_id}:{exchange}`.
 //!
-//! Every call is one round trip: a read-only script for reads, a script
-//! that writes hash and index together for writes. The same scripts serve
-//! the dual-read store, which passes its legacy key as a fallback; this
-//! store passes none.
+//! Every call is one round trip, as cheap as the layout allows: a get is
+//! one HGETALL, a size one MULTI/EXEC of two HMGETs (both sides of the
+//! symbol, read together), all positions a read-only script (the hash keys
+//! come from the index, so no pipeline can name them up front), writes a
+//! script that writes hash and index together. Native commands where they
+//! suffice: a script call costs the server more than the command it wraps
+//! (measured by `keyshift bench`). The scripts also serve the dual-read
+//! store, which passes its legacy key as a fallback and so needs the
+//! script's atomic choice for reads too; this store passes none.
 //!
 //! `get_position` and `position_size` read the position hashes directly;
 //! `all_positions` reads those the index names. So an index member whose
@@ -270,15 +275,37 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for HashStore<C> {
         side: Side,
     ) -> ApiResult<Option<Position>> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
-        let read = read_new(&self.conn, &keys, inst_id, &[side], Want::Position, None).await?;
-        Ok(new_only(read).pop())
+        let key = keys.position_key(&format!("{inst_id}:{}", side.as_str()));
+        let mut c = self.conn.clone();
+        let fields: Fields = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .map_err(ApiError::redis("reading a position hash"))?;
+        Ok(to_position(inst_id, side, fields))
     }
 
     async fn position_size(&self, user_id: &str, exchange: &str, inst_id: &str) -> ApiResult<f64> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
         let sides = [Side::Long, Side::Short];
-        let read = read_new(&self.conn, &keys, inst_id, &sides, Want::Size, None).await?;
-        Ok(net_size(&new_only(read), inst_id))
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for side in sides {
+            pipe.cmd("HMGET")
+                .arg(keys.position_key(&format!("{inst_id}:{}", side.as_str())))
+                .arg(&SIZE_FIELDS[..]);
+        }
+        let mut c = self.conn.clone();
+        let hashes: Vec<Vec<Option<String>>> = pipe
+            .query_async(&mut c)
+            .await
+            .map_err(ApiError::redis("reading position hashes"))?;
+        let found: Vec<Position> = sides
+            .into_iter()
+            .zip(hashes)
+            .filter_map(|(side, values)| to_position(inst_id, side, size_fields(values)))
+            .collect();
+        Ok(net_size(&found, inst_id))
     }
 
     async fn upsert(

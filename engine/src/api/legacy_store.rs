@@ -5,6 +5,12 @@
 //! and unknown fields kept) and store it with a compare-and-set script, so
 //! a concurrent writer's update is never lost: when the value changed in
 //! between, the write is read, edited and tried again.
+//!
+//! The `*_unmigrated` writes are the old application's path while a
+//! migration runs: they write only a legacy key that still exists while
+//! its user has no index set, so a write after the user's migration is
+//! refused ([`LegacyWrite::Moved`] / [`LegacyWrite::Absent`]) instead of
+//! bringing the legacy key back behind the new layout.
 
 use std::sync::LazyLock;
 
@@ -33,11 +39,43 @@ impl<C: ConnectionLike + Clone + Send> LegacyStore<C> {
     pub fn new(conn: C) -> Self {
         Self { conn }
     }
+
+    /// Upsert into the legacy value only while the user is not migrated:
+    /// the key exists and the index set `positions:index:{uid}:{exchange}`
+    /// does not (checked atomically with the write). Otherwise nothing is
+    /// written and the answer says why.
+    pub async fn upsert_unmigrated(
+        &self,
+        user_id: &str,
+        exchange: &str,
+        position: &PositionObject,
+    ) -> ApiResult<LegacyWrite> {
+        check_id("user id", user_id)?;
+        check_id("exchange", exchange)?;
+        let keys = LegacyPositionsKey::new(exchange, user_id);
+        let (key, index) = (keys.key(), keys.index_key());
+        write_legacy(&self.conn, &key, Some(&index), Edit::Upsert(position)).await
+    }
+
+    /// Remove from the legacy value only while the user is not migrated, as
+    /// [`LegacyStore::upsert_unmigrated`]; `Done(false)`: no such position.
+    pub async fn remove_unmigrated(
+        &self,
+        user_id: &str,
+        exchange: &str,
+        inst_id: &str,
+        side: Side,
+    ) -> ApiResult<LegacyWrite> {
+        let keys = LegacyPositionsKey::new(exchange, user_id);
+        let (key, index) = (keys.key(), keys.index_key());
+        let edit = Edit::Remove { inst_id, side };
+        write_legacy(&self.conn, &key, Some(&index), edit).await
+    }
 }
 
 /// What one guarded legacy write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LegacyWrite {
+pub enum LegacyWrite {
     /// Written (`true`), or nothing to change (`false`).
     Done(bool),
     /// The guard (the user's index set) exists: the user has moved to the

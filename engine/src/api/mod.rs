@@ -36,7 +36,7 @@ pub use cache::{cache_key, TradingCache, DEFAULT_CACHE_EXCHANGE, POSITION_CACHE_
 pub use dual_read::DualReadStore;
 pub use error::{ApiError, ApiResult};
 pub use hash_store::HashStore;
-pub use legacy_store::{LegacyStore, MAX_WRITE_ATTEMPTS};
+pub use legacy_store::{LegacyStore, LegacyWrite, MAX_WRITE_ATTEMPTS};
 pub use order_placed::{FlagsLayout, OrderPlacedFlags};
 pub use position::{net_size, Position, PositionObject};
 

@@ -26,7 +26,20 @@ const ROLLBACK_USER: &str = include_str!("../lua/rollback_user.lua");
 /// Large pipelines legitimately take seconds; redis-rs's default (500 ms)
 /// would abort a healthy run.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Overrides [`RESPONSE_TIMEOUT`] (ms): how long a frozen server (paused,
+/// partitioned) may leave a command unanswered before the run stops with
+/// exit 4 and its journal intact. Fault scenarios set it low.
+pub const RESPONSE_TIMEOUT_ENV: &str = "KEYSHIFT_RESPONSE_TIMEOUT_MS";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn response_timeout() -> Duration {
+    std::env::var(RESPONSE_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms >= 100)
+        .map(Duration::from_millis)
+        .unwrap_or(RESPONSE_TIMEOUT)
+}
 
 /// Opens a multiplexed connection with keyshift's timeouts.
 pub async fn connect(url: &str) -> Result<MultiplexedConnection> {
@@ -39,7 +52,7 @@ pub async fn connect(url: &str) -> Result<MultiplexedConnection> {
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
     let client = redis::Client::open(info).map_err(|e| EngineError::BadUrl(e.to_string()))?;
     let config = AsyncConnectionConfig::new()
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_response_timeout(Some(response_timeout()))
         .set_connection_timeout(Some(CONNECT_TIMEOUT));
     client
         .get_multiplexed_async_connection_with_config(&config)
