@@ -1,5 +1,6 @@
 //! The gate's reports: report.json (versioned), report.md and junit.xml,
-//! one JUnit testcase per invariant.
+//! one JUnit testcase per invariant; and the optional kill matrix (mutant
+//! engines x invariants, issue 5), merged into those three files.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -8,12 +9,17 @@ use std::time::Duration;
 use keyshift_engine::invariant::InvariantResult;
 use keyshift_engine::migrate::MigrationReport;
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+mod kill_matrix;
+pub use kill_matrix::{
+    kill_matrix_markdown, kill_matrix_suite, write_kill_matrix, KillMatrix, KillRow,
+};
 
 /// Bump when a field of report.json changes meaning or goes away.
 pub const SCHEMA_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Pass,

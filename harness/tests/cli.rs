@@ -544,6 +544,7 @@ async fn gate_writes_reports(backend: &str, users: usize) {
         "untouched",
         "api",
         "idempotent",
+        "no-lost-writes",
     ] {
         assert_eq!(status.get(id), Some(&"pass"), "{id}: {status:?}");
     }

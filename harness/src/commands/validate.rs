@@ -98,6 +98,16 @@ pub fn render(r: &ValidateReport) -> String {
         r.elapsed_ms as f64 / 1000.0,
         r.vanished
     );
+    if r.reappeared.count > 0 {
+        let _ = writeln!(
+            out,
+            "\nReappeared after migration: {} legacy positions key(s) beside their user's index set (a writer still uses the old layout; readers of the new layout never see these writes):",
+            r.reappeared.count
+        );
+        for s in &r.reappeared.samples {
+            let _ = writeln!(out, "    {s:?}");
+        }
+    }
     if r.passed {
         let _ = writeln!(out, "No legacy keys remain.");
     } else {

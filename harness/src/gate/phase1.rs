@@ -10,9 +10,9 @@ use keyshift_engine::cleanup_legacy::{cleanup_legacy, Cleanup, CleanupOptions};
 use keyshift_engine::invariant::InvariantResult;
 use keyshift_engine::journal::{is_journal_key, OrderPlacedOutcome};
 use keyshift_engine::keys::OrderPlacedKey;
+use keyshift_engine::order_placed::store::OrderPlacedStore;
 use keyshift_engine::order_placed::{
     migrate_order_placed, verify::latest_run, verify_order_placed, OrderPlacedOptions,
-    StandaloneOrderPlaced,
 };
 use keyshift_engine::schema::Schema;
 use redis::aio::MultiplexedConnection;
@@ -29,23 +29,24 @@ fn slack_since(t: Instant) -> i64 {
     t.elapsed().as_millis() as i64 + 1_000
 }
 
-/// Phase 1 on `conn`; `pre` is the digest taken before it, at `pre_at`.
-pub async fn order_placed(
+/// Phase 1 through `store`, checked on `conn` (the same server); `pre` is
+/// the digest taken before it, at `pre_at`.
+pub async fn order_placed<S: OrderPlacedStore>(
+    store: &S,
     conn: &MultiplexedConnection,
     keyspace: &Keyspace,
     exchanges: &[String],
     pre: &Digest,
     pre_at: Instant,
 ) -> anyhow::Result<PhaseReport> {
-    let store = StandaloneOrderPlaced::open(conn.clone()).await?;
     let mut opts = OrderPlacedOptions::new(exchanges.to_vec());
     opts.dry_run = true;
-    let plan = migrate_order_placed(&store, &opts, &|_| {}).await?;
+    let plan = migrate_order_placed(store, &opts, &|_| {}).await?;
     opts.dry_run = false;
     let report = locked(
         conn,
         "gate: migrate order-placed",
-        migrate_order_placed(&store, &opts, &|_| {}),
+        migrate_order_placed(store, &opts, &|_| {}),
     )
     .await?;
     let run = latest_run(conn)

@@ -1,26 +1,32 @@
 //! The gate's second half for Phase 2: rollback must give back the
 //! pre-migration keyspace (backups and journal aside, TTLs within a second),
-//! a fresh migration must verify again, and one more run must write nothing.
+//! a fresh migration, with writers running through it, must verify again
+//! (the writers' users checked by no-lost-writes instead), and one more run
+//! must write nothing.
 
 use std::time::{Duration, Instant};
 
+use keyshift_engine::error::EngineError;
 use keyshift_engine::invariant::InvariantResult;
 use keyshift_engine::journal::{is_journal_key, latest_run};
 use keyshift_engine::keys::BackupKey;
 use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions};
 use keyshift_engine::rollback::{rollback_grid_positions, RollbackOptions};
-use keyshift_engine::standalone::StandaloneStore;
-use keyshift_engine::verify::verify_grid_positions;
+use keyshift_engine::store::GridPositionsStore;
+use keyshift_engine::verify::{verify_grid_positions_scoped, Scope};
 use redis::aio::MultiplexedConnection;
 
 use super::checks;
 use crate::commands::locked;
 use crate::digest::{compare, digest, Digest};
 use crate::report::InvariantEntry;
+use crate::writers::{self, HotPair, WritersConfig};
 
 /// How far a restored TTL may be from the TTL before the migration, once
 /// the time between the two digests is accounted for.
 const TTL_TOLERANCE_MS: i64 = 1_000;
+
+const ROLLBACK_DESCRIPTION: &str = "migrate then rollback gives the pre-migration keyspace (backups and journal aside), TTLs within 1 s";
 
 /// The pre-migration digest and when and how fast it was taken.
 pub struct Before<'a> {
@@ -29,21 +35,52 @@ pub struct Before<'a> {
     pub took: Duration,
 }
 
-/// Runs rollback, re-migration and a last idempotent run; returns the
-/// `rollback` and `idempotent` entries and the second run's verify results.
-pub async fn rollback_then_migrate_again(
-    store: &StandaloneStore,
+/// Writers to run through the second migration: the first is checked
+/// strictly on every user (and rollback refuses over data changed since a
+/// migration, so writers there would stop the rest of the gate).
+pub struct GateWriters {
+    pub url: String,
+    pub pairs: Vec<HotPair>,
+    pub cfg: WritersConfig,
+    /// Acknowledged writes to wait for before and after the migration.
+    pub writes: usize,
+}
+
+/// What the second half found.
+pub struct Again {
+    pub rollback: InvariantEntry,
+    /// The second run's verify results (writers' users left out).
+    pub verified: Vec<InvariantResult>,
+    /// Notes for the verify entries that left users out.
+    pub notes: Vec<(String, String)>,
+    pub idempotent: InvariantEntry,
+    pub no_lost_writes: InvariantEntry,
+}
+
+/// Runs rollback, re-migration (with `writers` running through it) and a
+/// last idempotent run.
+pub async fn rollback_then_migrate_again<S: GridPositionsStore>(
+    store: &S,
     conn: &MultiplexedConnection,
     before: Before<'_>,
     opts: &MigrateOptions,
-) -> anyhow::Result<(InvariantEntry, Vec<InvariantResult>, InvariantEntry)> {
+    writers: &GateWriters,
+) -> anyhow::Result<Again> {
     let run = latest_run(conn).await?;
-    let rollback = locked(
+    let rollback = match locked(
         conn,
         "gate: rollback grid-positions",
         rollback_grid_positions(store, conn, &run, &RollbackOptions::default()),
     )
-    .await?;
+    .await
+    {
+        Ok(r) => r,
+        // A rollback that refuses (it finds the new keys unlike what the
+        // run should have written) is the rollback invariant failing, not
+        // the gate: the report still shows every other invariant.
+        Err(e @ EngineError::Refused(_)) => return Ok(refused(&e, writers)),
+        Err(e) => return Err(e.into()),
+    };
     let ours = |k: &str| {
         is_journal_key(k)
             || BackupKey::parse(k, &run.exchanges).is_some_and(|b| b.stamp == run.stamp)
@@ -59,26 +96,42 @@ pub async fn rollback_then_migrate_again(
         &after,
         TTL_TOLERANCE_MS + took.as_millis() as i64,
     );
-    let mut result = InvariantResult::new(
-        "rollback",
-        "migrate then rollback gives the pre-migration keyspace (backups and journal aside), TTLs within 1 s",
-    );
+    let mut result = InvariantResult::new("rollback", ROLLBACK_DESCRIPTION);
     checks::fold_diff(&mut result, &diff, "after rollback");
     for f in rollback.changed.iter().chain(&rollback.skipped) {
         result.mismatch(|| format!("{}: {} — {}", f.key, f.reason, f.detail));
     }
 
-    // Migrate again from the restored keyspace; it must verify as the first did.
-    let again = locked(
+    // Migrate again from the restored keyspace, writers writing throughout;
+    // it must verify as the first did, the writers' users aside.
+    let migration = locked(
         conn,
         "gate: migrate grid-positions",
         migrate_grid_positions(store, opts, &|_| {}),
-    )
-    .await?;
+    );
+    let w = writers;
+    let (again, no_lost_writes) = if w.pairs.is_empty() {
+        let why = "not run: the keyspace holds no user the migration would move";
+        let entry = InvariantEntry::not_run(writers::ID, writers::DESCRIPTION, why);
+        (migration.await?, entry)
+    } else {
+        let (again, history) =
+            writers::around(&w.url, w.pairs.clone(), &w.cfg, w.writes, migration).await?;
+        let entry = writers::no_lost_writes(conn, &history, &history.initial).await;
+        (again?, entry)
+    };
     let run2 = latest_run(conn).await?;
-    let mut verified = verify_grid_positions(conn, &run2, &|_| {})
-        .await?
-        .invariants;
+    let scope = Scope {
+        left_out: writers::legacy_keys(&w.pairs),
+    };
+    let scoped = verify_grid_positions_scoped(conn, &run2, &scope, &|_| {}).await?;
+    let notes = scoped
+        .report
+        .invariants
+        .iter()
+        .filter_map(|i| scoped.note(&i.id).map(|n| (i.id.clone(), n)))
+        .collect();
+    let mut verified = scoped.report.invariants;
     for v in &mut verified {
         v.check(
             if run2.run_id != run.run_id && again.totals.keys_migrated == rollback.restored {
@@ -105,7 +158,40 @@ pub async fn rollback_then_migrate_again(
     let after_third = digest(&mut c, not_journal).await?;
     let slack = third_at.elapsed().as_millis() as i64 + TTL_TOLERANCE_MS;
     let idempotent = checks::idempotent(&compare(&before_third, &after_third, slack), &third);
-    Ok((InvariantEntry::from_result(result), verified, idempotent))
+    Ok(Again {
+        rollback: InvariantEntry::from_result(result),
+        verified,
+        notes,
+        idempotent,
+        no_lost_writes,
+    })
+}
+
+/// The entries of a rollback that refused to run: `rollback` fails with
+/// the refusal, and the runs after it are not attempted.
+fn refused(e: &EngineError, writers: &GateWriters) -> Again {
+    let mut result = InvariantResult::new("rollback", ROLLBACK_DESCRIPTION);
+    result.mismatch(|| format!("the rollback refused: {e}"));
+    let idempotent = InvariantEntry::not_run(
+        "idempotent",
+        "a second run writes nothing",
+        "not run: the rollback before it refused",
+    );
+    let no_lost_writes = InvariantEntry::not_run(
+        writers::ID,
+        writers::DESCRIPTION,
+        &format!(
+            "not run: the writers ({} pairs) write through the second migration, which the refused rollback prevented",
+            writers.pairs.len()
+        ),
+    );
+    Again {
+        rollback: InvariantEntry::from_result(result),
+        verified: Vec::new(),
+        notes: Vec::new(),
+        idempotent,
+        no_lost_writes,
+    }
 }
 
 /// A digest as it should read `elapsed` later: every TTL that much lower.

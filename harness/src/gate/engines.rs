@@ -1,0 +1,48 @@
+//! Which engines the gate drives. The gate checks invariants on whatever
+//! stores it is handed, so the production engines and deliberately broken
+//! ones (the keyshift-mutants crate) run through the very same pipeline:
+//! the verifier is tested by the engines it must catch.
+
+use keyshift_engine::error::Result;
+use keyshift_engine::order_placed::store::OrderPlacedStore;
+use keyshift_engine::order_placed::StandaloneOrderPlaced;
+use keyshift_engine::standalone::StandaloneStore;
+use keyshift_engine::store::GridPositionsStore;
+use redis::aio::MultiplexedConnection;
+
+/// The stores of one gate run: Phase 2 (grid-positions, migrate and
+/// rollback) and Phase 1 (order-placed). Each is opened on the gate's
+/// seeded server; `conn` is the gate's own connection to it.
+#[allow(async_fn_in_trait)]
+pub trait Engines {
+    type Grid: GridPositionsStore;
+    type OrderPlaced: OrderPlacedStore;
+
+    async fn grid(&self, url: &str, conn: &MultiplexedConnection) -> Result<Self::Grid>;
+    async fn order_placed(
+        &self,
+        url: &str,
+        conn: &MultiplexedConnection,
+    ) -> Result<Self::OrderPlaced>;
+}
+
+/// What `keyshift gate` runs: the engines that ship.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Production;
+
+impl Engines for Production {
+    type Grid = StandaloneStore;
+    type OrderPlaced = StandaloneOrderPlaced;
+
+    async fn grid(&self, url: &str, conn: &MultiplexedConnection) -> Result<StandaloneStore> {
+        StandaloneStore::open(url, conn.clone(), StandaloneStore::DEFAULT_TRANSACTIONS).await
+    }
+
+    async fn order_placed(
+        &self,
+        _url: &str,
+        conn: &MultiplexedConnection,
+    ) -> Result<StandaloneOrderPlaced> {
+        StandaloneOrderPlaced::open(conn.clone()).await
+    }
+}
