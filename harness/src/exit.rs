@@ -47,7 +47,9 @@ pub fn error_code(err: &anyhow::Error) -> ExitCode {
         }
         if let Some(e) = cause.downcast_ref::<EngineError>() {
             return ExitCode::from(match e {
-                EngineError::Unreachable { .. } | EngineError::Redis { .. } => UNREACHABLE,
+                EngineError::Unreachable { .. }
+                | EngineError::Redis { .. }
+                | EngineError::OutOfMemory { .. } => UNREACHABLE,
                 EngineError::BadUrl(_) | EngineError::Refused(_) => USAGE,
                 EngineError::Locked { .. } | EngineError::LockLost => LOCKED,
                 EngineError::NoRun | EngineError::BadJournal { .. } => INVARIANT_FAILED,

@@ -239,6 +239,34 @@ impl DockerServer {
     pub(super) fn port(&self) -> u16 {
         self.port
     }
+
+    /// `docker ARGS... ID`; a non-zero exit is an error carrying its output.
+    pub(super) async fn container_cmd(&self, args: &[&str]) -> Result<(), BackendError> {
+        let mut all = args.to_vec();
+        all.push(&self.id);
+        let out = docker(&all, &[], COMMAND_TIMEOUT).await?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(BackendError::ContainerStart {
+                image: self.id.clone(),
+                reason: format!("docker {}: {}", args.join(" "), failure_text(&out)),
+            })
+        }
+    }
+
+    /// After `docker start` or a network reconnect the published port may
+    /// be a new one: read it again and wait until Redis answers there.
+    pub(super) async fn refresh_port(&mut self) -> Result<(), BackendError> {
+        let out = docker(&["port", &self.id, "6379/tcp"], &[], COMMAND_TIMEOUT).await?;
+        let mapping = String::from_utf8_lossy(&out.stdout).to_string();
+        self.port = parse_host_port(&mapping).ok_or_else(|| BackendError::ContainerStart {
+            image: self.id.clone(),
+            reason: format!("no host port for 6379/tcp after a restart: {mapping:?}"),
+        })?;
+        let url = format!("redis://127.0.0.1:{}", self.port);
+        wait_ready(&url, READY_LOG_TIMEOUT).await
+    }
 }
 
 impl Drop for DockerServer {

@@ -7,6 +7,7 @@
 //!   `KEYSHIFT_REQUIRE_DOCKER=1` (CI) there is no fallback.
 //!
 //! Every server stops and is removed when its [`RedisServer`] is dropped.
+//! `faults` pauses, crashes, restarts and cuts off a running server.
 //!
 //! The docker backend drives the `docker` CLI rather than testcontainers:
 //! testcontainers 0.28 speaks Docker API 1.53 through bollard without version
@@ -15,6 +16,7 @@
 //! image needs the CLI anyway.
 
 mod docker;
+mod faults;
 mod image;
 mod process;
 
@@ -22,6 +24,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+pub use faults::FaultKind;
 pub use image::IMAGE;
 
 /// Environment variable that forbids `auto` from falling back to the process
@@ -154,7 +157,8 @@ pub async fn docker_available() -> bool {
 }
 
 enum Inner {
-    Process(process::ProcessServer),
+    // Boxed: it carries its start command for restarts.
+    Process(Box<process::ProcessServer>),
     Docker(docker::DockerServer),
 }
 
@@ -213,7 +217,7 @@ impl RedisServer {
         let server = process::ProcessServer::start(extra_args).await?;
         Ok(RedisServer {
             kind: BackendKind::Process,
-            inner: Inner::Process(server),
+            inner: Inner::Process(Box::new(server)),
         })
     }
 

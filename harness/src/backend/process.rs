@@ -64,8 +64,13 @@ fn port_taken(log: &str) -> bool {
 pub(super) struct ProcessServer {
     port: u16,
     child: Child,
+    /// How it was started, so a restart (fault injection) brings the same
+    /// server back on the same port and data dir.
+    binary: PathBuf,
+    args: Vec<String>,
+    log_path: PathBuf,
     // Dropped after the child is dead (Drop below runs before field drops).
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl ProcessServer {
@@ -85,19 +90,15 @@ impl ProcessServer {
             let log_err = log
                 .try_clone()
                 .map_err(|e| BackendError::io("duplicating the log file handle", e))?;
-            let child = Command::new(&binary)
-                .args(server_args(port, dir.path(), extra_args))
-                .current_dir(dir.path())
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_err)
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| BackendError::io(format!("spawning {}", binary.display()), e))?;
+            let args = server_args(port, dir.path(), extra_args);
+            let child = spawn(&binary, &args, dir.path(), log, log_err)?;
             let mut server = ProcessServer {
                 port,
                 child,
-                _dir: dir,
+                binary: binary.clone(),
+                args,
+                log_path: log_path.clone(),
+                dir,
             };
             match server.wait_ready(&log_path).await {
                 Ok(()) => return Ok(server),
@@ -150,6 +151,68 @@ impl ProcessServer {
     pub(super) fn port(&self) -> u16 {
         self.port
     }
+
+    /// The server's pid while it runs.
+    pub(super) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap it: the crash of a server (nothing flushed that
+    /// `appendfsync` had not already written).
+    pub(super) async fn kill(&mut self) -> Result<(), BackendError> {
+        let _ = self.child.start_kill();
+        self.child
+            .wait()
+            .await
+            .map_err(|e| BackendError::io("reaping the killed redis-server", e))?;
+        Ok(())
+    }
+
+    /// Waits for a server told to shut down (SHUTDOWN) to exit.
+    pub(super) async fn wait_exit(&mut self, timeout: Duration) -> Result<(), BackendError> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BackendError::io("waiting for redis-server to exit", e)),
+            Err(_) => Err(BackendError::io(
+                "waiting for redis-server to exit",
+                std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{timeout:?}")),
+            )),
+        }
+    }
+
+    /// Starts the same server again (same binary, port, data dir and
+    /// settings; its AOF or RDB file is loaded on start) after it exited.
+    pub(super) async fn restart(&mut self) -> Result<(), BackendError> {
+        let open = |action: &str| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&self.log_path)
+                .map_err(|e| BackendError::io(format!("{action} {}", self.log_path.display()), e))
+        };
+        let (log, log_err) = (open("reopening")?, open("reopening")?);
+        let dir = self.dir.path().to_path_buf();
+        self.child = spawn(&self.binary, &self.args, &dir, log, log_err)?;
+        let log_path = self.log_path.clone();
+        self.wait_ready(&log_path).await
+    }
+}
+
+fn spawn(
+    binary: &Path,
+    args: &[String],
+    dir: &Path,
+    log: File,
+    log_err: File,
+) -> Result<Child, BackendError> {
+    Command::new(binary)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| BackendError::io(format!("spawning {}", binary.display()), e))
 }
 
 impl Drop for ProcessServer {

@@ -15,6 +15,17 @@ use serde_json::{Map, Value};
 use super::model::{KeyEntry, KeyValue, Keyspace};
 use super::SeedError;
 
+/// The files of `dir` named `*.{extension}`, sorted by file name (data
+/// directories: fixtures, scenarios).
+pub fn files_with_extension(dir: &Path, extension: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<PathBuf>>>()?;
+    files.retain(|p| p.is_file() && p.extension().is_some_and(|x| x == extension));
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
+}
+
 /// Reads and parses one fixture file.
 pub fn load_fixture_file(path: impl AsRef<Path>) -> Result<Keyspace, SeedError> {
     let path = path.as_ref();
@@ -33,12 +44,7 @@ pub fn load_fixture_dir(dir: impl AsRef<Path>) -> Result<Keyspace, SeedError> {
         path: dir.to_path_buf(),
         source,
     };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .map(|e| e.map(|e| e.path()).map_err(io))
-        .collect::<Result<_, _>>()?;
-    files.retain(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"));
-    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    let files = files_with_extension(dir, "json").map_err(io)?;
     let mut owner: HashMap<String, PathBuf> = HashMap::new();
     let mut all = Keyspace::new();
     for file in files {

@@ -1,0 +1,282 @@
+//! One scenario, end to end: a disposable Redis (with AOF when a fault
+//! needs it), seed, digest, the real migrator run as a child process once
+//! per `[[run]]` with its faults applied, then the checks, the expectation
+//! verdict and the report.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use keyshift_engine::journal::is_journal_key;
+use keyshift_engine::standalone::connect;
+
+use super::checks;
+use super::dataset;
+use super::expect::evaluate;
+use super::invoke;
+use super::model::{FaultName, MigrationName, Scenario};
+use super::report::{ScenarioReport, Verdict, SCHEMA_VERSION};
+use crate::backend::{BackendKind, RedisServer};
+use crate::digest::digest;
+use crate::gate::checks::redis_version;
+use crate::report::InvariantEntry;
+use crate::seed;
+use crate::writers;
+use keyshift_engine::keys::DEFAULT_EXCHANGES;
+
+/// Where and how scenarios run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub backend: BackendKind,
+    pub report_dir: PathBuf,
+    /// The scenarios directory (for the replay command).
+    pub dir: PathBuf,
+    /// The keyshift binary run as the migrator.
+    pub exe: PathBuf,
+}
+
+const AOF_ARGS: [&str; 4] = ["--appendonly", "yes", "--appendfsync", "always"];
+
+/// Runs one scenario; a harness failure (backend down, bad dataset) is a
+/// failed run whose report says why, never a panic.
+pub async fn run(s: &Scenario, opts: &RunOptions) -> ScenarioReport {
+    let started = Instant::now();
+    let mut report = ScenarioReport {
+        schema_version: SCHEMA_VERSION,
+        keyshift_version: env!("CARGO_PKG_VERSION"),
+        name: s.name.clone(),
+        replays: s.replays.clone(),
+        file: s.file.display().to_string(),
+        verdict: Verdict::Failed,
+        note: None,
+        started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        elapsed_ms: 0,
+        backend: opts.backend.to_string(),
+        redis_version: String::new(),
+        seed: None,
+        keys_seeded: 0,
+        legacy_keys: 0,
+        invocations: Vec::new(),
+        invariants: Vec::new(),
+        findings: Vec::new(),
+        expectations: Vec::new(),
+        rollback_commands: Vec::new(),
+        replay: replay_command(s, opts, opts.backend),
+    };
+    if let Err(e) = run_into(s, opts, &mut report).await {
+        report.verdict = Verdict::Failed;
+        report.note = Some(format!("the harness could not finish: {e:#}"));
+    }
+    report.elapsed_ms = started.elapsed().as_millis();
+    report
+}
+
+fn replay_command(s: &Scenario, opts: &RunOptions, kind: BackendKind) -> String {
+    format!(
+        "keyshift scenario run {} --backend {kind} --dir {} --report-dir {}",
+        s.name,
+        opts.dir.display(),
+        opts.report_dir.display()
+    )
+}
+
+fn skip_reason(s: &Scenario, kind: BackendKind) -> Option<String> {
+    let docker_only = s.docker_only_faults();
+    (kind == BackendKind::Process && !docker_only.is_empty()).then(|| {
+        format!(
+            "skipped: docker-only fault ({}) (run with --backend docker)",
+            docker_only.join(", ")
+        )
+    })
+}
+
+async fn run_into(
+    s: &Scenario,
+    opts: &RunOptions,
+    report: &mut ScenarioReport,
+) -> anyhow::Result<()> {
+    if let Some(why) = skip_reason(s, opts.backend) {
+        report.verdict = Verdict::Skipped;
+        report.note = Some(why);
+        return Ok(());
+    }
+    let data = dataset::build(s)?;
+    report.seed = data.seed;
+    report.keys_seeded = data.keyspace.len();
+    let needs_aof = s.server.aof || s.faults.iter().any(|f| f.kind == FaultName::CrashRestart);
+    let args: &[&str] = if needs_aof { &AOF_ARGS } else { &[] };
+    let mut server = RedisServer::start_with(opts.backend, args).await?;
+    report.backend = server.kind().to_string();
+    report.replay = replay_command(s, opts, server.kind());
+    if let Some(why) = skip_reason(s, server.kind()) {
+        report.verdict = Verdict::Skipped;
+        report.note = Some(why);
+        return Ok(());
+    }
+    let mut conn = connect(&server.url()).await?;
+    report.redis_version = redis_version(&conn).await;
+    seed::load(&mut conn, &data.keyspace).await?;
+    let pre_at = Instant::now();
+    let pre = digest(&mut conn, |k| !is_journal_key(k)).await?;
+    drop(conn);
+    let writers = match s.writers.any() {
+        true => Some(start_writers(s, &data, &server).await?),
+        false => None,
+    };
+
+    let mut migrations: Vec<MigrationName> = Vec::new();
+    let mut expired: Vec<String> = Vec::new();
+    let mut memory_capped = false;
+    for (i, inv) in s.runs.iter().enumerate() {
+        let n = i + 1;
+        if memory_capped {
+            // The operator's fix before the rerun: raise the limit.
+            invoke::lift_maxmemory(&server).await?;
+        }
+        if !migrations.contains(&inv.migration) {
+            migrations.push(inv.migration);
+        }
+        let faults: Vec<_> = s.faults_of(n).collect();
+        memory_capped = faults.iter().any(|f| f.kind == FaultName::Maxmemory);
+        expired.extend(
+            faults
+                .iter()
+                .filter(|f| f.kind == FaultName::ExpireKeys)
+                .flat_map(|f| f.keys.iter().cloned()),
+        );
+        let total = data.legacy_keys(inv.migration);
+        report.legacy_keys = report.legacy_keys.max(total);
+        let record = invoke::run(&opts.exe, &mut server, n, inv, &faults, total).await?;
+        report.invocations.push(record);
+    }
+    if memory_capped {
+        invoke::lift_maxmemory(&server).await?;
+    }
+
+    let (history, writer_users) = match writers {
+        Some((w, users)) => {
+            tokio::time::sleep(std::time::Duration::from_millis(s.writers.after_run_ms)).await;
+            (Some(w.stop().await), users)
+        }
+        None => (None, BTreeSet::new()),
+    };
+    let used: BTreeSet<MigrationName> = migrations.iter().copied().collect();
+    let mut checked = checks::check(&server, &used, &pre, pre_at, &expired, &writer_users).await?;
+    let lost_writes = match &history {
+        Some(h) => {
+            let conn = connect(&server.url()).await?;
+            writers::no_lost_writes(&conn, h, &h.initial).await
+        }
+        None => InvariantEntry::not_run(
+            writers::ID,
+            writers::DESCRIPTION,
+            "no writers in this scenario",
+        ),
+    };
+    checked.invariants.push(checks::PhaseInvariant {
+        phase: "scenario".into(),
+        entry: lost_writes,
+    });
+    if s.expect.rollback {
+        let (entry, commands) =
+            checks::rollback(&opts.exe, &server, &migrations, &pre, pre_at, &checked).await?;
+        checked.invariants.push(checks::PhaseInvariant {
+            phase: "scenario".into(),
+            entry,
+        });
+        report.rollback_commands = commands;
+    }
+    report.expectations = evaluate(
+        s,
+        &report.invocations,
+        &checked.invariants,
+        &checked.findings,
+    );
+    report.invariants = checked.invariants;
+    report.findings = checked.findings;
+    report.verdict = if report.expectations.iter().all(|e| e.met) {
+        Verdict::Passed
+    } else {
+        Verdict::Failed
+    };
+    Ok(())
+}
+
+/// Starts the scenario's writers on hot users of its dataset; returns them
+/// and the (exchange, user id) pairs they own.
+async fn start_writers(
+    s: &Scenario,
+    data: &dataset::Dataset,
+    server: &RedisServer,
+) -> anyhow::Result<(writers::Writers, BTreeSet<(String, String)>)> {
+    let seed = data.seed.unwrap_or(0);
+    let defaults = writers::WritersConfig::default();
+    let cfg = writers::WritersConfig {
+        hot_users: s.writers.hot_users.max(1),
+        tasks: s.writers.count.max(1),
+        seed,
+        rogue: s.writers.rogue_legacy,
+        pause: s
+            .writers
+            .pause_ms
+            .map_or(defaults.pause, std::time::Duration::from_millis),
+        ..defaults
+    };
+    let pairs = writers::hot_pairs(&data.keyspace, &DEFAULT_EXCHANGES, cfg.hot_users, seed);
+    anyhow::ensure!(
+        !pairs.is_empty(),
+        "no legacy key of the dataset can carry writers"
+    );
+    let users = pairs
+        .iter()
+        .map(|p| (p.exchange.clone(), p.user_id.clone()))
+        .collect();
+    let w = writers::Writers::start(&server.url(), pairs, &cfg).await?;
+    Ok((w, users))
+}
+
+/// The keyshift binary: this process when it is keyshift (the CLI), else
+/// `KEYSHIFT_BIN`.
+pub fn migrator_exe() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("KEYSHIFT_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    Ok(std::env::current_exe()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn scenario(fault: &str) -> Scenario {
+        let text = format!(
+            "name = \"t\"\nreplays = \"r\"\n[dataset]\nbulk = [{{ key = \"okx:positions:w\", positions = 1 }}]\n[[fault]]\nkind = \"{fault}\"\nafter_ms = 1\nduration_ms = 10\n[[run]]\nexit = 0\n"
+        );
+        Scenario::parse(Path::new("t.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn docker_only_faults_are_skipped_on_process_and_say_how_to_run_them() {
+        let s = scenario("network-cut");
+        let why = skip_reason(&s, BackendKind::Process).unwrap();
+        assert!(why.starts_with("skipped: docker-only fault"), "{why}");
+        assert!(why.contains("--backend docker"), "{why}");
+        assert!(skip_reason(&s, BackendKind::Docker).is_none());
+        assert!(skip_reason(&scenario("pause"), BackendKind::Process).is_none());
+    }
+
+    #[test]
+    fn the_replay_command_names_backend_dir_and_report_dir() {
+        let opts = RunOptions {
+            backend: BackendKind::Auto,
+            report_dir: "out".into(),
+            dir: "scenarios".into(),
+            exe: "keyshift".into(),
+        };
+        assert_eq!(
+            replay_command(&scenario("pause"), &opts, BackendKind::Docker),
+            "keyshift scenario run t --backend docker --dir scenarios --report-dir out"
+        );
+    }
+}
