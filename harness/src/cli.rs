@@ -128,6 +128,12 @@ pub enum Command {
     },
     /// Seed a disposable Redis, migrate, check every invariant, write reports.
     Gate(GateArgs),
+    /// Replay failure cases (scenarios/*.toml): faults, bad input, expected outcomes.
+    Scenario(ScenarioArgs),
+    /// Measure the data API's latency per store (HDR histograms), or with
+    /// --migration Phase 2's throughput against its write floor; writes
+    /// bench.json, bench.md and SVG charts.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +151,77 @@ pub struct GateArgs {
     #[arg(long, default_value = "fixtures")]
     pub fixtures: PathBuf,
     /// Where report.json, report.md and junit.xml go.
+    #[arg(long, default_value = "reports")]
+    pub report_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which disposable Redis to start. Default process: docker's port
+    /// forwarding adds a hop to every round trip measured.
+    #[arg(long, value_enum, default_value_t = BackendKind::Process)]
+    pub backend: BackendKind,
+    /// Users per positions-per-user dataset (latency).
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// Where bench.json, bench.md and the charts go.
+    #[arg(long, default_value = "reports")]
+    pub report_dir: PathBuf,
+    /// Measure Phase 2 migrate and verify against the write floor instead of latency.
+    #[arg(long)]
+    pub migration: bool,
+    /// Users per migration measurement (with --migration).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,10000,100000,1000000"
+    )]
+    pub sizes: Vec<usize>,
+    /// Generator seed of the migration keyspaces.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Positions per user of the latency datasets.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,20,100")]
+    pub positions: Vec<usize>,
+    /// Concurrent callers per latency cell.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    pub concurrency: Vec<usize>,
+    /// Milliseconds per latency cell (operation x store x positions x concurrency).
+    #[arg(long, default_value_t = 300)]
+    pub cell_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ScenarioArgs {
+    /// The directory of scenario files (*.toml).
+    #[arg(long, global = true, default_value = "scenarios")]
+    pub dir: PathBuf,
+    #[command(subcommand)]
+    pub action: ScenarioAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScenarioAction {
+    /// Each scenario's name and what it replays.
+    List,
+    /// Run one scenario by name, or all of them; exit 0 when every one met
+    /// its expectation, 1 when one did not.
+    Run(ScenarioRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScenarioRunArgs {
+    /// The scenario to run (see `keyshift scenario list`).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub name: Option<String>,
+    /// Run every scenario of the directory.
+    #[arg(long)]
+    pub all: bool,
+    /// Which disposable Redis to start; docker-only faults are skipped (and
+    /// say so) on process.
+    #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
+    pub backend: BackendKind,
+    /// Reports go to REPORT_DIR/scenarios/NAME/.
     #[arg(long, default_value = "reports")]
     pub report_dir: PathBuf,
 }

@@ -5,11 +5,15 @@
 //! - `cli`: the command line of DESIGN §6 (clap); `commands`: one module per subcommand.
 //! - `exit`: exit codes, mapped in one place.
 //! - `gate`: the end-to-end gate; `report`: its report.json, report.md and junit.xml.
+//! - `scenario`: `keyshift scenario`: failure cases (scenarios/*.toml) replayed with faults against the real migrator.
 //! - `backend`: disposable Redis servers (docker, process, auto) that clean up on drop.
 //! - `seed`: the keyspace model, JSON fixtures, the seeded generator, and loading into Redis.
+//! - `bench`: `keyshift bench`: data-API latency (HDR) and Phase 2 throughput against its floor.
 //! - `floor`: the end state of Phase 2 as raw RESP, the write floor a migration is measured against.
 //! - `digest`: a type-aware digest of a keyspace, for "untouched" and "rollback".
+//! - `writers`: writer tasks during a migration, their history, and the `no-lost-writes` check.
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod digest;
@@ -17,7 +21,9 @@ pub mod exit;
 pub mod floor;
 pub mod gate;
 pub mod report;
+pub mod scenario;
 pub mod seed;
+pub mod writers;
 
 use cli::{Cli, Command, Migration};
 use commands::migrate::MigrateArgs;
@@ -114,5 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<exit::Outcome> {
         } => commands::cleanup_legacy::run(&redis.url, dry_run, force, schema.as_deref()).await,
         Command::Status { redis, json } => commands::status::run(&redis.url, json).await,
         Command::Gate(args) => gate::run(&args).await,
+        Command::Bench(args) => bench::run(&args).await,
+        Command::Scenario(args) => scenario::command(&args).await,
     }
 }

@@ -1,0 +1,259 @@
+//! Phase 2 throughput against its write floor, on one disposable server.
+//!
+//! For each size: generate the keyspace (the gate's generator, from the
+//! seed), seed it with a raw pipe and time the floor — the migration's
+//! end state (`crate::floor`: every hash, index, backup and delete) written
+//! by a pipelined bulk load, no reads and no checks — then flush, seed
+//! again and time `keyshift migrate grid-positions` and `keyshift verify
+//! grid-positions`, each run as a child process of this one. A child's
+//! peak RSS is its own high-water mark (`VmHWM`, sampled until it exits),
+//! so the figure is the migrating process's, not this harness's, which
+//! holds the whole generated keyspace.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use keyshift_engine::keys::DEFAULT_EXCHANGES;
+use serde::{Deserialize, Serialize};
+
+use super::pipe::pipe;
+use crate::backend::RedisServer;
+use crate::floor::write_end_state;
+use crate::seed::{generate, write_resp, GenConfig};
+
+/// One size's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationRow {
+    pub users: usize,
+    pub keys_seeded: usize,
+    pub legacy_keys_migrated: u64,
+    pub positions_migrated: u64,
+    /// The floor: the same end state by a pipelined bulk load.
+    pub floor_s: f64,
+    pub floor_positions_per_s: f64,
+    /// `keyshift migrate grid-positions`, wall time of the child process.
+    pub migrate_s: f64,
+    pub migrate_positions_per_s: f64,
+    /// migrate_s / floor_s.
+    pub ratio: f64,
+    /// Exit code of migrate: 0, or 3 when seeded malformed keys were quarantined.
+    pub migrate_exit: i32,
+    pub migrate_peak_rss_mb: f64,
+    pub verify_s: f64,
+    pub verify_exit: i32,
+    pub verify_peak_rss_mb: f64,
+}
+
+/// A child process's end.
+struct ChildRun {
+    code: i32,
+    stdout: String,
+    wall: Duration,
+    peak_rss_kb: u64,
+}
+
+/// Measures one size on `server` (flushed first: a server we started).
+pub async fn measure(
+    server: &RedisServer,
+    users: usize,
+    seed: u64,
+) -> anyhow::Result<MigrationRow> {
+    let port = server.port();
+    let url = server.url();
+    let (seed_resp, end_resp, keys_seeded) = tokio::task::spawn_blocking(move || {
+        let generated = generate(&GenConfig {
+            users,
+            seed,
+            ..GenConfig::default()
+        });
+        let mut seed_resp = Vec::new();
+        write_resp(&generated.keyspace, &mut seed_resp)?;
+        let exchanges: Vec<String> = DEFAULT_EXCHANGES.iter().map(|s| (*s).to_owned()).collect();
+        let now = chrono::Utc::now();
+        let mut end_resp = Vec::new();
+        write_end_state(
+            &generated.keyspace,
+            &exchanges,
+            &now.format("%Y%m%d_%H%M%S").to_string(),
+            &now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            &mut end_resp,
+        )?;
+        Ok::<_, std::io::Error>((seed_resp, end_resp, generated.keyspace.entries.len()))
+    })
+    .await??;
+
+    // No response timeout: a FLUSHALL SYNC of millions of keys takes as
+    // long as it takes, and this is a server we started.
+    let mut conn = redis::Client::open(url.as_str())?
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await?;
+    let flush = |mut c: redis::aio::MultiplexedConnection| async move {
+        redis::cmd("FLUSHALL")
+            .arg("SYNC")
+            .query_async::<()>(&mut c)
+            .await
+    };
+    flush(conn.clone()).await?;
+    let (floor, seed_resp) = tokio::task::spawn_blocking(move || {
+        load(port, &seed_resp, "seeding")?;
+        let started = Instant::now();
+        load(port, &end_resp, "writing the floor's end state")?;
+        Ok::<_, anyhow::Error>((started.elapsed(), seed_resp))
+    })
+    .await??;
+    flush(conn.clone()).await?;
+    tokio::task::spawn_blocking(move || load(port, &seed_resp, "seeding")).await??;
+
+    let migrate = child(&[
+        "migrate",
+        "grid-positions",
+        "--redis",
+        &url,
+        "--force",
+        "--json",
+    ])
+    .await?;
+    if migrate.code != 0 && migrate.code != 3 {
+        bail!(
+            "keyshift migrate exited {} at {users} users:\n{}",
+            migrate.code,
+            migrate.stdout
+        );
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&migrate.stdout).context("reading the migrate report")?;
+    let totals = &report["totals"];
+    let positions = totals["positions_migrated"].as_u64().unwrap_or(0);
+    let verify = child(&["verify", "grid-positions", "--redis", &url, "--json"]).await?;
+    // The next size starts on an empty server; this keyspace is done.
+    redis::cmd("FLUSHALL")
+        .arg("ASYNC")
+        .query_async::<()>(&mut conn)
+        .await?;
+
+    let per_s = |d: Duration| (positions as f64 / d.as_secs_f64().max(1e-9)).round();
+    let mb = |kb: u64| (kb as f64 / 1024.0 * 10.0).round() / 10.0;
+    let secs = |d: Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
+    Ok(MigrationRow {
+        users,
+        keys_seeded,
+        legacy_keys_migrated: totals["keys_migrated"].as_u64().unwrap_or(0),
+        positions_migrated: positions,
+        floor_s: secs(floor),
+        floor_positions_per_s: per_s(floor),
+        migrate_s: secs(migrate.wall),
+        migrate_positions_per_s: per_s(migrate.wall),
+        ratio: (migrate.wall.as_secs_f64() / floor.as_secs_f64().max(1e-9) * 100.0).round() / 100.0,
+        migrate_exit: migrate.code,
+        migrate_peak_rss_mb: mb(migrate.peak_rss_kb),
+        verify_s: secs(verify.wall),
+        verify_exit: verify.code,
+        verify_peak_rss_mb: mb(verify.peak_rss_kb),
+    })
+}
+
+fn load(port: u16, resp: &[u8], what: &str) -> anyhow::Result<()> {
+    let outcome = pipe(port, resp).with_context(|| format!("{what} through a pipe"))?;
+    if outcome.errors > 0 {
+        bail!(
+            "{what}: {} of {} commands failed, first: {}",
+            outcome.errors,
+            outcome.replies,
+            outcome.first_error.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Runs this very binary with `args` as a child, sampling its peak RSS.
+///
+/// The peak is the child's `VmHWM` (/proc/PID/status), read every
+/// [`RSS_SAMPLE`] until it exits: a high-water mark of the child's own
+/// memory since its exec, so only growth in its last few milliseconds could
+/// be missed. (`wait4`'s `ru_maxrss` would not do: Linux folds the parent's
+/// high-water mark into it at exec, and this parent holds the keyspace.)
+async fn child(args: &[&str]) -> anyhow::Result<ChildRun> {
+    let exe = std::env::current_exe().context("finding the keyshift binary")?;
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut proc = Command::new(&exe)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let drain = |mut from: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = from.read_to_string(&mut s);
+                s
+            })
+        };
+        let stdout = drain(Box::new(proc.stdout.take().expect("piped")));
+        let stderr = drain(Box::new(proc.stderr.take().expect("piped")));
+        let mut peak_rss_kb = 0;
+        let status = loop {
+            if let Some(kb) = vm_hwm_kb(proc.id()) {
+                peak_rss_kb = peak_rss_kb.max(kb);
+            }
+            if let Some(status) = proc.try_wait()? {
+                break status;
+            }
+            std::thread::sleep(RSS_SAMPLE);
+        };
+        let wall = started.elapsed();
+        let code = status.code().unwrap_or(128);
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        if code != 0 && code != 3 && code != 1 {
+            bail!("keyshift {} exited {code}: {stderr}", args.join(" "));
+        }
+        Ok(ChildRun {
+            code,
+            stdout,
+            wall,
+            peak_rss_kb,
+        })
+    })
+    .await?
+}
+
+const RSS_SAMPLE: Duration = Duration::from_millis(5);
+
+/// The `VmHWM` line of /proc/PID/status in KiB; `None` once the process
+/// has exited (a zombie has no memory left to report).
+fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_hwm(&status)
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn high_water_mark_is_read_from_proc_status() {
+        let status = "Name:\tkeyshift\nVmPeak:\t  900 kB\nVmHWM:\t   43120 kB\nVmRSS:\t 100 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(43120));
+        assert_eq!(parse_vm_hwm("Name:\tzombie\nState:\tZ\n"), None);
+        let own = vm_hwm_kb(std::process::id()).expect("this process has a VmHWM");
+        assert!(own > 0);
+    }
+}

@@ -1,0 +1,317 @@
+//! bench.json and bench.md. A run measures latency or migration; the other
+//! section is kept from the bench.json already in the report directory, so
+//! one directory ends up holding both, each with the time it was measured.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::data::{Op, StoreKind};
+use super::latency::LatencyRow;
+use super::migration::MigrationRow;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub latency: Option<LatencySection>,
+    pub migration: Option<MigrationSection>,
+}
+
+/// Where and how a section was measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Setting {
+    pub measured_at: String,
+    pub backend: String,
+    pub redis_version: String,
+    pub cores: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatencySection {
+    pub setting: Setting,
+    /// Users per positions-per-user dataset.
+    pub users: usize,
+    pub cell_ms: u64,
+    pub rows: Vec<LatencyRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrationSection {
+    pub setting: Setting,
+    pub seed: u64,
+    pub rows: Vec<MigrationRow>,
+}
+
+impl BenchReport {
+    /// The report in `dir`, or an empty one when there is none (or it is
+    /// from an incompatible version: it is then replaced whole).
+    pub fn load(dir: &Path) -> Self {
+        std::fs::read_to_string(dir.join("bench.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join("bench.json"), json + "\n")?;
+        std::fs::write(dir.join("bench.md"), render(self))
+    }
+}
+
+fn setting_line(s: &Setting) -> String {
+    format!(
+        "Measured {} on a disposable Redis {} ({} backend), {} cores shared by client and server.",
+        s.measured_at, s.redis_version, s.backend, s.cores
+    )
+}
+
+/// bench.md.
+pub fn render(r: &BenchReport) -> String {
+    let mut out = String::from("# keyshift bench\n\n");
+    match &r.latency {
+        Some(l) => render_latency(&mut out, l),
+        None => out.push_str("No latency run yet: `keyshift bench`.\n\n"),
+    }
+    match &r.migration {
+        Some(m) => render_migration(&mut out, m),
+        None => out.push_str("No migration run yet: `keyshift bench --migration`.\n"),
+    }
+    out
+}
+
+fn render_latency(out: &mut String, l: &LatencySection) {
+    let _ = writeln!(out, "## Data API latency\n\n{}", setting_line(&l.setting));
+    let _ = writeln!(
+        out,
+        "{} users per dataset, {} ms per cell (the first tenth warms up). Latencies in µs, \
+         measured at the caller: round trip plus the store's own client work (JSON parsing and \
+         editing for legacy). `remove` times the removal only; the position is put back \
+         untimed. Charts: `latency_<operation>.svg` (p50 by positions per user).\n",
+        l.users, l.cell_ms
+    );
+    let _ = writeln!(out, "### p50 at concurrency 1 (µs)\n");
+    let mut positions: Vec<usize> = l.rows.iter().map(|r| r.positions).collect();
+    positions.sort_unstable();
+    positions.dedup();
+    let _ = write!(out, "| operation | store |");
+    for p in &positions {
+        let _ = write!(out, " {p} pos |");
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "|---|---|{}", "---:|".repeat(positions.len()));
+    let min_c = l.rows.iter().map(|r| r.concurrency).min().unwrap_or(1);
+    for op in Op::ALL {
+        for store in StoreKind::ALL {
+            let _ = write!(out, "| {} | {} |", op.name(), store.name());
+            for p in &positions {
+                let cell = l.rows.iter().find(|r| {
+                    r.op == op && r.store == store && r.positions == *p && r.concurrency == min_c
+                });
+                let _ = write!(
+                    out,
+                    " {} |",
+                    cell.map_or("-".to_owned(), |r| format!("{:.1}", r.p50_us))
+                );
+            }
+            let _ = writeln!(out);
+        }
+    }
+    let _ = writeln!(out, "\n{}\n", read_verdict(l));
+    let _ = writeln!(out, "### Every cell\n");
+    let _ = writeln!(
+        out,
+        "| operation | store | positions | concurrency | calls | ops/s | p50 | p90 | p99 | p99.9 | max |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in &l.rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.op.name(),
+            r.store.name(),
+            r.positions,
+            r.concurrency,
+            r.calls,
+            r.ops_per_sec,
+            r.p50_us,
+            r.p90_us,
+            r.p99_us,
+            r.p999_us,
+            r.max_us
+        );
+    }
+    out.push('\n');
+}
+
+/// The acceptance line of issue 6: the hash store's single-position read
+/// p50 against the legacy one at 5 positions per user and above.
+pub fn read_verdict(l: &LatencySection) -> String {
+    let mut lines = Vec::new();
+    let p50 = |store, p, c| {
+        l.rows
+            .iter()
+            .find(|r| {
+                r.op == Op::GetPosition
+                    && r.store == store
+                    && r.positions == p
+                    && r.concurrency == c
+            })
+            .map(|r| r.p50_us)
+    };
+    let mut cells: Vec<(usize, usize)> = l
+        .rows
+        .iter()
+        .filter(|r| r.op == Op::GetPosition && r.positions >= 5)
+        .map(|r| (r.positions, r.concurrency))
+        .collect();
+    cells.sort_unstable();
+    cells.dedup();
+    for (p, c) in cells {
+        if let (Some(h), Some(g)) = (p50(StoreKind::Hash, p, c), p50(StoreKind::Legacy, p, c)) {
+            lines.push(format!(
+                "{} {p} positions, concurrency {c}: hash {h:.1} µs vs legacy {g:.1} µs",
+                if h <= g { "ok  " } else { "MISS" }
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return "Single-position read, hash vs legacy p50: no cell at 5 positions or more.".into();
+    }
+    format!(
+        "Single-position read, hash p50 <= legacy p50 at 5 positions and above:\n\n```\n{}\n```",
+        lines.join("\n")
+    )
+}
+
+fn render_migration(out: &mut String, m: &MigrationSection) {
+    let _ = writeln!(
+        out,
+        "## Phase 2 migration against its write floor\n\n{}",
+        setting_line(&m.setting)
+    );
+    let _ = writeln!(
+        out,
+        "Generated keyspace (seed {}). Floor: the same end state (every hash, index, backup and \
+         delete) written by a pipelined bulk load on the same server, no reads and no checks. \
+         Migrate and verify run as child processes; peak RSS is each child's own high-water \
+         mark (`VmHWM` of /proc/PID/status, sampled every 5 ms until it exits). Positions/s = positions migrated / wall time.\n",
+        m.seed
+    );
+    let _ = writeln!(
+        out,
+        "| users | keys | legacy keys migrated | positions | floor s | floor pos/s | migrate s | migrate pos/s | ratio | migrate exit | migrate peak RSS MB | verify s | verify exit | verify peak RSS MB |"
+    );
+    let _ = writeln!(
+        out,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in &m.rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {} | {:.1} | {:.2} | {} | {:.1} |",
+            r.users,
+            r.keys_seeded,
+            r.legacy_keys_migrated,
+            r.positions_migrated,
+            r.floor_s,
+            r.floor_positions_per_s,
+            r.migrate_s,
+            r.migrate_positions_per_s,
+            r.ratio,
+            r.migrate_exit,
+            r.migrate_peak_rss_mb,
+            r.verify_s,
+            r.verify_exit,
+            r.verify_peak_rss_mb
+        );
+    }
+    let _ = writeln!(out);
+    for r in &m.rows {
+        let _ = writeln!(
+            out,
+            "- {} users: migrate took {:.2}x the floor; peak RSS migrate {:.1} MB, verify {:.1} MB{}.",
+            r.users,
+            r.ratio,
+            r.migrate_peak_rss_mb,
+            r.verify_peak_rss_mb,
+            if r.verify_exit == 0 {
+                ", every invariant holds"
+            } else {
+                ", VERIFY FAILED"
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nExit 3 from migrate is expected: the generator seeds malformed legacy keys, which are \
+         quarantined and reported. Chart: `migration.svg`."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(store: StoreKind, positions: usize, p50: f64) -> LatencyRow {
+        LatencyRow {
+            op: Op::GetPosition,
+            store,
+            positions,
+            concurrency: 1,
+            calls: 10,
+            ops_per_sec: 1.0,
+            mean_us: p50,
+            p50_us: p50,
+            p90_us: p50,
+            p99_us: p50,
+            p999_us: p50,
+            max_us: p50,
+        }
+    }
+
+    fn section(rows: Vec<LatencyRow>) -> LatencySection {
+        LatencySection {
+            setting: Setting {
+                measured_at: "t".into(),
+                backend: "process".into(),
+                redis_version: "7".into(),
+                cores: 2,
+            },
+            users: 1,
+            cell_ms: 1,
+            rows,
+        }
+    }
+
+    #[test]
+    fn verdict_names_each_cell_at_five_positions_and_above() {
+        let l = section(vec![
+            row(StoreKind::Hash, 1, 9.0),
+            row(StoreKind::Legacy, 1, 5.0),
+            row(StoreKind::Hash, 5, 9.0),
+            row(StoreKind::Legacy, 5, 10.0),
+            row(StoreKind::Hash, 20, 12.0),
+            row(StoreKind::Legacy, 20, 11.0),
+        ]);
+        let v = read_verdict(&l);
+        assert!(v.contains("ok   5 positions"), "{v}");
+        assert!(v.contains("MISS 20 positions"), "{v}");
+        assert!(!v.contains(" 1 positions"), "{v}");
+    }
+
+    #[test]
+    fn markdown_holds_every_cell_and_both_sections() {
+        let r = BenchReport {
+            latency: Some(section(vec![row(StoreKind::DualRead, 5, 7.5)])),
+            migration: None,
+        };
+        let md = render(&r);
+        assert!(md.contains("| get_position | dual-read | 5 | 1 |"), "{md}");
+        assert!(md.contains("No migration run yet"), "{md}");
+    }
+}
