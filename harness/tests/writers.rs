@@ -69,7 +69,7 @@ async fn no_acknowledged_write_lost_across_ten_seeds() {
         );
         let history = writers.stop().await;
 
-        let entry = no_lost_writes(&db.conn, &history, &history.initial).await;
+        let entry = no_lost_writes(&db.conn, &history).await;
         assert_eq!(entry.status, Status::Pass, "seed {seed}: {entry:#?}");
         assert!(entry.matching > 0, "seed {seed}: nothing compared");
 
@@ -148,7 +148,7 @@ async fn a_write_lost_behind_the_writers_back_is_reported() {
             .await
     );
     let history = writers.stop().await;
-    let entry = no_lost_writes(&db.conn, &history, &history.initial).await;
+    let entry = no_lost_writes(&db.conn, &history).await;
     assert_eq!(entry.status, Status::Pass, "{entry:#?}");
 
     // The last acknowledged upsert of a migrated position, overwritten
@@ -175,7 +175,7 @@ async fn a_write_lost_behind_the_writers_back_is_reported() {
         .position_key(&format!("{inst_id}:{}", side.as_str()));
     db.cmd::<()>(&["HSET", &key, "wseq", "clobbered"]).await;
 
-    let entry = no_lost_writes(&db.conn, &history, &history.initial).await;
+    let entry = no_lost_writes(&db.conn, &history).await;
     assert_eq!(entry.status, Status::Fail, "{entry:#?}");
     let sample = entry.samples.join("\n");
     assert!(
@@ -298,6 +298,6 @@ async fn rogue_legacy_writer_is_reported_as_reappeared() {
         "{verify}"
     );
     // And the writes it made there are invisible to the application.
-    let entry = no_lost_writes(&db.conn, &history, &history.initial).await;
+    let entry = no_lost_writes(&db.conn, &history).await;
     assert_eq!(entry.status, Status::Fail, "{entry:#?}");
 }

@@ -117,7 +117,7 @@ pub async fn rollback_then_migrate_again<S: GridPositionsStore>(
     } else {
         let (again, history) =
             writers::around(&w.url, w.pairs.clone(), &w.cfg, w.writes, migration).await?;
-        let entry = writers::no_lost_writes(conn, &history, &history.initial).await;
+        let entry = writers::no_lost_writes(conn, &history).await;
         (again?, entry)
     };
     let run2 = latest_run(conn).await?;

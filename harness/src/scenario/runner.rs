@@ -165,7 +165,7 @@ async fn run_into(
     let lost_writes = match &history {
         Some(h) => {
             let conn = connect(&server.url()).await?;
-            writers::no_lost_writes(&conn, h, &h.initial).await
+            writers::no_lost_writes(&conn, h).await
         }
         None => InvariantEntry::not_run(
             writers::ID,

@@ -188,14 +188,10 @@ pub async fn observe(conn: &MultiplexedConnection, pairs: &[HotPair]) -> Vec<Obs
     out
 }
 
-/// The `no-lost-writes` entry: `history` checked against the final state.
-/// `initial` is the state before the writers started (`history.initial`
-/// unless the caller read its own).
-pub async fn no_lost_writes(
-    conn: &MultiplexedConnection,
-    history: &History,
-    initial: &Initial,
-) -> InvariantEntry {
+/// The `no-lost-writes` entry: `history` checked against the final state,
+/// from the state the writers read before they started (`history.initial`).
+pub async fn no_lost_writes(conn: &MultiplexedConnection, history: &History) -> InvariantEntry {
+    let initial = &history.initial;
     let pairs: BTreeSet<&HotPair> = initial
         .pairs
         .keys()
