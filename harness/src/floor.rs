@@ -91,6 +91,44 @@ pub fn write_end_state(
     Ok(users)
 }
 
+/// Writes, for every legacy key in `ks` that would migrate, the reads a
+/// verifier of its end state cannot do without: the index members, each
+/// position hash and its TTL, the backup and its TTL, and whether the
+/// legacy key is gone. Timing that on the migrated server gives `verify`'s
+/// floor, as [`write_end_state`] gives `migrate`'s. Returns the number of
+/// legacy keys covered.
+pub fn write_end_state_reads(
+    ks: &Keyspace,
+    exchanges: &[String],
+    stamp: &str,
+    out: &mut impl Write,
+) -> io::Result<usize> {
+    let mut users = 0;
+    for entry in &ks.entries {
+        let (Some(legacy), KeyValue::String(value)) = (
+            LegacyPositionsKey::parse(&entry.key, exchanges),
+            &entry.value,
+        ) else {
+            continue;
+        };
+        let UserPlan::Migrate(plan) = plan_value(value, PlanOptions::default()) else {
+            continue;
+        };
+        users += 1;
+        write_command(out, &["SMEMBERS", legacy.index_key().as_str()])?;
+        for p in plan.positions {
+            let key = legacy.position_key(&p.index_member());
+            write_command(out, &["HGETALL", key.as_str()])?;
+            write_command(out, &["PTTL", key.as_str()])?;
+        }
+        let backup = legacy.backup_key(stamp);
+        write_command(out, &["GET", backup.as_str()])?;
+        write_command(out, &["PTTL", backup.as_str()])?;
+        write_command(out, &["EXISTS", entry.key.as_str()])?;
+    }
+    Ok(users)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +159,34 @@ mod tests {
             "SADD",
             "okx:positions:7:backup:20260101_000000",
             "DEL",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        assert!(!text.contains("okx:positions:8"));
+    }
+
+    #[test]
+    fn end_state_reads_cover_index_hashes_backup_and_legacy() {
+        let mut ks = Keyspace::new();
+        let v = br#"[{"instId":"A","pos":"1"},{"instId":"B","pos":"-2"}]"#.to_vec();
+        ks.push(KeyEntry::new("okx:positions:7", KeyValue::String(v)));
+        ks.push(KeyEntry::new(
+            "okx:positions:8",
+            KeyValue::String(b"junk".to_vec()),
+        ));
+        let mut out = Vec::new();
+        let n = write_end_state_reads(&ks, &["okx".into()], "20260101_000000", &mut out).unwrap();
+        assert_eq!(n, 1);
+        let text = String::from_utf8(out).unwrap();
+        // SMEMBERS, 2 x (HGETALL, PTTL), GET, PTTL, EXISTS.
+        assert_eq!(text.matches("\r\n*").count() + 1, 8, "{text}");
+        for needle in [
+            "SMEMBERS",
+            "positions:index:7:okx",
+            "positions:7:okx:A:long",
+            "positions:7:okx:B:short",
+            "okx:positions:7:backup:20260101_000000",
+            "EXISTS",
         ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }

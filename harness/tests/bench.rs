@@ -113,6 +113,8 @@ fn latency_and_migration_reports_hold_every_cell() {
     assert!(m["positions_migrated"].as_u64().unwrap() > 0, "{m}");
     assert!(m["ratio"].as_f64().unwrap() > 0.0, "{m}");
     assert!(m["floor_s"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(m["read_floor_s"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(m["verify_ratio"].as_f64().unwrap() > 0.0, "{m}");
     // A keyshift process holds at least its binary and runtime: a peak of
     // 0 would mean the sampling never saw the child.
     assert!(m["migrate_peak_rss_mb"].as_f64().unwrap() > 1.0, "{m}");
@@ -125,5 +127,6 @@ fn latency_and_migration_reports_hold_every_cell() {
     assert_eq!(m["migrate_exit"], 3, "{m}");
     let md = std::fs::read_to_string(dir.path().join("bench.md")).unwrap();
     assert!(md.contains("1000 users: migrate took"), "{md}");
+    assert!(md.contains("x the read floor"), "{md}");
     assert!(dir.path().join("migration.svg").exists());
 }

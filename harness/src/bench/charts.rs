@@ -91,20 +91,23 @@ pub fn latency(dir: &Path, l: &LatencySection) -> ChartResult<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// Positions per second against users: the migration and its floor.
+/// Positions per second against users: migrate and verify, and their floors.
 pub fn migration(dir: &Path, m: &MigrationSection) -> ChartResult<PathBuf> {
     let path = dir.join("migration.svg");
     let (xmin, xmax) = range_of(m.rows.iter().map(|r| r.users as f64));
-    let (ymin, ymax) = range_of(
-        m.rows
-            .iter()
-            .flat_map(|r| [r.migrate_positions_per_s, r.floor_positions_per_s]),
-    );
+    let (ymin, ymax) = range_of(m.rows.iter().flat_map(|r| {
+        [
+            r.migrate_positions_per_s,
+            r.floor_positions_per_s,
+            r.verify_positions_per_s,
+            r.read_floor_positions_per_s,
+        ]
+    }));
     let root = SVGBackend::new(&path, (720, 440)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Phase 2 throughput: migrate vs the write floor",
+            "Phase 2 throughput: migrate and verify vs their floors",
             ("sans-serif", 18),
         )
         .margin(12)
@@ -119,9 +122,15 @@ pub fn migration(dir: &Path, m: &MigrationSection) -> ChartResult<PathBuf> {
         .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     type Figure = fn(&MigrationRow) -> f64;
-    let series: [(&str, Figure); 2] = [
+    let series: [(&str, Figure); 4] = [
         ("keyshift migrate", |r| r.migrate_positions_per_s),
-        ("floor (pipelined bulk load)", |r| r.floor_positions_per_s),
+        ("write floor (pipelined bulk load)", |r| {
+            r.floor_positions_per_s
+        }),
+        ("keyshift verify", |r| r.verify_positions_per_s),
+        ("read floor (pipelined bulk read)", |r| {
+            r.read_floor_positions_per_s
+        }),
     ];
     for (i, (name, value)) in series.into_iter().enumerate() {
         let points: Vec<(f64, f64)> = m.rows.iter().map(|r| (r.users as f64, value(r))).collect();

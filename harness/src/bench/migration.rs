@@ -4,8 +4,10 @@
 //! seed), seed it with a raw pipe and time the floor — the migration's
 //! end state (`crate::floor`: every hash, index, backup and delete) written
 //! by a pipelined bulk load, no reads and no checks — then flush, seed
-//! again and time `keyshift migrate grid-positions` and `keyshift verify
-//! grid-positions`, each run as a child process of this one. A child's
+//! again and time `keyshift migrate grid-positions`, then the read floor
+//! (the migrated end state read back by a pipelined bulk read: index, each
+//! hash and TTL, backup and TTL, legacy key gone) and `keyshift verify
+//! grid-positions`, each keyshift run a child process of this one. A child's
 //! peak RSS is its own high-water mark (`VmHWM`, sampled until it exits),
 //! so the figure is the migrating process's, not this harness's, which
 //! holds the whole generated keyspace.
@@ -20,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pipe::pipe;
 use crate::backend::RedisServer;
-use crate::floor::write_end_state;
+use crate::floor::{write_end_state, write_end_state_reads};
 use crate::seed::{generate, write_resp, GenConfig};
 
 /// One size's figures.
@@ -41,7 +43,15 @@ pub struct MigrationRow {
     /// Exit code of migrate: 0, or 3 when seeded malformed keys were quarantined.
     pub migrate_exit: i32,
     pub migrate_peak_rss_mb: f64,
+    /// The read floor: the reads a verifier of the end state cannot do
+    /// without (index, every hash and TTL, backup and TTL, legacy gone) by a
+    /// pipelined bulk read of the migrated server.
+    pub read_floor_s: f64,
+    pub read_floor_positions_per_s: f64,
     pub verify_s: f64,
+    pub verify_positions_per_s: f64,
+    /// verify_s / read_floor_s.
+    pub verify_ratio: f64,
     pub verify_exit: i32,
     pub verify_peak_rss_mb: f64,
 }
@@ -62,7 +72,7 @@ pub async fn measure(
 ) -> anyhow::Result<MigrationRow> {
     let port = server.port();
     let url = server.url();
-    let (seed_resp, end_resp, keys_seeded) = tokio::task::spawn_blocking(move || {
+    let (keyspace, seed_resp, end_resp) = tokio::task::spawn_blocking(move || {
         let generated = generate(&GenConfig {
             users,
             seed,
@@ -80,9 +90,10 @@ pub async fn measure(
             &now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             &mut end_resp,
         )?;
-        Ok::<_, std::io::Error>((seed_resp, end_resp, generated.keyspace.entries.len()))
+        Ok::<_, std::io::Error>((generated.keyspace, seed_resp, end_resp))
     })
     .await??;
+    let keys_seeded = keyspace.entries.len();
 
     // No response timeout: a FLUSHALL SYNC of millions of keys takes as
     // long as it takes, and this is a server we started.
@@ -128,6 +139,20 @@ pub async fn measure(
         serde_json::from_str(&migrate.stdout).context("reading the migrate report")?;
     let totals = &report["totals"];
     let positions = totals["positions_migrated"].as_u64().unwrap_or(0);
+    let stamp = report["stamp"]
+        .as_str()
+        .context("the migrate report has no backup stamp")?
+        .to_owned();
+    let read_floor = tokio::task::spawn_blocking(move || {
+        let exchanges: Vec<String> = DEFAULT_EXCHANGES.iter().map(|s| (*s).to_owned()).collect();
+        let mut reads = Vec::new();
+        write_end_state_reads(&keyspace, &exchanges, &stamp, &mut reads)?;
+        drop(keyspace);
+        let started = Instant::now();
+        load(port, &reads, "reading the end state back")?;
+        Ok::<_, anyhow::Error>(started.elapsed())
+    })
+    .await??;
     let verify = child(&["verify", "grid-positions", "--redis", &url, "--json"]).await?;
     // The next size starts on an empty server; this keyspace is done.
     redis::cmd("FLUSHALL")
@@ -147,13 +172,22 @@ pub async fn measure(
         floor_positions_per_s: per_s(floor),
         migrate_s: secs(migrate.wall),
         migrate_positions_per_s: per_s(migrate.wall),
-        ratio: (migrate.wall.as_secs_f64() / floor.as_secs_f64().max(1e-9) * 100.0).round() / 100.0,
+        ratio: ratio(migrate.wall, floor),
         migrate_exit: migrate.code,
         migrate_peak_rss_mb: mb(migrate.peak_rss_kb),
+        read_floor_s: secs(read_floor),
+        read_floor_positions_per_s: per_s(read_floor),
         verify_s: secs(verify.wall),
+        verify_positions_per_s: per_s(verify.wall),
+        verify_ratio: ratio(verify.wall, read_floor),
         verify_exit: verify.code,
         verify_peak_rss_mb: mb(verify.peak_rss_kb),
     })
+}
+
+/// `measured / floor`, two decimals.
+fn ratio(measured: Duration, floor: Duration) -> f64 {
+    (measured.as_secs_f64() / floor.as_secs_f64().max(1e-9) * 100.0).round() / 100.0
 }
 
 fn load(port: u16, resp: &[u8], what: &str) -> anyhow::Result<()> {

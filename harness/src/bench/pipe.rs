@@ -17,8 +17,7 @@ pub struct PipeOutcome {
     pub first_error: Option<String>,
 }
 
-/// Sends `resp` (complete commands whose replies are one line each: integers,
-/// simple strings, errors) to `127.0.0.1:port` and waits for every reply.
+/// Sends `resp` (complete commands, any replies) to `127.0.0.1:port` and waits for every reply.
 pub fn pipe(port: u16, resp: &[u8]) -> std::io::Result<PipeOutcome> {
     let stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_nodelay(true)?;
@@ -46,32 +45,80 @@ fn read_until_marker(stream: &TcpStream, marker: &str) -> std::io::Result<PipeOu
         errors: 0,
         first_error: None,
     };
-    let mut line = String::new();
     loop {
-        line.clear();
-        if lines.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the server closed the connection before answering every command",
-            ));
-        }
-        match line.as_bytes().first() {
-            Some(b'$') => {
-                // A bulk reply: only the marker's ECHO sends one.
-                line.clear();
-                lines.read_line(&mut line)?;
-                if line.trim_end() == marker {
-                    return Ok(out);
-                }
-                out.replies += 1;
-            }
-            Some(b'-') => {
+        match read_reply(&mut lines)? {
+            Reply::Bulk(Some(b)) if b == marker.as_bytes() => return Ok(out),
+            Reply::Error(e) => {
                 out.replies += 1;
                 out.errors += 1;
-                out.first_error
-                    .get_or_insert_with(|| line.trim_end().to_owned());
+                out.first_error.get_or_insert(e);
             }
             _ => out.replies += 1,
         }
+    }
+}
+
+/// A top-level reply, as much of it as the pipe needs: errors are counted,
+/// a bulk string may be the end marker, anything else is just counted.
+enum Reply {
+    Error(String),
+    Bulk(Option<Vec<u8>>),
+    Other,
+}
+
+/// Reads one complete RESP2 reply, arrays (HGETALL, SMEMBERS) included.
+fn read_reply(r: &mut impl BufRead) -> std::io::Result<Reply> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the server closed the connection before answering every command",
+        ));
+    }
+    let body = line.trim_end();
+    let len = || -> std::io::Result<i64> {
+        body[1..].parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not a RESP length: {body:?}"),
+            )
+        })
+    };
+    match body.as_bytes().first() {
+        Some(b'-') => Ok(Reply::Error(body.to_owned())),
+        Some(b'$') => {
+            let n = len()?;
+            if n < 0 {
+                return Ok(Reply::Bulk(None));
+            }
+            let mut buf = vec![0; n as usize + 2];
+            r.read_exact(&mut buf)?;
+            buf.truncate(n as usize);
+            Ok(Reply::Bulk(Some(buf)))
+        }
+        Some(b'*') => {
+            for _ in 0..len()?.max(0) {
+                read_reply(r)?;
+            }
+            Ok(Reply::Other)
+        }
+        _ => Ok(Reply::Other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_replies_are_read_whole_and_errors_counted() {
+        let wire =
+            b"*4\r\n$1\r\na\r\n$-1\r\n*1\r\n:5\r\n$3\r\nxyz\r\n-ERR no\r\n:7\r\n$3\r\nend\r\n";
+        let mut r = std::io::Cursor::new(&wire[..]);
+        assert!(matches!(read_reply(&mut r).unwrap(), Reply::Other));
+        assert!(matches!(read_reply(&mut r).unwrap(), Reply::Error(e) if e == "-ERR no"));
+        assert!(matches!(read_reply(&mut r).unwrap(), Reply::Other));
+        assert!(matches!(read_reply(&mut r).unwrap(), Reply::Bulk(Some(b)) if b == b"end"));
+        assert!(read_reply(&mut r).is_err(), "end of input is an error");
     }
 }

@@ -191,29 +191,31 @@ pub fn read_verdict(l: &LatencySection) -> String {
 fn render_migration(out: &mut String, m: &MigrationSection) {
     let _ = writeln!(
         out,
-        "## Phase 2 migration against its write floor\n\n{}",
+        "## Phase 2 migration and verify against their floors\n\n{}",
         setting_line(&m.setting)
     );
     let _ = writeln!(
         out,
         "Generated keyspace (seed {}). Floor: the same end state (every hash, index, backup and \
          delete) written by a pipelined bulk load on the same server, no reads and no checks. \
-         Migrate and verify run as child processes; peak RSS is each child's own high-water \
+         Read floor: the migrated end state read back by a pipelined bulk read (each index, \
+         hash and its TTL, backup and its TTL, and whether the legacy key is gone), the \
+         least any verifier must read. Migrate and verify run as child processes; peak RSS is each child's own high-water \
          mark (`VmHWM` of /proc/PID/status, sampled every 5 ms until it exits). Positions/s = positions migrated / wall time.\n",
         m.seed
     );
     let _ = writeln!(
         out,
-        "| users | keys | legacy keys migrated | positions | floor s | floor pos/s | migrate s | migrate pos/s | ratio | migrate exit | migrate peak RSS MB | verify s | verify exit | verify peak RSS MB |"
+        "| users | keys | legacy keys migrated | positions | floor s | floor pos/s | migrate s | migrate pos/s | ratio | migrate exit | migrate peak RSS MB | read floor s | verify s | verify pos/s | verify ratio | verify exit | verify peak RSS MB |"
     );
     let _ = writeln!(
         out,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &m.rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {} | {:.1} | {:.2} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {} | {:.1} | {:.2} | {:.2} | {} | {:.2} | {} | {:.1} |",
             r.users,
             r.keys_seeded,
             r.legacy_keys_migrated,
@@ -225,7 +227,10 @@ fn render_migration(out: &mut String, m: &MigrationSection) {
             r.ratio,
             r.migrate_exit,
             r.migrate_peak_rss_mb,
+            r.read_floor_s,
             r.verify_s,
+            r.verify_positions_per_s,
+            r.verify_ratio,
             r.verify_exit,
             r.verify_peak_rss_mb
         );
@@ -234,9 +239,10 @@ fn render_migration(out: &mut String, m: &MigrationSection) {
     for r in &m.rows {
         let _ = writeln!(
             out,
-            "- {} users: migrate took {:.2}x the floor; peak RSS migrate {:.1} MB, verify {:.1} MB{}.",
+            "- {} users: migrate took {:.2}x the write floor, verify {:.2}x the read floor; peak RSS migrate {:.1} MB, verify {:.1} MB{}.",
             r.users,
             r.ratio,
+            r.verify_ratio,
             r.migrate_peak_rss_mb,
             r.verify_peak_rss_mb,
             if r.verify_exit == 0 {
