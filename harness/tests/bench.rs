@@ -128,5 +128,7 @@ fn latency_and_migration_reports_hold_every_cell() {
     let md = std::fs::read_to_string(dir.path().join("bench.md")).unwrap();
     assert!(md.contains("1000 users: migrate took"), "{md}");
     assert!(md.contains("x the read floor"), "{md}");
+    assert!(m["cpu"]["migrate_server"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(m["cpu"]["floor_server"].as_f64().unwrap() > 0.0, "{m}");
     assert!(dir.path().join("migration.svg").exists());
 }

@@ -54,6 +54,7 @@ pub struct MigrationRow {
     pub verify_ratio: f64,
     pub verify_exit: i32,
     pub verify_peak_rss_mb: f64,
+    pub cpu: CpuSeconds,
 }
 
 /// A child process's end.
@@ -62,6 +63,8 @@ struct ChildRun {
     stdout: String,
     wall: Duration,
     peak_rss_kb: u64,
+    /// utime + stime, as last sampled before it exited.
+    cpu_s: f64,
 }
 
 /// Measures one size on `server` (flushed first: a server we started).
@@ -109,16 +112,21 @@ pub async fn measure(
             .await
     };
     flush(conn.clone()).await?;
-    let (floor, seed_resp) = tokio::task::spawn_blocking(move || {
-        load(port, &seed_resp, "seeding")?;
+    let seed_resp =
+        tokio::task::spawn_blocking(move || load(port, &seed_resp, "seeding").map(|()| seed_resp))
+            .await??;
+    let cpu = ServerCpu::start(&mut conn).await?;
+    let floor = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         load(port, &end_resp, "writing the floor's end state")?;
-        Ok::<_, anyhow::Error>((started.elapsed(), seed_resp))
+        Ok::<_, anyhow::Error>(started.elapsed())
     })
     .await??;
+    let floor_server_cpu = cpu.seconds(&mut conn).await?;
     flush(conn.clone()).await?;
     tokio::task::spawn_blocking(move || load(port, &seed_resp, "seeding")).await??;
 
+    let cpu = ServerCpu::start(&mut conn).await?;
     let migrate = child(&[
         "migrate",
         "grid-positions",
@@ -137,23 +145,32 @@ pub async fn measure(
     }
     let report: serde_json::Value =
         serde_json::from_str(&migrate.stdout).context("reading the migrate report")?;
+    let migrate_server_cpu = cpu.seconds(&mut conn).await?;
     let totals = &report["totals"];
     let positions = totals["positions_migrated"].as_u64().unwrap_or(0);
     let stamp = report["stamp"]
         .as_str()
         .context("the migrate report has no backup stamp")?
         .to_owned();
-    let read_floor = tokio::task::spawn_blocking(move || {
+    let reads = tokio::task::spawn_blocking(move || {
         let exchanges: Vec<String> = DEFAULT_EXCHANGES.iter().map(|s| (*s).to_owned()).collect();
         let mut reads = Vec::new();
         write_end_state_reads(&keyspace, &exchanges, &stamp, &mut reads)?;
         drop(keyspace);
+        Ok::<_, anyhow::Error>(reads)
+    })
+    .await??;
+    let cpu = ServerCpu::start(&mut conn).await?;
+    let read_floor = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         load(port, &reads, "reading the end state back")?;
         Ok::<_, anyhow::Error>(started.elapsed())
     })
     .await??;
+    let read_floor_server_cpu = cpu.seconds(&mut conn).await?;
+    let cpu = ServerCpu::start(&mut conn).await?;
     let verify = child(&["verify", "grid-positions", "--redis", &url, "--json"]).await?;
+    let verify_server_cpu = cpu.seconds(&mut conn).await?;
     // The next size starts on an empty server; this keyspace is done.
     redis::cmd("FLUSHALL")
         .arg("ASYNC")
@@ -182,7 +199,61 @@ pub async fn measure(
         verify_ratio: ratio(verify.wall, read_floor),
         verify_exit: verify.code,
         verify_peak_rss_mb: mb(verify.peak_rss_kb),
+        cpu: CpuSeconds {
+            floor_server: floor_server_cpu,
+            migrate_server: migrate_server_cpu,
+            migrate_client: migrate.cpu_s,
+            read_floor_server: read_floor_server_cpu,
+            verify_server: verify_server_cpu,
+            verify_client: verify.cpu_s,
+        },
     })
+}
+
+/// CPU seconds spent in each measured step: the server's (`INFO cpu`, all
+/// its threads) and the keyshift child's (utime + stime). On a shared,
+/// noisy machine wall time swings with the neighbours; CPU time mostly
+/// does not, so these show where the ratio's cost lies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CpuSeconds {
+    pub floor_server: f64,
+    pub migrate_server: f64,
+    pub migrate_client: f64,
+    pub read_floor_server: f64,
+    pub verify_server: f64,
+    pub verify_client: f64,
+}
+
+/// The server's CPU time at the start of a step.
+struct ServerCpu(f64);
+
+impl ServerCpu {
+    async fn start(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<Self> {
+        Ok(Self(server_cpu_s(conn).await?))
+    }
+
+    /// Seconds of server CPU since `start`, to the millisecond.
+    async fn seconds(self, conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+        let spent = server_cpu_s(conn).await? - self.0;
+        Ok((spent * 1000.0).round() / 1000.0)
+    }
+}
+
+async fn server_cpu_s(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
+    parse_server_cpu(&info).context("INFO cpu has no used_cpu_user/used_cpu_sys")
+}
+
+/// used_cpu_user + used_cpu_sys of an `INFO cpu` reply.
+fn parse_server_cpu(info: &str) -> Option<f64> {
+    let field = |name: &str| -> Option<f64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
 
 /// `measured / floor`, two decimals.
@@ -232,9 +303,13 @@ async fn child(args: &[&str]) -> anyhow::Result<ChildRun> {
         let stdout = drain(Box::new(proc.stdout.take().expect("piped")));
         let stderr = drain(Box::new(proc.stderr.take().expect("piped")));
         let mut peak_rss_kb = 0;
+        let mut cpu_s: f64 = 0.0;
         let status = loop {
             if let Some(kb) = vm_hwm_kb(proc.id()) {
                 peak_rss_kb = peak_rss_kb.max(kb);
+            }
+            if let Some(s) = cpu_seconds(proc.id()) {
+                cpu_s = cpu_s.max(s);
             }
             if let Some(status) = proc.try_wait()? {
                 break status;
@@ -253,6 +328,7 @@ async fn child(args: &[&str]) -> anyhow::Result<ChildRun> {
             stdout,
             wall,
             peak_rss_kb,
+            cpu_s: (cpu_s * 100.0).round() / 100.0,
         })
     })
     .await?
@@ -265,6 +341,27 @@ const RSS_SAMPLE: Duration = Duration::from_millis(5);
 fn vm_hwm_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_vm_hwm(&status)
+}
+
+/// utime + stime of /proc/PID/stat, in seconds (dead threads included).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_ticks(&stat).map(|ticks| ticks as f64 / USER_HZ)
+}
+
+/// /proc reports CPU time in USER_HZ ticks, which the kernel fixes at 100
+/// for userspace on every architecture Linux ships.
+const USER_HZ: f64 = 100.0;
+
+/// Fields 14 and 15 (utime, stime) of a /proc/PID/stat line. The command
+/// name (field 2) may hold spaces and parentheses, so fields are counted
+/// from the last `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 fn parse_vm_hwm(status: &str) -> Option<u64> {
@@ -289,5 +386,19 @@ mod tests {
         assert_eq!(parse_vm_hwm("Name:\tzombie\nState:\tZ\n"), None);
         let own = vm_hwm_kb(std::process::id()).expect("this process has a VmHWM");
         assert!(own > 0);
+    }
+
+    #[test]
+    fn cpu_ticks_are_counted_past_a_command_name_with_spaces() {
+        let stat = "4242 (tokio (rt) x) S 1 2 3 4 5 6 7 8 9 10 250 31 0 0 20 0 9 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(281));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn server_cpu_sums_user_and_sys() {
+        let info = "# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:2.250000\r\nused_cpu_sys_children:9.0\r\n";
+        assert_eq!(parse_server_cpu(info), Some(3.75));
+        assert_eq!(parse_server_cpu("# CPU\r\n"), None);
     }
 }
