@@ -75,28 +75,31 @@ pub async fn measure(
 ) -> anyhow::Result<MigrationRow> {
     let port = server.port();
     let url = server.url();
-    let (keyspace, seed_resp, end_resp) = tokio::task::spawn_blocking(move || {
-        let generated = generate(&GenConfig {
+    let generate_keyspace = move || {
+        generate(&GenConfig {
             users,
             seed,
             ..GenConfig::default()
-        });
+        })
+        .keyspace
+    };
+    let (keys_seeded, seed_resp, end_resp) = tokio::task::spawn_blocking(move || {
+        let keyspace = generate_keyspace();
         let mut seed_resp = Vec::new();
-        write_resp(&generated.keyspace, &mut seed_resp)?;
+        write_resp(&keyspace, &mut seed_resp)?;
         let exchanges: Vec<String> = DEFAULT_EXCHANGES.iter().map(|s| (*s).to_owned()).collect();
         let now = chrono::Utc::now();
         let mut end_resp = Vec::new();
         write_end_state(
-            &generated.keyspace,
+            &keyspace,
             &exchanges,
             &now.format("%Y%m%d_%H%M%S").to_string(),
             &now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             &mut end_resp,
         )?;
-        Ok::<_, std::io::Error>((generated.keyspace, seed_resp, end_resp))
+        Ok::<_, std::io::Error>((keyspace.entries.len(), seed_resp, end_resp))
     })
     .await??;
-    let keys_seeded = keyspace.entries.len();
 
     // No response timeout: a FLUSHALL SYNC of millions of keys takes as
     // long as it takes, and this is a server we started.
@@ -152,11 +155,12 @@ pub async fn measure(
         .as_str()
         .context("the migrate report has no backup stamp")?
         .to_owned();
+    // Generated again rather than kept: at 1M users the keyspace, its
+    // seeding RESP and the server's copy together outgrow the machine.
     let reads = tokio::task::spawn_blocking(move || {
         let exchanges: Vec<String> = DEFAULT_EXCHANGES.iter().map(|s| (*s).to_owned()).collect();
         let mut reads = Vec::new();
-        write_end_state_reads(&keyspace, &exchanges, &stamp, &mut reads)?;
-        drop(keyspace);
+        write_end_state_reads(&generate_keyspace(), &exchanges, &stamp, &mut reads)?;
         Ok::<_, anyhow::Error>(reads)
     })
     .await??;
