@@ -4,6 +4,7 @@
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
@@ -154,52 +155,49 @@ pub fn plan_value(value: &[u8], opts: PlanOptions) -> UserPlan {
             return quarantine(QuarantineReason::NotJson { detail }, 0);
         }
     };
-    let top: &RawValue = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(e) => {
-            return quarantine(
-                QuarantineReason::NotJson {
-                    detail: e.to_string(),
-                },
-                0,
-            )
-        }
-    };
-    let raw = top.get();
-    let (shape, entries): (ValueShape, Vec<(Option<String>, &RawValue)>) =
-        match raw.as_bytes().first() {
-            Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(raw) {
-                Ok(items) => (
-                    ValueShape::Array,
-                    items.into_iter().map(|v| (None, v)).collect(),
-                ),
-                Err(e) => {
-                    let detail = e.to_string();
-                    return quarantine(QuarantineReason::NotJson { detail }, 0);
-                }
-            },
-            Some(b'{') => match parse_object(raw) {
-                Ok(Ok(fields)) => (
-                    ValueShape::ObjectByInstId,
-                    fields.into_iter().map(|(k, v)| (Some(k), v)).collect(),
-                ),
-                Ok(Err(dup)) => {
-                    let reason = QuarantineReason::DuplicateField {
-                        index: 0,
-                        field: dup,
-                    };
-                    return quarantine(reason, 0);
-                }
-                Err(e) => {
-                    let detail = e.to_string();
-                    return quarantine(QuarantineReason::NotJson { detail }, 0);
-                }
-            },
-            _ => {
-                let found = json_kind(raw);
+    // Each shape is parsed straight from the text: a parse that only
+    // validates first would read every byte once more, and planning is the
+    // migrating client's largest cost.
+    type Entries<'a> = Vec<(Option<Cow<'a, str>>, &'a RawValue)>;
+    let (shape, entries): (ValueShape, Entries<'_>) = match text.trim_start().as_bytes().first() {
+        Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(text) {
+            Ok(items) => (
+                ValueShape::Array,
+                items.into_iter().map(|v| (None, v)).collect(),
+            ),
+            Err(e) => {
+                let detail = e.to_string();
+                return quarantine(QuarantineReason::NotJson { detail }, 0);
+            }
+        },
+        Some(b'{') => match parse_object(text) {
+            Ok(Ok(fields)) => (
+                ValueShape::ObjectByInstId,
+                fields.into_iter().map(|(k, v)| (Some(k), v)).collect(),
+            ),
+            Ok(Err(dup)) => {
+                let reason = QuarantineReason::DuplicateField {
+                    index: 0,
+                    field: dup,
+                };
+                return quarantine(reason, 0);
+            }
+            Err(e) => {
+                let detail = e.to_string();
+                return quarantine(QuarantineReason::NotJson { detail }, 0);
+            }
+        },
+        _ => match serde_json::from_str::<&RawValue>(text) {
+            Ok(other) => {
+                let found = json_kind(other.get());
                 return quarantine(QuarantineReason::NotArrayOrObject { found }, 0);
             }
-        };
+            Err(e) => {
+                let detail = e.to_string();
+                return quarantine(QuarantineReason::NotJson { detail }, 0);
+            }
+        },
+    };
     let count = entries.len();
     let mut positions = Vec::with_capacity(count);
     let mut skipped_closed = 0;
@@ -214,6 +212,7 @@ pub fn plan_value(value: &[u8], opts: PlanOptions) -> UserPlan {
         if let Some(key) = object_key {
             if key != position.inst_id {
                 let inst_id = position.inst_id;
+                let key = key.into_owned();
                 return quarantine(QuarantineReason::ObjectKeyNotInstId { key, inst_id }, count);
             }
         }
@@ -251,16 +250,17 @@ fn plan_position(
     let (mut inst_id, mut pos_side, mut pos) = (None, None, None);
     for (name, raw) in raw_fields {
         if name == META_MIGRATED_AT || name == META_MIGRATED_FROM {
-            return Err(QuarantineReason::ReservedField { index, field: name });
+            let field = name.into_owned();
+            return Err(QuarantineReason::ReservedField { index, field });
         }
         let text = raw.get();
         let is_string = text.starts_with('"');
         let value = if is_string {
-            serde_json::from_str::<String>(text)
-                .map_err(|_| QuarantineReason::PositionNotObject { index })?
+            string_value(text).ok_or(QuarantineReason::PositionNotObject { index })?
         } else {
             compact_json(text)
         };
+        let name = name.into_owned();
         match name.as_str() {
             "instId" => inst_id = Some((is_string, value.clone())),
             "posSide" if is_string => pos_side = Some(value.clone()),
@@ -312,6 +312,18 @@ pub fn side_of(pos_side: Option<&str>, pos: Option<f64>) -> Side {
     }
 }
 
+/// The content of a JSON string literal that the parser has already
+/// validated. Without a backslash its content is the text between the
+/// quotes, byte for byte (control characters are invalid JSON), so only
+/// escaped strings need decoding.
+fn string_value(literal: &str) -> Option<String> {
+    if literal.contains('\\') {
+        serde_json::from_str::<String>(literal).ok()
+    } else {
+        Some(literal.get(1..literal.len().checked_sub(1)?)?.to_owned())
+    }
+}
+
 /// A `pos` as OKX sends it (a decimal string) or as a JSON number.
 pub fn parse_number(text: &str) -> Option<f64> {
     text.trim().parse::<f64>().ok().filter(|v| !v.is_nan())
@@ -353,7 +365,11 @@ fn json_kind(raw: &str) -> &'static str {
 
 /// An object's members in source order. The inner `Err` names a duplicated
 /// field: a hash can hold only one of them, so the value is not understood.
-type Members<'a> = Result<Vec<(String, &'a RawValue)>, String>;
+type Members<'a> = Result<Vec<(Cow<'a, str>, &'a RawValue)>, String>;
+
+/// Above this many members, duplicates are found with a set; below, a scan
+/// of the few members before is cheaper than hashing each name.
+const DUPLICATE_SCAN_LIMIT: usize = 16;
 
 fn parse_object(raw: &str) -> Result<Members<'_>, serde_json::Error> {
     struct ObjectVisitor;
@@ -363,16 +379,11 @@ fn parse_object(raw: &str) -> Result<Members<'_>, serde_json::Error> {
             f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out: Vec<(String, &'de RawValue)> = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            let mut duplicate = None;
-            while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
-                if !seen.insert(k.clone()) && duplicate.is_none() {
-                    duplicate = Some(k.clone());
-                }
+            let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
+            while let Some((Name(k), v)) = map.next_entry::<Name<'de>, &'de RawValue>()? {
                 out.push((k, v));
             }
-            Ok(match duplicate {
+            Ok(match first_duplicate(&out) {
                 Some(d) => Err(d),
                 None => Ok(out),
             })
@@ -385,6 +396,49 @@ fn parse_object(raw: &str) -> Result<Members<'_>, serde_json::Error> {
     let members = (&mut de).deserialize_map(ObjectVisitor)?;
     de.end()?;
     Ok(members)
+}
+
+/// The first member name that repeats an earlier one.
+fn first_duplicate(members: &[(Cow<'_, str>, &RawValue)]) -> Option<String> {
+    let repeated = |i: usize| {
+        let name = &members[i].0;
+        members[..i].iter().any(|(earlier, _)| earlier == name)
+    };
+    if members.len() <= DUPLICATE_SCAN_LIMIT {
+        return (1..members.len())
+            .find(|&i| repeated(i))
+            .map(|i| members[i].0.clone().into_owned());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(members.len());
+    members
+        .iter()
+        .find(|(name, _)| !seen.insert(name.as_ref()))
+        .map(|(name, _)| name.clone().into_owned())
+}
+
+/// An object member's name, borrowed from the value unless it holds escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(NameVisitor)
+    }
 }
 
 #[cfg(test)]

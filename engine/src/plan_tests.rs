@@ -160,6 +160,44 @@ fn plan_quarantines_colliding_positions() {
     ));
 }
 
+#[test]
+fn escaped_names_and_strings_mean_what_they_decode_to() {
+    // `\u0073` is `s`: the member is instId, and its value decodes too.
+    let plan = migrate(r#"[{"in\u0073tId":"B\u0054C","pos":"1","note":"a\"b"}]"#);
+    let p = &plan.positions[0];
+    assert_eq!(p.inst_id, "BTC");
+    assert_eq!(p.fields[0], ("instId".to_owned(), "BTC".to_owned()));
+    assert_eq!(p.fields[2], ("note".to_owned(), "a\"b".to_owned()));
+    // An escaped spelling of a name already present is a duplicate.
+    let v = br#"[{"instId":"A","pos":"1","\u0070os":"2"}]"#;
+    assert_eq!(quarantine_tag(v), "duplicate_field");
+}
+
+#[test]
+fn duplicates_are_found_in_small_and_large_objects() {
+    let small: Vec<(Cow<str>, &RawValue)> = Vec::new();
+    assert_eq!(first_duplicate(&small), None);
+    let one: &RawValue = serde_json::from_str("1").unwrap();
+    for n in [3, DUPLICATE_SCAN_LIMIT + 5] {
+        let mut members: Vec<(Cow<str>, &RawValue)> =
+            (0..n).map(|i| (Cow::Owned(format!("f{i}")), one)).collect();
+        assert_eq!(first_duplicate(&members), None, "{n} distinct names");
+        members.push((Cow::Borrowed("f1"), one));
+        members.push((Cow::Borrowed("f0"), one));
+        assert_eq!(first_duplicate(&members).as_deref(), Some("f1"), "{n} names");
+    }
+}
+
+#[test]
+fn leading_whitespace_and_scalars_are_classified_as_before() {
+    let plan = migrate("  \n [{\"instId\":\"A\",\"pos\":\"1\"}]");
+    assert_eq!(plan.positions.len(), 1);
+    assert_eq!(quarantine_tag(b" 42"), "not_array_or_object");
+    assert_eq!(quarantine_tag(b"[1,"), "not_json");
+    assert_eq!(quarantine_tag(b"{\"a\":}"), "not_json");
+    assert_eq!(quarantine_tag(b"[] x"), "not_json");
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -173,6 +211,13 @@ mod properties {
             let back: serde_json::Value = serde_json::from_str(&compacted).unwrap();
             prop_assert_eq!(back, v);
             prop_assert!(!compacted.contains('\n'));
+        }
+
+        /// The unescaped fast path reads a string literal as the parser does.
+        #[test]
+        fn string_value_decodes_as_serde_json(s in "\\PC{0,12}") {
+            let literal = serde_json::to_string(&s).unwrap();
+            prop_assert_eq!(string_value(&literal), Some(s));
         }
 
         /// Planning never panics on arbitrary bytes.
