@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use redis::aio::MultiplexedConnection;
+use crate::connection::RedisConn;
 use redis::Value;
 use serde::Serialize;
 
@@ -228,7 +228,7 @@ impl<'s> Cleanup<'s> {
 /// with) over the whole keyspace. `progress` is called with the number of
 /// keys each SCAN step returned.
 pub async fn cleanup_legacy(
-    conn: &MultiplexedConnection,
+    conn: &RedisConn,
     mut cleanup: Cleanup<'_>,
     progress: &dyn Fn(usize),
 ) -> EngineResult<CleanupReport> {
@@ -263,7 +263,7 @@ pub async fn cleanup_legacy(
 /// One pipeline of check-and-unlink scripts, one key each (so it works
 /// where a batch's keys span cluster slots too).
 async fn unlink(
-    conn: &MultiplexedConnection,
+    conn: &RedisConn,
     cleanup: &Cleanup<'_>,
     candidates: &[Candidate],
 ) -> EngineResult<Vec<KeyOutcome>> {

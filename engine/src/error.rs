@@ -6,7 +6,8 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum EngineError {
     // The cause is the `source`, printed once by whoever prints the chain.
-    #[error("cannot reach Redis at {url} (check the URL, that the server is up, and the credentials in REDIS_URL / --redis)")]
+    // The advice depends on the URL (TLS or not) and on what failed.
+    #[error("cannot reach Redis at {url} ({})", crate::tls::unreachable_advice(.url, &.source.to_string()))]
     Unreachable {
         url: String,
         #[source]
@@ -28,6 +29,13 @@ pub enum EngineError {
         during: &'static str,
         refused: String,
     },
+    /// The server's ACL refused a command (NOPERM). Said before anything
+    /// else: the user, not the data, is what to fix.
+    #[error("the Redis user has no permission for a command keyshift sends while {during}: {denied}. Writing commands (migrate, rollback, cleanup-legacy, cleanup-migration) need the grants of docs/acl/keyshift-migrate.acl; validate, verify and status those of docs/acl/keyshift-readonly.acl (README, Security). Each user's step is atomic: rerun with such a user to continue")]
+    NoPermission {
+        during: &'static str,
+        denied: String,
+    },
     #[error("another run holds the lock: {holder}; it expires in {expires_in_ms} ms unless renewed. Wait for it to finish; a lock whose runner died frees itself when it expires")]
     Locked { holder: String, expires_in_ms: i64 },
     #[error("this run lost the runner lock (it was not renewed in time, or was taken over); it stopped between two atomic steps: rerun the same command to resume")]
@@ -36,6 +44,13 @@ pub enum EngineError {
     Refused(String),
     #[error("invalid Redis URL: {0}")]
     BadUrl(String),
+    /// A `KEYSHIFT_TLS_*` setting that cannot be used (engine/src/tls.rs).
+    #[error("TLS setting {setting}: {problem}; {fix}")]
+    Tls {
+        setting: String,
+        problem: String,
+        fix: String,
+    },
     #[error("no grid-positions run is recorded in the journal on this server: run `keyshift migrate grid-positions` first")]
     NoRun,
     #[error("journal record {key} is unreadable ({detail}); it was not written by this version of keyshift. Inspect it before deleting anything")]
@@ -44,11 +59,36 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn redis(during: &'static str) -> impl FnOnce(redis::RedisError) -> EngineError {
-        move |source| match out_of_memory(&source) {
-            Some(refused) => EngineError::OutOfMemory { during, refused },
-            None => EngineError::Redis { during, source },
+        move |source| {
+            if let Some(denied) = no_permission(&source) {
+                return EngineError::NoPermission { during, denied };
+            }
+            match out_of_memory(&source) {
+                Some(refused) => EngineError::OutOfMemory { during, refused },
+                None => EngineError::Redis { during, source },
+            }
         }
     }
+}
+
+/// The ACL's refusal ("NOPERM this user has no permissions to run the
+/// 'script|load' command") when `e` is, or a pipeline or script holds, one.
+fn no_permission(e: &redis::RedisError) -> Option<String> {
+    let detail = |d: Option<&str>| format!("NOPERM {}", d.unwrap_or("").trim_end_matches('.'));
+    if e.code() == Some("NOPERM") {
+        return Some(detail(e.detail()));
+    }
+    // A script's refused call comes back inside its error text.
+    if let Some(at) = e.detail().and_then(|d| d.find("NOPERM ")) {
+        return Some(
+            e.detail().expect("found in it")[at..]
+                .trim_end_matches('.')
+                .to_owned(),
+        );
+    }
+    let refused = e.clone().into_server_errors()?;
+    let (_, first) = refused.iter().find(|(_, err)| err.code() == "NOPERM")?;
+    Some(detail(first.details()))
 }
 
 /// "N command(s) refused: OOM ..." when `e` is (or a pipeline holds) an
@@ -102,6 +142,22 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("'maxmemory'.."), "{text}");
+    }
+
+    #[test]
+    fn an_acl_refusal_names_the_shipped_users() {
+        let noperm = server_error(
+            b"-NOPERM this user has no permissions to run the 'script|load' command\r\n",
+        );
+        let e = EngineError::redis("loading the migration scripts")(noperm);
+        let text = e.to_string();
+        assert!(matches!(e, EngineError::NoPermission { .. }), "{text}");
+        assert!(text.contains("'script|load'"), "{text}");
+        assert!(
+            text.contains("docs/acl/keyshift-migrate.acl")
+                && text.contains("keyshift-readonly.acl"),
+            "{text}"
+        );
     }
 
     #[test]

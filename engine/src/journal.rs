@@ -190,10 +190,20 @@ pub async fn read_run<C: ConnectionLike + Clone + Send>(
 pub async fn save_run<C: ConnectionLike + Clone + Send>(conn: &C, run: &RunRecord) -> Result<()> {
     let json = serde_json::to_string(run).expect("run record serialises");
     let mut c = conn.clone();
-    redis::pipe()
-        .atomic()
-        .set(run_key(&run.run_id), json)
-        .zadd(runs_key(&run.migration), &run.run_id, run.started_ms)
+    // Two steps, record first: on a cluster the two keys live in different
+    // slots. Apart they are safe: the first save of a run comes before any
+    // write of it, so a record that never reached the index leaves nothing
+    // to find, and the index never names a record that is not there.
+    redis::cmd("SET")
+        .arg(run_key(&run.run_id))
+        .arg(json)
+        .query_async::<()>(&mut c)
+        .await
+        .map_err(EngineError::redis("saving the run record"))?;
+    redis::cmd("ZADD")
+        .arg(runs_key(&run.migration))
+        .arg(run.started_ms)
+        .arg(&run.run_id)
         .query_async::<()>(&mut c)
         .await
         .map_err(EngineError::redis("saving the run record"))

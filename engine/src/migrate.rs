@@ -136,6 +136,9 @@ pub async fn migrate_grid_positions<S: GridPositionsStore>(
 ) -> Result<MigrationReport> {
     let started = Instant::now();
     let (mut record, resumed) = begin_or_resume(store, opts).await?;
+    if resumed && !opts.dry_run {
+        store.settle_interrupted(&record).await?;
+    }
     let (run_id, stamp) = (record.run_id.clone(), record.stamp.clone());
     let ctx = RunContext {
         outcomes_key: outcomes_key(&run_id),

@@ -184,7 +184,11 @@ fn duplicates_are_found_in_small_and_large_objects() {
         assert_eq!(first_duplicate(&members), None, "{n} distinct names");
         members.push((Cow::Borrowed("f1"), one));
         members.push((Cow::Borrowed("f0"), one));
-        assert_eq!(first_duplicate(&members).as_deref(), Some("f1"), "{n} names");
+        assert_eq!(
+            first_duplicate(&members).as_deref(),
+            Some("f1"),
+            "{n} names"
+        );
     }
 }
 

@@ -259,6 +259,7 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
         .await
         .map_err(EngineError::redis("reading backups for the rollback"))?;
     let now_ms = pop_server_time_ms(&mut replies);
+    let restored = restored_already(conn, &users, migrated, &replies).await?;
     let opts = PlanOptions {
         skip_closed: run.skip_closed,
     };
@@ -290,7 +291,7 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
             ));
             continue;
         };
-        if legacy_exists {
+        if legacy_exists && !restored.contains(key.as_str()) {
             report.changed.push(finding(
                 key,
                 "legacy_rewritten",
@@ -298,7 +299,9 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
             ));
         }
         let ours: BTreeSet<String> = plan.positions.iter().map(|p| p.index_member()).collect();
-        for extra in members.difference(&ours) {
+        // What an interrupted rollback already removed is not a change.
+        let resumed = restored.contains(key.as_str());
+        for extra in members.difference(&ours).filter(|_| !resumed) {
             report.changed.push(finding(
                 key,
                 "index_member_added",
@@ -333,8 +336,12 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
     let mut current = current.into_iter();
     let mut out = Vec::with_capacity(planned.len());
     for (legacy, backup, key, pttl, at, ours, hashes) in planned {
+        let resumed = restored.contains(key.as_str());
         for (hash_key, fields) in &hashes {
             let actual = current.next().unwrap_or_default();
+            if resumed && actual.is_empty() {
+                continue;
+            }
             if let Err(why) = wrote_exactly(&actual, fields, &key, &run.started_at) {
                 report
                     .changed
@@ -347,11 +354,50 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
             index_key: legacy.index_key(),
             hashes: hashes.into_iter().map(|(k, _)| k).collect(),
             members: ours.into_iter().collect(),
-            pttl_ms: remaining_ttl(pttl, at, now_ms),
+            expires_at_ms: expiry(pttl, at, now_ms),
             force: false,
         });
     }
     Ok(out)
+}
+
+/// Legacy keys that exist again holding their backup's exact bytes: on a
+/// cluster the rollback restores the key before it deletes the new keys,
+/// so a rollback interrupted in between left them so. Not a writer's change.
+async fn restored_already<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    users: &[(LegacyPositionsKey, String)],
+    migrated: &[(String, i64, i64)],
+    replies: &[redis::Value],
+) -> Result<BTreeSet<String>> {
+    let mut candidates = Vec::new();
+    let mut backups = Vec::new();
+    for (((_, _), (key, ..)), r) in users.iter().zip(migrated).zip(replies.chunks_exact(4)) {
+        let exists: bool = redis::from_redis_value_ref(&r[1]).unwrap_or(false);
+        let backup: Option<Vec<u8>> = redis::from_redis_value_ref(&r[0]).ok().flatten();
+        if let (true, Some(backup)) = (exists, backup) {
+            candidates.push(key.clone());
+            backups.push(backup);
+        }
+    }
+    let reads = crate::keyspace::read_expecting(
+        conn,
+        &candidates,
+        "GET",
+        "reading legacy keys for the rollback",
+    )
+    .await?;
+    Ok(candidates
+        .into_iter()
+        .zip(backups)
+        .zip(reads)
+        .filter_map(|((key, backup), read)| match read {
+            crate::keyspace::TypedRead::Value(redis::Value::BulkString(v)) if v == backup => {
+                Some(key)
+            }
+            _ => None,
+        })
+        .collect())
 }
 
 /// The server's TIME, the last reply of a pipeline, in ms (the local clock
@@ -370,6 +416,16 @@ pub(crate) fn remaining_ttl(pttl: i64, at: i64, now_ms: i64) -> i64 {
         -1
     } else {
         (pttl - (now_ms - at)).max(0)
+    }
+}
+
+/// The legacy key's absolute expiry (server ms): -1 for none, 0 when it
+/// would have expired by `now_ms`.
+pub(crate) fn expiry(pttl: i64, at: i64, now_ms: i64) -> i64 {
+    match remaining_ttl(pttl, at, now_ms) {
+        -1 => -1,
+        0 => 0,
+        _ => at + pttl,
     }
 }
 
@@ -411,6 +467,13 @@ fn wrote_exactly(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_expiry_is_absolute_until_it_has_passed() {
+        assert_eq!(expiry(-1, 0, 10), -1);
+        assert_eq!(expiry(10_000, 1_000, 4_000), 11_000);
+        assert_eq!(expiry(10_000, 1_000, 20_000), 0);
+    }
 
     #[test]
     fn remaining_ttl_counts_down_and_expires() {

@@ -57,8 +57,11 @@ pub struct UserRollback {
     /// Exactly the hashes and index members the run created.
     pub hashes: Vec<String>,
     pub members: Vec<String>,
-    /// Remaining legacy TTL: > 0 restore with it, -1 none, 0 expired.
-    pub pttl_ms: i64,
+    /// When the legacy key expires, as an absolute server time (Unix ms);
+    /// -1 for no TTL, 0 when it has expired already.
+    /// Absolute, so the time between planning and writing does not
+    /// lengthen the restored TTL.
+    pub expires_at_ms: i64,
     /// Restore even over a legacy key written since the migration.
     pub force: bool,
 }
@@ -119,4 +122,11 @@ pub trait GridPositionsStore {
     async fn save_run(&self, run: &RunRecord) -> Result<()>;
     /// Estimated total keys, for progress.
     async fn key_count(&self) -> Result<u64>;
+    /// Finishes the users an interrupted run of `run` left between the
+    /// last two steps of a per-user step that is not atomic (a cluster's),
+    /// before a resumed run scans; returns how many. A store whose step is
+    /// one atomic write has none.
+    async fn settle_interrupted(&self, _run: &RunRecord) -> Result<usize> {
+        Ok(0)
+    }
 }

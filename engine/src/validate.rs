@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
 use std::time::Instant;
 
-use redis::aio::MultiplexedConnection;
+use crate::connection::RedisConn;
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
@@ -266,7 +266,7 @@ pub(crate) fn lossy(key: &[u8]) -> String {
 
 /// One SCAN step over every key (no MATCH: each key is classified here).
 pub(crate) async fn scan_step(
-    conn: &MultiplexedConnection,
+    conn: &RedisConn,
     cursor: u64,
     count: usize,
 ) -> Result<(u64, Vec<Vec<u8>>)> {
@@ -274,10 +274,7 @@ pub(crate) async fn scan_step(
 }
 
 /// `TYPE` of each key, in one pipeline.
-pub(crate) async fn types_of<K: AsRef<[u8]>>(
-    conn: &MultiplexedConnection,
-    keys: &[K],
-) -> Result<Vec<String>> {
+pub(crate) async fn types_of<K: AsRef<[u8]>>(conn: &RedisConn, keys: &[K]) -> Result<Vec<String>> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
@@ -292,7 +289,7 @@ pub(crate) async fn types_of<K: AsRef<[u8]>>(
 }
 
 /// `EXISTS` of each key, in one pipeline.
-async fn exist(conn: &MultiplexedConnection, keys: &[&str]) -> Result<Vec<bool>> {
+async fn exist(conn: &RedisConn, keys: &[&str]) -> Result<Vec<bool>> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
@@ -310,7 +307,7 @@ async fn exist(conn: &MultiplexedConnection, keys: &[&str]) -> Result<Vec<bool>>
 /// number of keys each SCAN step returned. The TYPE checks of one step
 /// run while the next step is scanned.
 pub async fn validate(
-    conn: &MultiplexedConnection,
+    conn: &RedisConn,
     schema: &Schema,
     opts: &ValidateOptions,
     progress: &dyn Fn(usize),

@@ -150,6 +150,19 @@ pub struct GateArgs {
     /// Directory of JSON keyspace fixtures seeded beside the generated users.
     #[arg(long, default_value = "fixtures")]
     pub fixtures: PathBuf,
+    /// Run the gate on an RDB snapshot (a copy of production's dump.rdb)
+    /// instead of generated users and fixtures: the disposable Redis loads
+    /// it on start, and every invariant is judged against the keyspace as
+    /// loaded. Not with --users or --fixtures; --seed still picks the users
+    /// the writers write to. The Redis must be at least as new as the one
+    /// that wrote the file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["users", "fixtures"])]
+    pub rdb: Option<PathBuf>,
+    /// Run on a disposable 3-primary Redis Cluster (no replicas) instead of
+    /// one server: the migrator and checks get its `redis+cluster://` URL,
+    /// seeding and digests go to every primary.
+    #[arg(long, conflicts_with = "rdb")]
+    pub cluster: bool,
     /// Where report.json, report.md and junit.xml go.
     #[arg(long, default_value = "reports")]
     pub report_dir: PathBuf,

@@ -13,10 +13,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, Value};
 use sha2::{Digest as _, Sha256};
 
+use crate::backend::Nodes;
 use crate::seed::{KeyValue, Keyspace};
 
 /// Keys per SCAN call and per read pipeline.
@@ -300,8 +301,8 @@ fn read_cmd(kind: &str, key: &[u8]) -> redis::Cmd {
 /// Reads one batch of keys into `out`: TYPE for all, then the read and
 /// PTTL for all; a key that vanished is skipped, one that changed type in
 /// between is read again.
-async fn read_batch(
-    conn: &mut MultiplexedConnection,
+async fn read_batch<C: ConnectionLike + Send>(
+    conn: &mut C,
     mut keys: Vec<(Vec<u8>, String)>,
     out: &mut BTreeMap<String, KeyDigest>,
 ) -> Result<(), RedisError> {
@@ -357,12 +358,26 @@ async fn read_batch(
 }
 
 /// Digests every key of the live keyspace that passes `filter`, by SCAN
-/// (never KEYS), reading in pipelined batches of up to 1000 keys.
-pub async fn digest(
-    conn: &mut MultiplexedConnection,
+/// (never KEYS) of every primary, reading in pipelined batches of up to
+/// 1000 keys. `target` is a standalone server's connection or a cluster's
+/// [`Primaries`](crate::backend::Primaries): SCAN lists a node's own keys,
+/// and every read is a single-key command sent to that node.
+pub async fn digest<N: Nodes + ?Sized>(
+    target: &N,
     filter: impl Fn(&str) -> bool,
 ) -> Result<Digest, RedisError> {
     let mut keys = BTreeMap::new();
+    for mut conn in target.connections() {
+        digest_node(&mut conn, &filter, &mut keys).await?;
+    }
+    Ok(Digest { keys })
+}
+
+async fn digest_node<C: ConnectionLike + Send>(
+    conn: &mut C,
+    filter: &impl Fn(&str) -> bool,
+    keys: &mut BTreeMap<String, KeyDigest>,
+) -> Result<(), RedisError> {
     let mut cursor: u64 = 0;
     loop {
         let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
@@ -380,9 +395,9 @@ pub async fn digest(
             // SCAN may return a key twice; the first read is enough.
             .filter(|(_, name)| filter(name) && !keys.contains_key(name))
             .collect();
-        read_batch(conn, wanted, &mut keys).await?;
+        read_batch(conn, wanted, keys).await?;
         if next == 0 {
-            return Ok(Digest { keys });
+            return Ok(());
         }
         cursor = next;
     }

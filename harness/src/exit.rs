@@ -50,7 +50,10 @@ pub fn error_code(err: &anyhow::Error) -> ExitCode {
                 EngineError::Unreachable { .. }
                 | EngineError::Redis { .. }
                 | EngineError::OutOfMemory { .. } => UNREACHABLE,
-                EngineError::BadUrl(_) | EngineError::Refused(_) => USAGE,
+                EngineError::BadUrl(_)
+                | EngineError::Refused(_)
+                | EngineError::Tls { .. }
+                | EngineError::NoPermission { .. } => USAGE,
                 EngineError::Locked { .. } | EngineError::LockLost => LOCKED,
                 EngineError::NoRun | EngineError::BadJournal { .. } => INVARIANT_FAILED,
             });

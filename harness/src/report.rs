@@ -139,8 +139,12 @@ pub struct GateReport {
     pub users: usize,
     pub fixtures: Option<String>,
     pub keys_seeded: usize,
-    /// What the generator says it made, independent of the engine.
+    /// What the generator says it made, independent of the engine (null
+    /// on a snapshot: there the keyspace as loaded is the reference).
     pub truth: serde_json::Value,
+    /// The RDB snapshot the gate ran on (`--rdb`), instead of generated users.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<crate::gate::rdb::SnapshotReport>,
     pub phases: Vec<PhaseReport>,
     pub passed: bool,
     /// The exact command that replays this run.
@@ -172,17 +176,45 @@ pub fn markdown(r: &GateReport) -> String {
     let mut out = String::new();
     let verdict = if r.passed { "PASS" } else { "FAIL" };
     let _ = writeln!(out, "# keyshift gate: {verdict}\n");
-    let _ = writeln!(
-        out,
-        "Backend `{}` (Redis {}), seed {}, {} generated users, fixtures from `{}`, {} keys seeded, {:.1} s.\n",
-        r.backend,
-        r.redis_version,
-        r.seed,
-        r.users,
-        r.fixtures.as_deref().unwrap_or("none"),
-        r.keys_seeded,
-        r.elapsed_ms as f64 / 1000.0
-    );
+    if let Some(s) = &r.snapshot {
+        let _ = writeln!(
+            out,
+            "Backend `{}` (Redis {}), on the RDB snapshot `{}` (format version {}, {} bytes): {} keys loaded, {} legacy positions keys of {} users; {:.1} s.\n",
+            r.backend,
+            r.redis_version,
+            s.file,
+            s.rdb_version,
+            s.bytes,
+            s.keys_loaded,
+            s.legacy_position_keys,
+            s.legacy_users,
+            r.elapsed_ms as f64 / 1000.0
+        );
+        if !s.other_databases.is_empty() {
+            let dbs: Vec<String> = s
+                .other_databases
+                .iter()
+                .map(|(db, keys)| format!("db {db}: {keys} keys"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "Not checked: the snapshot's other databases ({}); the gate ran on database 0.\n",
+                dbs.join(", ")
+            );
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "Backend `{}` (Redis {}), seed {}, {} generated users, fixtures from `{}`, {} keys seeded, {:.1} s.\n",
+            r.backend,
+            r.redis_version,
+            r.seed,
+            r.users,
+            r.fixtures.as_deref().unwrap_or("none"),
+            r.keys_seeded,
+            r.elapsed_ms as f64 / 1000.0
+        );
+    }
     let _ = writeln!(out, "Replay: `{}`\n", r.replay);
     for phase in &r.phases {
         let _ = writeln!(out, "## {}\n", phase.name);

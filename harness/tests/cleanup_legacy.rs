@@ -50,7 +50,7 @@ async fn seed_all(db: &TestRedis) -> BTreeSet<String> {
     });
     let mut ks = g.keyspace.clone();
     ks.extend(load_fixture_dir(Path::new(FIXTURES)).unwrap());
-    seed::load(&mut db.conn.clone(), &ks).await.unwrap();
+    seed::load(&db.conn, &ks).await.unwrap();
     for k in GLOB_LEGACY.iter().chain(GLOB_NEIGHBOURS) {
         db.set_px(k, "{}", 300_000).await;
     }
@@ -82,7 +82,7 @@ async fn deletes_legacy_cache_keys_only() {
     let db = redis().await;
     let doomed = seed_all(&db).await;
     let keep = |k: &str| !doomed.contains(k);
-    let before = digest(&mut db.conn.clone(), keep).await.unwrap();
+    let before = digest(&db.conn, keep).await.unwrap();
     let all_before = db.keys().await.len();
 
     let ran = keyshift_on(&db, &["cleanup-legacy", "--force"]).await;
@@ -98,7 +98,7 @@ async fn deletes_legacy_cache_keys_only() {
     let left: Vec<&String> = doomed.intersection(&after_keys).collect();
     assert!(left.is_empty(), "legacy cache keys left: {left:?}");
     assert_eq!(after_keys.len(), all_before - doomed.len());
-    let after = digest(&mut db.conn.clone(), keep).await.unwrap();
+    let after = digest(&db.conn, keep).await.unwrap();
     let diff = compare(&before, &after, TTL_TOLERANCE_MS);
     assert!(diff.is_clean(), "other keys changed: {diff:?}");
     for k in GLOB_NEIGHBOURS {
@@ -115,7 +115,7 @@ async fn deletes_legacy_cache_keys_only() {
 async fn dry_run_lists_and_deletes_nothing() {
     let db = redis().await;
     let doomed = seed_all(&db).await;
-    let before = digest(&mut db.conn.clone(), |_| true).await.unwrap();
+    let before = digest(&db.conn, |_| true).await.unwrap();
 
     let ran = keyshift_on(&db, &["cleanup-legacy", "--dry-run"]).await;
     assert_eq!(ran.code, Some(0), "{ran}");
@@ -137,7 +137,7 @@ async fn dry_run_lists_and_deletes_nothing() {
         assert!(doomed.contains(&k), "{k} listed but not a legacy cache key");
     }
 
-    let after = digest(&mut db.conn.clone(), |_| true).await.unwrap();
+    let after = digest(&db.conn, |_| true).await.unwrap();
     let diff = compare(&before, &after, TTL_TOLERANCE_MS);
     assert!(diff.is_clean(), "a dry run changed the keyspace: {diff:?}");
 }

@@ -268,7 +268,7 @@ async fn json_report_is_machine_readable() {
     });
     let truth = &g.truth;
     assert!(truth.closed_positions > 0 && truth.well_formed_legacy_keys > 0);
-    seed::load(&mut db.conn.clone(), &g.keyspace).await.unwrap();
+    seed::load(&db.conn, &g.keyspace).await.unwrap();
 
     let ran = keyshift_on(&db, &["migrate", "grid-positions", "--force", "--json"]).await;
     assert_eq!(ran.code, Some(0), "{ran}");
@@ -297,7 +297,7 @@ async fn json_report_is_machine_readable() {
 
     // --skip-closed is counted, never silent (on a second, fresh keyspace).
     let db = redis().await;
-    seed::load(&mut db.conn.clone(), &g.keyspace).await.unwrap();
+    seed::load(&db.conn, &g.keyspace).await.unwrap();
     let ran = keyshift_on(
         &db,
         &[

@@ -12,8 +12,8 @@ use keyshift_engine::api::{
     ApiError, ApiResult, DualReadStore, FlagsLayout, HashStore, LegacyStore, OrderPlacedFlags,
     Position, PositionObject, PositionStore, TradingCache, POSITION_CACHE_TTL_SECS,
 };
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::plan::Side;
-use redis::aio::MultiplexedConnection;
 use rstest::rstest;
 use support::{redis, TestRedis};
 
@@ -33,9 +33,9 @@ enum Kind {
 
 /// One of the three stores, chosen per test case.
 enum Store {
-    Legacy(LegacyStore<MultiplexedConnection>),
-    Hash(HashStore<MultiplexedConnection>),
-    Dual(DualReadStore<MultiplexedConnection>),
+    Legacy(LegacyStore<RedisConn>),
+    Hash(HashStore<RedisConn>),
+    Dual(DualReadStore<RedisConn>),
 }
 
 fn store(r: &TestRedis, kind: Kind) -> Store {

@@ -128,6 +128,8 @@ proptest! {
             users,
             seed,
             fixtures: fixtures.path().to_path_buf(),
+            rdb: None,
+            cluster: false,
             report_dir: reports.path().to_path_buf(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -329,14 +329,14 @@ async fn exchange_option_migrates_one_exchange_only() {
 
 #[tokio::test]
 async fn dry_run_writes_nothing() {
-    let mut r = redis().await;
+    let r = redis().await;
     r.set("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#)
         .await;
     r.set("okx:positions:2", "junk").await;
     r.set_px("bitget:positions:3", "[]", 9_000_000).await;
-    let before = digest(&mut r.conn, |_| true).await.unwrap();
+    let before = digest(&r.conn, |_| true).await.unwrap();
     let report = r.migrate_with(|o| o.dry_run = true).await;
-    let after = digest(&mut r.conn, |_| true).await.unwrap();
+    let after = digest(&r.conn, |_| true).await.unwrap();
     assert!(
         compare(&before, &after, 1_000).is_clean(),
         "dry run wrote something"
@@ -513,8 +513,8 @@ async fn script_path_and_transaction_path_agree() {
     });
     let mut reports = Vec::new();
     for scripts_only in [false, true] {
-        let mut r = redis().await;
-        load(&mut r.conn, &generated.keyspace).await.unwrap();
+        let r = redis().await;
+        load(&r.conn, &generated.keyspace).await.unwrap();
         let store = r.store().await;
         let store = if scripts_only {
             store.scripts_only()
@@ -534,7 +534,7 @@ async fn script_path_and_transaction_path_agree() {
         // Hashes carry each run's own migrated_at, so the runs compare by
         // key count, the verifier having checked every field.
         let stamp = format!(":backup:{}", run.stamp);
-        let digest = digest(&mut r.conn, |k| !is_journal_key(k) && !k.ends_with(&stamp))
+        let digest = digest(&r.conn, |k| !is_journal_key(k) && !k.ends_with(&stamp))
             .await
             .unwrap();
         reports.push((report.totals, digest.len()));

@@ -50,9 +50,7 @@ async fn run_count(r: &TestRedis) -> usize {
 }
 
 async fn non_journal_digest(r: &TestRedis) -> Digest {
-    digest(&mut r.conn.clone(), |k| !is_journal_key(k))
-        .await
-        .unwrap()
+    digest(&r.conn, |k| !is_journal_key(k)).await.unwrap()
 }
 
 async fn seed_generated(r: &TestRedis, users: usize, seed: u64) {
@@ -61,7 +59,7 @@ async fn seed_generated(r: &TestRedis, users: usize, seed: u64) {
         seed,
         ..GenConfig::default()
     });
-    load(&mut r.conn.clone(), &g.keyspace).await.unwrap();
+    load(&r.conn, &g.keyspace).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

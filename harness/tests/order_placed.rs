@@ -56,7 +56,7 @@ async fn migrate(r: &TestRedis) -> OrderPlacedReport {
 
 /// Every key but the journal's (and the runner lock's).
 async fn keyspace(r: &mut TestRedis) -> Digest {
-    digest(&mut r.conn, |k| !is_journal_key(k)).await.unwrap()
+    digest(&r.conn, |k| !is_journal_key(k)).await.unwrap()
 }
 
 fn assert_unchanged(before: &Digest, after: &Digest) {
@@ -178,7 +178,7 @@ async fn a_key_name_that_is_not_utf8_is_quarantined_untouched() {
 
 #[tokio::test]
 async fn dry_run_writes_nothing_and_plans_everything() {
-    let mut r = redis().await;
+    let r = redis().await;
     hset(&r, LEGACY, LEVELS).await;
     hset(&r, "binance:user:1:symbol:S:order_placed", &[("1", "0")]).await;
     hset(
@@ -195,9 +195,9 @@ async fn dry_run_writes_nothing_and_plans_everything() {
     )
     .await;
     r.set("upbit:user:1:symbol:S:order_placed", "x").await;
-    let before = digest(&mut r.conn, |_| true).await.unwrap();
+    let before = digest(&r.conn, |_| true).await.unwrap();
     let report = migrate_with(&r, |o| o.dry_run = true).await;
-    let after = digest(&mut r.conn, |_| true).await.unwrap();
+    let after = digest(&r.conn, |_| true).await.unwrap();
     assert_unchanged(&before, &after);
     assert!(before.keys.keys().all(|k| !is_journal_key(k)), "no journal");
     assert!(report.run_id.is_none());
@@ -417,9 +417,9 @@ async fn cli_exits_3_on_a_conflict_and_changes_nothing() {
 
 #[tokio::test]
 async fn cli_refuses_to_write_without_force_off_a_terminal() {
-    let mut r = redis().await;
+    let r = redis().await;
     hset(&r, LEGACY, LEVELS).await;
-    let before = digest(&mut r.conn, |_| true).await.unwrap();
+    let before = digest(&r.conn, |_| true).await.unwrap();
     keyshift(&["migrate", "order-placed", "--redis", &r.url()])
         .assert()
         .code(2)
@@ -441,5 +441,5 @@ async fn cli_refuses_to_write_without_force_off_a_terminal() {
         .stdout(predicates::str::contains(format!(
             "{LEGACY} -> {TARGET} (move)"
         )));
-    assert_unchanged(&before, &digest(&mut r.conn, |_| true).await.unwrap());
+    assert_unchanged(&before, &digest(&r.conn, |_| true).await.unwrap());
 }

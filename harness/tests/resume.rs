@@ -431,7 +431,7 @@ struct Reference {
 
 async fn seeded_server(keyspace: &Keyspace) -> TestRedis {
     let r = redis().await;
-    load(&mut r.conn.clone(), keyspace).await.unwrap();
+    load(&r.conn, keyspace).await.unwrap();
     r
 }
 

@@ -11,7 +11,7 @@ use support::{redis, TestRedis};
 
 async fn non_journal_digest(r: &mut TestRedis, stamp: Option<&str>) -> Digest {
     let suffix = stamp.map(|s| format!(":backup:{s}"));
-    digest(&mut r.conn, |k| {
+    digest(&r.conn, |k| {
         !is_journal_key(k) && !suffix.as_deref().is_some_and(|s| k.ends_with(s))
     })
     .await
@@ -30,7 +30,7 @@ async fn rollback_restores_the_pre_migration_keyspace() {
         seed: 5,
         ..GenConfig::default()
     });
-    load(&mut r.conn, &generated.keyspace).await.unwrap();
+    load(&r.conn, &generated.keyspace).await.unwrap();
     let started = std::time::Instant::now();
     let before = non_journal_digest(&mut r, None).await;
 

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use keyshift_engine::connection::RedisConn;
 use keyshift_harness::digest::{compare, digest, digest_keyspace, Digest};
 use keyshift_harness::seed::{
     generate, load, load_fixture_dir, load_fixture_file, write_resp, GenConfig, KeyValue, Keyspace,
     SeedError,
 };
-use redis::aio::MultiplexedConnection;
 
 /// Loading and digesting take a few seconds at most; TTLs drift by that.
 const TTL_TOLERANCE_MS: i64 = 30_000;
@@ -22,19 +22,19 @@ fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
 
-async fn flush(conn: &mut MultiplexedConnection) {
+async fn flush(conn: &mut RedisConn) {
     redis::cmd("FLUSHALL")
         .query_async::<()>(conn)
         .await
         .unwrap();
 }
 
-async fn dbsize(conn: &mut MultiplexedConnection) -> usize {
+async fn dbsize(conn: &mut RedisConn) -> usize {
     redis::cmd("DBSIZE").query_async(conn).await.unwrap()
 }
 
 /// Loads `ks`, then checks the live digest against the model's.
-async fn assert_round_trip(conn: &mut MultiplexedConnection, ks: &Keyspace, what: &str) -> Digest {
+async fn assert_round_trip(conn: &mut RedisConn, ks: &Keyspace, what: &str) -> Digest {
     load(conn, ks)
         .await
         .unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -68,7 +68,7 @@ async fn generated_keyspace_loads_exactly() {
     assert_round_trip(&mut conn, &g.keyspace, "generated").await;
 
     // A filtered digest holds exactly the matching keys.
-    let legacy = digest(&mut conn, |k| {
+    let legacy = digest(&conn, |k| {
         k.contains(":positions:") && !k.contains(":backup:")
     })
     .await
@@ -135,7 +135,7 @@ async fn load_refuses_a_server_that_holds_keys() {
         ..GenConfig::default()
     })
     .keyspace;
-    let err = load(&mut conn, &ks).await.unwrap_err();
+    let err = load(&conn, &ks).await.unwrap_err();
     assert!(matches!(err, SeedError::NotEmpty { keys: 1 }), "{err}");
     assert_eq!(dbsize(&mut conn).await, 1, "nothing written");
     let v: String = redis::cmd("GET")
@@ -149,7 +149,7 @@ async fn load_refuses_a_server_that_holds_keys() {
 #[tokio::test]
 async fn resp_output_through_redis_cli_pipe_gives_the_same_keyspace() {
     let db = support::redis().await;
-    let mut conn = db.conn.clone();
+    let conn = db.conn.clone();
     let mut ks = load_fixture_dir(fixtures_dir()).unwrap();
     ks.extend(
         generate(&GenConfig {
@@ -174,7 +174,7 @@ async fn resp_output_through_redis_cli_pipe_gives_the_same_keyspace() {
     assert!(out.status.success() && text.contains("errors: 0"), "{text}");
     let diff = compare(
         &digest_keyspace(&ks),
-        &digest(&mut conn, |_| true).await.unwrap(),
+        &digest(&conn, |_| true).await.unwrap(),
         TTL_TOLERANCE_MS,
     );
     assert!(diff.is_clean(), "{diff:?}");
@@ -196,9 +196,9 @@ async fn digest_sees_every_kind_of_change() {
         .query_async::<String>(&mut conn)
         .await
         .unwrap();
-    let with_stream = digest(&mut conn, |_| true).await.unwrap();
+    let with_stream = digest(&conn, |_| true).await.unwrap();
     assert_eq!(with_stream.keys["events:fx"].kind, "stream");
-    let again = digest(&mut conn, |_| true).await.unwrap();
+    let again = digest(&conn, |_| true).await.unwrap();
     let stable = compare(&with_stream, &again, TTL_TOLERANCE_MS);
     assert!(
         stable.is_clean() && stable.matching == again.len(),
@@ -225,7 +225,7 @@ async fn digest_sees_every_kind_of_change() {
             .await
             .unwrap();
     }
-    let after = digest(&mut conn, |_| true).await.unwrap();
+    let after = digest(&conn, |_| true).await.unwrap();
     let diff = compare(&with_stream, &after, TTL_TOLERANCE_MS);
     assert_eq!(diff.missing, ["kraken:positions:fx-nb-4"]);
     assert_eq!(diff.extra, ["okx:positions:fx-nb-7"]);
@@ -251,7 +251,7 @@ async fn digest_sees_every_kind_of_change() {
 #[ignore = "timing: run with --release"]
 async fn seeds_100k_users_in_a_few_seconds() {
     let db = support::redis().await;
-    let mut conn = db.conn.clone();
+    let conn = db.conn.clone();
     let start = Instant::now();
     let g = generate(&GenConfig {
         users: 100_000,
@@ -259,9 +259,9 @@ async fn seeds_100k_users_in_a_few_seconds() {
         ..GenConfig::default()
     });
     let generated = start.elapsed();
-    load(&mut conn, &g.keyspace).await.unwrap();
+    load(&conn, &g.keyspace).await.unwrap();
     let loaded = start.elapsed();
-    let d = digest(&mut conn, |_| true).await.unwrap();
+    let d = digest(&conn, |_| true).await.unwrap();
     let digested = start.elapsed();
     eprintln!(
         "100k users, {} keys: generated {generated:?}, loaded {:?}, digested {:?}",

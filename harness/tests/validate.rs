@@ -114,7 +114,7 @@ async fn counts_equal_the_seeded_truth_per_pattern() {
         "the fixtures changed: update FIXTURE_KEYS"
     );
     ks.extend(fixtures);
-    seed::load(&mut db.conn.clone(), &ks).await.unwrap();
+    seed::load(&db.conn, &ks).await.unwrap();
 
     let t = &g.truth;
     let mut want: BTreeMap<&str, u64> = BTreeMap::new();

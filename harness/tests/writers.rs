@@ -30,8 +30,8 @@ async fn seeded(users: usize, seed: u64, hot: usize) -> (TestRedis, Vec<HotPair>
         seed,
         ..GenConfig::default()
     });
-    let mut conn = db.conn.clone();
-    seed::load(&mut conn, &generated.keyspace).await.unwrap();
+    let conn = db.conn.clone();
+    seed::load(&conn, &generated.keyspace).await.unwrap();
     let pairs = hot_pairs(&generated.keyspace, &exchanges(), hot, seed);
     assert_eq!(pairs.len(), hot);
     (db, pairs)

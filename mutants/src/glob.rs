@@ -2,17 +2,17 @@
 //! key from its backup, then delete whatever a SCAN pattern built from the
 //! user id finds, instead of exactly the keys the run created.
 
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::error::{EngineError, Result};
 use keyshift_engine::keys::{parse_index_key, DEFAULT_EXCHANGES};
 use keyshift_engine::store::{RollbackOutcome, UserRollback};
-use redis::aio::MultiplexedConnection;
 
 use crate::catalogue::GlobRollback;
 
 const DURING: &str = "rolling back by glob";
 
 pub async fn rollback_users(
-    conn: &MultiplexedConnection,
+    conn: &RedisConn,
     how: GlobRollback,
     journal_key: &str,
     users: &[UserRollback],
@@ -38,13 +38,13 @@ pub async fn rollback_users(
             doomed.push(u.index_key.clone());
         }
         let mut pipe = redis::pipe();
-        match u.pttl_ms {
+        match u.expires_at_ms {
             0 => {}
             t if t > 0 => {
                 pipe.cmd("SET")
                     .arg(&u.legacy_key)
                     .arg(&backup)
-                    .arg("PX")
+                    .arg("PXAT")
                     .arg(t);
             }
             _ => {
@@ -55,7 +55,7 @@ pub async fn rollback_users(
         if !doomed.is_empty() {
             pipe.del(&doomed);
         }
-        let state = if u.pttl_ms == 0 {
+        let state = if u.expires_at_ms == 0 {
             "expired"
         } else {
             "restored"
@@ -64,7 +64,7 @@ pub async fn rollback_users(
         pipe.query_async::<()>(&mut c)
             .await
             .map_err(EngineError::redis(DURING))?;
-        out.push(if u.pttl_ms == 0 {
+        out.push(if u.expires_at_ms == 0 {
             RollbackOutcome::Expired { deleted }
         } else {
             RollbackOutcome::Restored { deleted }
@@ -74,7 +74,7 @@ pub async fn rollback_users(
 }
 
 /// Every key matching `pattern`, by SCAN.
-async fn scan_all(conn: &MultiplexedConnection, pattern: &str) -> Result<Vec<String>> {
+async fn scan_all(conn: &RedisConn, pattern: &str) -> Result<Vec<String>> {
     let mut c = conn.clone();
     let mut cursor = 0u64;
     let mut keys = Vec::new();

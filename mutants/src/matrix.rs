@@ -66,6 +66,8 @@ impl MatrixConfig {
             users: self.users,
             seed: self.seed,
             fixtures: self.fixtures.clone(),
+            rdb: None,
+            cluster: false,
             // evaluate() writes no report; this only shows in its replay line.
             report_dir: PathBuf::from("reports"),
         }

@@ -5,20 +5,20 @@
 
 use std::time::Duration;
 
+use keyshift_engine::cluster::GridStore;
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::error::{EngineError, Result};
 use keyshift_engine::journal::{OrderPlacedOutcome, Outcome, RunRecord};
 use keyshift_engine::order_placed::plan::KeyRead;
 use keyshift_engine::order_placed::store::{
     KeyRollback, KeyWrite, OrderPlacedStore, WriteOutcome as KeyOutcome,
 };
-use keyshift_engine::order_placed::StandaloneOrderPlaced;
-use keyshift_engine::standalone::StandaloneStore;
+use keyshift_engine::order_placed::AnyOrderPlaced;
 use keyshift_engine::store::{
     GridPositionsStore, LegacyRead, RollbackOutcome, RunContext, UserRollback, UserWrite,
     WriteOutcome,
 };
 use keyshift_harness::gate::{Engines, Production};
-use redis::aio::MultiplexedConnection;
 
 use crate::catalogue::Mutant;
 use crate::{glob, mutate};
@@ -36,7 +36,7 @@ impl Engines for MutantEngines {
     type Grid = MutantGrid;
     type OrderPlaced = MutantOrderPlaced;
 
-    async fn grid(&self, url: &str, conn: &MultiplexedConnection) -> Result<MutantGrid> {
+    async fn grid(&self, url: &str, conn: &RedisConn) -> Result<MutantGrid> {
         Ok(MutantGrid {
             inner: Production.grid(url, conn).await?,
             conn: conn.clone(),
@@ -44,11 +44,7 @@ impl Engines for MutantEngines {
         })
     }
 
-    async fn order_placed(
-        &self,
-        url: &str,
-        conn: &MultiplexedConnection,
-    ) -> Result<MutantOrderPlaced> {
+    async fn order_placed(&self, url: &str, conn: &RedisConn) -> Result<MutantOrderPlaced> {
         Ok(MutantOrderPlaced {
             inner: Production.order_placed(url, conn).await?,
             conn: conn.clone(),
@@ -58,13 +54,13 @@ impl Engines for MutantEngines {
 }
 
 pub struct MutantGrid {
-    inner: StandaloneStore,
-    conn: MultiplexedConnection,
+    inner: GridStore,
+    conn: RedisConn,
     mutant: Mutant,
 }
 
 async fn query<T: redis::FromRedisValue>(
-    conn: &MultiplexedConnection,
+    conn: &RedisConn,
     pipe: &redis::Pipeline,
     during: &'static str,
 ) -> Result<T> {
@@ -205,8 +201,8 @@ impl GridPositionsStore for MutantGrid {
 }
 
 pub struct MutantOrderPlaced {
-    inner: StandaloneOrderPlaced,
-    conn: MultiplexedConnection,
+    inner: AnyOrderPlaced,
+    conn: RedisConn,
     mutant: Mutant,
 }
 

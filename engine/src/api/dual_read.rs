@@ -25,36 +25,42 @@ use super::error::{check_id, ApiError, ApiResult};
 use super::hash_store::{all_new, read_new, remove_new, upsert_new, Read, Want, Written};
 use super::legacy_store::{write_legacy, LegacyWrite, MAX_WRITE_ATTEMPTS};
 use super::legacy_value::{read_position, read_positions, read_size, Edit};
-use super::{net_size, Position, PositionObject, PositionStore};
+use super::{net_size, Position, PositionObject, PositionStore, Topology, Via};
 use crate::keys::LegacyPositionsKey;
 use crate::plan::Side;
 
 pub struct DualReadStore<C> {
     conn: C,
+    via: Via,
+}
+
+impl<C: ConnectionLike + Clone + Send + Topology> DualReadStore<C> {
+    /// Scripts on one server, single-key steps on a cluster (`super::steps`
+    /// says what a reader can see between them), chosen here.
+    pub fn new(conn: C) -> Self {
+        let via = Via::of(&conn);
+        Self { conn, via }
+    }
 }
 
 impl<C: ConnectionLike + Clone + Send> DualReadStore<C> {
-    pub fn new(conn: C) -> Self {
-        Self { conn }
-    }
-
     /// Upsert or remove along the route; `true` when something changed
     /// (remove: a position was there).
     async fn write(&self, keys: &LegacyPositionsKey, edit: Edit<'_>) -> ApiResult<bool> {
         let (legacy, index) = (keys.key(), keys.index_key());
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let written = match edit {
-                Edit::Upsert(p) => upsert_new(&self.conn, keys, p, Some(&legacy)).await?,
+                Edit::Upsert(p) => upsert_new(&self.conn, self.via, keys, p, Some(&legacy)).await?,
                 Edit::Remove { inst_id, side } => {
                     let member = format!("{inst_id}:{}", side.as_str());
-                    remove_new(&self.conn, keys, &member, Some(&legacy)).await?
+                    remove_new(&self.conn, self.via, keys, &member, Some(&legacy)).await?
                 }
             };
             match written {
                 Written::New(changed) => return Ok(changed),
                 Written::Legacy => {}
             }
-            match write_legacy(&self.conn, &legacy, Some(&index), edit).await? {
+            match write_legacy(&self.conn, self.via, &legacy, Some(&index), edit).await? {
                 LegacyWrite::Done(changed) => return Ok(changed),
                 // Migrated, or the legacy key deleted, in between: route again.
                 LegacyWrite::Moved | LegacyWrite::Absent => {}
@@ -70,10 +76,12 @@ impl<C: ConnectionLike + Clone + Send> DualReadStore<C> {
 impl<C: ConnectionLike + Clone + Send> PositionStore for DualReadStore<C> {
     async fn all_positions(&self, user_id: &str, exchange: &str) -> ApiResult<Vec<Position>> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
-        Ok(match all_new(&self.conn, &keys, Some(&keys.key())).await? {
-            Read::New(positions) => positions,
-            Read::Legacy(value) => read_positions(value.as_deref()),
-        })
+        Ok(
+            match all_new(&self.conn, self.via, &keys, Some(&keys.key())).await? {
+                Read::New(positions) => positions,
+                Read::Legacy(value) => read_positions(value.as_deref()),
+            },
+        )
     }
 
     async fn get_position(
@@ -85,7 +93,16 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for DualReadStore<C> {
     ) -> ApiResult<Option<Position>> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
         let (legacy, want) = (keys.key(), Want::Position);
-        let read = read_new(&self.conn, &keys, inst_id, &[side], want, Some(&legacy)).await?;
+        let read = read_new(
+            &self.conn,
+            self.via,
+            &keys,
+            inst_id,
+            &[side],
+            want,
+            Some(&legacy),
+        )
+        .await?;
         Ok(match read {
             Read::New(mut found) => found.pop(),
             Read::Legacy(value) => read_position(value.as_deref(), inst_id, side),
@@ -95,7 +112,16 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for DualReadStore<C> {
     async fn position_size(&self, user_id: &str, exchange: &str, inst_id: &str) -> ApiResult<f64> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
         let (legacy, want, sides) = (keys.key(), Want::Size, [Side::Long, Side::Short]);
-        let read = read_new(&self.conn, &keys, inst_id, &sides, want, Some(&legacy)).await?;
+        let read = read_new(
+            &self.conn,
+            self.via,
+            &keys,
+            inst_id,
+            &sides,
+            want,
+            Some(&legacy),
+        )
+        .await?;
         Ok(match read {
             Read::New(found) => net_size(&found, inst_id),
             Read::Legacy(value) => read_size(value.as_deref(), inst_id),

@@ -25,7 +25,7 @@ use redis::{Script, Value};
 
 use super::error::{check_id, ApiError, ApiResult};
 use super::position::{sorted, SIZE_FIELDS};
-use super::{net_size, Position, PositionObject, PositionStore};
+use super::{net_size, steps, Position, PositionObject, PositionStore, Topology, Via};
 use crate::keys::{LegacyPositionsKey, META_MIGRATED_AT, META_MIGRATED_FROM};
 use crate::plan::Side;
 
@@ -40,11 +40,15 @@ static REMOVE_HASH: LazyLock<Script> =
 
 pub struct HashStore<C> {
     conn: C,
+    via: Via,
 }
 
-impl<C: ConnectionLike + Clone + Send> HashStore<C> {
+impl<C: ConnectionLike + Clone + Send + Topology> HashStore<C> {
+    /// Scripts and MULTI on one server, single-key steps on a cluster
+    /// (`super::steps`), chosen here from the connection.
     pub fn new(conn: C) -> Self {
-        Self { conn }
+        let via = Via::of(&conn);
+        Self { conn, via }
     }
 }
 
@@ -65,7 +69,7 @@ pub(crate) enum Written {
     Legacy,
 }
 
-fn to_position(inst_id: &str, side: Side, mut fields: Fields) -> Option<Position> {
+pub(crate) fn to_position(inst_id: &str, side: Side, mut fields: Fields) -> Option<Position> {
     if fields.is_empty() {
         return None;
     }
@@ -78,7 +82,7 @@ fn to_position(inst_id: &str, side: Side, mut fields: Fields) -> Option<Position
     })
 }
 
-fn parse_member(member: &str) -> Option<(&str, Side)> {
+pub(crate) fn parse_member(member: &str) -> Option<(&str, Side)> {
     let (inst_id, side) = member.rsplit_once(':')?;
     let side = match side {
         "long" => Side::Long,
@@ -88,7 +92,7 @@ fn parse_member(member: &str) -> Option<(&str, Side)> {
     Some((inst_id, side))
 }
 
-fn decode<T: redis::FromRedisValue>(v: Value) -> ApiResult<T> {
+pub(crate) fn decode<T: redis::FromRedisValue>(v: Value) -> ApiResult<T> {
     redis::from_redis_value(v).map_err(|e| ApiError::redis("decoding a position read")(e.into()))
 }
 
@@ -104,9 +108,13 @@ fn split<T: redis::FromRedisValue>(reply: (String, Value)) -> ApiResult<Read<T>>
 /// fallback key, `None` for the hash store.
 pub(crate) async fn all_new<C: ConnectionLike + Clone + Send>(
     conn: &C,
+    via: Via,
     keys: &LegacyPositionsKey,
     legacy: Option<&str>,
 ) -> ApiResult<Read<Vec<Position>>> {
+    if via == Via::Steps {
+        return steps::all_steps(conn, keys, legacy).await;
+    }
     let mut invocation = ALL_POSITIONS.key(keys.index_key());
     if let Some(l) = legacy {
         invocation.key(l);
@@ -144,12 +152,16 @@ pub(crate) enum Want {
 /// (for [`Want::Size`], with the size fields only).
 pub(crate) async fn read_new<C: ConnectionLike + Clone + Send>(
     conn: &C,
+    via: Via,
     keys: &LegacyPositionsKey,
     inst_id: &str,
     sides: &[Side],
     want: Want,
     legacy: Option<&str>,
 ) -> ApiResult<Read<Vec<Position>>> {
+    if via == Via::Steps {
+        return steps::read_steps(conn, keys, inst_id, sides, want, legacy).await;
+    }
     let mut invocation = READ_HASHES.key(keys.index_key());
     for side in sides {
         invocation.key(keys.position_key(&format!("{inst_id}:{}", side.as_str())));
@@ -190,7 +202,7 @@ pub(crate) async fn read_new<C: ConnectionLike + Clone + Send>(
 
 /// An HMGET of [`SIZE_FIELDS`] as fields. A hash that holds neither field
 /// reads as absent: it adds nothing to a size either way.
-fn size_fields(values: Vec<Option<String>>) -> Fields {
+pub(crate) fn size_fields(values: Vec<Option<String>>) -> Fields {
     SIZE_FIELDS
         .iter()
         .zip(values)
@@ -200,10 +212,14 @@ fn size_fields(values: Vec<Option<String>>) -> Fields {
 
 pub(crate) async fn upsert_new<C: ConnectionLike + Clone + Send>(
     conn: &C,
+    via: Via,
     keys: &LegacyPositionsKey,
     position: &PositionObject,
     legacy: Option<&str>,
 ) -> ApiResult<Written> {
+    if via == Via::Steps {
+        return steps::upsert_steps(conn, keys, position, legacy).await;
+    }
     let member = position.position().index_member();
     let mut invocation = UPSERT_HASH.key(keys.position_key(&member));
     invocation.key(keys.index_key());
@@ -228,10 +244,14 @@ pub(crate) async fn upsert_new<C: ConnectionLike + Clone + Send>(
 
 pub(crate) async fn remove_new<C: ConnectionLike + Clone + Send>(
     conn: &C,
+    via: Via,
     keys: &LegacyPositionsKey,
     member: &str,
     legacy: Option<&str>,
 ) -> ApiResult<Written> {
+    if via == Via::Steps {
+        return steps::remove_steps(conn, keys, member, legacy).await;
+    }
     let mut invocation = REMOVE_HASH.key(keys.position_key(member));
     invocation.key(keys.index_key());
     if let Some(l) = legacy {
@@ -264,7 +284,7 @@ fn new_only<T>(read: Read<T>) -> T {
 impl<C: ConnectionLike + Clone + Send> PositionStore for HashStore<C> {
     async fn all_positions(&self, user_id: &str, exchange: &str) -> ApiResult<Vec<Position>> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
-        Ok(new_only(all_new(&self.conn, &keys, None).await?))
+        Ok(new_only(all_new(&self.conn, self.via, &keys, None).await?))
     }
 
     async fn get_position(
@@ -288,6 +308,10 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for HashStore<C> {
     async fn position_size(&self, user_id: &str, exchange: &str, inst_id: &str) -> ApiResult<f64> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
         let sides = [Side::Long, Side::Short];
+        if self.via == Via::Steps {
+            let found = steps::read_sides(&self.conn, &keys, inst_id, &sides, Want::Size).await?;
+            return Ok(net_size(&found, inst_id));
+        }
         let mut pipe = redis::pipe();
         pipe.atomic();
         for side in sides {
@@ -317,7 +341,7 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for HashStore<C> {
         check_id("user id", user_id)?;
         check_id("exchange", exchange)?;
         let keys = LegacyPositionsKey::new(exchange, user_id);
-        upsert_new(&self.conn, &keys, position, None).await?;
+        upsert_new(&self.conn, self.via, &keys, position, None).await?;
         Ok(())
     }
 
@@ -330,6 +354,6 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for HashStore<C> {
     ) -> ApiResult<bool> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
         let member = format!("{inst_id}:{}", side.as_str());
-        Ok(remove_new(&self.conn, &keys, &member, None).await? == Written::New(true))
+        Ok(remove_new(&self.conn, self.via, &keys, &member, None).await? == Written::New(true))
     }
 }

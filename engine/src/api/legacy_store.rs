@@ -19,7 +19,7 @@ use redis::Script;
 
 use super::error::{check_id, ApiError, ApiResult};
 use super::legacy_value::{edit_value, read_position, read_positions, read_size, Edit};
-use super::{Position, PositionObject, PositionStore};
+use super::{Position, PositionObject, PositionStore, Topology, Via};
 use crate::keys::LegacyPositionsKey;
 use crate::plan::Side;
 
@@ -33,13 +33,20 @@ pub const MAX_WRITE_ATTEMPTS: usize = 1000;
 
 pub struct LegacyStore<C> {
     conn: C,
+    via: Via,
+}
+
+impl<C: ConnectionLike + Clone + Send + Topology> LegacyStore<C> {
+    /// The compare-and-set is one key, the same everywhere; only the
+    /// index guard of the `*_unmigrated` writes is a step of its own on a
+    /// cluster ([`write_legacy`]).
+    pub fn new(conn: C) -> Self {
+        let via = Via::of(&conn);
+        Self { conn, via }
+    }
 }
 
 impl<C: ConnectionLike + Clone + Send> LegacyStore<C> {
-    pub fn new(conn: C) -> Self {
-        Self { conn }
-    }
-
     /// Upsert into the legacy value only while the user is not migrated:
     /// the key exists and the index set `positions:index:{uid}:{exchange}`
     /// does not (checked atomically with the write). Otherwise nothing is
@@ -54,7 +61,14 @@ impl<C: ConnectionLike + Clone + Send> LegacyStore<C> {
         check_id("exchange", exchange)?;
         let keys = LegacyPositionsKey::new(exchange, user_id);
         let (key, index) = (keys.key(), keys.index_key());
-        write_legacy(&self.conn, &key, Some(&index), Edit::Upsert(position)).await
+        write_legacy(
+            &self.conn,
+            self.via,
+            &key,
+            Some(&index),
+            Edit::Upsert(position),
+        )
+        .await
     }
 
     /// Remove from the legacy value only while the user is not migrated, as
@@ -69,7 +83,7 @@ impl<C: ConnectionLike + Clone + Send> LegacyStore<C> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
         let (key, index) = (keys.key(), keys.index_key());
         let edit = Edit::Remove { inst_id, side };
-        write_legacy(&self.conn, &key, Some(&index), edit).await
+        write_legacy(&self.conn, self.via, &key, Some(&index), edit).await
     }
 }
 
@@ -98,11 +112,20 @@ pub(crate) async fn get_legacy<C: ConnectionLike + Clone + Send>(
         .map_err(ApiError::redis("reading legacy positions"))
 }
 
+async fn guard_exists<C: ConnectionLike + Send>(c: &mut C, guard: &str) -> ApiResult<bool> {
+    redis::cmd("EXISTS")
+        .arg(guard)
+        .query_async(c)
+        .await
+        .map_err(ApiError::redis("checking a user's index set"))
+}
+
 /// Read, edit, compare-and-set until the value did not change in between.
 /// With `guard` (dual-read), only an existing key is written, and only
 /// while the guard key (the index set) is absent.
 pub(crate) async fn write_legacy<C: ConnectionLike + Clone + Send>(
     conn: &C,
+    via: Via,
     key: &str,
     guard: Option<&str>,
     edit: Edit<'_>,
@@ -116,10 +139,19 @@ pub(crate) async fn write_legacy<C: ConnectionLike + Clone + Send>(
             return Ok(LegacyWrite::Done(false));
         };
         let mut invocation = CAS_LEGACY.key(key);
-        if let Some(g) = guard {
-            invocation.key(g);
-        }
         let mut c = conn.clone();
+        if let Some(g) = guard {
+            if via == Via::Steps {
+                // The index lives in another slot: checked first, then the
+                // single-key compare-and-set (`super::steps` says why a
+                // migration in between cannot lose this write).
+                if guard_exists(&mut c, g).await? {
+                    return Ok(LegacyWrite::Moved);
+                }
+            } else {
+                invocation.key(g);
+            }
+        }
         let reply: String = invocation
             .arg(if current.is_some() { "1" } else { "0" })
             .arg(current.unwrap_or_default())
@@ -131,6 +163,44 @@ pub(crate) async fn write_legacy<C: ConnectionLike + Clone + Send>(
             "ok" => return Ok(LegacyWrite::Done(true)),
             "moved" => return Ok(LegacyWrite::Moved),
             _ => continue, // changed under us: read again
+        }
+    }
+    Err(ApiError::Contended {
+        key: key.to_owned(),
+        attempts: MAX_WRITE_ATTEMPTS,
+    })
+}
+
+/// Applies `edit` to the legacy key only if it exists, whatever the index
+/// (compare-and-set, retried like [`write_legacy`]). The cluster dual-read
+/// store's second write while a user is between layouts (`super::steps`):
+/// a legacy value that cannot take the edit is left as it is.
+pub(crate) async fn mirror_legacy<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    key: &str,
+    edit: Edit<'_>,
+) -> ApiResult<()> {
+    for _ in 0..MAX_WRITE_ATTEMPTS {
+        let Some(current) = get_legacy(conn, key).await? else {
+            return Ok(());
+        };
+        let next = match edit_value(key, Some(&current), edit) {
+            Ok(Some(next)) => next,
+            Ok(None) => return Ok(()),
+            Err(ApiError::Engine(e)) => return Err(ApiError::Engine(e)),
+            Err(_) => return Ok(()),
+        };
+        let mut c = conn.clone();
+        let reply: String = CAS_LEGACY
+            .key(key)
+            .arg("1")
+            .arg(current)
+            .arg(next)
+            .invoke_async(&mut c)
+            .await
+            .map_err(ApiError::redis("writing legacy positions"))?;
+        if reply == "ok" {
+            return Ok(());
         }
     }
     Err(ApiError::Contended {
@@ -176,7 +246,7 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for LegacyStore<C> {
         check_id("user id", user_id)?;
         check_id("exchange", exchange)?;
         let key = LegacyPositionsKey::new(exchange, user_id).key();
-        write_legacy(&self.conn, &key, None, Edit::Upsert(position)).await?;
+        write_legacy(&self.conn, self.via, &key, None, Edit::Upsert(position)).await?;
         Ok(())
     }
 
@@ -189,6 +259,6 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for LegacyStore<C> {
     ) -> ApiResult<bool> {
         let key = LegacyPositionsKey::new(exchange, user_id).key();
         let edit = Edit::Remove { inst_id, side };
-        Ok(write_legacy(&self.conn, &key, None, edit).await? == LegacyWrite::Done(true))
+        Ok(write_legacy(&self.conn, self.via, &key, None, edit).await? == LegacyWrite::Done(true))
     }
 }

@@ -22,6 +22,11 @@
 //!
 //! The scripts read keys named by the index and write several keys of one
 //! user at once: a standalone server, as the standalone migration store.
+//! On a Redis Cluster a user's keys span slots, so each store, when built
+//! on a cluster connection ([`Topology`]), runs the same operations as
+//! ordered single-key steps instead (`steps`: the order, and what stops
+//! being atomic). Single-key scripts (the legacy compare-and-set, the
+//! order-placed reset) and the trading cache run unchanged on both.
 
 mod cache;
 mod dual_read;
@@ -31,6 +36,7 @@ mod legacy_store;
 mod legacy_value;
 mod order_placed;
 mod position;
+mod steps;
 
 pub use cache::{cache_key, TradingCache, DEFAULT_CACHE_EXCHANGE, POSITION_CACHE_TTL_SECS};
 pub use dual_read::DualReadStore;
@@ -40,7 +46,44 @@ pub use legacy_store::{LegacyStore, LegacyWrite, MAX_WRITE_ATTEMPTS};
 pub use order_placed::{FlagsLayout, OrderPlacedFlags};
 pub use position::{net_size, Position, PositionObject};
 
+use crate::connection::RedisConn;
 use crate::plan::Side;
+
+/// Whether a connection reaches a Redis Cluster: the one fact the stores
+/// need to pick their variant, read once in their constructors.
+pub trait Topology {
+    fn is_cluster(&self) -> bool;
+}
+
+impl Topology for RedisConn {
+    fn is_cluster(&self) -> bool {
+        RedisConn::is_cluster(self)
+    }
+}
+
+impl Topology for redis::aio::MultiplexedConnection {
+    fn is_cluster(&self) -> bool {
+        false
+    }
+}
+
+/// How a store reaches the new layout: multi-key scripts and MULTI (one
+/// server), or single-key steps (a cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    Scripts,
+    Steps,
+}
+
+impl Via {
+    pub(crate) fn of<C: Topology>(conn: &C) -> Self {
+        if conn.is_cluster() {
+            Via::Steps
+        } else {
+            Via::Scripts
+        }
+    }
+}
 
 /// The read and write operations of DESIGN §3 for grid positions.
 #[allow(async_fn_in_trait)]

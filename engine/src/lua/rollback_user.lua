@@ -3,7 +3,7 @@
 --
 -- KEYS[1] legacy key   KEYS[2] backup key   KEYS[3] index set
 -- KEYS[4] rollback journal hash              KEYS[5..] position hashes
--- ARGV[1] remaining legacy TTL in ms: > 0 restore with it, -1 none,
+-- ARGV[1] the legacy key's expiry, Unix ms: > 0 restore with it, -1 none,
 --         0 the legacy key would have expired by now: restore nothing
 -- ARGV[2] "force" to restore over a legacy key written since the migration
 -- ARGV[3..] the index members the run added
@@ -13,11 +13,11 @@ end
 local backup = redis.call('GET', KEYS[2])
 if not backup then return {'no_backup', KEYS[2]} end
 
-local pttl = tonumber(ARGV[1])
+local at = tonumber(ARGV[1])
 local state = 'restored'
-if pttl > 0 then
-  redis.call('SET', KEYS[1], backup, 'PX', pttl)
-elseif pttl < 0 then
+if at > 0 then
+  redis.call('SET', KEYS[1], backup, 'PXAT', at)
+elseif at < 0 then
   redis.call('SET', KEYS[1], backup)
 else
   state = 'expired'

@@ -6,7 +6,10 @@
 //!
 //! - `plan`: the pure decision per key, and the digest the journal keeps;
 //! - `store`: the seam to a deployment; `standalone` implements it for one
-//!   server with one Lua script per key (`lua/move_order_placed.lua`);
+//!   server with one Lua script per key (`lua/move_order_placed.lua`),
+//!   `cluster` for a Redis Cluster with ordered single-key steps (legacy
+//!   key and target live in different slots), and [`AnyOrderPlaced`]
+//!   picks one from the connection;
 //! - `migrate`: the runner (SCAN, read, plan, write, report);
 //! - `verify`: the counts, fields and ttl invariants after a run;
 //! - `rollback`: undoing a run (rename back, or copy back a dropped key).
@@ -15,6 +18,8 @@
 //! the run's outcome hash; `moved` / `dropped_equal` carry a SHA-256 of
 //! the legacy hash (no backup is kept: the target *is* the legacy hash).
 
+mod any;
+pub mod cluster;
 pub mod migrate;
 pub mod plan;
 pub mod rollback;
@@ -25,6 +30,8 @@ pub mod verify;
 /// The migration's name in the journal and on the command line.
 pub const MIGRATION: &str = "order-placed";
 
+pub use any::AnyOrderPlaced;
+pub use cluster::ClusterOrderPlaced;
 pub use migrate::{migrate_order_placed, OrderPlacedOptions, OrderPlacedReport};
 pub use standalone::StandaloneOrderPlaced;
 pub use verify::verify_order_placed;

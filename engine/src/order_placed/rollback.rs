@@ -125,8 +125,11 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
         })?;
         let target = key.target_key();
         pipe.hgetall(&target)
-            .exists(legacy)
-            .hget(journal_key, legacy);
+            .cmd("DUMP")
+            .arg(legacy)
+            .hget(journal_key, legacy)
+            .cmd("DUMP")
+            .arg(&target);
         targets.push(target);
     }
     pipe.cmd("TIME");
@@ -136,7 +139,7 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
     )?;
     let now_ms = pop_server_time_ms(&mut replies);
     let mut out = Vec::new();
-    for (((legacy, outcome), target), r) in steps.iter().zip(targets).zip(replies.chunks_exact(3)) {
+    for (((legacy, outcome), target), r) in steps.iter().zip(targets).zip(replies.chunks_exact(4)) {
         if redis::from_redis_value_ref::<Option<String>>(&r[2])
             .ok()
             .flatten()
@@ -147,7 +150,12 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
         }
         let fields: Vec<(Vec<u8>, Vec<u8>)> =
             redis::from_redis_value_ref(&r[0]).unwrap_or_default();
-        let legacy_exists: bool = redis::from_redis_value_ref(&r[1]).unwrap_or(false);
+        // A legacy key identical to the target is this rollback's own copy
+        // on a cluster, made before a kill (`super::cluster`): not a write
+        // since the migration, and the rerun finishes it without --force.
+        let legacy_dump: Option<Vec<u8>> = redis::from_redis_value_ref(&r[1]).unwrap_or(None);
+        let target_dump: Option<Vec<u8>> = redis::from_redis_value_ref(&r[3]).unwrap_or(None);
+        let legacy_exists = legacy_dump.is_some() && legacy_dump != target_dump;
         let (moved, digest, pttl, at) = match outcome {
             OrderPlacedOutcome::Moved {
                 digest, pttl, at, ..

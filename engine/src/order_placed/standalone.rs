@@ -10,7 +10,7 @@
 //! transaction path worth its second round trip and fallback (many HSETs
 //! per user) has nothing to win.
 
-use redis::aio::MultiplexedConnection;
+use crate::connection::RedisConn;
 use redis::Value;
 
 use crate::error::{EngineError, Result};
@@ -25,14 +25,14 @@ const ROLLBACK_ORDER_PLACED: &str = include_str!("../lua/rollback_order_placed.l
 
 #[derive(Clone)]
 pub struct StandaloneOrderPlaced {
-    conn: MultiplexedConnection,
+    conn: RedisConn,
     sha: String,
 }
 
 impl StandaloneOrderPlaced {
     /// Wraps a connection from [`crate::standalone::connect`] and loads the
     /// move script.
-    pub async fn open(conn: MultiplexedConnection) -> Result<Self> {
+    pub async fn open(conn: RedisConn) -> Result<Self> {
         let store = Self {
             conn,
             sha: redis::Script::new(MOVE_ORDER_PLACED).get_hash().to_owned(),
@@ -41,7 +41,7 @@ impl StandaloneOrderPlaced {
         Ok(store)
     }
 
-    pub fn connection(&self) -> MultiplexedConnection {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -87,24 +87,7 @@ impl OrderPlacedStore for StandaloneOrderPlaced {
     }
 
     async fn read_keys(&self, keys: &[String]) -> Result<Vec<KeyRead>> {
-        let during = "reading order-placed hashes";
-        let reads = keyspace::read_expecting(&self.conn, keys, "HGETALL", during).await?;
-        reads
-            .into_iter()
-            .map(|read| match read {
-                TypedRead::Value(v) => Ok(KeyRead::hash(
-                    redis::from_redis_value::<Fields>(v).map_err(|e| EngineError::Redis {
-                        during: "decoding an order-placed hash",
-                        source: e.into(),
-                    })?,
-                )),
-                // A key deleted or turned into a hash in between reads as
-                // absent or as "hash": either way the plan it gives is
-                // re-checked by the script before any write.
-                TypedRead::OtherType(t) if t == "none" => Ok(KeyRead::Absent),
-                TypedRead::OtherType(redis_type) => Ok(KeyRead::Other { redis_type }),
-            })
-            .collect()
+        read_order_placed(&self.conn, keys).await
     }
 
     async fn apply(&self, outcomes_key: &str, writes: &[KeyWrite]) -> Result<Vec<WriteOutcome>> {
@@ -172,6 +155,29 @@ impl OrderPlacedStore for StandaloneOrderPlaced {
     async fn key_count(&self) -> Result<u64> {
         keyspace::key_count(&self.conn).await
     }
+}
+
+/// Reads each key as absent, a hash with its fields, or another type (one
+/// pipeline of single-key reads: the same on a cluster).
+pub(super) async fn read_order_placed(conn: &RedisConn, keys: &[String]) -> Result<Vec<KeyRead>> {
+    let during = "reading order-placed hashes";
+    let reads = keyspace::read_expecting(conn, keys, "HGETALL", during).await?;
+    reads
+        .into_iter()
+        .map(|read| match read {
+            TypedRead::Value(v) => Ok(KeyRead::hash(
+                redis::from_redis_value::<Fields>(v).map_err(|e| EngineError::Redis {
+                    during: "decoding an order-placed hash",
+                    source: e.into(),
+                })?,
+            )),
+            // A key deleted or turned into a hash in between reads as
+            // absent or as "hash": either way the plan it gives is
+            // re-checked before any write.
+            TypedRead::OtherType(t) if t == "none" => Ok(KeyRead::Absent),
+            TypedRead::OtherType(redis_type) => Ok(KeyRead::Other { redis_type }),
+        })
+        .collect()
 }
 
 fn parse_outcome(reply: Value) -> Result<WriteOutcome> {

@@ -4,12 +4,10 @@
 //! again user by user with a Lua script, each user atomic on its own.
 
 use std::sync::Arc;
-use std::time::Duration;
-
 use tokio::sync::{mpsc, Mutex};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use redis::Value;
 
 use crate::error::{EngineError, Result};
 use crate::journal::{self, Outcome, RunRecord};
@@ -23,45 +21,8 @@ use crate::store::{
 const MIGRATE_USER: &str = include_str!("../lua/migrate_user.lua");
 const ROLLBACK_USER: &str = include_str!("../lua/rollback_user.lua");
 
-/// Large pipelines legitimately take seconds; redis-rs's default (500 ms)
-/// would abort a healthy run.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Overrides [`RESPONSE_TIMEOUT`] (ms): how long a frozen server (paused,
-/// partitioned) may leave a command unanswered before the run stops with
-/// exit 4 and its journal intact. Fault scenarios set it low.
-pub const RESPONSE_TIMEOUT_ENV: &str = "KEYSHIFT_RESPONSE_TIMEOUT_MS";
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn response_timeout() -> Duration {
-    std::env::var(RESPONSE_TIMEOUT_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&ms| ms >= 100)
-        .map(Duration::from_millis)
-        .unwrap_or(RESPONSE_TIMEOUT)
-}
-
-/// Opens a multiplexed connection with keyshift's timeouts.
-pub async fn connect(url: &str) -> Result<MultiplexedConnection> {
-    use redis::IntoConnectionInfo;
-    let info = url
-        .into_connection_info()
-        .map_err(|e| EngineError::BadUrl(e.to_string()))?
-        // Without TCP_NODELAY a transaction's small round trips wait on
-        // delayed ACKs.
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    let client = redis::Client::open(info).map_err(|e| EngineError::BadUrl(e.to_string()))?;
-    let config = AsyncConnectionConfig::new()
-        .set_response_timeout(Some(response_timeout()))
-        .set_connection_timeout(Some(CONNECT_TIMEOUT));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|source| EngineError::Unreachable {
-            url: crate::redact_url(url),
-            source,
-        })
-}
+pub use crate::connection::{connect, RESPONSE_TIMEOUT_ENV};
+use crate::connection::{connect_node, RedisConn};
 
 mod transaction;
 
@@ -74,7 +35,7 @@ struct Pool {
 
 #[derive(Clone)]
 pub struct StandaloneStore {
-    conn: MultiplexedConnection,
+    conn: RedisConn,
     /// Write every user with the per-user script, never a batch transaction.
     scripts_only: bool,
     pool: Arc<Pool>,
@@ -89,10 +50,10 @@ impl StandaloneStore {
 
     /// Connects `transactions` dedicated connections beside `conn`: the
     /// transactions that may be open at once.
-    pub async fn open(url: &str, conn: MultiplexedConnection, transactions: usize) -> Result<Self> {
+    pub async fn open(url: &str, conn: RedisConn, transactions: usize) -> Result<Self> {
         let (give, take) = mpsc::unbounded_channel();
         for _ in 0..transactions.max(1) {
-            give.send(connect(url).await?).expect("receiver alive");
+            give.send(connect_node(url).await?).expect("receiver alive");
         }
         let mut store = Self {
             conn,
@@ -214,7 +175,7 @@ impl StandaloneStore {
         replies.into_iter().map(parse_write_outcome).collect()
     }
 
-    pub fn connection(&self) -> MultiplexedConnection {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -316,7 +277,7 @@ impl GridPositionsStore for StandaloneStore {
                 .arg(&u.index_key)
                 .arg(journal_key)
                 .arg(&u.hashes)
-                .arg(u.pttl_ms)
+                .arg(u.expires_at_ms)
                 .arg(if u.force { "force" } else { "check" })
                 .arg(&u.members);
         }

@@ -8,13 +8,15 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use super::process::find_on_path;
-use super::{tail_lines, wait_ready, BackendError};
+use super::{tail_lines, wait_ready, BackendError, ServerSetup};
 
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(15);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const READY_LOG_TIMEOUT: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 const READY_LINE: &str = "Ready to accept connections";
+/// The image's WORKDIR and redis-server's `dir`: setup files go here.
+const WORKDIR: &str = "/data";
 /// Every container the harness starts carries this label, so leftovers of a
 /// killed run can be removed with
 /// `docker rm -f $(docker ps -aq --filter label=keyshift.harness)`.
@@ -104,7 +106,7 @@ fn parse_host_port(output: &str) -> Option<u16> {
 }
 
 /// The container's command: redis-server with the fixed settings, then the caller's.
-fn container_command(extra: &[&str]) -> Vec<String> {
+fn container_command<S: AsRef<str>>(extra: &[S]) -> Vec<String> {
     let mut cmd: Vec<String> = [
         "redis-server",
         "--protected-mode",
@@ -117,8 +119,15 @@ fn container_command(extra: &[&str]) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    cmd.extend(extra.iter().map(|a| a.to_string()));
+    cmd.extend(extra.iter().map(|a| a.as_ref().to_string()));
     cmd
+}
+
+/// `docker cp` of a large snapshot takes a while: the usual command
+/// timeout plus a second per 20 MB.
+fn copy_timeout(source: &str) -> Duration {
+    let bytes = std::fs::metadata(source).map_or(0, |m| m.len());
+    COMMAND_TIMEOUT + Duration::from_secs(bytes / 20_000_000)
 }
 
 pub(super) struct DockerServer {
@@ -127,24 +136,27 @@ pub(super) struct DockerServer {
 }
 
 impl DockerServer {
+    /// `docker create`, then `docker cp` of each setup file into the
+    /// working dir, then `docker start`: the files are there before
+    /// redis-server reads its configuration or its dump.rdb.
     pub(super) async fn start(
         image: &str,
-        extra_args: &[&str],
+        setup: &ServerSetup,
     ) -> Result<DockerServer, BackendError> {
         let label = format!("{LABEL}=1");
         let pid_label = format!("{LABEL}.pid={}", std::process::id());
         let mut args = vec![
-            "run",
-            "-d",
+            "create",
             "--label",
             &label,
             "--label",
             &pid_label,
             "-p",
             "127.0.0.1::6379",
-            image,
         ];
-        let command = container_command(extra_args);
+        args.extend(setup.docker_args.iter().map(String::as_str));
+        args.push(image);
+        let command = container_command(&setup.args);
         args.extend(command.iter().map(String::as_str));
         let out = docker(&args, &[], COMMAND_TIMEOUT).await?;
         let start_failed = |reason: String| BackendError::ContainerStart {
@@ -156,11 +168,34 @@ impl DockerServer {
         }
         let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if id.is_empty() {
-            return Err(start_failed("docker run printed no container id".into()));
+            return Err(start_failed("docker create printed no container id".into()));
         }
         // From here on, Drop removes the container whatever happens next.
         let mut server = DockerServer { id, port: 0 };
+        for (source, name) in &setup.files {
+            let target = format!("{}:{WORKDIR}/{name}", server.id);
+            let source = source.display().to_string();
+            let out = docker(&["cp", &source, &target], &[], copy_timeout(&source)).await?;
+            if !out.status.success() {
+                return Err(start_failed(format!(
+                    "docker cp {source} {target}: {}",
+                    failure_text(&out)
+                )));
+            }
+        }
+        let out = docker(&["start", &server.id], &[], COMMAND_TIMEOUT).await?;
+        if !out.status.success() {
+            return Err(start_failed(format!(
+                "docker start: {}",
+                failure_text(&out)
+            )));
+        }
 
+        // First the log: a server that exits at once (an RDB it cannot
+        // load) has no port to read, and its log says why.
+        server
+            .wait_for_ready_line(setup.ready_timeout.unwrap_or(READY_LOG_TIMEOUT))
+            .await?;
         let out = docker(&["port", &server.id, "6379/tcp"], &[], COMMAND_TIMEOUT).await?;
         let mapping = String::from_utf8_lossy(&out.stdout).to_string();
         server.port = parse_host_port(&mapping).ok_or_else(|| {
@@ -170,7 +205,6 @@ impl DockerServer {
             ))
         })?;
 
-        server.wait_for_ready_line().await?;
         let url = format!("redis://127.0.0.1:{}", server.port);
         if let Err(BackendError::NotReady {
             url,
@@ -191,7 +225,7 @@ impl DockerServer {
 
     /// Follow the container's log until redis says it is ready; the stream
     /// ends early when the container exits.
-    async fn wait_for_ready_line(&self) -> Result<(), BackendError> {
+    async fn wait_for_ready_line(&self, timeout: Duration) -> Result<(), BackendError> {
         let mut child = Command::new("docker")
             .args(["logs", "-f", &self.id])
             .stdin(Stdio::null())
@@ -202,7 +236,7 @@ impl DockerServer {
             .map_err(|e| BackendError::io("running docker logs -f", e))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
-        let found = tokio::time::timeout(READY_LOG_TIMEOUT, async {
+        let found = tokio::time::timeout(timeout, async {
             while let Ok(Some(line)) = lines.next_line().await {
                 if line.contains(READY_LINE) {
                     return true;
@@ -219,7 +253,7 @@ impl DockerServer {
         } else {
             Err(BackendError::ContainerNotReady {
                 id: self.id.clone(),
-                waited: READY_LOG_TIMEOUT,
+                waited: timeout,
                 logs: self.logs_tail().await,
             })
         }

@@ -15,17 +15,27 @@
 //! ("client version 1.53 is too new"); the CLI negotiates, and building the
 //! image needs the CLI anyway.
 
+mod cluster;
+mod cluster_deployment;
+mod cluster_nodes;
 mod docker;
 mod faults;
 mod image;
 mod process;
+mod setup;
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+pub use cluster::{
+    slot_ranges as cluster_slot_ranges, RedisCluster, PRIMARIES as CLUSTER_PRIMARIES,
+};
+pub use cluster_deployment::Deployment;
+pub use cluster_nodes::{is_cluster_url, key_slot, Nodes, Primaries, Primary};
 pub use faults::FaultKind;
 pub use image::IMAGE;
+pub use setup::ServerSetup;
 
 /// Environment variable that forbids `auto` from falling back to the process
 /// backend and turns "Docker unavailable" into an error (CI sets it to 1).
@@ -113,6 +123,16 @@ pub enum BackendError {
     },
     #[error("no Redis backend can start: docker: {docker}; process: {process}. Install redis-server (apt-get install -y redis-server) or start Docker")]
     NoBackend { docker: String, process: String },
+    #[error("the disposable Redis cannot load the RDB snapshot {file}: {reason}")]
+    RdbNotLoaded { file: String, reason: String },
+    #[error("server setup file {name:?} (from {source_path}): {reason}")]
+    SetupFile {
+        name: String,
+        source_path: String,
+        reason: String,
+    },
+    #[error("forming the disposable Redis Cluster failed: {reason}")]
+    ClusterForm { reason: String },
     #[error("cannot connect to {url}: {source}")]
     Connect {
         url: String,
@@ -130,6 +150,17 @@ fn tail_suffix(log_tail: &str) -> String {
 }
 
 impl BackendError {
+    /// The server's own log lines carried by a failed start, if any: what
+    /// a caller reads to say why the server would not come up.
+    pub fn server_log(&self) -> Option<&str> {
+        match self {
+            BackendError::ProcessExited { log_tail, .. }
+            | BackendError::NotReady { log_tail, .. } => Some(log_tail),
+            BackendError::ContainerNotReady { logs, .. } => Some(logs),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(action: impl Into<String>, source: std::io::Error) -> Self {
         BackendError::Io {
             action: action.into(),
@@ -149,6 +180,12 @@ fn env_flag(value: &str) -> bool {
         value.trim().to_ascii_lowercase().as_str(),
         "" | "0" | "false" | "no" | "off"
     )
+}
+
+/// The version of the `redis-server` the process backend runs ("7.0.15"),
+/// when one is on PATH.
+pub async fn process_redis_version() -> Option<String> {
+    process::redis_server_version().await
 }
 
 /// True when a docker CLI is on PATH and its engine answers.
@@ -189,41 +226,51 @@ impl RedisServer {
         kind: BackendKind,
         extra_args: &[&str],
     ) -> Result<RedisServer, BackendError> {
+        Self::start_setup(kind, &ServerSetup::new().args(extra_args)).await
+    }
+
+    /// Same, with files placed in the server's working dir before it starts
+    /// (see [`ServerSetup`]).
+    pub async fn start_setup(
+        kind: BackendKind,
+        setup: &ServerSetup,
+    ) -> Result<RedisServer, BackendError> {
+        setup.check_files()?;
         match kind {
-            BackendKind::Process => Self::start_process(extra_args).await,
+            BackendKind::Process => Self::start_process(setup).await,
             BackendKind::Docker => {
                 if let Err(e) = docker::engine_check().await {
                     return Err(required_if_needed(e));
                 }
-                Self::start_docker(extra_args).await
+                Self::start_docker(setup).await
             }
             BackendKind::Auto => match docker::engine_check().await {
-                Ok(()) => Self::start_docker(extra_args).await,
+                Ok(()) => Self::start_docker(setup).await,
                 Err(e) if docker_required() => Err(required_if_needed(e)),
                 Err(docker_err) => {
                     tracing::info!("docker unavailable ({docker_err}); using the process backend");
-                    Self::start_process(extra_args)
-                        .await
-                        .map_err(|process_err| BackendError::NoBackend {
+                    Self::start_process(setup).await.map_err(|process_err| {
+                        BackendError::NoBackend {
                             docker: docker_err.to_string(),
                             process: process_err.to_string(),
-                        })
+                        }
+                    })
                 }
             },
         }
     }
 
-    async fn start_process(extra_args: &[&str]) -> Result<RedisServer, BackendError> {
-        let server = process::ProcessServer::start(extra_args).await?;
+    async fn start_process(setup: &ServerSetup) -> Result<RedisServer, BackendError> {
+        let server = process::ProcessServer::start(setup).await?;
         Ok(RedisServer {
             kind: BackendKind::Process,
             inner: Inner::Process(Box::new(server)),
         })
     }
 
-    async fn start_docker(extra_args: &[&str]) -> Result<RedisServer, BackendError> {
+    async fn start_docker(setup: &ServerSetup) -> Result<RedisServer, BackendError> {
         let image = image::ensure_image().await?;
-        let server = docker::DockerServer::start(&image, extra_args).await?;
+        let server = docker::DockerServer::start(&image, setup).await?;
         Ok(RedisServer {
             kind: BackendKind::Docker,
             inner: Inner::Docker(server),
@@ -250,6 +297,26 @@ impl RedisServer {
     /// A new multiplexed connection to this server.
     pub async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, BackendError> {
         connect(&self.url(), Some(Duration::from_secs(5))).await
+    }
+}
+
+/// `Docker` or `Process` for `kind`, as [`RedisServer::start`] resolves it
+/// (a cluster resolves once for all its nodes).
+pub(crate) async fn resolve_kind(kind: BackendKind) -> Result<BackendKind, BackendError> {
+    match kind {
+        BackendKind::Process => Ok(BackendKind::Process),
+        BackendKind::Docker => match docker::engine_check().await {
+            Ok(()) => Ok(BackendKind::Docker),
+            Err(e) => Err(required_if_needed(e)),
+        },
+        BackendKind::Auto => match docker::engine_check().await {
+            Ok(()) => Ok(BackendKind::Docker),
+            Err(e) if docker_required() => Err(required_if_needed(e)),
+            Err(e) => {
+                tracing::info!("docker unavailable ({e}); using the process backend");
+                Ok(BackendKind::Process)
+            }
+        },
     }
 }
 
@@ -286,10 +353,13 @@ pub(crate) async fn ping_once(url: &str) -> Result<(), String> {
     let mut con = connect(url, Some(Duration::from_secs(1)))
         .await
         .map_err(|e| e.to_string())?;
-    let pong: String = redis::cmd("PING")
-        .query_async(&mut con)
-        .await
-        .map_err(|e| e.to_string())?;
+    let pong: String = match redis::cmd("PING").query_async(&mut con).await {
+        Ok(pong) => pong,
+        // A server that wants credentials first (requirepass, an ACL file
+        // without a usable default user) has started: it is up.
+        Err(e) if matches!(e.code(), Some("NOAUTH" | "NOPERM")) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
     if pong == "PONG" {
         Ok(())
     } else {

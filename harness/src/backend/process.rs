@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
-use super::{ping_once, tail_lines, BackendError};
+use super::{ping_once, tail_lines, BackendError, ServerSetup};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const PORT_ATTEMPTS: usize = 5;
@@ -26,8 +26,22 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// The version of the `redis-server` this backend runs ("7.0.15"), from
+/// its `--version` ("Redis server v=7.0.15 sha=...").
+pub(super) async fn redis_server_version() -> Option<String> {
+    let binary = find_on_path("redis-server")?;
+    let out = Command::new(&binary).arg("--version").output().await.ok()?;
+    parse_version(&String::from_utf8_lossy(&out.stdout)).map(str::to_owned)
+}
+
+fn parse_version(text: &str) -> Option<&str> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("v="))
+        .filter(|v| !v.is_empty())
+}
+
 /// A port that was free a moment ago (bind 127.0.0.1:0, read it, release it).
-fn free_port() -> Result<u16, BackendError> {
+pub(super) fn free_port() -> Result<u16, BackendError> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
         .map_err(|e| BackendError::io("binding 127.0.0.1:0 to find a free port", e))?;
     let port = listener
@@ -38,7 +52,7 @@ fn free_port() -> Result<u16, BackendError> {
 }
 
 /// The fixed arguments, then the caller's.
-fn server_args(port: u16, dir: &Path, extra: &[&str]) -> Vec<String> {
+fn server_args<S: AsRef<str>>(port: u16, dir: &Path, extra: &[S]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--port".into(),
         port.to_string(),
@@ -53,8 +67,22 @@ fn server_args(port: u16, dir: &Path, extra: &[&str]) -> Vec<String> {
         "--protected-mode".into(),
         "no".into(),
     ];
-    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend(extra.iter().map(|a| a.as_ref().to_string()));
     args
+}
+
+/// Copies the setup's files into the server's working dir.
+fn place_files(setup: &ServerSetup, dir: &Path) -> Result<(), BackendError> {
+    for (source, name) in &setup.files {
+        let target = dir.join(name);
+        std::fs::copy(source, &target).map_err(|e| {
+            BackendError::io(
+                format!("copying {} to {}", source.display(), target.display()),
+                e,
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn port_taken(log: &str) -> bool {
@@ -69,12 +97,13 @@ pub(super) struct ProcessServer {
     binary: PathBuf,
     args: Vec<String>,
     log_path: PathBuf,
+    ready_timeout: Duration,
     // Dropped after the child is dead (Drop below runs before field drops).
     dir: tempfile::TempDir,
 }
 
 impl ProcessServer {
-    pub(super) async fn start(extra_args: &[&str]) -> Result<ProcessServer, BackendError> {
+    pub(super) async fn start(setup: &ServerSetup) -> Result<ProcessServer, BackendError> {
         let binary = find_on_path("redis-server").ok_or(BackendError::RedisServerNotFound)?;
         let mut attempt = 0;
         loop {
@@ -90,7 +119,8 @@ impl ProcessServer {
             let log_err = log
                 .try_clone()
                 .map_err(|e| BackendError::io("duplicating the log file handle", e))?;
-            let args = server_args(port, dir.path(), extra_args);
+            place_files(setup, dir.path())?;
+            let args = server_args(port, dir.path(), &setup.args);
             let child = spawn(&binary, &args, dir.path(), log, log_err)?;
             let mut server = ProcessServer {
                 port,
@@ -98,6 +128,7 @@ impl ProcessServer {
                 binary: binary.clone(),
                 args,
                 log_path: log_path.clone(),
+                ready_timeout: setup.ready_timeout.unwrap_or(READY_TIMEOUT),
                 dir,
             };
             match server.wait_ready(&log_path).await {
@@ -136,7 +167,7 @@ impl ProcessServer {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
-            if start.elapsed() >= READY_TIMEOUT {
+            if start.elapsed() >= self.ready_timeout {
                 return Err(BackendError::NotReady {
                     url,
                     waited: start.elapsed(),
@@ -242,6 +273,27 @@ mod tests {
         assert!(args.windows(2).any(|w| w == ["--dir", "/tmp/x"]));
         assert!(args.windows(2).any(|w| w == ["--protected-mode", "no"]));
         assert_eq!(&args[args.len() - 2..], ["--maxmemory", "10mb"]);
+    }
+
+    #[test]
+    fn places_setup_files_under_their_names() {
+        let src = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(src.path(), b"REDIS0010").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        place_files(&ServerSetup::new().file(src.path(), "dump.rdb"), dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("dump.rdb")).unwrap(),
+            b"REDIS0010"
+        );
+    }
+
+    #[test]
+    fn reads_the_version_from_redis_server_version_output() {
+        assert_eq!(
+            parse_version("Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=ae4d7c971a948f0"),
+            Some("7.0.15")
+        );
+        assert_eq!(parse_version("something else"), None);
     }
 
     #[test]

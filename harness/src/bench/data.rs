@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use keyshift_engine::api::{
     ApiError, ApiResult, DualReadStore, HashStore, LegacyStore, PositionObject, PositionStore,
 };
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::keys::{LegacyPositionsKey, META_MIGRATED_AT, META_MIGRATED_FROM};
 use keyshift_engine::plan::Side;
-use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
 /// The exchange every benchmark user trades on.
@@ -84,13 +84,13 @@ impl StoreKind {
 /// One of the three stores over one connection.
 pub struct AnyStore {
     kind: StoreKind,
-    legacy: LegacyStore<MultiplexedConnection>,
-    hash: HashStore<MultiplexedConnection>,
-    dual_read: DualReadStore<MultiplexedConnection>,
+    legacy: LegacyStore<RedisConn>,
+    hash: HashStore<RedisConn>,
+    dual_read: DualReadStore<RedisConn>,
 }
 
 impl AnyStore {
-    pub fn new(kind: StoreKind, conn: MultiplexedConnection) -> Self {
+    pub fn new(kind: StoreKind, conn: RedisConn) -> Self {
         AnyStore {
             kind,
             legacy: LegacyStore::new(conn.clone()),
@@ -211,7 +211,7 @@ impl Dataset {
     }
 
     /// Writes every user in both layouts, pipelined.
-    pub async fn seed(&self, conn: &MultiplexedConnection) -> redis::RedisResult<()> {
+    pub async fn seed(&self, conn: &RedisConn) -> redis::RedisResult<()> {
         let legacy_value = self.legacy_value();
         let mut pipe = redis::pipe();
         let mut queued = 0;

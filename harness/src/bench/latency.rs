@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use redis::aio::MultiplexedConnection;
+use keyshift_engine::connection::RedisConn;
 use serde::{Deserialize, Serialize};
 
 use super::data::{AnyStore, Dataset, Op, StoreKind};
@@ -72,7 +72,7 @@ pub fn new_histogram() -> Histogram<u64> {
 
 /// Runs one cell: `conns.len()` workers (the concurrency) for `duration`.
 pub async fn run_cell(
-    conns: &[MultiplexedConnection],
+    conns: &[RedisConn],
     kind: StoreKind,
     op: Op,
     data: &Dataset,

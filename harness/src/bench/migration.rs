@@ -107,8 +107,9 @@ pub async fn measure(
         .get_multiplexed_async_connection_with_config(
             &redis::AsyncConnectionConfig::new().set_response_timeout(None),
         )
-        .await?;
-    let flush = |mut c: redis::aio::MultiplexedConnection| async move {
+        .await
+        .map(keyshift_engine::connection::RedisConn::from)?;
+    let flush = |mut c: keyshift_engine::connection::RedisConn| async move {
         redis::cmd("FLUSHALL")
             .arg("SYNC")
             .query_async::<()>(&mut c)
@@ -232,18 +233,21 @@ pub struct CpuSeconds {
 struct ServerCpu(f64);
 
 impl ServerCpu {
-    async fn start(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<Self> {
+    async fn start(conn: &mut keyshift_engine::connection::RedisConn) -> anyhow::Result<Self> {
         Ok(Self(server_cpu_s(conn).await?))
     }
 
     /// Seconds of server CPU since `start`, to the millisecond.
-    async fn seconds(self, conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+    async fn seconds(
+        self,
+        conn: &mut keyshift_engine::connection::RedisConn,
+    ) -> anyhow::Result<f64> {
         let spent = server_cpu_s(conn).await? - self.0;
         Ok((spent * 1000.0).round() / 1000.0)
     }
 }
 
-async fn server_cpu_s(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+async fn server_cpu_s(conn: &mut keyshift_engine::connection::RedisConn) -> anyhow::Result<f64> {
     let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
     parse_server_cpu(&info).context("INFO cpu has no used_cpu_user/used_cpu_sys")
 }

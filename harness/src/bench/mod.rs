@@ -31,7 +31,7 @@ use report::{BenchReport, LatencySection, MigrationSection, Setting};
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
     let server = RedisServer::start(args.backend).await?;
-    let conn = server.connection().await?;
+    let conn = keyshift_engine::connection::RedisConn::from(server.connection().await?);
     let setting = Setting {
         measured_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         backend: server.kind().to_string(),
@@ -146,7 +146,7 @@ async fn run_migration(
     })
 }
 
-async fn redis_version(conn: &redis::aio::MultiplexedConnection) -> anyhow::Result<String> {
+async fn redis_version(conn: &keyshift_engine::connection::RedisConn) -> anyhow::Result<String> {
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(&mut conn.clone())

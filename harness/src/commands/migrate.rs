@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use keyshift_engine::cluster::GridStore;
 use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions, MigrationReport};
 use keyshift_engine::redact_url;
 use keyshift_engine::standalone::{connect, StandaloneStore};
@@ -21,7 +22,7 @@ pub struct MigrateArgs<'a> {
 
 pub async fn run(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
     let conn = connect(args.url).await?;
-    let store = StandaloneStore::open(
+    let store = GridStore::open(
         args.url,
         conn.clone(),
         StandaloneStore::DEFAULT_TRANSACTIONS,

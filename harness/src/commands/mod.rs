@@ -41,7 +41,7 @@ pub fn confirm_write(force: bool, what: &str) -> Result<(), HarnessError> {
 /// Runs a writing command under the runner lock (exit 5 when another run
 /// holds it).
 pub async fn locked<T>(
-    conn: &redis::aio::MultiplexedConnection,
+    conn: &keyshift_engine::connection::RedisConn,
     command: &str,
     work: impl std::future::Future<Output = keyshift_engine::Result<T>>,
 ) -> keyshift_engine::Result<T> {
@@ -52,7 +52,7 @@ pub async fn locked<T>(
 /// Runs `work` under the runner lock, or as it is for a dry run (which
 /// writes nothing).
 pub async fn locked_unless_dry_run<T>(
-    conn: &redis::aio::MultiplexedConnection,
+    conn: &keyshift_engine::connection::RedisConn,
     dry_run: bool,
     command: &str,
     work: impl std::future::Future<Output = keyshift_engine::Result<T>>,

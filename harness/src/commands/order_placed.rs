@@ -7,8 +7,8 @@ use keyshift_engine::order_placed::migrate::Finding;
 use keyshift_engine::order_placed::store::OrderPlacedStore;
 use keyshift_engine::order_placed::verify::latest_run;
 use keyshift_engine::order_placed::{
-    migrate_order_placed, verify_order_placed, OrderPlacedOptions, OrderPlacedReport,
-    StandaloneOrderPlaced, MIGRATION,
+    migrate_order_placed, verify_order_placed, AnyOrderPlaced, OrderPlacedOptions,
+    OrderPlacedReport, MIGRATION,
 };
 use keyshift_engine::redact_url;
 use keyshift_engine::standalone::connect;
@@ -27,7 +27,7 @@ pub async fn migrate(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
         .into());
     }
     let conn = connect(args.url).await?;
-    let store = StandaloneOrderPlaced::open(conn.clone()).await?;
+    let store = AnyOrderPlaced::open(conn.clone()).await?;
     let what = format!("migrate {MIGRATION} on {}", redact_url(args.url));
     if !args.dry_run {
         confirm_write(args.force, &what)?;

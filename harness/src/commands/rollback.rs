@@ -2,12 +2,13 @@
 
 use std::fmt::Write as _;
 
-use keyshift_engine::order_placed::{self, StandaloneOrderPlaced};
+use keyshift_engine::cluster::GridStore;
+use keyshift_engine::order_placed::{self, AnyOrderPlaced};
 use keyshift_engine::redact_url;
 use keyshift_engine::rollback::{
     find_run, rollback_grid_positions, RollbackOptions, RollbackReport,
 };
-use keyshift_engine::standalone::{connect, StandaloneStore};
+use keyshift_engine::standalone::connect;
 
 use super::{confirm_write, locked_unless_dry_run};
 use crate::cli::Migration;
@@ -28,7 +29,7 @@ pub async fn run(
     };
     let report = match migration {
         Migration::GridPositions => {
-            let store = StandaloneStore::open(url, conn.clone(), 1).await?;
+            let store = GridStore::open(url, conn.clone(), 1).await?;
             let run = find_run(&conn, backup_stamp).await?;
             let work = rollback_grid_positions(&store, &conn, &run, &opts);
             confirmed(
@@ -42,7 +43,7 @@ pub async fn run(
             .await?
         }
         Migration::OrderPlaced => {
-            let store = StandaloneOrderPlaced::open(conn.clone()).await?;
+            let store = AnyOrderPlaced::open(conn.clone()).await?;
             let run = order_placed::rollback::find_run(&conn, backup_stamp).await?;
             let work = order_placed::rollback::rollback_order_placed(&store, &conn, &run, &opts);
             confirmed(
@@ -66,7 +67,7 @@ pub async fn run(
 
 /// A dry run just runs; a real one asks (or takes --force) and holds the lock.
 async fn confirmed(
-    conn: &redis::aio::MultiplexedConnection,
+    conn: &keyshift_engine::connection::RedisConn,
     url: &str,
     run_id: &str,
     opts: &RollbackOptions,

@@ -7,19 +7,19 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use keyshift_engine::api::{
     ApiError, DualReadStore, HashStore, LegacyStore, Position, PositionStore,
 };
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::invariant::InvariantResult;
 use keyshift_engine::journal::{outcomes_key, Outcome, RunRecord};
 use keyshift_engine::keys::{parse_index_key, BackupKey, LegacyPositionsKey, PositionHashKey};
 use keyshift_engine::migrate::MigrationReport;
 use keyshift_engine::plan::Side;
-use redis::aio::MultiplexedConnection;
 use serde::de::DeserializeOwned;
 
 use crate::digest::{compare, Digest, DigestDiff};
 use crate::report::InvariantEntry;
 use crate::seed::Generated;
 
-pub async fn redis_version(conn: &MultiplexedConnection) -> String {
+pub async fn redis_version(conn: &RedisConn) -> String {
     let mut c = conn.clone();
     let info: String = redis::cmd("INFO")
         .arg("server")
@@ -36,7 +36,7 @@ pub async fn redis_version(conn: &MultiplexedConnection) -> String {
 /// Every outcome of a run, legacy key -> outcome (the migration's outcome
 /// type: [`Outcome`], or `OrderPlacedOutcome` for Phase 1).
 pub async fn read_outcomes<T: DeserializeOwned>(
-    conn: &MultiplexedConnection,
+    conn: &RedisConn,
     run_id: &str,
 ) -> anyhow::Result<BTreeMap<String, T>> {
     let mut c = conn.clone();
@@ -58,8 +58,8 @@ fn migrated(outcomes: &BTreeMap<String, Outcome>) -> impl Iterator<Item = (&Stri
 /// Writes each migrated key's backup back under its legacy name, with the
 /// TTL it had left, into `target`; returns the restored key names.
 pub async fn restore_backups(
-    source: &MultiplexedConnection,
-    target: &MultiplexedConnection,
+    source: &RedisConn,
+    target: &RedisConn,
     run: &RunRecord,
     outcomes: &BTreeMap<String, Outcome>,
 ) -> anyhow::Result<HashSet<String>> {
@@ -265,8 +265,8 @@ pub const ABSENT_SYMBOL: &str = "KEYSHIFT-ABSENT-PROBE";
 /// the size of every symbol any of them holds, and of one none holds; one
 /// position for each of those symbols on each side, absent ones included.
 pub async fn api(
-    old: &MultiplexedConnection,
-    new: &MultiplexedConnection,
+    old: &RedisConn,
+    new: &RedisConn,
     outcomes: &BTreeMap<String, Outcome>,
     exchanges: &[String],
 ) -> anyhow::Result<InvariantEntry> {

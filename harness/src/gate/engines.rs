@@ -3,12 +3,13 @@
 //! ones (the keyshift-mutants crate) run through the very same pipeline:
 //! the verifier is tested by the engines it must catch.
 
+use keyshift_engine::cluster::GridStore;
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::error::Result;
 use keyshift_engine::order_placed::store::OrderPlacedStore;
-use keyshift_engine::order_placed::StandaloneOrderPlaced;
+use keyshift_engine::order_placed::AnyOrderPlaced;
 use keyshift_engine::standalone::StandaloneStore;
 use keyshift_engine::store::GridPositionsStore;
-use redis::aio::MultiplexedConnection;
 
 /// The stores of one gate run: Phase 2 (grid-positions, migrate and
 /// rollback) and Phase 1 (order-placed). Each is opened on the gate's
@@ -18,12 +19,8 @@ pub trait Engines {
     type Grid: GridPositionsStore;
     type OrderPlaced: OrderPlacedStore;
 
-    async fn grid(&self, url: &str, conn: &MultiplexedConnection) -> Result<Self::Grid>;
-    async fn order_placed(
-        &self,
-        url: &str,
-        conn: &MultiplexedConnection,
-    ) -> Result<Self::OrderPlaced>;
+    async fn grid(&self, url: &str, conn: &RedisConn) -> Result<Self::Grid>;
+    async fn order_placed(&self, url: &str, conn: &RedisConn) -> Result<Self::OrderPlaced>;
 }
 
 /// What `keyshift gate` runs: the engines that ship.
@@ -31,18 +28,14 @@ pub trait Engines {
 pub struct Production;
 
 impl Engines for Production {
-    type Grid = StandaloneStore;
-    type OrderPlaced = StandaloneOrderPlaced;
+    type Grid = GridStore;
+    type OrderPlaced = AnyOrderPlaced;
 
-    async fn grid(&self, url: &str, conn: &MultiplexedConnection) -> Result<StandaloneStore> {
-        StandaloneStore::open(url, conn.clone(), StandaloneStore::DEFAULT_TRANSACTIONS).await
+    async fn grid(&self, url: &str, conn: &RedisConn) -> Result<GridStore> {
+        GridStore::open(url, conn.clone(), StandaloneStore::DEFAULT_TRANSACTIONS).await
     }
 
-    async fn order_placed(
-        &self,
-        _url: &str,
-        conn: &MultiplexedConnection,
-    ) -> Result<StandaloneOrderPlaced> {
-        StandaloneOrderPlaced::open(conn.clone()).await
+    async fn order_placed(&self, _url: &str, conn: &RedisConn) -> Result<AnyOrderPlaced> {
+        AnyOrderPlaced::open(conn.clone()).await
     }
 }

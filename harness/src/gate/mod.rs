@@ -2,15 +2,19 @@
 //! verify (engine invariants plus the gate's own: backups restored into a
 //! second fresh Redis, untouched keys, api answers, seeded truth) ->
 //! rollback -> migrate again with writers running (no-lost-writes) ->
-//! reports -> exit code.
+//! reports -> exit code. With `--rdb` the server loads a snapshot instead
+//! of being seeded, and the keyspace as loaded takes the truth's place
+//! (`rdb`).
 
 pub mod checks;
 pub mod engines;
 mod phase1;
+pub mod rdb;
 mod rollback;
 
 use std::time::Instant;
 
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::journal::is_journal_key;
 use keyshift_engine::keys::DEFAULT_EXCHANGES;
 use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions};
@@ -18,13 +22,13 @@ use keyshift_engine::standalone::connect;
 use keyshift_engine::store::GridPositionsStore;
 use keyshift_engine::verify::{latest_run, verify_grid_positions};
 
-use crate::backend::RedisServer;
+use crate::backend::{BackendKind, Deployment, RedisServer};
 use crate::cli::GateArgs;
 use crate::commands::{locked, progress_bar};
 use crate::digest::{compare, digest};
 use crate::exit::Outcome;
 use crate::report::{self, GateReport, InvariantEntry, PhaseReport};
-use crate::seed::{self, generate, load_fixture_dir, GenConfig, Keyspace};
+use crate::seed::{self, generate, load_fixture_dir, GenConfig, Generated, Keyspace};
 use crate::writers::{self, WritersConfig};
 use crate::HarnessError;
 
@@ -60,10 +64,74 @@ pub async fn run_with(args: &GateArgs, gen: GenConfig) -> anyhow::Result<Outcome
     })
 }
 
+/// Where the gate's keyspace comes from, and what it is judged against.
+enum Source {
+    /// Generated users and fixtures, seeded by the gate: judged against
+    /// the generator's truth and the model.
+    Seeded {
+        generated: Box<Generated>,
+        keyspace: Keyspace,
+        fixtures: Option<Keyspace>,
+    },
+    /// An RDB snapshot the server loads: judged against the keyspace as
+    /// loaded (digests and the legacy values read back).
+    Snapshot(rdb::Snapshot),
+}
+
+impl Source {
+    fn from_args(args: &GateArgs, gen: &GenConfig) -> anyhow::Result<Source> {
+        if let Some(file) = &args.rdb {
+            return Ok(Source::Snapshot(rdb::open(file)?));
+        }
+        let generated = generate(gen);
+        let mut keyspace = generated.keyspace.clone();
+        let fixtures = load_fixtures(args)?;
+        if let Some(f) = &fixtures {
+            keyspace.extend(f.clone());
+        }
+        Ok(Source::Seeded {
+            generated: Box::new(generated),
+            keyspace,
+            fixtures,
+        })
+    }
+
+    /// A disposable server holding the keyspace: seeded, or loaded from
+    /// the snapshot on start (a file it cannot load is explained).
+    ///
+    /// With `cluster`, a 3-primary cluster, seeded primary by primary over
+    /// the harness's own per-node connections (not the engine's client).
+    async fn server(&self, kind: BackendKind, cluster: bool) -> anyhow::Result<Deployment> {
+        match self {
+            Source::Seeded { keyspace, .. } => {
+                let server = Deployment::start(kind, cluster, &[]).await?;
+                seed::load(&server.primaries().await?, keyspace).await?;
+                Ok(server)
+            }
+            Source::Snapshot(snap) => {
+                eprintln!(
+                    "gate: loading {} (RDB format version {}, {} bytes)",
+                    snap.file.display(),
+                    snap.rdb_version,
+                    snap.bytes
+                );
+                match RedisServer::start_setup(kind, &rdb::setup(snap)).await {
+                    Ok(server) => Ok(Deployment::Server(server)),
+                    Err(e) => {
+                        let version = crate::backend::process_redis_version().await;
+                        Err(rdb::explain(e, snap, kind, version.as_deref()).into())
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The whole gate pipeline on the stores `engines` opens: seed a fresh
-/// server, run Phase 1, 1.5 and 2, check every invariant, and return the
-/// report without writing it (`args.report_dir` only appears in the
-/// replay command). [`run_with`] is this with the production engines.
+/// server (or load `--rdb`), run Phase 1, 1.5 and 2, check every
+/// invariant, and return the report without writing it (`args.report_dir`
+/// only appears in the replay command). [`run_with`] is this with the
+/// production engines.
 pub async fn evaluate<E: Engines>(
     engines: &E,
     args: &GateArgs,
@@ -73,18 +141,13 @@ pub async fn evaluate<E: Engines>(
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let exchanges: Vec<String> = DEFAULT_EXCHANGES.iter().map(|s| (*s).to_owned()).collect();
 
-    let generated = generate(&gen);
-    let mut keyspace = generated.keyspace.clone();
-    let fixtures = load_fixtures(args)?;
-    if let Some(f) = &fixtures {
-        keyspace.extend(f.clone());
-    }
-
-    let server = RedisServer::start(args.backend).await?;
-    eprintln!("gate: {} backend at {}", server.kind(), server.url());
-    let mut conn = connect(&server.url()).await?;
-    seed::load(&mut conn, &keyspace).await?;
-    let redis_version = checks::redis_version(&conn).await;
+    let source = Source::from_args(args, &gen)?;
+    let server = source.server(args.backend, args.cluster).await?;
+    eprintln!("gate: {} backend at {}", server.describe(), server.url());
+    let conn = connect(&server.url()).await?;
+    // INFO through a cluster client goes to every primary: ask one node.
+    let redis_version =
+        checks::redis_version(&RedisConn::from(server.nodes()[0].connection().await?)).await;
     let store = engines.grid(&server.url(), &conn).await?;
     let order_placed = engines.order_placed(&server.url(), &conn).await?;
 
@@ -97,34 +160,38 @@ pub async fn evaluate<E: Engines>(
     // checked against the keyspace as the previous phase left it.
     let mut phases = Vec::new();
     let phase_at = Instant::now();
-    let before_phase = digest(&mut conn, not_journal).await?;
+    let loaded = digest(&conn, not_journal).await?;
+    // The keys each phase expects: the model's, or the snapshot's as loaded.
+    let seeded: Vec<&str> = match &source {
+        Source::Seeded { keyspace, .. } => {
+            keyspace.entries.iter().map(|e| e.key.as_str()).collect()
+        }
+        Source::Snapshot(_) => loaded.keys.keys().map(String::as_str).collect(),
+    };
     phases.push(
-        phase1::order_placed(
-            &order_placed,
-            &conn,
-            &keyspace,
-            &exchanges,
-            &before_phase,
-            phase_at,
-        )
-        .await?,
+        phase1::order_placed(&order_placed, &conn, &seeded, &exchanges, &loaded, phase_at).await?,
     );
     let phase_at = Instant::now();
-    let before_phase = digest(&mut conn, not_journal).await?;
-    phases.push(phase1::cleanup_legacy_cache(&conn, &keyspace, &before_phase, phase_at).await?);
+    let before_phase = digest(&conn, not_journal).await?;
+    phases.push(phase1::cleanup_legacy_cache(&conn, &seeded, &before_phase, phase_at).await?);
 
     let pre_at = Instant::now();
-    let pre = digest(&mut conn, not_journal).await?;
+    let pre = digest(&conn, not_journal).await?;
     let pre_took = pre_at.elapsed();
+    // On a snapshot, its legacy values: what counts and the writers use.
+    let snapshot_legacy = match &source {
+        Source::Snapshot(_) => rdb::read_legacy(&conn, &pre, &exchanges).await?,
+        Source::Seeded { .. } => Keyspace::new(),
+    };
     let mut invariants = Vec::new();
 
     // The plan must write nothing at all.
     let mut opts = MigrateOptions::new(exchanges.clone());
     opts.dry_run = true;
     let plan_at = Instant::now();
-    let before_plan = digest(&mut conn, |_| true).await?;
+    let before_plan = digest(&conn, |_| true).await?;
     let plan = migrate_grid_positions(&store, &opts, &|_| {}).await?;
-    let after_plan = digest(&mut conn, |_| true).await?;
+    let after_plan = digest(&conn, |_| true).await?;
     invariants.push(checks::diff_invariant(
         "dry_run",
         "a dry run writes nothing (journal included)",
@@ -143,15 +210,15 @@ pub async fn evaluate<E: Engines>(
     bar.finish_and_clear();
     let run = latest_run(&conn).await?;
     let verified = verify_grid_positions(&conn, &run, &|_| {}).await?;
-    let post = digest(&mut conn, not_journal).await?;
+    let post = digest(&conn, not_journal).await?;
     let outcomes = checks::read_outcomes(&conn, &run.run_id).await?;
 
-    // Backups restored into a second fresh server give back the legacy keys.
-    let restore_server = RedisServer::start(server.kind()).await?;
+    // Backups restored into a second fresh server (a fresh cluster for a
+    // cluster) give back the legacy keys.
+    let restore_server = Deployment::start(server.kind(), server.is_cluster(), &[]).await?;
     let restore_conn = connect(&restore_server.url()).await?;
     let restored = checks::restore_backups(&conn, &restore_conn, &run, &outcomes).await?;
-    let mut restore_conn_mut = restore_conn.clone();
-    let restored_digest = digest(&mut restore_conn_mut, |_| true).await?;
+    let restored_digest = digest(&restore_conn, |_| true).await?;
     let slack = slack_since(pre_at);
     let restore_diff = compare(
         &pre.filtered(|k| restored.contains(k)),
@@ -163,7 +230,20 @@ pub async fn evaluate<E: Engines>(
     for inv in &mut engine_invariants {
         match inv.id.as_str() {
             "backup" => checks::fold_diff(inv, &restore_diff, "restored from backups"),
-            "counts" => checks::check_truth(inv, &generated, &plan, &migration, &outcomes),
+            "counts" => match &source {
+                Source::Seeded { generated, .. } => {
+                    checks::check_truth(inv, generated, &plan, &migration, &outcomes)
+                }
+                Source::Snapshot(_) => rdb::check_counts(
+                    inv,
+                    &pre,
+                    &snapshot_legacy,
+                    &exchanges,
+                    &plan,
+                    &migration,
+                    &outcomes,
+                ),
+            },
             _ => {}
         }
     }
@@ -186,7 +266,15 @@ pub async fn evaluate<E: Engines>(
     };
     let writers = rollback::GateWriters {
         url: server.url(),
-        pairs: writers::hot_pairs(&generated.keyspace, &exchanges, HOT_USERS, gen.seed),
+        pairs: writers::hot_pairs(
+            match &source {
+                Source::Seeded { generated, .. } => &generated.keyspace,
+                Source::Snapshot(_) => &snapshot_legacy,
+            },
+            &exchanges,
+            HOT_USERS,
+            gen.seed,
+        ),
         cfg: WritersConfig {
             seed: gen.seed,
             ..WritersConfig::default()
@@ -209,20 +297,42 @@ pub async fn evaluate<E: Engines>(
     invariants.push(again.idempotent);
     invariants.push(again.no_lost_writes);
 
+    let snapshot = match &source {
+        Source::Snapshot(snap) => {
+            let others = rdb::other_databases_of(&conn).await?;
+            if !others.is_empty() {
+                eprintln!(
+                    "gate: the snapshot also holds keys in other databases ({others:?}: database -> keys); the gate, like the migrations, ran on database 0 only"
+                );
+            }
+            Some(rdb::report(snap, &loaded, &exchanges, others))
+        }
+        Source::Seeded { .. } => None,
+    };
     let mut report = GateReport {
         schema_version: report::SCHEMA_VERSION,
         keyshift_version: env!("CARGO_PKG_VERSION"),
         started_at,
         elapsed_ms: started.elapsed().as_millis(),
-        backend: server.kind().to_string(),
+        backend: server.describe(),
         redis_version,
         seed: gen.seed,
-        users: gen.users,
-        fixtures: fixtures
-            .as_ref()
-            .map(|_| args.fixtures.display().to_string()),
-        keys_seeded: keyspace.entries.len(),
-        truth: serde_json::to_value(&generated.truth)?,
+        users: match &snapshot {
+            Some(s) => s.legacy_users,
+            None => gen.users,
+        },
+        fixtures: match &source {
+            Source::Seeded { fixtures, .. } => fixtures
+                .as_ref()
+                .map(|_| args.fixtures.display().to_string()),
+            Source::Snapshot(_) => None,
+        },
+        keys_seeded: seeded.len(),
+        truth: match &source {
+            Source::Seeded { generated, .. } => serde_json::to_value(&generated.truth)?,
+            Source::Snapshot(_) => serde_json::Value::Null,
+        },
+        snapshot,
         phases: {
             phases.push(PhaseReport::grid_positions(&migration, invariants));
             phases
@@ -249,9 +359,18 @@ fn load_fixtures(args: &GateArgs) -> anyhow::Result<Option<Keyspace>> {
     .into())
 }
 
-fn replay_command(args: &GateArgs, gen: &GenConfig, kind: crate::backend::BackendKind) -> String {
+fn replay_command(args: &GateArgs, gen: &GenConfig, kind: BackendKind) -> String {
+    if let Some(file) = &args.rdb {
+        return format!(
+            "keyshift gate --backend {kind} --rdb {} --seed {} --report-dir {}",
+            file.display(),
+            gen.seed,
+            args.report_dir.display()
+        );
+    }
     format!(
-        "keyshift gate --backend {kind} --users {} --seed {} --fixtures {} --report-dir {}",
+        "keyshift gate --backend {kind}{} --users {} --seed {} --fixtures {} --report-dir {}",
+        if args.cluster { " --cluster" } else { "" },
         gen.users,
         gen.seed,
         args.fixtures.display(),
@@ -261,6 +380,12 @@ fn replay_command(args: &GateArgs, gen: &GenConfig, kind: crate::backend::Backen
 
 fn summary(r: &GateReport, dir: &std::path::Path) -> String {
     let mut out = String::new();
+    if let Some(s) = &r.snapshot {
+        out.push_str(&format!(
+            "== snapshot {} (RDB format version {}): {} keys loaded, {} legacy positions keys of {} users\n",
+            s.file, s.rdb_version, s.keys_loaded, s.legacy_position_keys, s.legacy_users
+        ));
+    }
     for phase in &r.phases {
         out.push_str(&format!("== {}: {}\n", phase.name, phase.summary));
         for i in &phase.invariants {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use keyshift_engine::cleanup_legacy::{cleanup_legacy, Cleanup, CleanupOptions};
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::invariant::InvariantResult;
 use keyshift_engine::journal::{is_journal_key, OrderPlacedOutcome};
 use keyshift_engine::keys::OrderPlacedKey;
@@ -15,13 +16,11 @@ use keyshift_engine::order_placed::{
     migrate_order_placed, verify::latest_run, verify_order_placed, OrderPlacedOptions,
 };
 use keyshift_engine::schema::Schema;
-use redis::aio::MultiplexedConnection;
 
 use super::checks::{diff_invariant, fold_diff, read_outcomes};
 use crate::commands::locked;
 use crate::digest::{compare, digest, Digest};
 use crate::report::{InvariantEntry, PhaseReport};
-use crate::seed::Keyspace;
 
 /// TTLs tick down between two digests: the time since the first began,
 /// plus a second.
@@ -29,12 +28,13 @@ fn slack_since(t: Instant) -> i64 {
     t.elapsed().as_millis() as i64 + 1_000
 }
 
-/// Phase 1 through `store`, checked on `conn` (the same server); `pre` is
-/// the digest taken before it, at `pre_at`.
+/// Phase 1 through `store`, checked on `conn` (the same server); `seeded`
+/// names the keys the server was given (the model's, or a snapshot's as
+/// loaded); `pre` is the digest taken before it, at `pre_at`.
 pub async fn order_placed<S: OrderPlacedStore>(
     store: &S,
-    conn: &MultiplexedConnection,
-    keyspace: &Keyspace,
+    conn: &RedisConn,
+    seeded: &[&str],
     exchanges: &[String],
     pre: &Digest,
     pre_at: Instant,
@@ -56,10 +56,9 @@ pub async fn order_placed<S: OrderPlacedStore>(
 
     // Every legacy order-placed key the model holds is found, and the plan
     // foresaw exactly what the run did.
-    let expected = keyspace
-        .entries
+    let expected = seeded
         .iter()
-        .filter(|e| OrderPlacedKey::parse(&e.key, exchanges).is_some())
+        .filter(|k| OrderPlacedKey::parse(k, exchanges).is_some())
         .count();
     let mut invariants: Vec<InvariantEntry> = Vec::new();
     for mut inv in verified.invariants {
@@ -100,8 +99,7 @@ pub async fn order_placed<S: OrderPlacedStore>(
                 )
             })
     };
-    let mut c = conn.clone();
-    let after = digest(&mut c, |k| !owned(k)).await?;
+    let after = digest(conn, |k| !owned(k)).await?;
     let diff = compare(&pre.filtered(|k| !owned(k)), &after, slack_since(pre_at));
     invariants.push(diff_invariant(
         "untouched",
@@ -133,8 +131,8 @@ pub async fn order_placed<S: OrderPlacedStore>(
 
 /// Phase 1.5 on `conn`; `pre` is the digest taken before it.
 pub async fn cleanup_legacy_cache(
-    conn: &MultiplexedConnection,
-    keyspace: &Keyspace,
+    conn: &RedisConn,
+    seeded: &[&str],
     pre: &Digest,
     pre_at: Instant,
 ) -> anyhow::Result<PhaseReport> {
@@ -144,7 +142,7 @@ pub async fn cleanup_legacy_cache(
             .classify(k)
             .is_some_and(|m| schema.patterns()[m.index].cleanup)
     };
-    let expected = keyspace.entries.iter().filter(|e| is_cache(&e.key)).count() as u64;
+    let expected = seeded.iter().filter(|k| is_cache(k)).count() as u64;
     let opts = CleanupOptions::default();
     let cleanup = Cleanup::new(&schema, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     let report = locked(
@@ -166,8 +164,7 @@ pub async fn cleanup_legacy_cache(
             report.deleted, report.wrong_type
         ))
     });
-    let mut c = conn.clone();
-    let after_all = digest(&mut c, |k| !is_journal_key(k)).await?;
+    let after_all = digest(conn, |k| !is_journal_key(k)).await?;
     for k in after_all.keys.keys().filter(|k| is_cache(k)) {
         counts.mismatch(|| format!("{k}: a legacy cache key is still there"));
     }

@@ -18,7 +18,7 @@ use keyshift_engine::verify::{verify_grid_positions_scoped, Scope};
 use serde::Serialize;
 
 use super::model::{FindingKind, MigrationName};
-use crate::backend::RedisServer;
+use crate::backend::Deployment;
 use crate::digest::{compare, digest, Digest};
 use crate::gate::checks::{diff_invariant, read_outcomes};
 use crate::report::InvariantEntry;
@@ -63,7 +63,7 @@ fn push(out: &mut Checked, phase: &str, entry: InvariantEntry) {
 /// verify leaves their per-user comparisons to no-lost-writes, and
 /// "untouched" leaves their keys aside.
 pub async fn check(
-    server: &RedisServer,
+    server: &Deployment,
     migrations: &BTreeSet<MigrationName>,
     pre: &Digest,
     pre_at: Instant,
@@ -157,8 +157,7 @@ pub async fn check(
         stamps.reverse();
         out.runs.push((m, stamps));
     }
-    let mut c = conn.clone();
-    let post = digest(&mut c, |k| !is_journal_key(k)).await?;
+    let post = digest(&conn, |k| !is_journal_key(k)).await?;
     let stamps = out.owned_stamps.clone();
     // A position hash or index set is the migration's only when its user's
     // legacy key migrated: a pre-existing target of a user in conflict must
@@ -309,7 +308,7 @@ fn missing_run(phase: &str) -> InvariantEntry {
 /// rollback commands.
 pub async fn rollback(
     exe: &Path,
-    server: &RedisServer,
+    server: &Deployment,
     migrations: &[MigrationName],
     pre: &Digest,
     pre_at: Instant,
@@ -350,7 +349,7 @@ pub async fn rollback(
             ));
         }
     }
-    let mut conn = connect(&url).await?;
+    let conn = connect(&url).await?;
     let stamps = &checked.owned_stamps;
     let vanished: BTreeSet<&str> = checked
         .findings
@@ -363,7 +362,7 @@ pub async fn rollback(
             || BackupKey::parse(k, &DEFAULT_EXCHANGES).is_some_and(|b| stamps.contains(&b.stamp))
             || vanished.contains(k)
     };
-    let after = digest(&mut conn, |k| !ours(k)).await?;
+    let after = digest(&conn, |k| !ours(k)).await?;
     let diff = compare(
         &pre.filtered(|k| !ours(k)),
         &after,

@@ -6,15 +6,15 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::journal::{latest_run_of, outcomes_key, RunState};
 use keyshift_engine::lock::{LOCK_KEY, TTL_ENV};
 use keyshift_engine::standalone::{connect, RESPONSE_TIMEOUT_ENV};
-use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use tokio::process::Command;
 
 use super::model::{Fault, FaultName, Invocation, Timing};
-use crate::backend::RedisServer;
+use crate::backend::{Deployment, RedisServer};
 
 /// A short runner lock, so a rerun after a killed runner waits seconds,
 /// not the default 30 s (an invocation may set its own).
@@ -77,7 +77,7 @@ pub fn migrate_args(inv: &Invocation, url: &str) -> Vec<String> {
 /// (unless exit 5 is what the scenario expects).
 pub async fn run(
     exe: &Path,
-    server: &mut RedisServer,
+    server: &mut Deployment,
     n: usize,
     inv: &Invocation,
     faults: &[&Fault],
@@ -112,7 +112,7 @@ pub async fn run(
 
 async fn attempt(
     exe: &Path,
-    server: &mut RedisServer,
+    server: &mut Deployment,
     n: usize,
     inv: &Invocation,
     faults: &[&Fault],
@@ -257,7 +257,7 @@ struct LiveRun {
 }
 
 impl LiveRun {
-    async fn progress(&mut self, conn: &MultiplexedConnection, inv: &Invocation) -> Option<usize> {
+    async fn progress(&mut self, conn: &RedisConn, inv: &Invocation) -> Option<usize> {
         let mut c = conn.clone();
         if self.id.is_none() {
             let run = latest_run_of(&c, inv.migration.as_str()).await.ok()??;
@@ -278,7 +278,7 @@ impl LiveRun {
 
 /// Outcomes journaled by the latest run of the invocation's migration
 /// (`None` until its run record exists, or when the server does not answer).
-async fn journaled(conn: &MultiplexedConnection, inv: &Invocation) -> Option<usize> {
+async fn journaled(conn: &RedisConn, inv: &Invocation) -> Option<usize> {
     let mut c = conn.clone();
     let run = latest_run_of(&c, inv.migration.as_str()).await.ok()??;
     redis::cmd("HLEN")
@@ -288,7 +288,7 @@ async fn journaled(conn: &MultiplexedConnection, inv: &Invocation) -> Option<usi
         .ok()
 }
 
-async fn client_ids(conn: &mut MultiplexedConnection) -> redis::RedisResult<Vec<i64>> {
+async fn client_ids(conn: &mut RedisConn) -> redis::RedisResult<Vec<i64>> {
     let list: String = redis::cmd("CLIENT").arg("LIST").query_async(conn).await?;
     Ok(parse_client_ids(&list))
 }
@@ -304,17 +304,26 @@ pub fn parse_client_ids(list: &str) -> Vec<i64> {
 /// Applies one fault; returns what happened.
 async fn strike(
     fault: &Fault,
-    server: &mut RedisServer,
-    watch: &mut MultiplexedConnection,
+    deployment: &mut Deployment,
+    watch: &mut RedisConn,
     child: &mut tokio::process::Child,
     before: &[i64],
 ) -> anyhow::Result<String> {
+    // Server faults strike one server; the scenario model refuses them on
+    // a cluster, and this says so should one get through.
+    let on_cluster = || {
+        anyhow::anyhow!(
+            "the {} fault strikes one server; a cluster scenario cannot use it",
+            fault.kind.as_str()
+        )
+    };
     Ok(match fault.kind {
         FaultName::Sigkill => {
             child.kill().await?;
             "SIGKILL of the migrator".into()
         }
         FaultName::Pause => {
+            let server = deployment.server_mut().ok_or_else(on_cluster)?;
             let ms = fault.duration_ms.unwrap_or(0);
             server.pause().await?;
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -322,16 +331,21 @@ async fn strike(
             format!("server frozen {ms} ms ({})", freeze_how(server))
         }
         FaultName::CrashRestart => {
+            let server = deployment.server_mut().ok_or_else(on_cluster)?;
             server.crash_and_restart().await?;
             *watch = connect(&server.url()).await?;
             "server killed (SIGKILL) and started again on its AOF".into()
         }
         FaultName::ShutdownRestart => {
+            let server = deployment.server_mut().ok_or_else(on_cluster)?;
             server.shutdown_and_restart().await?;
             *watch = connect(&server.url()).await?;
             "server shut down (SHUTDOWN SAVE) and started again on its RDB".into()
         }
         FaultName::DropConnections => {
+            if deployment.is_cluster() {
+                return Err(on_cluster());
+            }
             let mine: i64 = redis::cmd("CLIENT").arg("ID").query_async(watch).await?;
             let now = client_ids(watch).await?;
             let mut killed = 0;
@@ -348,6 +362,7 @@ async fn strike(
             format!("CLIENT KILL of {killed} migrator connection(s)")
         }
         FaultName::NetworkCut => {
+            let server = deployment.server_mut().ok_or_else(on_cluster)?;
             let ms = fault.duration_ms.unwrap_or(0);
             server.disconnect_network().await?;
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -356,6 +371,9 @@ async fn strike(
             format!("container disconnected from its network for {ms} ms")
         }
         FaultName::Maxmemory => {
+            if deployment.is_cluster() {
+                return Err(on_cluster());
+            }
             let info: String = redis::cmd("INFO").arg("memory").query_async(watch).await?;
             let used = info_field(&info, "used_memory").unwrap_or(0);
             let limit = used + MAXMEMORY_HEADROOM;
@@ -408,7 +426,7 @@ pub fn info_field(info: &str, name: &str) -> Option<u64> {
 }
 
 /// Lifts a maxmemory fault: no limit, as the backend started.
-pub async fn lift_maxmemory(server: &RedisServer) -> anyhow::Result<()> {
+pub async fn lift_maxmemory(server: &Deployment) -> anyhow::Result<()> {
     let mut conn = connect(&server.url()).await?;
     redis::cmd("CONFIG")
         .arg("SET")

@@ -131,6 +131,12 @@ pub struct ServerSpec {
     /// `appendonly yes`, `appendfsync always`: a crash loses no acknowledged write.
     #[serde(default)]
     pub aof: bool,
+    /// A 3-primary Redis Cluster instead of one server: the migrator gets
+    /// its `redis+cluster://` URL, seeding and checks go to every primary.
+    /// Only the faults that strike the migrator or keys (`sigkill`,
+    /// `expire-keys`, `legacy-write`) apply to a cluster.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -503,6 +509,12 @@ impl Scenario {
             return bad(
                 "value",
                 "legacy-write needs the value it writes; other faults take none",
+            );
+        }
+        if self.server.cluster && !f.kind.on_cluster() {
+            return bad(
+                "kind",
+                "a cluster scenario takes only sigkill, expire-keys and legacy-write faults (server faults strike one server)",
             );
         }
         if f.kind == FaultName::CrashRestart && !self.server.aof {

@@ -40,6 +40,15 @@ impl FaultName {
         }
     }
 
+    /// Faults a cluster scenario can apply: they strike the migrator or
+    /// single keys, never one server.
+    pub fn on_cluster(self) -> bool {
+        matches!(
+            self,
+            FaultName::Sigkill | FaultName::ExpireKeys | FaultName::LegacyWrite
+        )
+    }
+
     /// Faults only a container can suffer.
     pub fn docker_only(self) -> bool {
         self == FaultName::NetworkCut

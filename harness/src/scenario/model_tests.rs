@@ -196,3 +196,27 @@ fn a_directory_with_two_scenarios_of_one_name_is_refused() {
     std::fs::remove_file(dir.path().join("b.toml")).unwrap();
     assert_eq!(load_dir(dir.path()).unwrap().len(), 1);
 }
+
+#[test]
+fn a_cluster_scenario_takes_only_faults_that_strike_the_migrator_or_keys() {
+    let cluster = MINIMAL.replace("[[fault]]", "[server]\ncluster = true\n[[fault]]");
+    let s = parse(&cluster).unwrap();
+    assert!(s.server.cluster && !s.server.aof);
+    assert!(!parse(MINIMAL).unwrap().server.cluster);
+    let paused = cluster
+        .replace(
+            "kind = \"sigkill\"\nat_progress = 0.5",
+            "kind = \"pause\"\nat_progress = 0.5\nduration_ms = 100",
+        )
+        .replace("exit = \"killed\"", "exit = 0");
+    let e = error_of(&paused);
+    assert!(
+        e.contains("field `fault[0].kind`") && e.contains("cluster"),
+        "{e}"
+    );
+    // The same pause on one server is fine.
+    let single = paused.replace("cluster = true", "cluster = false");
+    if let Err(e) = parse(&single) {
+        panic!("{e}");
+    }
+}

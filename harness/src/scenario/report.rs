@@ -37,6 +37,8 @@ pub struct ScenarioReport {
     pub started_at: String,
     pub elapsed_ms: u128,
     pub backend: String,
+    /// A 3-primary Redis Cluster (`server.cluster`) rather than one server.
+    pub cluster: bool,
     pub redis_version: String,
     /// The generator seed, when the dataset is generated.
     pub seed: Option<u64>,
@@ -111,8 +113,9 @@ pub fn markdown(r: &ScenarioReport) -> String {
     }
     let _ = writeln!(
         out,
-        "Backend `{}` (Redis {}), seed {}, {} keys seeded ({} legacy), {:.1} s. File `{}`.\n",
+        "Backend `{}`{} (Redis {}), seed {}, {} keys seeded ({} legacy), {:.1} s. File `{}`.\n",
         r.backend,
+        if r.cluster { ", 3-primary cluster" } else { "" },
         r.redis_version,
         r.seed
             .map_or("none (fixed keys)".to_owned(), |s| s.to_string()),

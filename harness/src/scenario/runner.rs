@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::journal::is_journal_key;
 use keyshift_engine::standalone::connect;
 
@@ -16,7 +17,7 @@ use super::expect::evaluate;
 use super::invoke;
 use super::model::{FaultName, MigrationName, Scenario};
 use super::report::{ScenarioReport, Verdict, SCHEMA_VERSION};
-use crate::backend::{BackendKind, RedisServer};
+use crate::backend::{BackendKind, Deployment};
 use crate::digest::digest;
 use crate::gate::checks::redis_version;
 use crate::report::InvariantEntry;
@@ -52,6 +53,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> ScenarioReport {
         started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         elapsed_ms: 0,
         backend: opts.backend.to_string(),
+        cluster: s.server.cluster,
         redis_version: String::new(),
         seed: None,
         keys_seeded: 0,
@@ -105,7 +107,7 @@ async fn run_into(
     report.keys_seeded = data.keyspace.len();
     let needs_aof = s.server.aof || s.faults.iter().any(|f| f.kind == FaultName::CrashRestart);
     let args: &[&str] = if needs_aof { &AOF_ARGS } else { &[] };
-    let mut server = RedisServer::start_with(opts.backend, args).await?;
+    let mut server = Deployment::start(opts.backend, s.server.cluster, args).await?;
     report.backend = server.kind().to_string();
     report.replay = replay_command(s, opts, server.kind());
     if let Some(why) = skip_reason(s, server.kind()) {
@@ -113,12 +115,15 @@ async fn run_into(
         report.note = Some(why);
         return Ok(());
     }
-    let mut conn = connect(&server.url()).await?;
-    report.redis_version = redis_version(&conn).await;
-    seed::load(&mut conn, &data.keyspace).await?;
+    // Seeded and digested over the harness's own per-primary connections
+    // (one for a single server); INFO asked of one node.
+    let primaries = server.primaries().await?;
+    let node = RedisConn::from(server.nodes()[0].connection().await?);
+    report.redis_version = redis_version(&node).await;
+    seed::load(&primaries, &data.keyspace).await?;
     let pre_at = Instant::now();
-    let pre = digest(&mut conn, |k| !is_journal_key(k)).await?;
-    drop(conn);
+    let pre = digest(&primaries, |k| !is_journal_key(k)).await?;
+    drop((primaries, node));
     let writers = match s.writers.any() {
         true => Some(start_writers(s, &data, &server).await?),
         false => None,
@@ -207,7 +212,7 @@ async fn run_into(
 async fn start_writers(
     s: &Scenario,
     data: &dataset::Dataset,
-    server: &RedisServer,
+    server: &Deployment,
 ) -> anyhow::Result<(writers::Writers, BTreeSet<(String, String)>)> {
     let seed = data.seed.unwrap_or(0);
     let defaults = writers::WritersConfig::default();

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 
 use futures_util::stream::{self, TryStreamExt};
 
+use crate::backend::Nodes;
+
 pub use fixtures::{load_fixture_dir, load_fixture_file, parse_fixture};
 pub use generator::{generate, ExchangeTruth, GenConfig, Generated, Truth};
 pub use model::{KeyEntry, KeyValue, Keyspace};
@@ -77,11 +79,13 @@ pub fn validate(ks: &Keyspace) -> Result<(), SeedError> {
     Ok(())
 }
 
-/// Groups every entry's commands into batches of about `BATCH` commands;
+/// Groups the entries' commands into batches of about `BATCH` commands;
 /// an entry's commands never straddle two batches, so batches may run
 /// concurrently.
-fn batches(ks: &Keyspace) -> impl Iterator<Item = Vec<Vec<Vec<u8>>>> + '_ {
-    let mut entries = ks.entries.iter().peekable();
+fn batches<'a>(
+    entries: impl Iterator<Item = &'a KeyEntry> + 'a,
+) -> impl Iterator<Item = Vec<Vec<Vec<u8>>>> + 'a {
+    let mut entries = entries.peekable();
     std::iter::from_fn(move || {
         entries.peek()?;
         let mut batch = Vec::with_capacity(BATCH + 8);
@@ -93,23 +97,37 @@ fn batches(ks: &Keyspace) -> impl Iterator<Item = Vec<Vec<Vec<u8>>>> + '_ {
     })
 }
 
-/// Writes `ks` into the server behind `conn`, pipelined in batches of about
-/// 1000 commands, with `PEXPIRE` for TTLs. Refuses a server that already
-/// holds any key (`DBSIZE` must be 0): seeding is only for servers we
+/// Writes `ks` into the server behind `target`, pipelined in batches of
+/// about 1000 commands, with `PEXPIRE` for TTLs. `target` is a standalone
+/// server's connection or a cluster's
+/// [`Primaries`](crate::backend::Primaries): each entry goes to the primary
+/// owning its key, and an entry's commands all name that one key, so
+/// nothing crosses slots. Refuses a deployment that already holds any key
+/// (`DBSIZE` of every primary must be 0): seeding is only for servers we
 /// created.
-pub async fn load(
-    conn: &mut redis::aio::MultiplexedConnection,
-    ks: &Keyspace,
-) -> Result<(), SeedError> {
+pub async fn load<N: Nodes + ?Sized>(target: &N, ks: &Keyspace) -> Result<(), SeedError> {
     validate(ks)?;
-    let keys: i64 = redis::cmd("DBSIZE").query_async(conn).await?;
+    let conns = target.connections();
+    let mut keys: i64 = 0;
+    for conn in &conns {
+        let mut conn = conn.clone();
+        let n: i64 = redis::cmd("DBSIZE").query_async(&mut conn).await?;
+        keys += n;
+    }
     if keys != 0 {
         return Err(SeedError::NotEmpty { keys });
     }
-    let conn = conn.clone();
-    stream::iter(batches(ks).map(Ok::<_, SeedError>))
-        .map_ok(|batch| {
-            let mut conn = conn.clone();
+    let mut per_node: Vec<Vec<&KeyEntry>> = vec![Vec::new(); conns.len()];
+    for e in &ks.entries {
+        let owner = target.index_for_key(e.key.as_bytes()).min(conns.len() - 1);
+        per_node[owner].push(e);
+    }
+    let work = per_node.iter().enumerate().flat_map(|(node, entries)| {
+        batches(entries.iter().copied()).map(move |batch| Ok::<_, SeedError>((node, batch)))
+    });
+    stream::iter(work)
+        .map_ok(|(node, batch)| {
+            let mut conn = conns[node].clone();
             async move {
                 let mut pipe = redis::pipe();
                 for args in batch {
@@ -133,7 +151,7 @@ pub async fn load(
 /// with `InvalidInput`.
 pub fn write_resp(ks: &Keyspace, out: &mut impl Write) -> std::io::Result<()> {
     validate(ks).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    for batch in batches(ks) {
+    for batch in batches(ks.entries.iter()) {
         for args in batch {
             write!(out, "*{}\r\n", args.len())?;
             for a in args {
@@ -198,7 +216,7 @@ mod tests {
             ks.push(KeyEntry::new(format!("s{i}"), KeyValue::String(vec![])));
         }
         ks.push(KeyEntry::new("big", KeyValue::Hash(fields)).with_ttl(Some(1)));
-        let b: Vec<_> = batches(&ks).collect();
+        let b: Vec<_> = batches(ks.entries.iter()).collect();
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].len(), 999 + 3);
     }

@@ -12,9 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use keyshift_engine::api::{DualReadStore, HashStore, Position, PositionStore};
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::invariant::InvariantResult;
 use keyshift_engine::keys::LegacyPositionsKey;
-use redis::aio::MultiplexedConnection;
 
 use super::history::{show, Fields, History, HotPair, Initial, Op, OpResult, PairState, Slot};
 use crate::report::InvariantEntry;
@@ -151,7 +151,7 @@ fn to_state(positions: Vec<Position>) -> PairState {
 
 /// Reads each pair's final state through the dual-read store, and through
 /// the hash store too where the user has an index set (migrated).
-pub async fn observe(conn: &MultiplexedConnection, pairs: &[HotPair]) -> Vec<Observed> {
+pub async fn observe(conn: &RedisConn, pairs: &[HotPair]) -> Vec<Observed> {
     let dual = DualReadStore::new(conn.clone());
     let hash = HashStore::new(conn.clone());
     let mut out = Vec::new();
@@ -190,7 +190,7 @@ pub async fn observe(conn: &MultiplexedConnection, pairs: &[HotPair]) -> Vec<Obs
 
 /// The `no-lost-writes` entry: `history` checked against the final state,
 /// from the state the writers read before they started (`history.initial`).
-pub async fn no_lost_writes(conn: &MultiplexedConnection, history: &History) -> InvariantEntry {
+pub async fn no_lost_writes(conn: &RedisConn, history: &History) -> InvariantEntry {
     let initial = &history.initial;
     let pairs: BTreeSet<&HotPair> = initial
         .pairs

@@ -44,12 +44,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyshift_engine::api::{ApiResult, LegacyStore, PositionStore};
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::keys::LegacyPositionsKey;
 use keyshift_engine::plan::{plan_value, PlanOptions, UserPlan};
 use keyshift_engine::standalone::connect;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -133,7 +133,7 @@ pub fn hot_pairs<S: AsRef<str>>(
 }
 
 /// Each pair's positions now, read through the legacy store.
-pub async fn read_initial(conn: &MultiplexedConnection, pairs: &[HotPair]) -> ApiResult<Initial> {
+pub async fn read_initial(conn: &RedisConn, pairs: &[HotPair]) -> ApiResult<Initial> {
     let legacy = LegacyStore::new(conn.clone());
     let mut initial = Initial::default();
     for pair in pairs {

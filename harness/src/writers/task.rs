@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use keyshift_engine::api::{
     ApiError, DualReadStore, LegacyStore, LegacyWrite, PositionObject, PositionStore,
 };
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::plan::Side;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use redis::aio::MultiplexedConnection;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
@@ -32,7 +32,7 @@ pub(super) struct Owned {
 pub(super) struct Task {
     pub id: usize,
     pub pairs: Vec<Owned>,
-    pub conn: MultiplexedConnection,
+    pub conn: RedisConn,
     pub rng: ChaCha8Rng,
     pub pause: Duration,
     pub op_timeout: Duration,
@@ -41,7 +41,7 @@ pub(super) struct Task {
 }
 
 impl Task {
-    pub fn new(id: usize, seed: u64, conn: MultiplexedConnection, pairs: Vec<Owned>) -> Self {
+    pub fn new(id: usize, seed: u64, conn: RedisConn, pairs: Vec<Owned>) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(id as u64 + 1);
         Task {
@@ -134,12 +134,7 @@ impl Task {
 /// One call through `via`, classified: refused before writing is failed;
 /// a Redis error may have come after the write, so it is indeterminate.
 /// The bool: refused because the user has migrated.
-async fn write(
-    conn: &MultiplexedConnection,
-    pair: &HotPair,
-    via: Via,
-    action: &Action,
-) -> (OpResult, bool) {
+async fn write(conn: &RedisConn, pair: &HotPair, via: Via, action: &Action) -> (OpResult, bool) {
     let (user, exchange) = (pair.user_id.as_str(), pair.exchange.as_str());
     let (inst_id, side) = action.slot();
     let object = match action {

@@ -5,15 +5,15 @@
 
 pub mod cli;
 
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::keys::DEFAULT_EXCHANGES;
 use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions, MigrationReport};
 use keyshift_engine::standalone::{connect, StandaloneStore};
 use keyshift_harness::backend::{BackendKind, RedisServer};
-use redis::aio::MultiplexedConnection;
 
 pub struct TestRedis {
     pub server: RedisServer,
-    pub conn: MultiplexedConnection,
+    pub conn: RedisConn,
 }
 
 /// The backend integration tests run on: `KEYSHIFT_TEST_BACKEND=docker`

@@ -1,0 +1,419 @@
+//! The one connection type the code base talks through: one server, or a
+//! Redis Cluster reached through any of its nodes.
+//!
+//! `redis+cluster://host:port` (`rediss+cluster://` with TLS; several seeds
+//! as `host:port,host:port`) asks for cluster mode. A plain `redis://` URL
+//! that names a node of a cluster (`INFO cluster` says `cluster_enabled:1`)
+//! is switched to cluster mode too, with a log line: a standalone client on
+//! a cluster node would only collect MOVED errors.
+//!
+//! On a cluster two things a single server does for free are done here, so
+//! callers stay the same:
+//! - SCAN walks one primary at a time, in a stable order (by the first slot
+//!   each owns). The resumable cursor carries the primary's index in its top
+//!   byte and that node's own cursor in the other 56 bits (`encode_cursor`).
+//!   A `SCAN` sent through [`RedisConn`] as a plain command is served this
+//!   way, so every SCAN loop in the code base covers every primary.
+//! - A non-transactional pipeline is split by hash slot and its replies put
+//!   back in order: a cluster node refuses a pipeline whose keys live on
+//!   other nodes, and redis-rs sends a whole pipeline to one node.
+//!
+//! Commands redis-rs routes to every primary (DBSIZE summed, SCRIPT LOAD,
+//! FLUSHALL, multi-key DEL split per slot) need nothing from us; MOVED and
+//! ASK are followed by the cluster client.
+
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo};
+use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, RedisFuture, Value};
+
+use crate::error::{EngineError, Result};
+
+/// Large pipelines legitimately take seconds; redis-rs's default (500 ms)
+/// would abort a healthy run.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Overrides [`RESPONSE_TIMEOUT`] (ms): how long a frozen server (paused,
+/// partitioned) may leave a command unanswered before the run stops with
+/// exit 4 and its journal intact. Fault scenarios set it low.
+pub const RESPONSE_TIMEOUT_ENV: &str = "KEYSHIFT_RESPONSE_TIMEOUT_MS";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn response_timeout() -> Duration {
+    std::env::var(RESPONSE_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms >= 100)
+        .map(Duration::from_millis)
+        .unwrap_or(RESPONSE_TIMEOUT)
+}
+
+/// A connection to one server or to a whole cluster. Cheap to clone: both
+/// kinds multiplex one set of sockets.
+#[derive(Clone)]
+pub enum RedisConn {
+    Standalone(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl From<MultiplexedConnection> for RedisConn {
+    fn from(conn: MultiplexedConnection) -> Self {
+        RedisConn::Standalone(conn)
+    }
+}
+
+/// What a URL asks for, before any connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlMode {
+    /// A `redis://` / `rediss://` URL (it may still name a cluster node).
+    Single(String),
+    /// `redis+cluster://`: the seed nodes, each as a plain node URL.
+    Cluster(Vec<String>),
+}
+
+/// Reads the scheme: `redis+cluster://[user:pass@]h:p[,h:p...][/db]` gives
+/// one `redis://[user:pass@]h:p[/db]` per seed (`rediss+` likewise).
+pub fn url_mode(url: &str) -> Result<UrlMode> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(UrlMode::Single(url.to_owned()));
+    };
+    let node_scheme = match scheme.to_ascii_lowercase().as_str() {
+        "redis+cluster" => "redis",
+        "rediss+cluster" => "rediss",
+        _ => return Ok(UrlMode::Single(url.to_owned())),
+    };
+    let (userinfo, hosts_and_path) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let split_at = hosts_and_path
+        .find(['/', '?', '#'])
+        .unwrap_or(hosts_and_path.len());
+    let (hosts, tail) = hosts_and_path.split_at(split_at);
+    let seeds: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|host| match userinfo {
+            Some(u) => format!("{node_scheme}://{u}@{host}{tail}"),
+            None => format!("{node_scheme}://{host}{tail}"),
+        })
+        .collect();
+    if seeds.is_empty() {
+        return Err(EngineError::BadUrl(format!(
+            "{} names no node: write {scheme}://HOST:PORT (any node of the cluster)",
+            crate::redact_url(url)
+        )));
+    }
+    Ok(UrlMode::Cluster(seeds))
+}
+
+fn connection_info(url: &str) -> Result<ConnectionInfo> {
+    use redis::IntoConnectionInfo;
+    Ok(url
+        .into_connection_info()
+        .map_err(|e| EngineError::BadUrl(e.to_string()))?
+        // Without TCP_NODELAY a transaction's small round trips wait on
+        // delayed ACKs.
+        .set_tcp_settings(nodelay()))
+}
+
+fn nodelay() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
+/// The `redis::Client` for one server: every single-node connection is
+/// built here (TLS settings come from `crate::tls`).
+pub fn client_for(url: &str) -> Result<redis::Client> {
+    crate::tls::client(connection_info(url)?)
+}
+
+/// The cluster client for `seeds` (plain node URLs), with keyshift's
+/// timeouts and, for `rediss://` seeds, the TLS files of `crate::tls`.
+pub fn cluster_client_for(seeds: &[String]) -> Result<redis::cluster::ClusterClient> {
+    let infos = seeds
+        .iter()
+        .map(|s| connection_info(s))
+        .collect::<Result<Vec<_>>>()?;
+    let Some(first) = infos.first() else {
+        return Err(EngineError::BadUrl(
+            "a cluster URL names no node: write redis+cluster://HOST:PORT".into(),
+        ));
+    };
+    let tls = matches!(first.addr(), ConnectionAddr::TcpTls { .. });
+    if infos
+        .iter()
+        .any(|i| matches!(i.addr(), ConnectionAddr::TcpTls { insecure: true, .. }))
+    {
+        return Err(crate::tls::insecure_refused());
+    }
+    let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(response_timeout())
+        .tcp_settings(nodelay());
+    if tls {
+        if let Some(certs) = crate::tls::TlsFiles::from_env().load()? {
+            builder = builder.certs(certs);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| EngineError::BadUrl(e.to_string()))
+}
+
+/// One multiplexed connection to the server `url` names, with keyshift's
+/// timeouts; never cluster mode. For connections that must stay on one
+/// node (WATCH/MULTI pools, per-node tools).
+pub async fn connect_node(url: &str) -> Result<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_response_timeout(Some(response_timeout()))
+        .set_connection_timeout(Some(CONNECT_TIMEOUT));
+    client_for(url)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|source| EngineError::Unreachable {
+            url: crate::redact_url(url),
+            source,
+        })
+}
+
+/// Connects to what `url` names: a cluster for `redis+cluster://` or when
+/// the node says it is cluster-enabled, one server otherwise.
+pub async fn connect(url: &str) -> Result<RedisConn> {
+    match url_mode(url)? {
+        UrlMode::Cluster(seeds) => connect_cluster(url, &seeds).await,
+        UrlMode::Single(node_url) => {
+            let mut node = connect_node(&node_url).await?;
+            if cluster_enabled(&mut node).await {
+                tracing::info!(
+                    url = %crate::redact_url(url),
+                    "the server is a Redis Cluster node (cluster_enabled:1): using cluster mode with it as the seed"
+                );
+                return connect_cluster(url, &[node_url]).await;
+            }
+            Ok(RedisConn::Standalone(node))
+        }
+    }
+}
+
+async fn connect_cluster(url: &str, seeds: &[String]) -> Result<RedisConn> {
+    let conn = cluster_client_for(seeds)?
+        .get_async_connection()
+        .await
+        .map_err(|source| EngineError::Unreachable {
+            url: crate::redact_url(url),
+            source,
+        })?;
+    Ok(RedisConn::Cluster(conn))
+}
+
+/// `INFO cluster` says `cluster_enabled:1`. A server that refuses INFO (an
+/// ACL without it) is taken as standalone: on a cluster node its keys then
+/// answer MOVED, which names the cause.
+async fn cluster_enabled(node: &mut MultiplexedConnection) -> bool {
+    match redis::cmd("INFO")
+        .arg("cluster")
+        .query_async::<String>(node)
+        .await
+    {
+        Ok(info) => info_says_cluster(&info),
+        Err(e) => {
+            tracing::debug!(error = %e, "INFO cluster refused; assuming a standalone server");
+            false
+        }
+    }
+}
+
+fn info_says_cluster(info: &str) -> bool {
+    info.lines().any(|l| l.trim() == "cluster_enabled:1")
+}
+
+impl RedisConn {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConn::Cluster(_))
+    }
+
+    /// The cluster's primaries by first slot; empty on a single server.
+    pub async fn primaries(&self) -> Result<Vec<Primary>> {
+        match self {
+            RedisConn::Standalone(_) => Ok(Vec::new()),
+            RedisConn::Cluster(c) => {
+                let mut c = c.clone();
+                let reply = c
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                    )
+                    .await
+                    .map_err(EngineError::redis("reading the cluster topology"))?;
+                primaries_from_slots(reply)
+            }
+        }
+    }
+
+    /// One SCAN step: on a cluster, on the primary the cursor names.
+    /// `args` follow the cursor (`MATCH p COUNT n TYPE t`).
+    pub async fn scan_raw(&self, cursor: u64, args: &[Vec<u8>]) -> redis::RedisResult<Value> {
+        let mut cmd = redis::cmd("SCAN");
+        match self {
+            RedisConn::Standalone(c) => {
+                cmd.arg(cursor).arg(args);
+                let mut c = c.clone();
+                c.req_packed_command(&cmd).await
+            }
+            RedisConn::Cluster(c) => {
+                let to_redis = |e: EngineError| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "cluster SCAN",
+                        e.to_string(),
+                    ))
+                };
+                let primaries = self.primaries().await.map_err(to_redis)?;
+                let (index, node_cursor) = decode_cursor(cursor);
+                let Some(primary) = primaries.get(index) else {
+                    return Err(to_redis(EngineError::Refused(format!(
+                        "SCAN cursor {cursor} names primary {index}, but the cluster has {} primaries now (it was resharded): restart the command",
+                        primaries.len()
+                    ))));
+                };
+                cmd.arg(node_cursor).arg(args);
+                let mut c = c.clone();
+                let reply = c
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: primary.host.clone(),
+                            port: primary.port,
+                        }),
+                    )
+                    .await?;
+                let (node_next, keys): (u64, Value) = redis::from_redis_value(reply)?;
+                let next = next_cursor(index, node_next, primaries.len()).map_err(to_redis)?;
+                Ok(Value::Array(vec![
+                    Value::BulkString(next.to_string().into_bytes()),
+                    keys,
+                ]))
+            }
+        }
+    }
+
+    /// Sends each slot's part of a plain pipeline on its own and puts the
+    /// replies back in the pipeline's order.
+    async fn cluster_pipeline(
+        conn: &ClusterConnection,
+        pipeline: &redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<Value>> {
+        // Insertion order keeps the sends deterministic; a slot's commands
+        // keep their relative order inside its part.
+        let mut groups: Vec<(Option<Route>, Vec<usize>)> = Vec::new();
+        let mut group_of: std::collections::HashMap<Option<Route>, usize> =
+            std::collections::HashMap::new();
+        let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
+        for (i, cmd) in cmds.iter().enumerate() {
+            let route = route_of(cmd);
+            let g = *group_of.entry(route).or_insert_with(|| {
+                groups.push((route, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(i);
+        }
+        let sends = groups.into_iter().map(|(route, members)| {
+            let mut conn = conn.clone();
+            let mut part = redis::pipe();
+            for &i in &members {
+                part.add_command(cmds[i].clone());
+            }
+            async move {
+                let replies = match route {
+                    Some(route) => {
+                        let route = SingleNodeRoutingInfo::SpecificNode(route);
+                        conn.route_pipeline(part, 0, members.len(), route).await?
+                    }
+                    // Each to where redis-rs routes it, all at once.
+                    None => {
+                        let each = part.cmd_iter().map(|cmd| {
+                            let mut conn = conn.clone();
+                            async move {
+                                match conn.req_packed_command(cmd).await {
+                                    Ok(v) => Ok(v),
+                                    // A refusal stays a reply, as in a pipeline.
+                                    Err(e) => match e.clone().into_server_errors() {
+                                        Some(errs) if errs.len() == 1 => {
+                                            Ok(Value::ServerError(errs[0].1.clone()))
+                                        }
+                                        _ => Err(e),
+                                    },
+                                }
+                            }
+                        });
+                        futures_util::future::try_join_all(each).await?
+                    }
+                };
+                Ok::<_, redis::RedisError>((members, replies))
+            }
+        });
+        let done = futures_util::future::try_join_all(sends).await?;
+        let mut replies = vec![Value::Nil; cmds.len()];
+        for (members, values) in done {
+            for (i, v) in members.into_iter().zip(values) {
+                replies[i] = v;
+            }
+        }
+        Ok(replies.into_iter().skip(offset).take(count).collect())
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Standalone(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => match is_scan(cmd) {
+                Some((cursor, args)) => {
+                    let this = RedisConn::Cluster(c.clone());
+                    async move { this.scan_raw(cursor, &args).await }.boxed()
+                }
+                None => c.req_packed_command(cmd),
+            },
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Standalone(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Cluster(c) => {
+                // A transaction must stay whole: its keys share one slot or
+                // the server refuses it (CROSSSLOT), as it should.
+                if cmd.is_transaction() {
+                    return c.req_packed_commands(cmd, offset, count);
+                }
+                let c = c.clone();
+                async move { RedisConn::cluster_pipeline(&c, cmd, offset, count).await }.boxed()
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Standalone(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+mod cluster;
+
+pub use cluster::{decode_cursor, encode_cursor, next_cursor, Primary, MAX_PRIMARIES};
+use cluster::{is_scan, primaries_from_slots, route_of};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,93 @@
+//! The Phase 1 store for a connection: [`StandaloneOrderPlaced`] on one
+//! server, [`ClusterOrderPlaced`] on a Redis Cluster, chosen once here so
+//! every command and the gate get the right one from the same call.
+
+use crate::connection::RedisConn;
+use crate::error::Result;
+use crate::journal::{OrderPlacedOutcome, RunRecord};
+
+use super::cluster::ClusterOrderPlaced;
+use super::plan::KeyRead;
+use super::standalone::StandaloneOrderPlaced;
+use super::store::{KeyRollback, KeyWrite, OrderPlacedStore, WriteOutcome};
+
+#[derive(Clone)]
+pub enum AnyOrderPlaced {
+    Standalone(StandaloneOrderPlaced),
+    Cluster(ClusterOrderPlaced),
+}
+
+impl AnyOrderPlaced {
+    /// The store `conn` needs (by [`RedisConn::is_cluster`]).
+    pub async fn open(conn: RedisConn) -> Result<Self> {
+        Ok(if conn.is_cluster() {
+            AnyOrderPlaced::Cluster(ClusterOrderPlaced::new(conn))
+        } else {
+            AnyOrderPlaced::Standalone(StandaloneOrderPlaced::open(conn).await?)
+        })
+    }
+
+    pub fn connection(&self) -> RedisConn {
+        match self {
+            AnyOrderPlaced::Standalone(s) => s.connection(),
+            AnyOrderPlaced::Cluster(s) => s.connection(),
+        }
+    }
+}
+
+/// Forwards one trait method to whichever store this is.
+macro_rules! either {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyOrderPlaced::Standalone($s) => $call.await,
+            AnyOrderPlaced::Cluster($s) => $call.await,
+        }
+    };
+}
+
+impl OrderPlacedStore for AnyOrderPlaced {
+    async fn rollback_keys(&self, journal_key: &str, keys: &[KeyRollback]) -> Result<Vec<String>> {
+        either!(self, s => s.rollback_keys(journal_key, keys))
+    }
+
+    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
+        either!(self, s => s.scan(cursor, pattern, count))
+    }
+
+    async fn read_keys(&self, keys: &[String]) -> Result<Vec<KeyRead>> {
+        either!(self, s => s.read_keys(keys))
+    }
+
+    async fn apply(&self, outcomes_key: &str, writes: &[KeyWrite]) -> Result<Vec<WriteOutcome>> {
+        either!(self, s => s.apply(outcomes_key, writes))
+    }
+
+    async fn record_outcomes(
+        &self,
+        outcomes_key: &str,
+        outcomes: &[(String, String)],
+    ) -> Result<()> {
+        either!(self, s => s.record_outcomes(outcomes_key, outcomes))
+    }
+
+    async fn scan_outcomes(
+        &self,
+        outcomes_key: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<(String, OrderPlacedOutcome)>)> {
+        either!(self, s => s.scan_outcomes(outcomes_key, cursor, count))
+    }
+
+    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
+        either!(self, s => s.latest_run(migration))
+    }
+
+    async fn save_run(&self, run: &RunRecord) -> Result<()> {
+        either!(self, s => s.save_run(run))
+    }
+
+    async fn key_count(&self) -> Result<u64> {
+        either!(self, s => s.key_count())
+    }
+}
