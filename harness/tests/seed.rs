@@ -6,7 +6,6 @@ mod support;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use keyshift_engine::connection::RedisConn;
 use keyshift_harness::digest::{compare, digest, digest_keyspace, Digest};
@@ -245,30 +244,4 @@ async fn digest_sees_every_kind_of_change() {
         .await
         .unwrap();
     assert_eq!(&live, items);
-}
-
-#[tokio::test]
-#[ignore = "timing: run with --release"]
-async fn seeds_100k_users_in_a_few_seconds() {
-    let db = support::redis().await;
-    let conn = db.conn.clone();
-    let start = Instant::now();
-    let g = generate(&GenConfig {
-        users: 100_000,
-        seed: 1,
-        ..GenConfig::default()
-    });
-    let generated = start.elapsed();
-    load(&conn, &g.keyspace).await.unwrap();
-    let loaded = start.elapsed();
-    let d = digest(&conn, |_| true).await.unwrap();
-    let digested = start.elapsed();
-    eprintln!(
-        "100k users, {} keys: generated {generated:?}, loaded {:?}, digested {:?}",
-        g.keyspace.len(),
-        loaded - generated,
-        digested - loaded
-    );
-    assert_eq!(d.len(), g.keyspace.len());
-    assert!((loaded - generated).as_secs_f64() < 10.0);
 }

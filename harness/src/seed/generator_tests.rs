@@ -234,17 +234,3 @@ fn rates_can_be_switched_off() {
     .truth;
     assert_eq!(t.legacy_keys, 0);
 }
-
-#[test]
-#[ignore = "timing: run with --release"]
-fn generates_100k_users_well_under_two_seconds() {
-    let start = std::time::Instant::now();
-    let g = generate(&cfg(100_000, 3));
-    let took = start.elapsed();
-    eprintln!(
-        "100k users: {} keys, {} positions in {took:?}",
-        g.keyspace.len(),
-        g.truth.positions
-    );
-    assert!(took.as_secs_f64() < 2.0, "{took:?}");
-}
