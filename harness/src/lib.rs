@@ -6,10 +6,13 @@
 //! - `exit`: exit codes, mapped in one place.
 //! - `gate`: the end-to-end gate; `report`: its report.json, report.md and junit.xml.
 //! - `scenario`: `keyshift scenario`: failure cases (scenarios/*.toml) replayed with faults against the real migrator.
-//! - `backend`: disposable Redis servers (docker, process, auto) that clean up on drop.
+//! - `backend`: disposable Redis servers (docker, process, auto) and 3-primary
+//!   clusters of either kind, files placed before start (`ServerSetup`), faults;
+//!   all cleaned up on drop.
 //! - `seed`: the keyspace model, JSON fixtures, the seeded generator, and loading into Redis.
 //! - `bench`: `keyshift bench`: data-API latency (HDR) and Phase 2 throughput against its floor.
-//! - `floor`: the end state of Phase 2 as raw RESP, the write floor a migration is measured against.
+//! - `floor`: the end state of Phase 2 as raw RESP: the write floor a migration is
+//!   measured against, and the reads of it, the floor `verify` is measured against.
 //! - `digest`: a type-aware digest of a keyspace, for "untouched" and "rollback".
 //! - `writers`: writer tasks during a migration, their history, and the `no-lost-writes` check.
 pub mod backend;
