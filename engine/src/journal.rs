@@ -88,9 +88,10 @@ pub enum Outcome {
     },
 }
 
-/// One legacy key's outcome in an `order-placed` (Phase 1) run. `moved` and
-/// `dropped_equal` are written by the move script in the same atomic step as
-/// the move; `digest` is [`crate::order_placed::plan::fields_digest`] of the
+/// One legacy key's outcome in an `order-placed` (Phase 1) run. On one
+/// server `moved` and `dropped_equal` are written by the move script in the
+/// same atomic step as the move; on a cluster they are recorded before the
+/// legacy key's compare-and-delete and withdrawn if it refuses; `digest` is [`crate::order_placed::plan::fields_digest`] of the
 /// legacy hash, the record `verify order-placed` compares the target with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
