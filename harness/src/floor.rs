@@ -9,9 +9,9 @@ use std::io::{self, Write};
 use keyshift_engine::keys::{
     LegacyPositionsKey, BACKUP_TTL_SECS, META_MIGRATED_AT, META_MIGRATED_FROM,
 };
-use keyshift_engine::plan::{plan_value, PlanOptions, UserPlan};
+use keyshift_engine::plan::{plan_value, MigratePlan, PlanOptions, UserPlan};
 
-use crate::seed::{KeyValue, Keyspace};
+use crate::seed::{KeyEntry, KeyValue, Keyspace};
 
 /// One RESP command.
 pub fn write_command<A: AsRef<[u8]>>(out: &mut impl Write, args: &[A]) -> io::Result<()> {
@@ -25,6 +25,24 @@ pub fn write_command<A: AsRef<[u8]>>(out: &mut impl Write, args: &[A]) -> io::Re
     Ok(())
 }
 
+/// Every legacy positions key of `ks` that Phase 2 would migrate, with its
+/// value, parsed key and plan: the keys both floors cover.
+fn migrating<'a>(
+    ks: &'a Keyspace,
+    exchanges: &'a [String],
+) -> impl Iterator<Item = (&'a KeyEntry, &'a [u8], LegacyPositionsKey, MigratePlan)> + 'a {
+    ks.entries.iter().filter_map(move |entry| {
+        let legacy = LegacyPositionsKey::parse(&entry.key, exchanges)?;
+        let KeyValue::String(value) = &entry.value else {
+            return None;
+        };
+        match plan_value(value, PlanOptions::default()) {
+            UserPlan::Migrate(plan) => Some((entry, value.as_slice(), legacy, plan)),
+            UserPlan::Quarantine { .. } => None,
+        }
+    })
+}
+
 /// Writes, for every legacy key in `ks` that would migrate, the commands
 /// that produce its end state. Returns the number of legacy keys covered.
 pub fn write_end_state(
@@ -35,16 +53,7 @@ pub fn write_end_state(
     out: &mut impl Write,
 ) -> io::Result<usize> {
     let mut users = 0;
-    for entry in &ks.entries {
-        let (Some(legacy), KeyValue::String(value)) = (
-            LegacyPositionsKey::parse(&entry.key, exchanges),
-            &entry.value,
-        ) else {
-            continue;
-        };
-        let UserPlan::Migrate(plan) = plan_value(value, PlanOptions::default()) else {
-            continue;
-        };
+    for (entry, value, legacy, plan) in migrating(ks, exchanges) {
         users += 1;
         let ttl = entry.ttl_ms.map(|t| t.to_string());
         let mut members: Vec<String> = vec!["SADD".into(), legacy.index_key()];
@@ -104,16 +113,7 @@ pub fn write_end_state_reads(
     out: &mut impl Write,
 ) -> io::Result<usize> {
     let mut users = 0;
-    for entry in &ks.entries {
-        let (Some(legacy), KeyValue::String(value)) = (
-            LegacyPositionsKey::parse(&entry.key, exchanges),
-            &entry.value,
-        ) else {
-            continue;
-        };
-        let UserPlan::Migrate(plan) = plan_value(value, PlanOptions::default()) else {
-            continue;
-        };
+    for (entry, _, legacy, plan) in migrating(ks, exchanges) {
         users += 1;
         write_command(out, &["SMEMBERS", legacy.index_key().as_str()])?;
         for p in plan.positions {
