@@ -2,8 +2,10 @@
 //! runner speaks only this trait, so a standalone server, a cluster and a
 //! test double are implementations, not branches.
 
+use crate::connection::RedisConn;
 use crate::error::Result;
-use crate::journal::{Outcome, RunRecord};
+use crate::journal::{self, Outcome, RunRecord};
+use crate::keyspace;
 
 /// A legacy key as read in one batch.
 #[derive(Debug, Clone)]
@@ -107,21 +109,36 @@ pub trait GridPositionsStore {
         journal_key: &str,
         users: &[UserRollback],
     ) -> Result<Vec<RollbackOutcome>>;
+    /// The connection the journal, run records and key count go through:
+    /// those are single keys, written the same way on one server and on a
+    /// cluster, so the trait writes them once here.
+    fn journal_conn(&self) -> &RedisConn;
     /// Records outcomes that involved no migration write (quarantine, conflict).
-    async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()>;
+    async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()> {
+        journal::record_outcomes(self.journal_conn(), &ctx.outcomes_key, outcomes).await
+    }
     /// One HSCAN step over a run's per-user outcomes.
     async fn scan_outcomes(
         &self,
         run_id: &str,
         cursor: u64,
         count: usize,
-    ) -> Result<(u64, Vec<(String, Outcome)>)>;
+    ) -> Result<(u64, Vec<(String, Outcome)>)> {
+        journal::scan_outcomes(self.journal_conn(), run_id, cursor, count).await
+    }
     /// The latest recorded run of `migration`.
-    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>>;
+    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
+        journal::latest_run_of(self.journal_conn(), migration).await
+    }
     /// Creates or updates a run record.
-    async fn save_run(&self, run: &RunRecord) -> Result<()>;
-    /// Estimated total keys, for progress.
-    async fn key_count(&self) -> Result<u64>;
+    async fn save_run(&self, run: &RunRecord) -> Result<()> {
+        journal::save_run(self.journal_conn(), run).await
+    }
+    /// Estimated total keys, for progress (DBSIZE; on a cluster redis-rs
+    /// sums it over the primaries).
+    async fn key_count(&self) -> Result<u64> {
+        keyspace::key_count(self.journal_conn()).await
+    }
     /// Finishes the users an interrupted run of `run` left between the
     /// last two steps of a per-user step that is not atomic (a cluster's),
     /// before a resumed run scans; returns how many. A store whose step is

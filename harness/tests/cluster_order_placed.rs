@@ -343,6 +343,10 @@ struct KillMidMove {
 }
 
 impl OrderPlacedStore for KillMidMove {
+    fn journal_conn(&self) -> &RedisConn {
+        self.inner.journal_conn()
+    }
+
     async fn rollback_keys(&self, journal_key: &str, keys: &[KeyRollback]) -> Result<Vec<String>> {
         self.inner.rollback_keys(journal_key, keys).await
     }
@@ -389,26 +393,6 @@ impl OrderPlacedStore for KillMidMove {
                 .unwrap();
         }
         Err(EngineError::Refused("killed mid-move (test)".into()))
-    }
-    async fn record_outcomes(&self, key: &str, outcomes: &[(String, String)]) -> Result<()> {
-        self.inner.record_outcomes(key, outcomes).await
-    }
-    async fn scan_outcomes(
-        &self,
-        key: &str,
-        cursor: u64,
-        count: usize,
-    ) -> Result<(u64, Vec<(String, OrderPlacedOutcome)>)> {
-        self.inner.scan_outcomes(key, cursor, count).await
-    }
-    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
-        self.inner.latest_run(migration).await
-    }
-    async fn save_run(&self, run: &RunRecord) -> Result<()> {
-        self.inner.save_run(run).await
-    }
-    async fn key_count(&self) -> Result<u64> {
-        self.inner.key_count().await
     }
 }
 

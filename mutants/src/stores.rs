@@ -8,7 +8,6 @@ use std::time::Duration;
 use keyshift_engine::cluster::GridStore;
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::error::{EngineError, Result};
-use keyshift_engine::journal::{OrderPlacedOutcome, Outcome, RunRecord};
 use keyshift_engine::order_placed::plan::KeyRead;
 use keyshift_engine::order_placed::store::{
     KeyRollback, KeyWrite, OrderPlacedStore, WriteOutcome as KeyOutcome,
@@ -138,6 +137,10 @@ impl MutantGrid {
 }
 
 impl GridPositionsStore for MutantGrid {
+    fn journal_conn(&self) -> &RedisConn {
+        self.inner.journal_conn()
+    }
+
     async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
         self.inner.scan(cursor, pattern, count).await
     }
@@ -173,31 +176,6 @@ impl GridPositionsStore for MutantGrid {
             None => self.inner.rollback_users(journal_key, users).await,
         }
     }
-
-    async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()> {
-        self.inner.record_outcomes(ctx, outcomes).await
-    }
-
-    async fn scan_outcomes(
-        &self,
-        run_id: &str,
-        cursor: u64,
-        count: usize,
-    ) -> Result<(u64, Vec<(String, Outcome)>)> {
-        self.inner.scan_outcomes(run_id, cursor, count).await
-    }
-
-    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
-        self.inner.latest_run(migration).await
-    }
-
-    async fn save_run(&self, run: &RunRecord) -> Result<()> {
-        self.inner.save_run(run).await
-    }
-
-    async fn key_count(&self) -> Result<u64> {
-        self.inner.key_count().await
-    }
 }
 
 pub struct MutantOrderPlaced {
@@ -207,6 +185,10 @@ pub struct MutantOrderPlaced {
 }
 
 impl OrderPlacedStore for MutantOrderPlaced {
+    fn journal_conn(&self) -> &RedisConn {
+        self.inner.journal_conn()
+    }
+
     async fn rollback_keys(&self, journal_key: &str, keys: &[KeyRollback]) -> Result<Vec<String>> {
         self.inner.rollback_keys(journal_key, keys).await
     }
@@ -238,34 +220,5 @@ impl OrderPlacedStore for MutantOrderPlaced {
             }
         }
         Ok(outcomes)
-    }
-
-    async fn record_outcomes(
-        &self,
-        outcomes_key: &str,
-        outcomes: &[(String, String)],
-    ) -> Result<()> {
-        self.inner.record_outcomes(outcomes_key, outcomes).await
-    }
-
-    async fn scan_outcomes(
-        &self,
-        outcomes_key: &str,
-        cursor: u64,
-        count: usize,
-    ) -> Result<(u64, Vec<(String, OrderPlacedOutcome)>)> {
-        self.inner.scan_outcomes(outcomes_key, cursor, count).await
-    }
-
-    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
-        self.inner.latest_run(migration).await
-    }
-
-    async fn save_run(&self, run: &RunRecord) -> Result<()> {
-        self.inner.save_run(run).await
-    }
-
-    async fn key_count(&self) -> Result<u64> {
-        self.inner.key_count().await
     }
 }

@@ -65,7 +65,7 @@ mod settle;
 
 use crate::connection::RedisConn;
 use crate::error::Result;
-use crate::journal::{self, Outcome, RunRecord};
+use crate::journal::RunRecord;
 use crate::keyspace::{self, TypedRead};
 use crate::standalone::StandaloneStore;
 use crate::store::{
@@ -90,6 +90,10 @@ impl ClusterStore {
 }
 
 impl GridPositionsStore for ClusterStore {
+    fn journal_conn(&self) -> &RedisConn {
+        &self.conn
+    }
+
     async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
         let during = "scanning for legacy keys";
         keyspace::scan_step(&self.conn, cursor, Some(pattern), count, during).await
@@ -130,32 +134,6 @@ impl GridPositionsStore for ClusterStore {
         users: &[UserRollback],
     ) -> Result<Vec<RollbackOutcome>> {
         rollback::rollback_users(&self.conn, journal_key, users).await
-    }
-
-    async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()> {
-        journal::record_outcomes(&self.conn, &ctx.outcomes_key, outcomes).await
-    }
-
-    async fn scan_outcomes(
-        &self,
-        run_id: &str,
-        cursor: u64,
-        count: usize,
-    ) -> Result<(u64, Vec<(String, Outcome)>)> {
-        journal::scan_outcomes(&self.conn, run_id, cursor, count).await
-    }
-
-    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
-        journal::latest_run_of(&self.conn, migration).await
-    }
-
-    async fn save_run(&self, run: &RunRecord) -> Result<()> {
-        journal::save_run(&self.conn, run).await
-    }
-
-    /// DBSIZE summed over the primaries (redis-rs sends it to each).
-    async fn key_count(&self) -> Result<u64> {
-        keyspace::key_count(&self.conn).await
     }
 
     async fn settle_interrupted(&self, run: &RunRecord) -> Result<usize> {
@@ -201,6 +179,10 @@ macro_rules! delegate {
 }
 
 impl GridPositionsStore for GridStore {
+    fn journal_conn(&self) -> &RedisConn {
+        delegate!(self, s => s.journal_conn())
+    }
+
     async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
         delegate!(self, s => s.scan(cursor, pattern, count).await)
     }
@@ -220,26 +202,6 @@ impl GridPositionsStore for GridStore {
         users: &[UserRollback],
     ) -> Result<Vec<RollbackOutcome>> {
         delegate!(self, s => s.rollback_users(journal_key, users).await)
-    }
-    async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()> {
-        delegate!(self, s => s.record_outcomes(ctx, outcomes).await)
-    }
-    async fn scan_outcomes(
-        &self,
-        run_id: &str,
-        cursor: u64,
-        count: usize,
-    ) -> Result<(u64, Vec<(String, Outcome)>)> {
-        delegate!(self, s => s.scan_outcomes(run_id, cursor, count).await)
-    }
-    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
-        delegate!(self, s => s.latest_run(migration).await)
-    }
-    async fn save_run(&self, run: &RunRecord) -> Result<()> {
-        delegate!(self, s => s.save_run(run).await)
-    }
-    async fn key_count(&self) -> Result<u64> {
-        delegate!(self, s => s.key_count().await)
     }
     async fn settle_interrupted(&self, run: &RunRecord) -> Result<usize> {
         delegate!(self, s => s.settle_interrupted(run).await)

@@ -4,7 +4,6 @@
 
 use crate::connection::RedisConn;
 use crate::error::Result;
-use crate::journal::{OrderPlacedOutcome, RunRecord};
 
 use super::cluster::ClusterOrderPlaced;
 use super::plan::KeyRead;
@@ -46,6 +45,13 @@ macro_rules! either {
 }
 
 impl OrderPlacedStore for AnyOrderPlaced {
+    fn journal_conn(&self) -> &RedisConn {
+        match self {
+            AnyOrderPlaced::Standalone(s) => s.journal_conn(),
+            AnyOrderPlaced::Cluster(s) => s.journal_conn(),
+        }
+    }
+
     async fn rollback_keys(&self, journal_key: &str, keys: &[KeyRollback]) -> Result<Vec<String>> {
         either!(self, s => s.rollback_keys(journal_key, keys))
     }
@@ -60,34 +66,5 @@ impl OrderPlacedStore for AnyOrderPlaced {
 
     async fn apply(&self, outcomes_key: &str, writes: &[KeyWrite]) -> Result<Vec<WriteOutcome>> {
         either!(self, s => s.apply(outcomes_key, writes))
-    }
-
-    async fn record_outcomes(
-        &self,
-        outcomes_key: &str,
-        outcomes: &[(String, String)],
-    ) -> Result<()> {
-        either!(self, s => s.record_outcomes(outcomes_key, outcomes))
-    }
-
-    async fn scan_outcomes(
-        &self,
-        outcomes_key: &str,
-        cursor: u64,
-        count: usize,
-    ) -> Result<(u64, Vec<(String, OrderPlacedOutcome)>)> {
-        either!(self, s => s.scan_outcomes(outcomes_key, cursor, count))
-    }
-
-    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
-        either!(self, s => s.latest_run(migration))
-    }
-
-    async fn save_run(&self, run: &RunRecord) -> Result<()> {
-        either!(self, s => s.save_run(run))
-    }
-
-    async fn key_count(&self) -> Result<u64> {
-        either!(self, s => s.key_count())
     }
 }

@@ -49,7 +49,7 @@ use redis::{Script, Value};
 
 use crate::connection::RedisConn;
 use crate::error::{EngineError, Result};
-use crate::journal::{self, OrderPlacedOutcome, RunRecord};
+use crate::journal::{self, OrderPlacedOutcome};
 use crate::keyspace;
 
 use super::plan::{Fields, KeyRead};
@@ -329,6 +329,10 @@ fn bad_reply(what: &'static str, reply: &[Value]) -> EngineError {
 }
 
 impl OrderPlacedStore for ClusterOrderPlaced {
+    fn journal_conn(&self) -> &RedisConn {
+        &self.conn
+    }
+
     async fn rollback_keys(&self, journal_key: &str, keys: &[KeyRollback]) -> Result<Vec<String>> {
         stream::iter(keys)
             .map(|k| self.rollback_one(journal_key, k))
@@ -352,34 +356,5 @@ impl OrderPlacedStore for ClusterOrderPlaced {
             .buffered(IN_FLIGHT)
             .try_collect()
             .await
-    }
-
-    async fn record_outcomes(
-        &self,
-        outcomes_key: &str,
-        outcomes: &[(String, String)],
-    ) -> Result<()> {
-        journal::record_outcomes(&self.conn, outcomes_key, outcomes).await
-    }
-
-    async fn scan_outcomes(
-        &self,
-        outcomes_key: &str,
-        cursor: u64,
-        count: usize,
-    ) -> Result<(u64, Vec<(String, OrderPlacedOutcome)>)> {
-        journal::scan_outcomes_at(&self.conn, outcomes_key, cursor, count).await
-    }
-
-    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
-        journal::latest_run_of(&self.conn, migration).await
-    }
-
-    async fn save_run(&self, run: &RunRecord) -> Result<()> {
-        journal::save_run(&self.conn, run).await
-    }
-
-    async fn key_count(&self) -> Result<u64> {
-        keyspace::key_count(&self.conn).await
     }
 }

@@ -14,7 +14,6 @@ use crate::connection::RedisConn;
 use redis::Value;
 
 use crate::error::{EngineError, Result};
-use crate::journal::{self, OrderPlacedOutcome, RunRecord};
 use crate::keyspace::{self, TypedRead};
 
 use super::plan::{Fields, KeyRead};
@@ -58,6 +57,10 @@ impl StandaloneOrderPlaced {
 }
 
 impl OrderPlacedStore for StandaloneOrderPlaced {
+    fn journal_conn(&self) -> &RedisConn {
+        &self.conn
+    }
+
     async fn rollback_keys(&self, journal_key: &str, keys: &[KeyRollback]) -> Result<Vec<String>> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -125,35 +128,6 @@ impl OrderPlacedStore for StandaloneOrderPlaced {
         }
         .map_err(EngineError::redis("moving order-placed keys"))?;
         replies.into_iter().map(parse_outcome).collect()
-    }
-
-    async fn record_outcomes(
-        &self,
-        outcomes_key: &str,
-        outcomes: &[(String, String)],
-    ) -> Result<()> {
-        journal::record_outcomes(&self.conn, outcomes_key, outcomes).await
-    }
-
-    async fn scan_outcomes(
-        &self,
-        outcomes_key: &str,
-        cursor: u64,
-        count: usize,
-    ) -> Result<(u64, Vec<(String, OrderPlacedOutcome)>)> {
-        journal::scan_outcomes_at(&self.conn, outcomes_key, cursor, count).await
-    }
-
-    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
-        journal::latest_run_of(&self.conn, migration).await
-    }
-
-    async fn save_run(&self, run: &RunRecord) -> Result<()> {
-        journal::save_run(&self.conn, run).await
-    }
-
-    async fn key_count(&self) -> Result<u64> {
-        keyspace::key_count(&self.conn).await
     }
 }
 

@@ -1,8 +1,10 @@
 //! The one seam between the Phase 1 runner and a Redis deployment, as
 //! [`crate::store`] is for Phase 2: the runner speaks only this trait.
 
+use crate::connection::RedisConn;
 use crate::error::Result;
-use crate::journal::{OrderPlacedOutcome, RunRecord};
+use crate::journal::{self, OrderPlacedOutcome, RunRecord};
+use crate::keyspace;
 
 use super::plan::{Fields, KeyRead};
 
@@ -65,23 +67,36 @@ pub trait OrderPlacedStore {
     /// Applies each write atomically, recording `moved` / `dropped_equal`
     /// in `outcomes_key` in the same step; outcomes in input order.
     async fn apply(&self, outcomes_key: &str, writes: &[KeyWrite]) -> Result<Vec<WriteOutcome>>;
+    /// The connection the journal, run records and key count go through
+    /// (single keys, the same on one server and on a cluster).
+    fn journal_conn(&self) -> &RedisConn;
     /// Records outcomes that involved no write (conflict, quarantine).
     async fn record_outcomes(
         &self,
         outcomes_key: &str,
         outcomes: &[(String, String)],
-    ) -> Result<()>;
+    ) -> Result<()> {
+        journal::record_outcomes(self.journal_conn(), outcomes_key, outcomes).await
+    }
     /// One HSCAN step over a run's per-key outcomes.
     async fn scan_outcomes(
         &self,
         outcomes_key: &str,
         cursor: u64,
         count: usize,
-    ) -> Result<(u64, Vec<(String, OrderPlacedOutcome)>)>;
+    ) -> Result<(u64, Vec<(String, OrderPlacedOutcome)>)> {
+        journal::scan_outcomes_at(self.journal_conn(), outcomes_key, cursor, count).await
+    }
     /// The latest recorded run of `migration`.
-    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>>;
+    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
+        journal::latest_run_of(self.journal_conn(), migration).await
+    }
     /// Creates or updates a run record.
-    async fn save_run(&self, run: &RunRecord) -> Result<()>;
+    async fn save_run(&self, run: &RunRecord) -> Result<()> {
+        journal::save_run(self.journal_conn(), run).await
+    }
     /// Estimated total keys, for progress.
-    async fn key_count(&self) -> Result<u64>;
+    async fn key_count(&self) -> Result<u64> {
+        keyspace::key_count(self.journal_conn()).await
+    }
 }

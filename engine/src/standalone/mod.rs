@@ -10,7 +10,6 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 use crate::error::{EngineError, Result};
-use crate::journal::{self, Outcome, RunRecord};
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
 use crate::keyspace::{self, TypedRead};
 use crate::store::{
@@ -214,6 +213,10 @@ impl StandaloneStore {
 }
 
 impl GridPositionsStore for StandaloneStore {
+    fn journal_conn(&self) -> &RedisConn {
+        &self.conn
+    }
+
     async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
         let during = "scanning for legacy keys";
         keyspace::scan_step(&self.conn, cursor, Some(pattern), count, during).await
@@ -297,31 +300,6 @@ impl GridPositionsStore for StandaloneStore {
                 })
             })
             .collect()
-    }
-
-    async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()> {
-        journal::record_outcomes(&self.conn, &ctx.outcomes_key, outcomes).await
-    }
-
-    async fn scan_outcomes(
-        &self,
-        run_id: &str,
-        cursor: u64,
-        count: usize,
-    ) -> Result<(u64, Vec<(String, Outcome)>)> {
-        journal::scan_outcomes(&self.conn, run_id, cursor, count).await
-    }
-
-    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
-        journal::latest_run_of(&self.conn, migration).await
-    }
-
-    async fn save_run(&self, run: &RunRecord) -> Result<()> {
-        journal::save_run(&self.conn, run).await
-    }
-
-    async fn key_count(&self) -> Result<u64> {
-        keyspace::key_count(&self.conn).await
     }
 }
 
