@@ -53,6 +53,10 @@ fn latency_and_migration_reports_hold_every_cell() {
     let mut cells = BTreeSet::new();
     for r in &rows {
         assert!(r["calls"].as_u64().unwrap() > 0, "a cell with no call: {r}");
+        // Every call costs the client and the server something.
+        for cpu in ["client_cpu_us", "server_cpu_us"] {
+            assert!(r[cpu].as_f64().unwrap_or(0.0) > 0.0, "no {cpu}: {r}");
+        }
         let (p50, p99, max) = (
             r["p50_us"].as_f64().unwrap(),
             r["p99_us"].as_f64().unwrap(),

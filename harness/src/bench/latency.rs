@@ -7,6 +7,14 @@
 //! writers never contend for one key: what is measured is the store, not
 //! compare-and-set retries. The first tenth of a cell warms up and is not
 //! recorded.
+//!
+//! The stores compared in one (operation, positions, concurrency) are
+//! measured interleaved ([`run_interleaved`]): in rounds, each store a slice
+//! of its time per round, the order rotated. On a shared machine a
+//! neighbour's burst, or cores sleeping deeper when it goes quiet, moves
+//! latencies by more than the difference between two stores; run one after
+//! the other, the store that happened to meet the burst lost. Interleaved,
+//! every store meets the same moments.
 
 use std::time::{Duration, Instant};
 
@@ -37,17 +45,25 @@ pub struct LatencyRow {
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
+    /// CPU per call, warm-up included: this process's (the store's client
+    /// work, the connection's, and the bench loop's, alike for every store)
+    /// and the server's. `None` from a bench.json of an older version, or
+    /// where the kernel does not count per-thread CPU time.
+    #[serde(default)]
+    pub client_cpu_us: Option<f64>,
+    #[serde(default)]
+    pub server_cpu_us: Option<f64>,
 }
 
 impl LatencyRow {
-    pub fn from_histogram(
+    pub fn new(
         op: Op,
         store: StoreKind,
         positions: usize,
         concurrency: usize,
-        h: &Histogram<u64>,
-        measured: Duration,
+        m: &Measured,
     ) -> Self {
+        let h = &m.histogram;
         let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
         LatencyRow {
             op,
@@ -55,66 +71,172 @@ impl LatencyRow {
             positions,
             concurrency,
             calls: h.len(),
-            ops_per_sec: (h.len() as f64 / measured.as_secs_f64().max(1e-9)).round(),
+            ops_per_sec: (h.len() as f64 / m.measured.as_secs_f64().max(1e-9)).round(),
             mean_us: (h.mean() / 100.0).round() / 10.0,
             p50_us: us(h.value_at_quantile(0.50)),
             p90_us: us(h.value_at_quantile(0.90)),
             p99_us: us(h.value_at_quantile(0.99)),
             p999_us: us(h.value_at_quantile(0.999)),
             max_us: us(h.max()),
+            client_cpu_us: m
+                .client_cpu_ns
+                .map(|ns| per_call(ns as f64 / 1000.0, m.calls)),
+            server_cpu_us: Some(per_call(m.server_cpu_s * 1e6, m.calls)),
         }
     }
+}
+
+/// Microseconds per call, to 0.1.
+fn per_call(us: f64, calls: u64) -> f64 {
+    (us / calls.max(1) as f64 * 10.0).round() / 10.0
+}
+
+/// What one store's share of an interleaved measurement gathered.
+pub struct Measured {
+    /// Latencies past each slice's warm-up.
+    pub histogram: Histogram<u64>,
+    /// The time they were recorded in.
+    pub measured: Duration,
+    /// Every call, warm-up included (the CPU figures cover those too).
+    pub calls: u64,
+    pub client_cpu_ns: Option<u64>,
+    pub server_cpu_s: f64,
 }
 
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIGHEST_NS, 3).expect("static histogram bounds")
 }
 
-/// Runs one cell: `conns.len()` workers (the concurrency) for `duration`.
-pub async fn run_cell(
+/// Rounds of an interleaved measurement: enough that a burst lasting a
+/// fraction of a cell lands on every store alike, few enough that each
+/// slice is long against one call at the highest concurrency (a 300 ms
+/// cell gives 30 ms slices; a call at concurrency 64 takes about 1 ms).
+const ROUNDS: usize = 10;
+
+/// Measures `kinds` for one operation interleaved (see the module doc):
+/// each gets `duration` in all, in [`ROUNDS`] slices. One [`Measured`] per
+/// kind, in the order of `kinds`. The CPU figures are read around each
+/// slice, so each store is charged only for its own slices.
+pub async fn run_interleaved(
+    conns: &[RedisConn],
+    kinds: &[StoreKind],
+    op: Op,
+    data: &Dataset,
+    duration: Duration,
+) -> anyhow::Result<Vec<Measured>> {
+    let slice = duration / ROUNDS as u32;
+    // Per kind, one histogram per worker, kept across the rounds: a
+    // histogram up to 60 s is large, and making and merging them per slice
+    // cost the bench a sixth of its CPU (perf).
+    let mut hists: Vec<Vec<Histogram<u64>>> = kinds
+        .iter()
+        .map(|_| conns.iter().map(|_| new_histogram()).collect())
+        .collect();
+    let mut totals: Vec<(Duration, u64, Option<u64>, f64)> =
+        vec![(Duration::ZERO, 0, Some(0), 0.0); kinds.len()];
+    let mut info = conns[0].clone();
+    for round in 0..ROUNDS {
+        for k in 0..kinds.len() {
+            let which = (k + round) % kinds.len();
+            let server_before = super::cpu::server_seconds(&mut info).await?;
+            let client_before = super::cpu::process_ns();
+            let (measured, calls) = run_slice(
+                conns,
+                kinds[which],
+                op,
+                data,
+                slice,
+                round as u64,
+                &mut hists[which],
+            )
+            .await?;
+            let client = client_before
+                .zip(super::cpu::process_ns())
+                .map(|(before, after)| after.saturating_sub(before));
+            let server = super::cpu::server_seconds(&mut info).await? - server_before;
+            let t = &mut totals[which];
+            t.0 += measured;
+            t.1 += calls;
+            t.2 = t.2.zip(client).map(|(sum, c)| sum + c);
+            t.3 += server;
+        }
+    }
+    Ok(hists
+        .iter()
+        .zip(totals)
+        .map(
+            |(per_worker, (measured, calls, client_cpu_ns, server_cpu_s))| {
+                let mut histogram = new_histogram();
+                for h in per_worker {
+                    histogram.add(h).expect("same bounds");
+                }
+                Measured {
+                    histogram,
+                    measured,
+                    calls,
+                    client_cpu_ns,
+                    server_cpu_s,
+                }
+            },
+        )
+        .collect())
+}
+
+/// Runs `conns.len()` workers (the concurrency) for `duration`, worker `w`
+/// recording into `hists[w]`; `round` varies which users and slots they
+/// pick. Returns the time measured (the slice less its warm-up) and the
+/// calls made, warm-up included.
+async fn run_slice(
     conns: &[RedisConn],
     kind: StoreKind,
     op: Op,
     data: &Dataset,
     duration: Duration,
-) -> ApiResult<(Histogram<u64>, Duration)> {
+    round: u64,
+    hists: &mut [Histogram<u64>],
+) -> ApiResult<(Duration, u64)> {
     let workers = conns.len().max(1);
     let started = Instant::now();
     let warm_until = started + duration / 10;
     let end = started + duration;
-    let per_worker_cap = MAX_CALLS_PER_CELL / workers as u64;
-    let runs = conns.iter().enumerate().map(|(w, conn)| {
-        let store = AnyStore::new(kind, conn.clone());
-        async move {
-            let mut h = new_histogram();
-            let mut rng = XorShift::new(w as u64 + 1);
-            // This worker's users: w, w + workers, ...; at least one.
-            let mine = data.users.saturating_sub(w).div_ceil(workers).max(1);
-            let mut flip = false;
-            loop {
-                let now = Instant::now();
-                if now >= end || h.len() >= per_worker_cap {
-                    break;
+    let per_worker_cap = MAX_CALLS_PER_CELL / (workers * ROUNDS) as u64;
+    let runs = conns
+        .iter()
+        .zip(hists.iter_mut())
+        .enumerate()
+        .map(|(w, (conn, h))| {
+            let store = AnyStore::new(kind, conn.clone());
+            async move {
+                let mut rng = XorShift::new((round << 32) + w as u64 + 1);
+                // This worker's users: w, w + workers, ...; at least one.
+                let mine = data.users.saturating_sub(w).div_ceil(workers).max(1);
+                let (mut flip, mut calls, mut all) = (false, 0, 0);
+                loop {
+                    let now = Instant::now();
+                    // Past the end only once this slice recorded a call:
+                    // a slice shorter than one call still measures it.
+                    if (now >= end && calls > 0) || calls >= per_worker_cap {
+                        break;
+                    }
+                    let user = (w + workers * rng.below(mine)) % data.users;
+                    let slot = rng.below(data.positions);
+                    flip = !flip;
+                    let took = store.timed(data, op, user, slot, flip).await?;
+                    all += 1;
+                    if now >= warm_until {
+                        calls += 1;
+                        h.record(took.as_nanos().clamp(1, HIGHEST_NS as u128) as u64)
+                            .expect("clamped into the histogram's range");
+                    }
                 }
-                let user = (w + workers * rng.below(mine)) % data.users;
-                let slot = rng.below(data.positions);
-                flip = !flip;
-                let took = store.timed(data, op, user, slot, flip).await?;
-                if now >= warm_until {
-                    h.record(took.as_nanos().clamp(1, HIGHEST_NS as u128) as u64)
-                        .expect("clamped into the histogram's range");
-                }
+                Ok::<_, keyshift_engine::api::ApiError>(all)
             }
-            Ok::<_, keyshift_engine::api::ApiError>(h)
-        }
-    });
-    let histograms = futures_util::future::try_join_all(runs).await?;
-    let measured = started.elapsed().saturating_sub(duration / 10);
-    let mut total = new_histogram();
-    for h in &histograms {
-        total.add(h).expect("same bounds");
-    }
-    Ok((total, measured))
+        });
+    let calls = futures_util::future::try_join_all(runs).await?;
+    Ok((
+        started.elapsed().saturating_sub(duration / 10),
+        calls.into_iter().sum(),
+    ))
 }
 
 /// A tiny deterministic generator: which user and slot a call picks needs
@@ -144,16 +266,19 @@ mod tests {
         for ns in [1_000u64, 2_000, 3_000, 4_000, 100_000] {
             h.record(ns).unwrap();
         }
-        let row = LatencyRow::from_histogram(
-            Op::GetPosition,
-            StoreKind::Hash,
-            5,
-            1,
-            &h,
-            Duration::from_millis(500),
-        );
+        let m = Measured {
+            histogram: h,
+            measured: Duration::from_millis(500),
+            calls: 8,
+            client_cpu_ns: Some(200_000),
+            server_cpu_s: 0.000_02,
+        };
+        let row = LatencyRow::new(Op::GetPosition, StoreKind::Hash, 5, 1, &m);
         assert_eq!(row.calls, 5);
         assert_eq!(row.ops_per_sec, 10.0);
+        // CPU over every call, warm-up included: 200 µs / 8, 20 µs / 8.
+        assert_eq!(row.client_cpu_us, Some(25.0));
+        assert_eq!(row.server_cpu_us, Some(2.5));
         assert_eq!(row.p50_us, 3.0);
         assert!((99.9..=100.1).contains(&row.max_us), "{}", row.max_us);
         assert!(row.p50_us <= row.p90_us && row.p90_us <= row.p99_us);

@@ -234,7 +234,7 @@ struct ServerCpu(f64);
 
 impl ServerCpu {
     async fn start(conn: &mut keyshift_engine::connection::RedisConn) -> anyhow::Result<Self> {
-        Ok(Self(server_cpu_s(conn).await?))
+        Ok(Self(super::cpu::server_seconds(conn).await?))
     }
 
     /// Seconds of server CPU since `start`, to the millisecond.
@@ -242,26 +242,9 @@ impl ServerCpu {
         self,
         conn: &mut keyshift_engine::connection::RedisConn,
     ) -> anyhow::Result<f64> {
-        let spent = server_cpu_s(conn).await? - self.0;
+        let spent = super::cpu::server_seconds(conn).await? - self.0;
         Ok((spent * 1000.0).round() / 1000.0)
     }
-}
-
-async fn server_cpu_s(conn: &mut keyshift_engine::connection::RedisConn) -> anyhow::Result<f64> {
-    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
-    parse_server_cpu(&info).context("INFO cpu has no used_cpu_user/used_cpu_sys")
-}
-
-/// used_cpu_user + used_cpu_sys of an `INFO cpu` reply.
-fn parse_server_cpu(info: &str) -> Option<f64> {
-    let field = |name: &str| -> Option<f64> {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
-            .trim()
-            .parse()
-            .ok()
-    };
-    Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
 
 /// `measured / floor`, two decimals.
@@ -401,12 +384,5 @@ mod tests {
         let stat = "4242 (tokio (rt) x) S 1 2 3 4 5 6 7 8 9 10 250 31 0 0 20 0 9 0";
         assert_eq!(parse_cpu_ticks(stat), Some(281));
         assert_eq!(parse_cpu_ticks("garbage"), None);
-    }
-
-    #[test]
-    fn server_cpu_sums_user_and_sys() {
-        let info = "# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:2.250000\r\nused_cpu_sys_children:9.0\r\n";
-        assert_eq!(parse_server_cpu(info), Some(3.75));
-        assert_eq!(parse_server_cpu("# CPU\r\n"), None);
     }
 }

@@ -6,9 +6,11 @@
 //! - `latency`: HDR histograms per operation x store x positions x concurrency.
 //! - `migration`: Phase 2 and verify as child processes against the floor.
 //! - `pipe`: raw-RESP bulk loads (seeding, the floor).
+//! - `cpu`: the server's and this process's CPU time.
 //! - `report`: bench.json and bench.md; `charts`: the SVG charts.
 
 pub mod charts;
+pub mod cpu;
 pub mod data;
 pub mod latency;
 pub mod migration;
@@ -96,24 +98,20 @@ async fn run_latency(
             .await
             .context("seeding the benchmark data")?;
         for op in Op::ALL {
-            for store in StoreKind::ALL {
-                for &c in &args.concurrency {
-                    let c = c.max(1);
-                    progress.set_message(format!(
-                        "{} {} p{positions} c{c}",
-                        op.name(),
-                        store.name()
-                    ));
-                    let (h, measured) =
-                        latency::run_cell(&conns[..c], store, op, &data, cell).await?;
-                    rows.push(LatencyRow::from_histogram(
-                        op, store, positions, c, &h, measured,
-                    ));
+            for &c in &args.concurrency {
+                let c = c.max(1);
+                progress.set_message(format!("{} p{positions} c{c}", op.name()));
+                let measured =
+                    latency::run_interleaved(&conns[..c], &StoreKind::ALL, op, &data, cell).await?;
+                for (store, m) in StoreKind::ALL.into_iter().zip(&measured) {
+                    rows.push(LatencyRow::new(op, store, positions, c, m));
                     progress.inc(1);
                 }
             }
         }
     }
+    // The order bench.json always had: positions, operation, store, concurrency.
+    rows.sort_by_key(|r| (r.positions, r.op, r.store, r.concurrency));
     progress.finish_and_clear();
     Ok(LatencySection {
         setting,

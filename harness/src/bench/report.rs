@@ -85,10 +85,16 @@ fn render_latency(out: &mut String, l: &LatencySection) {
     let _ = writeln!(out, "## Data API latency\n\n{}", setting_line(&l.setting));
     let _ = writeln!(
         out,
-        "{} users per dataset, {} ms per cell (the first tenth warms up). Latencies in µs, \
-         measured at the caller: round trip plus the store's own client work (JSON parsing and \
-         editing for legacy). `remove` times the removal only; the position is put back \
-         untimed. Charts: `latency_<operation>.svg` (p50 by positions per user).\n",
+        "{} users per dataset, {} ms per cell. The stores of one operation, positions and \
+         concurrency are measured interleaved, in 10 rounds of one slice each, the order rotated \
+         (the first tenth of a slice warms up), so a neighbour's burst on this shared machine \
+         lands on all of them alike. Latencies in µs, measured at the caller: round trip plus \
+         the store's own client work (JSON parsing and editing for legacy). CPU per call in µs, \
+         warm-up included: this process's (the store's client work plus the connection's and \
+         the bench loop's, alike for every store) and redis-server's, read around each slice; \
+         they move much less with the neighbours' load than latencies do. `remove` times the \
+         removal only; the position is put back untimed (its CPU is in the remove's). Charts: \
+         `latency_<operation>.svg` (p50 by positions per user).\n",
         l.users, l.cell_ms
     );
     let _ = writeln!(out, "### p50 at concurrency 1 (µs)\n");
@@ -122,16 +128,17 @@ fn render_latency(out: &mut String, l: &LatencySection) {
     let _ = writeln!(out, "### Every cell\n");
     let _ = writeln!(
         out,
-        "| operation | store | positions | concurrency | calls | ops/s | p50 | p90 | p99 | p99.9 | max |"
+        "| operation | store | positions | concurrency | calls | ops/s | p50 | p90 | p99 | p99.9 | max | client CPU/call | server CPU/call |"
     );
     let _ = writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
+    let cpu = |v: Option<f64>| v.map_or("-".to_owned(), |us| format!("{us:.1}"));
     for r in &l.rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
             r.op.name(),
             r.store.name(),
             r.positions,
@@ -142,7 +149,9 @@ fn render_latency(out: &mut String, l: &LatencySection) {
             r.p90_us,
             r.p99_us,
             r.p999_us,
-            r.max_us
+            r.max_us,
+            cpu(r.client_cpu_us),
+            cpu(r.server_cpu_us)
         );
     }
     out.push('\n');
@@ -152,16 +161,10 @@ fn render_latency(out: &mut String, l: &LatencySection) {
 /// p50 against the legacy one at 5 positions per user and above.
 pub fn read_verdict(l: &LatencySection) -> String {
     let mut lines = Vec::new();
-    let p50 = |store, p, c| {
-        l.rows
-            .iter()
-            .find(|r| {
-                r.op == Op::GetPosition
-                    && r.store == store
-                    && r.positions == p
-                    && r.concurrency == c
-            })
-            .map(|r| r.p50_us)
+    let cell = |store, p, c| {
+        l.rows.iter().find(|r| {
+            r.op == Op::GetPosition && r.store == store && r.positions == p && r.concurrency == c
+        })
     };
     let mut cells: Vec<(usize, usize)> = l
         .rows
@@ -172,11 +175,24 @@ pub fn read_verdict(l: &LatencySection) -> String {
     cells.sort_unstable();
     cells.dedup();
     for (p, c) in cells {
-        if let (Some(h), Some(g)) = (p50(StoreKind::Hash, p, c), p50(StoreKind::Legacy, p, c)) {
-            lines.push(format!(
-                "{} {p} positions, concurrency {c}: hash {h:.1} µs vs legacy {g:.1} µs",
-                if h <= g { "ok  " } else { "MISS" }
-            ));
+        if let (Some(h), Some(g)) = (cell(StoreKind::Hash, p, c), cell(StoreKind::Legacy, p, c)) {
+            let mut line = format!(
+                "{} {p} positions, concurrency {c}: hash {:.1} µs vs legacy {:.1} µs",
+                if h.p50_us <= g.p50_us { "ok  " } else { "MISS" },
+                h.p50_us,
+                g.p50_us
+            );
+            if let (Some(hc), Some(gc), Some(hs), Some(gs)) = (
+                h.client_cpu_us,
+                g.client_cpu_us,
+                h.server_cpu_us,
+                g.server_cpu_us,
+            ) {
+                line.push_str(&format!(
+                    "; CPU per call: client {hc:.1} vs {gc:.1} µs, server {hs:.1} vs {gs:.1} µs"
+                ));
+            }
+            lines.push(line);
         }
     }
     if lines.is_empty() {
@@ -305,6 +321,8 @@ mod tests {
             p99_us: p50,
             p999_us: p50,
             max_us: p50,
+            client_cpu_us: Some(p50 / 2.0),
+            server_cpu_us: None,
         }
     }
 
