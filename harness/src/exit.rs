@@ -64,3 +64,59 @@ pub fn error_code(err: &anyhow::Error) -> ExitCode {
     }
     ExitCode::from(INVARIANT_FAILED)
 }
+
+/// The error and its causes on one line, `: `-separated, each cause once:
+/// some errors (redis-rs's I/O errors among them) already print their
+/// source in their own message, and a plain `{:#}` then said it twice
+/// ("invalid peer certificate: UnknownIssuer: invalid peer certificate:
+/// UnknownIssuer").
+pub fn describe(err: &anyhow::Error) -> String {
+    chain_once(err.chain().map(|c| c.to_string()))
+}
+
+fn chain_once(messages: impl Iterator<Item = String>) -> String {
+    let mut out = String::new();
+    for message in messages {
+        if message.is_empty() || out.contains(&message) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&message);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(parts: &[&str]) -> String {
+        chain_once(parts.iter().map(|p| p.to_string()))
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        assert_eq!(
+            chain(&[
+                "cannot reach Redis at rediss://h:1 (check the CA)",
+                "invalid peer certificate: UnknownIssuer",
+                "invalid peer certificate: UnknownIssuer",
+            ]),
+            "cannot reach Redis at rediss://h:1 (check the CA): invalid peer certificate: UnknownIssuer"
+        );
+        assert_eq!(
+            chain(&["reading x: io: refused", "io: refused"]),
+            "reading x: io: refused"
+        );
+    }
+
+    #[test]
+    fn distinct_causes_are_all_kept() {
+        assert_eq!(
+            chain(&["seeding failed", "fixture a.json", "line 3: expected value"]),
+            "seeding failed: fixture a.json: line 3: expected value"
+        );
+    }
+}

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(outcome) => outcome.code(),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", exit::describe(&err));
             exit::error_code(&err)
         }
     }

@@ -67,7 +67,10 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> ScenarioReport {
     };
     if let Err(e) = run_into(s, opts, &mut report).await {
         report.verdict = Verdict::Failed;
-        report.note = Some(format!("the harness could not finish: {e:#}"));
+        report.note = Some(format!(
+            "the harness could not finish: {}",
+            crate::exit::describe(&e)
+        ));
     }
     report.elapsed_ms = started.elapsed().as_millis();
     report
