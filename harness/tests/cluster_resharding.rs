@@ -61,8 +61,15 @@ async fn scan_all(conn: &RedisConn, count: usize) -> Result<BTreeSet<String>, En
 
 /// `GET key` on one node directly: `Ok(None)` when it answers nil, `Err`
 /// for a redirect (the node does not hold it).
-async fn get_on(cluster: &RedisCluster, node: usize, key: &str) -> redis::RedisResult<Option<String>> {
-    let mut con = cluster.nodes()[node].connection().await.expect("node connection");
+async fn get_on(
+    cluster: &RedisCluster,
+    node: usize,
+    key: &str,
+) -> redis::RedisResult<Option<String>> {
+    let mut con = cluster.nodes()[node]
+        .connection()
+        .await
+        .expect("node connection");
     redis::cmd("GET").arg(key).query_async(&mut con).await
 }
 
@@ -85,8 +92,14 @@ async fn ask_redirects_are_followed_by_commands_and_pipelines() {
     // The slot half moved: `moved` on node 1, the others still on node 0.
     let mv = cluster.begin_slot_move(slot, 0, 1).await.unwrap();
     cluster.migrate_keys(&mv, &[&moved]).await.unwrap();
-    assert!(get_on(&cluster, 0, &moved).await.is_err(), "node 0 answers ASK");
-    assert_eq!(get_on(&cluster, 0, &stayed).await.unwrap().as_deref(), Some("s"));
+    assert!(
+        get_on(&cluster, 0, &moved).await.is_err(),
+        "node 0 answers ASK"
+    );
+    assert_eq!(
+        get_on(&cluster, 0, &stayed).await.unwrap().as_deref(),
+        Some("s")
+    );
 
     let conn = connect(&cluster.url()).await.unwrap();
     let mut c = conn.clone();
@@ -107,18 +120,37 @@ async fn ask_redirects_are_followed_by_commands_and_pipelines() {
     pipe.cmd("SET").arg(&created).arg("c").ignore();
     pipe.cmd("GET").arg(&created);
     pipe.cmd("GET").arg(&stayed);
-    let (incremented, got_moved, got_created, got_stayed): (i64, String, String, String) =
-        pipe.query_async(&mut c).await.expect("the pipeline meets ASK");
+    let (incremented, got_moved, got_created, got_stayed): (i64, String, String, String) = pipe
+        .query_async(&mut c)
+        .await
+        .expect("the pipeline meets ASK");
     assert_eq!(
-        (incremented, got_moved.as_str(), got_created.as_str(), got_stayed.as_str()),
+        (
+            incremented,
+            got_moved.as_str(),
+            got_created.as_str(),
+            got_stayed.as_str()
+        ),
         (11, "m", "c", "s")
     );
 
     // The move completes (MIGRATE refuses a key the target already holds:
     // a command run twice, on both nodes, would stop it here).
-    cluster.finish_slot_move(&mv).await.expect("the slot moves over");
-    for (k, v) in [(&moved, "m"), (&stayed, "s"), (&counter, "11"), (&created, "c")] {
-        assert_eq!(get_on(&cluster, 1, k).await.unwrap().as_deref(), Some(v), "{k} on node 1");
+    cluster
+        .finish_slot_move(&mv)
+        .await
+        .expect("the slot moves over");
+    for (k, v) in [
+        (&moved, "m"),
+        (&stayed, "s"),
+        (&counter, "11"),
+        (&created, "c"),
+    ] {
+        assert_eq!(
+            get_on(&cluster, 1, k).await.unwrap().as_deref(),
+            Some(v),
+            "{k} on node 1"
+        );
     }
     // And MOVED: the client's old slot map sends the next reads to node 0.
     let got: Vec<Option<String>> = redis::cmd("MGET")
@@ -148,9 +180,8 @@ async fn a_scan_that_slots_moved_under_fails_and_a_fresh_scan_sees_every_key() {
 
     // Slots move from the last primary, not scanned yet, to the first,
     // being scanned: their keys would be seen by no step.
-    let (cursor, _): (u64, Vec<String>) = scan_step(&conn, 0, None, 10, "a test SCAN")
-        .await
-        .unwrap();
+    let (cursor, _): (u64, Vec<String>) =
+        scan_step(&conn, 0, None, 10, "a test SCAN").await.unwrap();
     assert_ne!(cursor, 0);
     let moved = cluster.move_slots(2, 0, 200).await.unwrap();
     assert_eq!(moved.len(), 200);
@@ -167,12 +198,22 @@ async fn a_scan_that_slots_moved_under_fails_and_a_fresh_scan_sees_every_key() {
     // A slot on its way (keys leave one by one before the map changes).
     let slot = *cluster.slots_of(1).await.unwrap().last().unwrap();
     let mv = cluster.begin_slot_move(slot, 1, 2).await.unwrap();
-    let err = scan_all(&conn, 100).await.expect_err("a SCAN over a moving slot");
+    let err = scan_all(&conn, 100)
+        .await
+        .expect_err("a SCAN over a moving slot");
     let text = err.to_string();
     assert!(matches!(err, EngineError::Resharded { .. }), "{text}");
-    assert!(text.contains(&format!("slot {slot} migrating")) || text.contains(&format!("slot {slot} importing")), "{text}");
+    assert!(
+        text.contains(&format!("slot {slot} migrating"))
+            || text.contains(&format!("slot {slot} importing")),
+        "{text}"
+    );
     cluster.finish_slot_move(&mv).await.unwrap();
-    assert_eq!(scan_all(&conn, 100).await.unwrap(), seeded, "after the move");
+    assert_eq!(
+        scan_all(&conn, 100).await.unwrap(),
+        seeded,
+        "after the move"
+    );
 }
 
 /// Legacy position keys left anywhere, by a fresh SCAN after resharding.
@@ -216,7 +257,7 @@ async fn migration_survives_resharding_mid_run() {
     cluster.move_keys(&mv, 1).await.unwrap();
 
     let bin = assert_cmd::cargo::cargo_bin("keyshift");
-    let mut child = Command::new(&bin)
+    let child = Command::new(&bin)
         .args(["migrate", "grid-positions", "--force", "--redis", &url])
         .env_remove("REDIS_URL")
         .stdout(Stdio::null())

@@ -96,13 +96,17 @@ pub fn next_cursor(at: ClusterCursor, node_next: u64, primaries: usize) -> Resul
 /// Which node serves each slot, as a short fingerprint: equal for two
 /// readings of the same map whatever their range boundaries (CLUSTER
 /// SLOTS and CLUSTER NODES split ranges differently).
-pub(super) fn slot_map_fingerprint<'a>(ranges: impl IntoIterator<Item = (u16, u16, &'a str)>) -> u32 {
+pub(super) fn slot_map_fingerprint<'a>(
+    ranges: impl IntoIterator<Item = (u16, u16, &'a str)>,
+) -> u32 {
     let mut ranges: Vec<(u16, u16, &str)> = ranges.into_iter().collect();
     ranges.sort();
     let mut merged: Vec<(u16, u16, &str)> = Vec::with_capacity(ranges.len());
     for (first, last, id) in ranges {
         match merged.last_mut() {
-            Some(prev) if prev.2 == id && u32::from(prev.1) + 1 == u32::from(first) => prev.1 = last,
+            Some(prev) if prev.2 == id && u32::from(prev.1) + 1 == u32::from(first) => {
+                prev.1 = last
+            }
             _ => merged.push((first, last, id)),
         }
     }
@@ -336,6 +340,54 @@ const ROUTED_BY_REDIS_RS: &[&[u8]] = &[
     b"ZRANGESTORE",
     b"ZUNION",
     b"ZUNIONSTORE",
+];
+
+/// True for a command that only reads its key: a slot's reads may go all
+/// at once (their order does not matter), its writes go in order.
+pub(super) fn only_reads(cmd: &Cmd) -> bool {
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(name)) => READS.contains(&name.to_ascii_uppercase().as_slice()),
+        _ => false,
+    }
+}
+
+/// Single-key commands that write nothing.
+const READS: &[&[u8]] = &[
+    b"DUMP",
+    b"EVALSHA_RO",
+    b"EVAL_RO",
+    b"EXISTS",
+    b"GET",
+    b"GETRANGE",
+    b"HEXISTS",
+    b"HGET",
+    b"HGETALL",
+    b"HKEYS",
+    b"HLEN",
+    b"HMGET",
+    b"HSCAN",
+    b"HSTRLEN",
+    b"HVALS",
+    b"LINDEX",
+    b"LLEN",
+    b"LRANGE",
+    b"MGET",
+    b"PEXPIRETIME",
+    b"PTTL",
+    b"SCARD",
+    b"SISMEMBER",
+    b"SMEMBERS",
+    b"SMISMEMBER",
+    b"SSCAN",
+    b"STRLEN",
+    b"TTL",
+    b"TYPE",
+    b"ZCARD",
+    b"ZRANGE",
+    b"ZRANGEBYSCORE",
+    b"ZREVRANGE",
+    b"ZSCAN",
+    b"ZSCORE",
 ];
 
 pub(super) fn is_scan(cmd: &Cmd) -> Option<(u64, Vec<Vec<u8>>)> {

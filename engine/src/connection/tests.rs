@@ -138,7 +138,9 @@ fn cluster_slots_and_cluster_nodes_agree_on_one_slot_map() {
     assert_eq!(view.fingerprint, map.fingerprint);
     assert!(view.moving.is_empty());
     // One slot handed to another node is another map.
-    let moved = NODES.replace("connected 100 ", "connected ").replace("0-99 ", "0-100 ");
+    let moved = NODES
+        .replace("connected 100 ", "connected ")
+        .replace("0-99 ", "0-100 ");
     assert_ne!(node_view(&moved).unwrap().fingerprint, map.fingerprint);
 }
 
@@ -196,6 +198,16 @@ fn pipelined_commands_go_to_their_first_keys_slot_or_to_redis_rs() {
     assert_eq!(route_of(&script(0)), None);
     for keyless in ["TIME", "DBSIZE", "SCAN", "PING"] {
         assert_eq!(route_of(redis::cmd(keyless).arg("0")), None, "{keyless}");
+    }
+}
+
+#[test]
+fn reads_are_told_from_writes() {
+    for read in ["GET", "hgetall", "PTTL", "EXISTS", "TYPE", "HMGET"] {
+        assert!(only_reads(redis::cmd(read).arg("k")), "{read}");
+    }
+    for write in ["SET", "HSET", "DEL", "PEXPIREAT", "EVAL", "EVALSHA", "SADD"] {
+        assert!(!only_reads(redis::cmd(write).arg("k")), "{write}");
     }
 }
 

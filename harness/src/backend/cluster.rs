@@ -198,7 +198,13 @@ impl ClusterTls {
     fn args(&self, port: u16) -> Vec<String> {
         let auth = if self.auth_clients { "yes" } else { "no" };
         let client = if self.client.is_some() {
-            ["--tls-client-cert-file", "client.crt", "--tls-client-key-file", "client.key"].as_slice()
+            [
+                "--tls-client-cert-file",
+                "client.crt",
+                "--tls-client-key-file",
+                "client.key",
+            ]
+            .as_slice()
         } else {
             &[]
         };

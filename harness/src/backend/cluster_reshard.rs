@@ -63,7 +63,8 @@ impl RedisCluster {
             .query_async(&mut con)
             .await
             .map_err(|e| reshard_error("CLUSTER SLOTS".into(), e))?;
-        let map = parse_cluster_slots(&reply).map_err(|e| reshard_error("CLUSTER SLOTS".into(), e))?;
+        let map =
+            parse_cluster_slots(&reply).map_err(|e| reshard_error("CLUSTER SLOTS".into(), e))?;
         let port = self.nodes()[i].port();
         Ok(map
             .into_iter()
@@ -79,7 +80,12 @@ impl RedisCluster {
             .arg(args)
             .query_async::<()>(&mut con)
             .await
-            .map_err(|e| reshard_error(format!("CLUSTER SETSLOT {} on node {node}", args.join(" ")), e))
+            .map_err(|e| {
+                reshard_error(
+                    format!("CLUSTER SETSLOT {} on node {node}", args.join(" ")),
+                    e,
+                )
+            })
     }
 
     /// Step 1: `slot` (served by node `from`) opens for moving to node `to`.

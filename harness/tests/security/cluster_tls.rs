@@ -66,10 +66,11 @@ async fn rediss_cluster_runs_migrate_verify_rollback_and_needs_the_ca() {
     let before = legacy_keys(&cluster).await;
     assert!(before.len() > 20, "too few legacy keys seeded: {before:?}");
 
-    let url = cluster
-        .tls_url()
-        .expect("a TLS cluster")
-        .replacen("://", &format!("://{MIGRATE_USER}:{MIGRATE_PASSWORD}@"), 1);
+    let url = cluster.tls_url().expect("a TLS cluster").replacen(
+        "://",
+        &format!("://{MIGRATE_USER}:{MIGRATE_PASSWORD}@"),
+        1,
+    );
     let ca = pki.path(certs::CA);
     let (cert, key) = (pki.path(certs::CLIENT_CERT), pki.path(certs::CLIENT_KEY));
     let trace = Path::new("trace");
@@ -113,5 +114,8 @@ async fn rediss_cluster_runs_migrate_verify_rollback_and_needs_the_ca() {
     let ran = keyshift_as(&wrong, &["verify", "grid-positions"], &full).await;
     assert_eq!(ran.code, Some(4), "{ran}");
     assert!(!ran.stderr.contains("wr0ng-Xc3vB"), "{ran}");
-    assert!(ran.stderr.contains(&format!("{MIGRATE_USER}:***@")), "{ran}");
+    assert!(
+        ran.stderr.contains(&format!("{MIGRATE_USER}:***@")),
+        "{ran}"
+    );
 }
