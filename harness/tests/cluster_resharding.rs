@@ -134,6 +134,17 @@ async fn ask_redirects_are_followed_by_commands_and_pipelines() {
         (11, "m", "c", "s")
     );
 
+    // Reads only (the read-only user's pipelines): the same answers.
+    let mut pipe = redis::pipe();
+    pipe.cmd("GET")
+        .arg(&moved)
+        .cmd("GET")
+        .arg(&stayed)
+        .cmd("GET")
+        .arg(&created);
+    let reads: (String, String, String) = pipe.query_async(&mut c).await.expect("reads meet ASK");
+    assert_eq!(reads, ("m".to_owned(), "s".to_owned(), "c".to_owned()));
+
     // The move completes (MIGRATE refuses a key the target already holds:
     // a command run twice, on both nodes, would stop it here).
     cluster

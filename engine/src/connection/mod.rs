@@ -20,9 +20,10 @@
 //! - A non-transactional pipeline is split by hash slot and its replies put
 //!   back in order: a cluster node refuses a pipeline whose keys live on
 //!   other nodes, and redis-rs sends a whole pipeline to one node. A slot's
-//!   part of several commands is sent one command at a time (see
-//!   `cluster_pipeline`): redis-rs follows ASK for a whole pipeline with
-//!   one ASKING, which covers only its first command.
+//!   part of several commands that writes goes as MULTI/EXEC, and one
+//!   command at a time when the node refuses it because the slot is moving
+//!   (see `cluster_pipeline`): redis-rs follows ASK for a whole pipeline
+//!   with one ASKING, which covers only its first command.
 //!
 //! Commands redis-rs routes to every primary (DBSIZE summed, SCRIPT LOAD,
 //! FLUSHALL, multi-key DEL split per slot) need nothing from us; MOVED and
@@ -379,33 +380,66 @@ impl RedisConn {
                         let route = SingleNodeRoutingInfo::SpecificNode(route);
                         conn.route_pipeline(part, 0, 1, route).await?
                     }
-                    // Several commands of one slot, each sent on its own:
-                    // while the slot moves, its source runs the commands
-                    // whose keys it still holds and answers ASK for the
-                    // others; redis-rs would then resend the whole part to
-                    // the target after a single ASKING, running the first
-                    // ones twice and the rest into MOVED. Sent alone, each
-                    // is redirected on its own. Reads go all at once (as
-                    // fast as the pipeline, and a TIME sent beside them
-                    // stays as close to them as on one server); writes in
-                    // order, one after the other.
+                    // Reads only: one pipeline (the read-only ACL user has
+                    // no MULTI). While the slot moves, redis-rs resends it
+                    // whole after one ASKING, so the reads past the first
+                    // meet MOVED until its retries run out; reads run again
+                    // harmlessly, so then each goes on its own.
                     Some(route) if part.cmd_iter().all(only_reads) => {
-                        let each = part.cmd_iter().map(|cmd| {
-                            let mut conn = conn.clone();
-                            let routing =
-                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                            async move { as_reply(conn.route_command(cmd.clone(), routing).await) }
-                        });
-                        futures_util::future::try_join_all(each).await?
-                    }
-                    Some(route) => {
-                        let mut replies = Vec::with_capacity(members.len());
-                        for cmd in part.cmd_iter() {
-                            let routing =
-                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                            replies.push(as_reply(conn.route_command(cmd.clone(), routing).await)?);
+                        let at = SingleNodeRoutingInfo::SpecificNode(route);
+                        match conn
+                            .route_pipeline(part.clone(), 0, members.len(), at)
+                            .await
+                        {
+                            Ok(replies) => replies,
+                            Err(e) if redirected(&e) => {
+                                let each = part.cmd_iter().map(|cmd| {
+                                    let mut conn = conn.clone();
+                                    let routing = RoutingInfo::SingleNode(
+                                        SingleNodeRoutingInfo::SpecificNode(route),
+                                    );
+                                    async move {
+                                        as_reply(conn.route_command(cmd.clone(), routing).await)
+                                    }
+                                });
+                                futures_util::future::try_join_all(each).await?
+                            }
+                            Err(e) => return Err(e),
                         }
-                        replies
+                    }
+                    // Several commands of one slot that write. While the
+                    // slot moves, its source runs the commands whose keys
+                    // it still holds and answers ASK for the others;
+                    // redis-rs then resends the whole pipeline to the
+                    // target after a single ASKING, which covers its first
+                    // command only: commands would run twice, on both
+                    // nodes, or not at all. So the part goes as MULTI/EXEC,
+                    // which the source refuses whole (EXECABORT, nothing
+                    // run) when any key needs ASK; then each command goes
+                    // on its own, in order, and is redirected on its own.
+                    Some(route) => {
+                        let mut atomic = redis::pipe();
+                        atomic.atomic();
+                        for cmd in part.cmd_iter() {
+                            atomic.add_command(cmd.clone());
+                        }
+                        let at = SingleNodeRoutingInfo::SpecificNode(route);
+                        let tried = conn.route_pipeline(atomic, members.len() + 1, 1, at).await;
+                        match exec_replies(tried, members.len())? {
+                            Some(replies) => replies,
+                            None => {
+                                let mut replies = Vec::with_capacity(members.len());
+                                for cmd in part.cmd_iter() {
+                                    let routing = RoutingInfo::SingleNode(
+                                        SingleNodeRoutingInfo::SpecificNode(route),
+                                    );
+                                    replies.push(as_reply(
+                                        conn.route_command(cmd.clone(), routing).await,
+                                    )?);
+                                }
+                                replies
+                            }
+                        }
                     }
                     // Each to where redis-rs routes it, all at once.
                     None => {
@@ -487,6 +521,33 @@ fn as_reply(result: redis::RedisResult<Value>) -> redis::RedisResult<Value> {
         Err(e) => match e.clone().into_server_errors() {
             Some(errs) if errs.len() == 1 => Ok(Value::ServerError(errs[0].1.clone())),
             _ => Err(e),
+        },
+    }
+}
+
+/// An error that says a key is elsewhere or on its way (ASK, MOVED,
+/// TRYAGAIN), left after redis-rs's own redirects.
+fn redirected(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("ASK" | "MOVED" | "TRYAGAIN"))
+}
+
+/// The replies of a MULTI/EXEC of `n` commands, or `None` when the server
+/// refused it whole (EXECABORT: a key was elsewhere, ASK or MOVED, so
+/// nothing ran).
+fn exec_replies(
+    tried: redis::RedisResult<Vec<Value>>,
+    n: usize,
+) -> redis::RedisResult<Option<Vec<Value>>> {
+    let aborted = |code: Option<&str>| code == Some("EXECABORT");
+    match tried {
+        Err(e) if aborted(e.code()) => Ok(None),
+        Err(e) => Err(e),
+        Ok(mut v) => match v.pop() {
+            Some(Value::Array(replies)) if replies.len() == n && v.is_empty() => Ok(Some(replies)),
+            Some(Value::ServerError(e)) if aborted(Some(e.code())) => Ok(None),
+            other => Err(client_error(format!(
+                "a MULTI/EXEC of {n} commands answered {other:?}"
+            ))),
         },
     }
 }
