@@ -19,6 +19,7 @@ mod cluster;
 mod cluster_deployment;
 mod cluster_nodes;
 mod cluster_reshard;
+mod cluster_tls;
 mod docker;
 mod faults;
 mod image;
@@ -30,11 +31,12 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 pub use cluster::{
-    slot_ranges as cluster_slot_ranges, ClusterTls, RedisCluster, PRIMARIES as CLUSTER_PRIMARIES,
+    slot_ranges as cluster_slot_ranges, RedisCluster, PRIMARIES as CLUSTER_PRIMARIES,
 };
 pub use cluster_deployment::Deployment;
 pub use cluster_nodes::{is_cluster_url, key_slot, Nodes, Primaries, Primary};
 pub use cluster_reshard::SlotMove;
+pub use cluster_tls::ClusterTls;
 pub use faults::FaultKind;
 pub use image::IMAGE;
 pub use setup::ServerSetup;
