@@ -36,6 +36,15 @@ pub enum EngineError {
         during: &'static str,
         denied: String,
     },
+    /// A cluster SCAN met slots on the move (`connection::scan_raw`): it
+    /// cannot promise to have seen every key, so the run stops rather than
+    /// finish with keys unseen. Whatever was not done is still on the
+    /// legacy layout, where a later SCAN finds it.
+    #[error("the cluster was being resharded while keyshift scanned it ({detail}) while {during}, so the scan may have missed keys that changed primary; the run stopped between two atomic steps and nothing was skipped silently: rerun the same command once the resharding is done (it scans again and picks up every key still to do)")]
+    Resharded {
+        during: &'static str,
+        detail: String,
+    },
     #[error("another run holds the lock: {holder}; it expires in {expires_in_ms} ms unless renewed. Wait for it to finish; a lock whose runner died frees itself when it expires")]
     Locked { holder: String, expires_in_ms: i64 },
     #[error("this run lost the runner lock (it was not renewed in time, or was taken over); it stopped between two atomic steps: rerun the same command to resume")]
@@ -62,6 +71,10 @@ impl EngineError {
         move |source| {
             if let Some(denied) = no_permission(&source) {
                 return EngineError::NoPermission { during, denied };
+            }
+            if source.code() == Some(crate::connection::RESHARDED_CODE) {
+                let detail = source.detail().unwrap_or("slots moved").to_owned();
+                return EngineError::Resharded { during, detail };
             }
             match out_of_memory(&source) {
                 Some(refused) => EngineError::OutOfMemory { during, refused },

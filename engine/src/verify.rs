@@ -210,14 +210,16 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
             .smembers(legacy.index_key())
             .pttl(legacy.index_key());
     }
-    pipe.cmd("TIME");
     let mut c = conn.clone();
+    let before = server_now(conn).await?;
     let replies: Vec<redis::Value> = pipe
         .query_async(&mut c)
         .await
         .map_err(EngineError::redis("reading backups"))?;
-    let now_ms =
-        server_time_ms(replies.last()).unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+    let read_at = ReadWindow {
+        before,
+        after: server_now(conn).await?,
+    };
     let mut expected = Vec::new();
     for ((legacy_key, positions, skipped, pttl, at), r) in
         migrated.into_iter().zip(replies.chunks_exact(5))
@@ -294,7 +296,7 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
                 index_ttl,
                 pttl,
                 at,
-                now_ms,
+                read_at,
             );
         }
         expected.push(Expected {
@@ -308,27 +310,26 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
             at,
         });
     }
-    // Round trip 2: every expected hash and its TTL, and the server's time
-    // again: a TTL is judged by the clock of the reply it came in, however
-    // long a loaded machine took between the two round trips.
+    // Round trip 2: every expected hash and its TTL, between two readings
+    // of the server's clock: a TTL is judged by the clock of the round trip
+    // it came in, however long a loaded machine took between the two.
     let mut pipe = redis::pipe();
     for e in &expected {
         for (key, ..) in &e.hashes {
             pipe.hgetall(key).pttl(key);
         }
     }
-    let (replies, now_ms) = if expected.iter().all(|e| e.hashes.is_empty()) {
-        (Vec::new(), now_ms)
+    let (replies, read_at) = if expected.iter().all(|e| e.hashes.is_empty()) {
+        (Vec::new(), read_at)
     } else {
-        pipe.cmd("TIME");
         let mut c = conn.clone();
-        let mut replies: Vec<redis::Value> = pipe
+        let before = server_now(conn).await?;
+        let replies: Vec<redis::Value> = pipe
             .query_async(&mut c)
             .await
             .map_err(EngineError::redis("reading position hashes"))?;
-        let now = server_time_ms(replies.last()).unwrap_or(now_ms);
-        replies.pop();
-        (replies, now)
+        let after = server_now(conn).await?;
+        (replies, ReadWindow { before, after })
     };
     let mut replies = replies.chunks_exact(2);
     for e in &expected {
@@ -341,7 +342,7 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
                 .fields
                 .check(compare_hash(key, &e.legacy_key, fields, &actual));
             if !actual.is_empty() {
-                check_ttl(&mut checks.ttl, key, pttl, e.pttl, e.at, now_ms);
+                check_ttl(&mut checks.ttl, key, pttl, e.pttl, e.at, read_at);
             }
         }
     }
@@ -397,13 +398,24 @@ fn compare_hash(
     }
 }
 
+/// When a round trip's replies were read, by the server's clock: between
+/// a TIME sent before it and one sent after its last reply. On one server
+/// the two are a few ms apart. On a cluster the pipeline is split per slot
+/// and its parts answered over a while (seconds, on a loaded machine), so
+/// a TIME inside it would date some replies, not all.
+#[derive(Debug, Clone, Copy)]
+struct ReadWindow {
+    before: i64,
+    after: i64,
+}
+
 fn check_ttl(
     result: &mut InvariantResult,
     key: &str,
     actual: i64,
     legacy_pttl: i64,
     at: i64,
-    now_ms: i64,
+    read_at: ReadWindow,
 ) {
     let outcome = if legacy_pttl <= 0 {
         if actual == -1 {
@@ -414,16 +426,31 @@ fn check_ttl(
             ))
         }
     } else {
-        let expected = legacy_pttl - (now_ms - at).max(0);
-        if actual > 0 && (actual - expected).abs() <= TTL_TOLERANCE_MS {
+        // Read early, the most is left; read late, the least.
+        let most = legacy_pttl - (read_at.before - at).max(0);
+        let least = legacy_pttl - (read_at.after - at).max(0);
+        if actual > 0 && actual >= least - TTL_TOLERANCE_MS && actual <= most + TTL_TOLERANCE_MS {
             Ok(())
+        } else if least == most {
+            Err(format!("{key}: TTL {actual} ms, expected about {most} ms"))
         } else {
             Err(format!(
-                "{key}: TTL {actual} ms, expected about {expected} ms"
+                "{key}: TTL {actual} ms, expected about {least} to {most} ms"
             ))
         }
     };
     result.check(outcome);
+}
+
+/// The server's clock (ms), or this machine's when TIME gives no answer
+/// to read.
+async fn server_now<C: ConnectionLike + Clone + Send>(conn: &C) -> Result<i64> {
+    let mut c = conn.clone();
+    let reply: redis::Value = redis::cmd("TIME")
+        .query_async(&mut c)
+        .await
+        .map_err(EngineError::redis("reading the server's clock"))?;
+    Ok(server_time_ms(Some(&reply)).unwrap_or_else(|| chrono::Utc::now().timestamp_millis()))
 }
 
 fn server_time_ms(v: Option<&redis::Value>) -> Option<i64> {
@@ -538,5 +565,38 @@ mod tests {
         assert_eq!(r.note("counts"), None);
         assert_eq!(r.note("backup"), None);
         assert_eq!(scoped(0).note("fields"), None);
+    }
+
+    /// A cluster answers one pipeline's parts over a while: a TTL read
+    /// anywhere between the two clock readings passes, one off by more
+    /// than the tolerance at both ends fails.
+    #[test]
+    fn a_ttl_is_judged_over_the_window_its_reply_came_in() {
+        let window = ReadWindow {
+            before: 1_000,
+            after: 5_000,
+        };
+        let judge = |actual: i64| {
+            let mut r = InvariantResult::new("ttl", "t");
+            check_ttl(&mut r, "k", actual, 100_000, 0, window);
+            (r.mismatched, r.samples)
+        };
+        for read_early_or_late in [99_000, 95_000, 97_500, 93_001, 100_999] {
+            assert_eq!(judge(read_early_or_late).0, 0, "{read_early_or_late}");
+        }
+        for off in [92_999, 101_001, -2] {
+            assert_eq!(judge(off).0, 1, "{off}");
+        }
+        assert_eq!(
+            judge(90_000).1,
+            ["k: TTL 90000 ms, expected about 95000 to 99000 ms"]
+        );
+        let mut r = InvariantResult::new("ttl", "t");
+        let instant = ReadWindow {
+            before: 1_000,
+            after: 1_000,
+        };
+        check_ttl(&mut r, "k", 90_000, 100_000, 0, instant);
+        assert_eq!(r.samples, ["k: TTL 90000 ms, expected about 99000 ms"]);
     }
 }

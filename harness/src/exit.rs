@@ -49,6 +49,7 @@ pub fn error_code(err: &anyhow::Error) -> ExitCode {
             return ExitCode::from(match e {
                 EngineError::Unreachable { .. }
                 | EngineError::Redis { .. }
+                | EngineError::Resharded { .. }
                 | EngineError::OutOfMemory { .. } => UNREACHABLE,
                 EngineError::BadUrl(_)
                 | EngineError::Refused(_)

@@ -7,6 +7,8 @@
 mod certs;
 #[path = "security/cluster.rs"]
 mod cluster;
+#[path = "security/cluster_tls.rs"]
+mod cluster_tls;
 #[path = "security/servers.rs"]
 mod servers;
 mod support;

@@ -13,10 +13,17 @@
 //!   each owns). The resumable cursor carries the primary's index in its top
 //!   byte and that node's own cursor in the other 56 bits (`encode_cursor`).
 //!   A `SCAN` sent through [`RedisConn`] as a plain command is served this
-//!   way, so every SCAN loop in the code base covers every primary.
+//!   way, so every SCAN loop in the code base covers every primary. The
+//!   cursor also carries a fingerprint of the slot map: a SCAN during which
+//!   slots moved fails (`EngineError::Resharded`, see
+//!   [`RedisConn::scan_raw`]) instead of ending with keys unseen.
 //! - A non-transactional pipeline is split by hash slot and its replies put
 //!   back in order: a cluster node refuses a pipeline whose keys live on
-//!   other nodes, and redis-rs sends a whole pipeline to one node.
+//!   other nodes, and redis-rs sends a whole pipeline to one node. A slot's
+//!   part of several commands that writes goes as MULTI/EXEC, and one
+//!   command at a time when the node refuses it because the slot is moving
+//!   (see `cluster_pipeline`): redis-rs follows ASK for a whole pipeline
+//!   with one ASKING, which covers only its first command.
 //!
 //! Commands redis-rs routes to every primary (DBSIZE summed, SCRIPT LOAD,
 //! FLUSHALL, multi-key DEL split per slot) need nothing from us; MOVED and
@@ -239,22 +246,41 @@ impl RedisConn {
     pub async fn primaries(&self) -> Result<Vec<Primary>> {
         match self {
             RedisConn::Standalone(_) => Ok(Vec::new()),
-            RedisConn::Cluster(c) => {
-                let mut c = c.clone();
-                let reply = c
-                    .route_command(
-                        redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-                    )
-                    .await
-                    .map_err(EngineError::redis("reading the cluster topology"))?;
-                primaries_from_slots(reply)
-            }
+            RedisConn::Cluster(c) => Ok(Self::slot_map(c)
+                .await
+                .map_err(EngineError::redis("reading the cluster topology"))?
+                .primaries),
         }
+    }
+
+    async fn slot_map(c: &ClusterConnection) -> redis::RedisResult<SlotMap> {
+        let mut c = c.clone();
+        let reply = c
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        slot_map_from_slots(reply).map_err(|e| client_error(e.to_string()))
     }
 
     /// One SCAN step: on a cluster, on the primary the cursor names.
     /// `args` follow the cursor (`MATCH p COUNT n TYPE t`).
+    ///
+    /// A cluster SCAN is complete only if no key changed primary while it
+    /// ran: a key moved from a primary not yet scanned to one already
+    /// scanned is seen by neither. So every step checks, and fails with
+    /// [`RESHARDED_CODE`] (an [`EngineError::Resharded`] for callers)
+    /// rather than let a caller finish with keys unseen, when:
+    /// - the slot map (CLUSTER SLOTS, its fingerprint kept in the cursor)
+    ///   differs from the one the SCAN began under;
+    /// - after the step, the scanned node's own CLUSTER NODES shows a slot
+    ///   it is migrating or importing (keys move one by one before the
+    ///   slot map changes), or a slot map other than the cursor's.
+    ///
+    /// Every move passes through one of those: one that began after a
+    /// primary was scanned and ended before the next step changed the map;
+    /// one still open is shown by its source or target when scanned.
     pub async fn scan_raw(&self, cursor: u64, args: &[Vec<u8>]) -> redis::RedisResult<Value> {
         let mut cmd = redis::cmd("SCAN");
         match self {
@@ -264,34 +290,52 @@ impl RedisConn {
                 c.req_packed_command(&cmd).await
             }
             RedisConn::Cluster(c) => {
-                let to_redis = |e: EngineError| {
-                    redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "cluster SCAN",
-                        e.to_string(),
-                    ))
+                let map = Self::slot_map(c).await?;
+                let mut at = decode_cursor(cursor);
+                if cursor == 0 {
+                    at.slot_map = map.fingerprint;
+                } else if at.slot_map != map.fingerprint {
+                    return Err(resharded(
+                        "the slot map changed since the SCAN began".into(),
+                    ));
+                }
+                let Some(primary) = map.primaries.get(at.primary) else {
+                    return Err(resharded(format!(
+                        "the SCAN cursor names primary {}, but the cluster has {} primaries now",
+                        at.primary,
+                        map.primaries.len()
+                    )));
                 };
-                let primaries = self.primaries().await.map_err(to_redis)?;
-                let (index, node_cursor) = decode_cursor(cursor);
-                let Some(primary) = primaries.get(index) else {
-                    return Err(to_redis(EngineError::Refused(format!(
-                        "SCAN cursor {cursor} names primary {index}, but the cluster has {} primaries now (it was resharded): restart the command",
-                        primaries.len()
-                    ))));
-                };
-                cmd.arg(node_cursor).arg(args);
+                let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: primary.host.clone(),
+                    port: primary.port,
+                });
+                cmd.arg(at.node_cursor).arg(args);
                 let mut c = c.clone();
-                let reply = c
-                    .route_command(
-                        cmd,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                            host: primary.host.clone(),
-                            port: primary.port,
-                        }),
-                    )
-                    .await?;
+                let reply = c.route_command(cmd, node.clone()).await?;
+                let nodes: String = redis::from_redis_value(
+                    c.route_command(redis::cmd("CLUSTER").arg("NODES").clone(), node)
+                        .await?,
+                )?;
+                let view = node_view(&nodes).map_err(|e| client_error(e.to_string()))?;
+                let at_node = format!("{}:{}", primary.host, primary.port);
+                if let Some(first) = view.moving.first() {
+                    return Err(resharded(format!(
+                        "{at_node} has {first}{}",
+                        match view.moving.len() {
+                            1 => String::new(),
+                            n => format!(" (and {} more slot moves)", n - 1),
+                        }
+                    )));
+                }
+                if view.fingerprint != at.slot_map {
+                    return Err(resharded(format!(
+                        "{at_node} serves another slot map than the one the SCAN began under"
+                    )));
+                }
                 let (node_next, keys): (u64, Value) = redis::from_redis_value(reply)?;
-                let next = next_cursor(index, node_next, primaries.len()).map_err(to_redis)?;
+                let next = next_cursor(at, node_next, map.primaries.len())
+                    .map_err(|e| client_error(e.to_string()))?;
                 Ok(Value::Array(vec![
                     Value::BulkString(next.to_string().into_bytes()),
                     keys,
@@ -330,26 +374,78 @@ impl RedisConn {
             }
             async move {
                 let replies = match route {
-                    Some(route) => {
+                    // One command: a pipeline of one is redirected whole,
+                    // ASKING included.
+                    Some(route) if members.len() == 1 => {
                         let route = SingleNodeRoutingInfo::SpecificNode(route);
-                        conn.route_pipeline(part, 0, members.len(), route).await?
+                        conn.route_pipeline(part, 0, 1, route).await?
+                    }
+                    // Reads only: one pipeline (the read-only ACL user has
+                    // no MULTI). While the slot moves, redis-rs resends it
+                    // whole after one ASKING, so the reads past the first
+                    // meet MOVED until its retries run out; reads run again
+                    // harmlessly, so then each goes on its own.
+                    Some(route) if part.cmd_iter().all(only_reads) => {
+                        let at = SingleNodeRoutingInfo::SpecificNode(route);
+                        match conn
+                            .route_pipeline(part.clone(), 0, members.len(), at)
+                            .await
+                        {
+                            Ok(replies) => replies,
+                            Err(e) if redirected(&e) => {
+                                let each = part.cmd_iter().map(|cmd| {
+                                    let mut conn = conn.clone();
+                                    let routing = RoutingInfo::SingleNode(
+                                        SingleNodeRoutingInfo::SpecificNode(route),
+                                    );
+                                    async move {
+                                        as_reply(conn.route_command(cmd.clone(), routing).await)
+                                    }
+                                });
+                                futures_util::future::try_join_all(each).await?
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    // Several commands of one slot that write. While the
+                    // slot moves, its source runs the commands whose keys
+                    // it still holds and answers ASK for the others;
+                    // redis-rs then resends the whole pipeline to the
+                    // target after a single ASKING, which covers its first
+                    // command only: commands would run twice, on both
+                    // nodes, or not at all. So the part goes as MULTI/EXEC,
+                    // which the source refuses whole (EXECABORT, nothing
+                    // run) when any key needs ASK; then each command goes
+                    // on its own, in order, and is redirected on its own.
+                    Some(route) => {
+                        let mut atomic = redis::pipe();
+                        atomic.atomic();
+                        for cmd in part.cmd_iter() {
+                            atomic.add_command(cmd.clone());
+                        }
+                        let at = SingleNodeRoutingInfo::SpecificNode(route);
+                        let tried = conn.route_pipeline(atomic, members.len() + 1, 1, at).await;
+                        match exec_replies(tried, members.len())? {
+                            Some(replies) => replies,
+                            None => {
+                                let mut replies = Vec::with_capacity(members.len());
+                                for cmd in part.cmd_iter() {
+                                    let routing = RoutingInfo::SingleNode(
+                                        SingleNodeRoutingInfo::SpecificNode(route),
+                                    );
+                                    replies.push(as_reply(
+                                        conn.route_command(cmd.clone(), routing).await,
+                                    )?);
+                                }
+                                replies
+                            }
+                        }
                     }
                     // Each to where redis-rs routes it, all at once.
                     None => {
                         let each = part.cmd_iter().map(|cmd| {
                             let mut conn = conn.clone();
-                            async move {
-                                match conn.req_packed_command(cmd).await {
-                                    Ok(v) => Ok(v),
-                                    // A refusal stays a reply, as in a pipeline.
-                                    Err(e) => match e.clone().into_server_errors() {
-                                        Some(errs) if errs.len() == 1 => {
-                                            Ok(Value::ServerError(errs[0].1.clone()))
-                                        }
-                                        _ => Err(e),
-                                    },
-                                }
-                            }
+                            async move { as_reply(conn.req_packed_command(cmd).await) }
                         });
                         futures_util::future::try_join_all(each).await?
                     }
@@ -412,8 +508,61 @@ impl ConnectionLike for RedisConn {
 
 mod cluster;
 
-pub use cluster::{decode_cursor, encode_cursor, next_cursor, Primary, MAX_PRIMARIES};
-use cluster::{is_scan, primaries_from_slots, route_of};
+pub use cluster::{
+    decode_cursor, encode_cursor, next_cursor, ClusterCursor, Primary, MAX_PRIMARIES,
+};
+use cluster::{is_scan, node_view, only_reads, route_of, slot_map_from_slots, SlotMap};
+
+/// A command's refusal stays a reply, as in a pipeline; a failure to get
+/// one (connection, redirects exhausted) stays an error.
+fn as_reply(result: redis::RedisResult<Value>) -> redis::RedisResult<Value> {
+    match result {
+        Ok(v) => Ok(v),
+        Err(e) => match e.clone().into_server_errors() {
+            Some(errs) if errs.len() == 1 => Ok(Value::ServerError(errs[0].1.clone())),
+            _ => Err(e),
+        },
+    }
+}
+
+/// An error that says a key is elsewhere or on its way (ASK, MOVED,
+/// TRYAGAIN), left after redis-rs's own redirects.
+fn redirected(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("ASK" | "MOVED" | "TRYAGAIN"))
+}
+
+/// The replies of a MULTI/EXEC of `n` commands, or `None` when the server
+/// refused it whole (EXECABORT: a key was elsewhere, ASK or MOVED, so
+/// nothing ran).
+fn exec_replies(
+    tried: redis::RedisResult<Vec<Value>>,
+    n: usize,
+) -> redis::RedisResult<Option<Vec<Value>>> {
+    let aborted = |code: Option<&str>| code == Some("EXECABORT");
+    match tried {
+        Err(e) if aborted(e.code()) => Ok(None),
+        Err(e) => Err(e),
+        Ok(mut v) => match v.pop() {
+            Some(Value::Array(replies)) if replies.len() == n && v.is_empty() => Ok(Some(replies)),
+            Some(Value::ServerError(e)) if aborted(Some(e.code())) => Ok(None),
+            other => Err(client_error(format!(
+                "a MULTI/EXEC of {n} commands answered {other:?}"
+            ))),
+        },
+    }
+}
+
+/// The code of the error a cluster SCAN step fails with when slots moved
+/// under it; `EngineError::redis` turns it into [`EngineError::Resharded`].
+pub const RESHARDED_CODE: &str = "KEYSHIFT_RESHARDED";
+
+fn resharded(detail: String) -> redis::RedisError {
+    redis::make_extension_error(RESHARDED_CODE.into(), Some(detail))
+}
+
+fn client_error(detail: String) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Client, "cluster SCAN", detail))
+}
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,13 @@
 //!   addresses while CLUSTER SLOTS, MOVED and ASK name addresses the host
 //!   can reach (also where container IPs are not routable, Docker Desktop).
 //!
+//! With [`ClusterTls`] (process backend) each node also listens on a TLS
+//! port and the cluster bus speaks TLS (`tls-cluster yes`); a client that
+//! connects over TLS is told the TLS ports in CLUSTER SLOTS, MOVED and ASK
+//! (Redis 7), so a `rediss+cluster://` client never touches a plain port.
+//! The plain loopback port stays for the harness's own administration
+//! (forming the cluster, seeding, checks), which has no TLS client.
+//!
 //! The cluster is formed the way `redis-cli --cluster create` does it: each
 //! node takes a third of the slots (ADDSLOTSRANGE) and a distinct config
 //! epoch, the first MEETs the others, and the start returns once every node
@@ -20,6 +27,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use super::cluster_tls::ClusterTls;
 use super::docker::{docker, failure_text, LABEL};
 use super::{BackendError, BackendKind, RedisServer, ServerSetup};
 
@@ -181,6 +189,12 @@ pub struct RedisCluster {
     // containers on it cannot be removed.
     nodes: Vec<RedisServer>,
     network: Option<Network>,
+    /// Each node's TLS port (empty when the cluster has no TLS).
+    tls_ports: Vec<u16>,
+    /// Each node's data address as the other nodes reach it (MIGRATE's
+    /// target when slots move): its TLS port on a TLS cluster, whose nodes
+    /// talk to each other over TLS.
+    peers: Vec<(String, u16)>,
 }
 
 impl fmt::Debug for RedisCluster {
@@ -207,39 +221,76 @@ impl RedisCluster {
         let kind = super::resolve_kind(kind).await?;
         let mut cluster = match kind {
             BackendKind::Docker => Self::start_docker(extra_args).await?,
-            _ => Self::start_process(extra_args).await?,
+            _ => Self::start_process(extra_args, None).await?,
         };
         cluster.kind = kind;
         Ok(cluster)
     }
 
-    async fn start_process(extra_args: &[&str]) -> Result<RedisCluster, BackendError> {
+    /// A process cluster whose nodes also serve TLS and speak TLS on the
+    /// bus (see the module doc); [`RedisCluster::tls_url`] is its
+    /// `rediss+cluster://` URL. Docker is refused: its nodes would need
+    /// the TLS ports published and announced (`cluster-announce-tls-port`)
+    /// as well, which no test needs yet.
+    pub async fn start_tls(
+        kind: BackendKind,
+        extra_args: &[&str],
+        tls: &ClusterTls,
+    ) -> Result<RedisCluster, BackendError> {
+        match super::resolve_kind(kind).await? {
+            BackendKind::Docker => Err(BackendError::ClusterForm {
+                reason: "a TLS cluster is started on the process backend only".into(),
+            }),
+            _ => Self::start_process(extra_args, Some(tls)).await,
+        }
+    }
+
+    async fn start_process(
+        extra_args: &[&str],
+        tls: Option<&ClusterTls>,
+    ) -> Result<RedisCluster, BackendError> {
         let mut cluster = RedisCluster {
             kind: BackendKind::Process,
             nodes: Vec::with_capacity(PRIMARIES),
             network: None,
+            tls_ports: Vec::new(),
+            peers: Vec::new(),
         };
         let mut bus = Vec::with_capacity(PRIMARIES);
         for _ in 0..PRIMARIES {
             let bus_port = super::process::free_port()?;
             let bus_port_text = bus_port.to_string();
-            let mut args = vec![
+            let mut args: Vec<String> = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-port",
                 &bus_port_text,
-            ];
-            args.extend_from_slice(extra_args);
-            let node =
-                RedisServer::start_setup(BackendKind::Process, &ServerSetup::new().args(&args))
-                    .await?;
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            let mut setup = ServerSetup::new();
+            let tls_port = match tls {
+                Some(tls) => {
+                    let port = super::process::free_port()?;
+                    args.extend(tls.args(port));
+                    setup = tls.setup(setup);
+                    Some(port)
+                }
+                None => None,
+            };
+            args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+            let node = RedisServer::start_setup(BackendKind::Process, &setup.args(&args)).await?;
             bus.push(BusAddress {
                 ip: "127.0.0.1".into(),
                 port: node.port(),
                 bus_port,
             });
+            cluster
+                .peers
+                .push(("127.0.0.1".into(), tls_port.unwrap_or(node.port())));
+            cluster.tls_ports.extend(tls_port);
             cluster.nodes.push(node);
         }
         cluster.form(&bus).await?;
@@ -255,6 +306,8 @@ impl RedisCluster {
             kind: BackendKind::Docker,
             nodes: Vec::with_capacity(PRIMARIES),
             network: Some(network),
+            tls_ports: Vec::new(),
+            peers: Vec::new(),
         };
         let mut names = Vec::with_capacity(PRIMARIES);
         for i in 0..PRIMARIES {
@@ -294,6 +347,7 @@ impl RedisCluster {
                 bus_port: CONTAINER_BUS_PORT,
             });
         }
+        cluster.peers = bus.iter().map(|b| (b.ip.clone(), b.port)).collect();
         cluster.form(&bus).await?;
         Ok(cluster)
     }
@@ -390,12 +444,25 @@ impl RedisCluster {
         format!("redis+cluster://127.0.0.1:{}", self.nodes[0].port())
     }
 
+    /// `rediss+cluster://127.0.0.1:TLS_PORT` of the first node of a cluster
+    /// started with [`RedisCluster::start_tls`]; `None` without TLS.
+    pub fn tls_url(&self) -> Option<String> {
+        let port = self.tls_ports.first()?;
+        Some(format!("rediss+cluster://127.0.0.1:{port}"))
+    }
+
+    /// Node `i`'s data address as the other nodes reach it.
+    pub(super) fn peer(&self, i: usize) -> &(String, u16) {
+        &self.peers[i]
+    }
+
     /// `redis://127.0.0.1:PORT` of each primary, in slot order.
     pub fn node_urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
-    /// The primaries, in slot order (node i serves `slot_ranges(3)[i]`).
+    /// The primaries, in slot order (node i serves `slot_ranges(3)[i]`
+    /// until a test moves slots).
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
     }

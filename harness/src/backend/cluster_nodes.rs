@@ -5,7 +5,8 @@
 //!
 //! Commands sent through [`Primaries`] are single-key or grouped by owning
 //! primary; nothing crosses slots in one command, so no CROSSSLOT. The slot
-//! map is read once at connect: the harness's clusters never reshard.
+//! map is read once at connect: after a test moves slots
+//! (`cluster_reshard`), connect again.
 
 use std::fmt;
 use std::time::Duration;

@@ -18,6 +18,8 @@
 mod cluster;
 mod cluster_deployment;
 mod cluster_nodes;
+mod cluster_reshard;
+mod cluster_tls;
 mod docker;
 mod faults;
 mod image;
@@ -33,6 +35,8 @@ pub use cluster::{
 };
 pub use cluster_deployment::Deployment;
 pub use cluster_nodes::{is_cluster_url, key_slot, Nodes, Primaries, Primary};
+pub use cluster_reshard::SlotMove;
+pub use cluster_tls::ClusterTls;
 pub use faults::FaultKind;
 pub use image::IMAGE;
 pub use setup::ServerSetup;
