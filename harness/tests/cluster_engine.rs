@@ -325,6 +325,7 @@ mod steps {
 
     fn ctx() -> RunContext {
         RunContext {
+            run_id: "test".into(),
             outcomes_key: "keyshift:run:test:users".into(),
             migrated_at: AT.into(),
             backup_ttl_secs: 7 * 24 * 3600,

@@ -61,6 +61,7 @@
 
 mod migrate;
 mod rollback;
+mod scripts;
 mod settle;
 
 use crate::connection::RedisConn;
