@@ -388,7 +388,7 @@ async fn stale_conflicts(
 /// still holds the marker; then the backup and the outcome. A hash an
 /// application rewrote since (possible only once the legacy key was gone)
 /// stays, with its member.
-async fn undo(
+pub(super) async fn undo(
     conn: &RedisConn,
     ctx: &RunContext,
     sentinel: &str,
