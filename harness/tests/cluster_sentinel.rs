@@ -20,6 +20,7 @@ use keyshift_engine::keys::{is_migrating_sentinel, migrating_sentinel, LegacyPos
 use keyshift_engine::plan::{plan_value, PlanOptions, Side, UserPlan};
 use keyshift_engine::rollback::{rollback_grid_positions, RollbackOptions};
 use keyshift_engine::store::{GridPositionsStore, PositionWrite, RunContext, UserWrite, WriteOutcome};
+use keyshift_engine::verify::verify_grid_positions;
 use keyshift_harness::backend::RedisCluster;
 
 const RUN: &str = "grid-positions-20261128_090000-0a1b";
@@ -448,4 +449,41 @@ async fn rollback_and_cleanup_of_a_user_interrupted_with_the_sentinel_in_place()
     remove_debris(&conn, &debris).await.unwrap();
     assert!(!exists(&conn, &index).await, "marker-only index left");
     assert!(exists(&conn, &key.key()).await, "the legacy key is the truth");
+}
+
+/// A marker left after a run (stopped between index and marker removal,
+/// never resumed) fails `index`, and the sample says what to do.
+#[tokio::test]
+async fn verify_reports_a_leftover_sentinel_as_an_interrupted_run() {
+    let (_cluster, conn) = cluster().await;
+    let store = ClusterStore::new(conn.clone());
+    let v = value(&["A"], "1");
+    let user = write_for("10", &v);
+    set(&conn, &user.legacy_key, &v).await;
+    let out = store
+        .migrate_users(&ctx(), std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    assert_eq!(out, [WriteOutcome::Migrated { pttl_ms: -1 }]);
+    let run = run_record(RunState::Done);
+    let clean = verify_grid_positions(&conn, &run, &|_| {}).await.unwrap();
+    let index = |r: &keyshift_engine::verify::VerifyReport| {
+        r.invariants
+            .iter()
+            .find(|i| i.id == "index")
+            .cloned()
+            .expect("an index invariant")
+    };
+    assert!(index(&clean).passed, "{:?}", index(&clean));
+    cmd::<()>(&conn, &["SADD", &user.index_key, &marker()]).await;
+    let left = verify_grid_positions(&conn, &run, &|_| {}).await.unwrap();
+    let result = index(&left);
+    assert!(!result.passed);
+    assert!(
+        result
+            .samples
+            .iter()
+            .any(|s| s.contains("interrupted run: resume it")),
+        "{result:?}"
+    );
 }
