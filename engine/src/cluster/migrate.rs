@@ -24,6 +24,8 @@ enum Inspected {
     Proceed(Go),
     /// A key the migration would create exists and is not this run's.
     Conflict { key: String },
+    /// The legacy key is already gone (expired or deleted since read).
+    Vanished,
 }
 
 /// A user the steps go on with.
@@ -66,6 +68,7 @@ pub(super) async fn migrate_users(
     for (i, d) in inspected.into_iter().enumerate() {
         match d {
             Inspected::Conflict { key } => outcomes[i] = Some(WriteOutcome::Conflict { key }),
+            Inspected::Vanished => outcomes[i] = Some(WriteOutcome::Changed),
             Inspected::Proceed(g) => go.push((i, g)),
         }
     }
@@ -300,7 +303,9 @@ async fn inspect(
             }
         }
         let members = members.unwrap_or_else(|| {
-            conflict.get_or_insert_with(|| u.index_key.clone());
+            if !u.positions.is_empty() {
+                conflict.get_or_insert_with(|| u.index_key.clone());
+            }
             BTreeSet::new()
         });
         let had_sentinel = members.contains(sentinel);
@@ -323,6 +328,9 @@ async fn inspect(
         };
         out.push(match conflict {
             Some(key) => Inspected::Conflict { key },
+            // Gone since the runner read it: nothing to migrate, nothing
+            // written (the runner reads again and finds it absent).
+            None if ttl.pttl == -2 => Inspected::Vanished,
             None => Inspected::Proceed(Go {
                 ttl,
                 had_sentinel,

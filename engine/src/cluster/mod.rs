@@ -27,7 +27,9 @@
 //!    index with it is an earlier attempt of this run: ours to rewrite; its
 //!    members the plan no longer has are read too (a second round trip,
 //!    only then) and their hashes deleted in step 3 if still ours, a
-//!    conflict if someone else's.
+//!    conflict if someone else's. A legacy key already gone (expired or
+//!    deleted since the runner read it): nothing is written, the runner
+//!    reads again.
 //! 2. The backup, byte-identical, TTL 7 days (named by the run's stamp, so
 //!    only this run writes it). First, so the legacy value can always be
 //!    restored.
