@@ -298,8 +298,7 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
                 &format!("{key} was written again after the migration"),
             ));
         }
-        let mut ours: BTreeSet<String> =
-            plan.positions.iter().map(|p| p.index_member()).collect();
+        let mut ours: BTreeSet<String> = plan.positions.iter().map(|p| p.index_member()).collect();
         // A cluster run interrupted mid-user left its "migrating" marker in
         // the index: the run's own, so removed with its members (else a
         // marker-only index would outlive the rollback).

@@ -19,8 +19,8 @@ use crate::invariant::InvariantResult;
 pub use crate::journal::{latest_run, read_run};
 use crate::journal::{outcomes_key, scan_outcomes, Outcome, RunRecord};
 use crate::keys::{
-    is_migrating_sentinel, parse_index_key, LegacyPositionsKey, PositionHashKey, BACKUP_TTL_SECS, META_MIGRATED_AT,
-    META_MIGRATED_FROM,
+    is_migrating_sentinel, parse_index_key, LegacyPositionsKey, PositionHashKey, BACKUP_TTL_SECS,
+    META_MIGRATED_AT, META_MIGRATED_FROM,
 };
 use crate::keyspace::scan_step;
 use crate::migrate::MIGRATION;

@@ -240,7 +240,7 @@ async fn cluster_sigkill_mid_migration_then_rerun_completes() {
         .env("KEYSHIFT_LOCK_TTL_MS", "2000")
         .env_remove("REDIS_URL")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
         .expect("keyshift runs");
     let mut progress = 0;

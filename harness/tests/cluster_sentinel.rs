@@ -19,7 +19,9 @@ use keyshift_engine::journal::{RunRecord, RunState};
 use keyshift_engine::keys::{is_migrating_sentinel, migrating_sentinel, LegacyPositionsKey};
 use keyshift_engine::plan::{plan_value, PlanOptions, Side, UserPlan};
 use keyshift_engine::rollback::{rollback_grid_positions, RollbackOptions};
-use keyshift_engine::store::{GridPositionsStore, PositionWrite, RunContext, UserWrite, WriteOutcome};
+use keyshift_engine::store::{
+    GridPositionsStore, PositionWrite, RunContext, UserWrite, WriteOutcome,
+};
 use keyshift_engine::verify::verify_grid_positions;
 use keyshift_harness::backend::RedisCluster;
 
@@ -204,11 +206,11 @@ async fn dual_read_reads_legacy_while_index_holds_the_sentinel() {
     let (_cluster, conn) = cluster().await;
     mid_migration(&conn, "1").await;
     let dual = DualReadStore::new(conn.clone());
-    assert_eq!(
-        inst_ids(&dual, "1").await,
-        pairs(&[("A", "1"), ("B", "1")])
-    );
-    let a = dual.get_position("1", "okx", "A", Side::Long).await.unwrap();
+    assert_eq!(inst_ids(&dual, "1").await, pairs(&[("A", "1"), ("B", "1")]));
+    let a = dual
+        .get_position("1", "okx", "A", Side::Long)
+        .await
+        .unwrap();
     assert_eq!(a.unwrap().fields["pos"], "1");
     assert_eq!(dual.position_size("1", "okx", "B").await.unwrap(), 1.0);
     // The hash store has no fallback: it reads the hashes and skips the
@@ -238,7 +240,10 @@ async fn dual_read_reads_new_layout_once_the_legacy_key_is_deleted_before_the_se
         inst_ids(&dual, "2").await,
         pairs(&[("A", "stale"), ("B", "stale")])
     );
-    let b = dual.get_position("2", "okx", "B", Side::Long).await.unwrap();
+    let b = dual
+        .get_position("2", "okx", "B", Side::Long)
+        .await
+        .unwrap();
     assert_eq!(b.unwrap().fields["pos"], "stale");
     // Every position removed in that window: the marker alone is no
     // position, and the user has none.
@@ -262,15 +267,15 @@ async fn dual_read_write_during_migration_window_goes_to_the_legacy_key() {
     let text = String::from_utf8(legacy).unwrap();
     assert!(text.contains(r#""instId":"C""#) && !text.contains(r#""instId":"A""#));
     assert!(!exists(&conn, &key.position_key("C:long")).await);
-    assert_eq!(pos_of(&conn, &key.position_key("A:long")).await.as_deref(), Some("stale"));
+    assert_eq!(
+        pos_of(&conn, &key.position_key("A:long")).await.as_deref(),
+        Some("stale")
+    );
     assert_eq!(
         members(&conn, &key.index_key()).await,
         ["A:long".to_owned(), "B:long".to_owned(), marker()].into()
     );
-    assert_eq!(
-        inst_ids(&dual, "3").await,
-        pairs(&[("B", "1"), ("C", "7")])
-    );
+    assert_eq!(inst_ids(&dual, "3").await, pairs(&[("B", "1"), ("C", "7")]));
     // The old application's guarded write is the legacy route too, not
     // "moved"; an index without the marker is.
     let old_app = LegacyStore::new(conn.clone());
@@ -284,9 +289,15 @@ async fn dual_read_write_during_migration_window_goes_to_the_legacy_key() {
     cmd::<()>(&conn, &["SADD", &key.index_key(), &marker()]).await;
     cmd::<()>(&conn, &["DEL", &key.key()]).await;
     dual.upsert("3", "okx", &obj("F", "6")).await.unwrap();
-    assert_eq!(pos_of(&conn, &key.position_key("F:long")).await.as_deref(), Some("6"));
+    assert_eq!(
+        pos_of(&conn, &key.position_key("F:long")).await.as_deref(),
+        Some("6")
+    );
     assert!(members(&conn, &key.index_key()).await.contains("F:long"));
-    assert!(!exists(&conn, &key.key()).await, "no legacy key brought back");
+    assert!(
+        !exists(&conn, &key.key()).await,
+        "no legacy key brought back"
+    );
 }
 
 /// The undo of an attempt whose legacy key someone deleted: the dual-read
@@ -303,8 +314,16 @@ async fn undo_keeps_a_hash_the_application_rewrote() {
     set(&conn, &user.backup_key, &v).await;
     our_hash(&conn, &key, "A", "1").await;
     our_hash(&conn, &key, "B", "1").await;
-    cmd::<()>(&conn, &["SADD", &user.index_key, "A:long", "B:long", &marker()]).await;
-    cmd::<()>(&conn, &["HSET", &ctx().outcomes_key, &user.legacy_key, "{}"]).await;
+    cmd::<()>(
+        &conn,
+        &["SADD", &user.index_key, "A:long", "B:long", &marker()],
+    )
+    .await;
+    cmd::<()>(
+        &conn,
+        &["HSET", &ctx().outcomes_key, &user.legacy_key, "{}"],
+    )
+    .await;
     let dual = DualReadStore::new(conn.clone());
     dual.upsert("4", "okx", &obj("A", "9")).await.unwrap();
     dual.upsert("4", "okx", &obj("C", "3")).await.unwrap();
@@ -312,14 +331,18 @@ async fn undo_keeps_a_hash_the_application_rewrote() {
         .await
         .unwrap();
     // The application's A and C stay, indexed; the run's B and marker go.
-    assert_eq!(pos_of(&conn, &key.position_key("A:long")).await.as_deref(), Some("9"));
+    assert_eq!(
+        pos_of(&conn, &key.position_key("A:long")).await.as_deref(),
+        Some("9")
+    );
     assert!(!exists(&conn, &key.position_key("B:long")).await);
     assert_eq!(
         members(&conn, &key.index_key()).await,
         ["A:long".to_owned(), "C:long".to_owned()].into()
     );
     assert!(!exists(&conn, &user.backup_key).await);
-    let outcome: Option<String> = cmd(&conn, &["HGET", &ctx().outcomes_key, &user.legacy_key]).await;
+    let outcome: Option<String> =
+        cmd(&conn, &["HGET", &ctx().outcomes_key, &user.legacy_key]).await;
     assert_eq!(outcome, None);
     assert_eq!(inst_ids(&dual, "4").await, pairs(&[("A", "9"), ("C", "3")]));
     consistent(&conn, &key, &["A", "B", "C"]).await;
@@ -351,7 +374,13 @@ async fn lost_upsert_between_index_check_and_member_drop_cannot_happen() {
     assert!(dual.remove("5", "okx", "P", Side::Long).await.unwrap());
     assert!(dual.remove("5", "okx", "Q", Side::Long).await.unwrap());
     dual.upsert("5", "okx", &obj("Q", "8")).await.unwrap();
-    assert_eq!(store.settle_interrupted(&run_record(RunState::Running)).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .settle_interrupted(&run_record(RunState::Running))
+            .await
+            .unwrap(),
+        1
+    );
     dual.upsert("5", "okx", &obj("P", "2")).await.unwrap();
     assert_eq!(inst_ids(&dual, "5").await, pairs(&[("P", "2"), ("Q", "8")]));
     assert_eq!(
@@ -360,7 +389,13 @@ async fn lost_upsert_between_index_check_and_member_drop_cannot_happen() {
     );
     consistent(&conn, &key, &["P", "Q"]).await;
     // Settled: nothing left to settle.
-    assert_eq!(store.settle_interrupted(&run_record(RunState::Running)).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .settle_interrupted(&run_record(RunState::Running))
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 /// Killed between the index and the compare-and-delete, and the legacy
@@ -386,12 +421,19 @@ async fn resume_after_a_kill_between_index_and_delete_rewrites_its_own_index() {
         ["A:long".to_owned(), "C:long".to_owned()].into()
     );
     assert!(!exists(&conn, &key.position_key("B:long")).await);
-    assert_eq!(pos_of(&conn, &key.position_key("A:long")).await.as_deref(), Some("2"));
+    assert_eq!(
+        pos_of(&conn, &key.position_key("A:long")).await.as_deref(),
+        Some("2")
+    );
     assert!(!exists(&conn, &key.key()).await);
 
     let other = mid_migration(&conn, "7").await;
     cmd::<()>(&conn, &["DEL", &other.position_key("B:long")]).await;
-    cmd::<()>(&conn, &["HSET", &other.position_key("B:long"), "pos", "foreign"]).await;
+    cmd::<()>(
+        &conn,
+        &["HSET", &other.position_key("B:long"), "pos", "foreign"],
+    )
+    .await;
     let v = value(&["A"], "2");
     set(&conn, &other.key(), &v).await;
     let out = store
@@ -404,7 +446,12 @@ async fn resume_after_a_kill_between_index_and_delete_rewrites_its_own_index() {
             key: other.position_key("B:long")
         }]
     );
-    assert_eq!(pos_of(&conn, &other.position_key("B:long")).await.as_deref(), Some("foreign"));
+    assert_eq!(
+        pos_of(&conn, &other.position_key("B:long"))
+            .await
+            .as_deref(),
+        Some("foreign")
+    );
     assert!(members(&conn, &other.index_key()).await.contains("B:long"));
 }
 
@@ -435,7 +482,10 @@ async fn rollback_and_cleanup_of_a_user_interrupted_with_the_sentinel_in_place()
         .unwrap();
     let report = serde_json::to_string(&report).unwrap();
     assert!(!report.contains("index_member_added"), "{report}");
-    assert!(!exists(&conn, &user.index_key).await, "marker-only index left");
+    assert!(
+        !exists(&conn, &user.index_key).await,
+        "marker-only index left"
+    );
     assert!(!exists(&conn, &user.positions[0].key).await);
     let back: Vec<u8> = cmd(&conn, &["GET", &user.legacy_key]).await;
     assert_eq!(back, v);
@@ -444,11 +494,21 @@ async fn rollback_and_cleanup_of_a_user_interrupted_with_the_sentinel_in_place()
     let key = mid_migration(&conn, "9").await;
     let debris = find_debris(&conn, &run).await.unwrap();
     let index = key.index_key();
-    let listed = debris.index_members.get(&index).cloned().unwrap_or_default();
-    assert!(listed.iter().any(|m| is_migrating_sentinel(m)), "{debris:?}");
+    let listed = debris
+        .index_members
+        .get(&index)
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        listed.iter().any(|m| is_migrating_sentinel(m)),
+        "{debris:?}"
+    );
     remove_debris(&conn, &debris).await.unwrap();
     assert!(!exists(&conn, &index).await, "marker-only index left");
-    assert!(exists(&conn, &key.key()).await, "the legacy key is the truth");
+    assert!(
+        exists(&conn, &key.key()).await,
+        "the legacy key is the truth"
+    );
 }
 
 /// A marker left after a run (stopped between index and marker removal,

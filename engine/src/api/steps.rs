@@ -133,7 +133,10 @@ async fn get<C: ConnectionLike + Clone + Send>(conn: &C, key: &str) -> ApiResult
         .map_err(ApiError::redis("reading legacy positions"))
 }
 
-async fn smembers<C: ConnectionLike + Clone + Send>(conn: &C, index: &str) -> ApiResult<Vec<String>> {
+async fn smembers<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    index: &str,
+) -> ApiResult<Vec<String>> {
     let mut c = conn.clone();
     redis::cmd("SMEMBERS")
         .arg(index)

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 
-
 use super::scripts::{
     hash_key_of, parse_delete, parse_ttl, query, ttl_drifted, unexpected, Cad, Ttl,
     COMPARE_AND_DELETE, DELETE_IF_OURS, DEL_IF_MEMBER, READ_TTL, REPLACE_HASH, UNDO_INDEX,
@@ -312,8 +311,7 @@ async fn inspect(
         // An index beside the legacy key without this run's marker is
         // someone else's (a stray one, an earlier run's user whose legacy
         // key came back, or another run mid-migration), as on one server.
-        if !members.is_empty() && !had_sentinel && conflict.is_none() && !u.positions.is_empty()
-        {
+        if !members.is_empty() && !had_sentinel && conflict.is_none() && !u.positions.is_empty() {
             conflict = Some(u.index_key.clone());
         }
         let planned: BTreeSet<&str> = u.positions.iter().map(|p| p.member.as_str()).collect();
