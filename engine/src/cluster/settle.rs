@@ -60,6 +60,9 @@ async fn settle_batch(
     // A legacy key still there: the delete has not happened, the scan finds
     // the user and its migration runs again (the marker says whose index).
     let mut pipe = redis::pipe();
+    // An index that is not a set is no index of ours: its SREM's error
+    // counts as nothing settled, never as a failed run.
+    pipe.ignore_errors();
     for ((_, legacy), there) in users.iter().zip(exists) {
         if !redis::from_redis_value::<bool>(there).unwrap_or(true) {
             pipe.cmd("SREM").arg(legacy.index_key()).arg(sentinel);
