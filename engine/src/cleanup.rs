@@ -3,7 +3,9 @@
 //! migration the journal does not record as done. Only keys provably
 //! written by that run are touched: hashes whose `migrated_from` names the
 //! user's legacy key and whose `migrated_at` is the run's, the index
-//! members of exactly those hashes, and backups carrying the run's stamp.
+//! members of exactly those hashes, the run's "migrating" marker in such a
+//! user's index set (a cluster run, `keys::migrating_sentinel`), and
+//! backups carrying the run's stamp.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,7 +14,10 @@ use serde::Serialize;
 
 use crate::error::{EngineError, Result};
 use crate::journal::{outcomes_key, RunRecord, RunState};
-use crate::keys::{LegacyPositionsKey, PositionHashKey, META_MIGRATED_AT, META_MIGRATED_FROM};
+use crate::keys::{
+    migrating_sentinel, parse_index_key, LegacyPositionsKey, PositionHashKey, META_MIGRATED_AT,
+    META_MIGRATED_FROM,
+};
 use crate::keyspace::scan_step;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -43,6 +48,7 @@ pub async fn find_debris<C: ConnectionLike + Clone + Send>(
         return Ok(debris);
     }
     let backup_suffix = format!(":backup:{}", run.stamp);
+    let sentinel = migrating_sentinel(&run.run_id);
     let mut cursor = 0u64;
     loop {
         let (next, keys): (u64, Vec<String>) =
@@ -58,7 +64,14 @@ pub async fn find_debris<C: ConnectionLike + Clone + Send>(
                 LegacyPositionsKey::parse(legacy, &run.exchanges).map(|_| (k, legacy.to_owned()))
             })
             .collect();
-        if !hashes.is_empty() || !backups.is_empty() {
+        let indexes: Vec<(&String, LegacyPositionsKey)> = keys
+            .iter()
+            .filter_map(|k| {
+                let (user, exchange) = parse_index_key(k, &run.exchanges)?;
+                Some((k, LegacyPositionsKey::new(&exchange, &user)))
+            })
+            .collect();
+        if !hashes.is_empty() || !backups.is_empty() || !indexes.is_empty() {
             let mut pipe = redis::pipe();
             for h in &hashes {
                 let key = format!(
@@ -79,12 +92,32 @@ pub async fn find_debris<C: ConnectionLike + Clone + Send>(
                 pipe.exists(legacy)
                     .hexists(outcomes_key(&run.run_id), legacy);
             }
+            for (key, legacy) in &indexes {
+                pipe.sismember(*key, &sentinel)
+                    .exists(legacy.key())
+                    .hexists(outcomes_key(&run.run_id), legacy.key());
+            }
             let mut c = conn.clone();
             let replies: Vec<redis::Value> = pipe
                 .query_async(&mut c)
                 .await
                 .map_err(EngineError::redis("reading debris candidates"))?;
-            let (for_hashes, for_backups) = replies.split_at(hashes.len() * 3);
+            let (for_hashes, rest) = replies.split_at(hashes.len() * 3);
+            let (for_backups, for_indexes) = rest.split_at(backups.len() * 2);
+            // A cluster run's "migrating" marker in the index of a user it
+            // had not migrated yet (legacy key still there, no outcome).
+            for ((key, _), r) in indexes.iter().zip(for_indexes.chunks_exact(3)) {
+                let marked: bool = redis::from_redis_value_ref(&r[0]).unwrap_or(false);
+                let legacy_exists: bool = redis::from_redis_value_ref(&r[1]).unwrap_or(false);
+                let settled: bool = redis::from_redis_value_ref(&r[2]).unwrap_or(true);
+                if marked && legacy_exists && !settled {
+                    debris
+                        .index_members
+                        .entry((*key).clone())
+                        .or_default()
+                        .push(sentinel.clone());
+                }
+            }
             for (h, r) in hashes.iter().zip(for_hashes.chunks_exact(3)) {
                 let meta: (Option<String>, Option<String>) =
                     redis::from_redis_value_ref(&r[0]).unwrap_or((None, None));

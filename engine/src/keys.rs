@@ -147,6 +147,33 @@ pub fn parse_index_key<S: AsRef<str>>(key: &str, exchanges: &[S]) -> Option<(Str
     .then(|| (user_id.to_owned(), exchange.to_owned()))
 }
 
+/// The prefix of every "migrating" marker (see [`migrating_sentinel`]).
+pub const MIGRATING_SENTINEL_PREFIX: &str = "keyshift-migrating@";
+
+/// The index member a cluster migration run adds to a user's index set
+/// while that user is mid-migration: "the legacy key is still the truth".
+/// It holds no `:`, so it can never be a `{instId}:{side}` member (those
+/// always hold one); a `:` or `%` in the run id is percent-encoded so the
+/// marker keeps that property for any id, and distinct ids stay distinct.
+pub fn migrating_sentinel(run_id: &str) -> String {
+    let mut s = String::with_capacity(MIGRATING_SENTINEL_PREFIX.len() + run_id.len());
+    s.push_str(MIGRATING_SENTINEL_PREFIX);
+    for c in run_id.chars() {
+        match c {
+            ':' => s.push_str("%3A"),
+            '%' => s.push_str("%25"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// Whether an index member is a "migrating" marker of any run: readers
+/// skip it, and a route check treats its set as mid-migration.
+pub fn is_migrating_sentinel(member: &str) -> bool {
+    member.starts_with(MIGRATING_SENTINEL_PREFIX) && !member.contains(':')
+}
+
 /// A legacy grid order-placed flags key (Phase 1),
 /// `{exchange}:user:{user_id}:symbol:{symbol}:order_placed`; its target is
 /// the same key under `orders:`.
@@ -223,6 +250,23 @@ mod tests {
     use super::*;
 
     const EX: [&str; 5] = DEFAULT_EXCHANGES;
+
+    #[test]
+    fn migrating_sentinel_is_never_a_position_member() {
+        let s = migrating_sentinel("grid-positions-20261128_090000-0a1b");
+        assert_eq!(s, "keyshift-migrating@grid-positions-20261128_090000-0a1b");
+        assert!(is_migrating_sentinel(&s));
+        // An id with a `:` is encoded, so the marker still has none.
+        let odd = migrating_sentinel("a:b%c");
+        assert_eq!(odd, "keyshift-migrating@a%3Ab%25c");
+        assert!(is_migrating_sentinel(&odd));
+        assert_ne!(migrating_sentinel("a:b"), migrating_sentinel("a%3Ab"));
+        // Position members (always `{instId}:{side}`) never read as one,
+        // even one whose instId starts like the marker.
+        assert!(!is_migrating_sentinel("BTC-USDT-SWAP:long"));
+        assert!(!is_migrating_sentinel("keyshift-migrating@x:long"));
+        assert!(!is_migrating_sentinel("keyshift-migrating"));
+    }
 
     #[test]
     fn legacy_key_parses_known_exchange_only() {

@@ -141,6 +141,7 @@ pub async fn migrate_grid_positions<S: GridPositionsStore>(
     }
     let (run_id, stamp) = (record.run_id.clone(), record.stamp.clone());
     let ctx = RunContext {
+        run_id: run_id.clone(),
         outcomes_key: outcomes_key(&run_id),
         migrated_at: record.started_at.clone(),
         backup_ttl_secs: BACKUP_TTL_SECS,

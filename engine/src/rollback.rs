@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::error::{EngineError, Result};
 use crate::journal::{runs_of, scan_outcomes, Outcome, RunRecord, RunState};
-use crate::keys::{LegacyPositionsKey, META_MIGRATED_AT, META_MIGRATED_FROM};
+use crate::keys::{migrating_sentinel, LegacyPositionsKey, META_MIGRATED_AT, META_MIGRATED_FROM};
 use crate::migrate::{Finding, MIGRATION};
 use crate::plan::{plan_value, PlanOptions, UserPlan};
 use crate::store::{GridPositionsStore, RollbackOutcome, UserRollback};
@@ -298,7 +298,13 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
                 &format!("{key} was written again after the migration"),
             ));
         }
-        let ours: BTreeSet<String> = plan.positions.iter().map(|p| p.index_member()).collect();
+        let mut ours: BTreeSet<String> = plan.positions.iter().map(|p| p.index_member()).collect();
+        // A cluster run interrupted mid-user left its "migrating" marker in
+        // the index: the run's own, so removed with its members (else a
+        // marker-only index would outlive the rollback).
+        if !ours.is_empty() {
+            ours.insert(migrating_sentinel(&run.run_id));
+        }
         // What an interrupted rollback already removed is not a change.
         let resumed = restored.contains(key.as_str());
         for extra in members.difference(&ours).filter(|_| !resumed) {

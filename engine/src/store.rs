@@ -83,6 +83,9 @@ pub enum RollbackOutcome {
 /// Per-batch context of a run.
 #[derive(Debug, Clone)]
 pub struct RunContext {
+    /// The run's id: a cluster store names its "migrating" index marker
+    /// after it (`keys::migrating_sentinel`).
+    pub run_id: String,
     /// Hash field name -> outcome JSON lives at this key.
     pub outcomes_key: String,
     pub migrated_at: String,

@@ -19,8 +19,8 @@ use crate::invariant::InvariantResult;
 pub use crate::journal::{latest_run, read_run};
 use crate::journal::{outcomes_key, scan_outcomes, Outcome, RunRecord};
 use crate::keys::{
-    parse_index_key, LegacyPositionsKey, PositionHashKey, BACKUP_TTL_SECS, META_MIGRATED_AT,
-    META_MIGRATED_FROM,
+    is_migrating_sentinel, parse_index_key, LegacyPositionsKey, PositionHashKey, BACKUP_TTL_SECS,
+    META_MIGRATED_AT, META_MIGRATED_FROM,
 };
 use crate::keyspace::scan_step;
 use crate::migrate::MIGRATION;
@@ -281,7 +281,10 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
             continue;
         }
         let want: BTreeSet<String> = plan.positions.iter().map(|p| p.index_member()).collect();
-        checks.index.check(if want == members {
+        let marked = members.iter().find(|m| is_migrating_sentinel(m));
+        checks.index.check(if let Some(m) = marked {
+            Err(marked_index(&legacy.index_key(), m))
+        } else if want == members {
             Ok(())
         } else {
             Err(format!(
@@ -458,6 +461,15 @@ fn server_time_ms(v: Option<&redis::Value>) -> Option<i64> {
     Some(s * 1000 + us / 1000)
 }
 
+/// A cluster run's "migrating" marker left in an index set: that run
+/// stopped between writing the index and finishing the user.
+fn marked_index(index_key: &str, marker: &str) -> String {
+    format!(
+        "{index_key} holds the migration marker {marker:?}: interrupted run: resume it \
+         (run `keyshift migrate grid-positions` again) or roll it back"
+    )
+}
+
 /// Orphan sweep by SCAN over every `positions:` key of the run's exchanges:
 /// each hash must be in its index and each index member must have a hash.
 async fn sweep_orphans<C: ConnectionLike + Clone + Send>(
@@ -509,6 +521,10 @@ async fn sweep_orphans<C: ConnectionLike + Clone + Send>(
             let (user, exchange) = parse_index_key(k, exchanges).expect("filtered above");
             let members: Vec<String> = redis::from_redis_value_ref(r).unwrap_or_default();
             for m in members {
+                if is_migrating_sentinel(&m) {
+                    index.extra(|| marked_index(k, &m));
+                    continue;
+                }
                 member_keys.insert(
                     format!("positions:{user}:{exchange}:{m}"),
                     format!("{k} member {m:?}"),

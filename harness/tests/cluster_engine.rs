@@ -325,6 +325,7 @@ mod steps {
 
     fn ctx() -> RunContext {
         RunContext {
+            run_id: "test".into(),
             outcomes_key: "keyshift:run:test:users".into(),
             migrated_at: AT.into(),
             backup_ttl_secs: 7 * 24 * 3600,
@@ -480,7 +481,8 @@ mod steps {
         assert!(!exists(&conn, &taken.positions[0].key).await);
 
         // A killed attempt's own hashes (stale content) are rewritten; the
-        // legacy TTL is carried over; the index comes last, exactly planned.
+        // legacy TTL is carried over; the index is exactly the plan, and
+        // its marker is gone.
         let v3 = value(&["BTC-USDT-SWAP", "ETH-USDT-SWAP"]);
         let retry = write_for("3", &v3);
         set(&conn, &retry.legacy_key, &v3, Some(600_000)).await;
@@ -537,8 +539,9 @@ mod steps {
             "{ttls:?}"
         );
 
-        // Killed between the delete and the index: a resumed run's settle
-        // pass finds the user in the journal and writes its index.
+        // Killed between the delete and the marker's removal: a resumed
+        // run's settle pass finds the user in the journal (no legacy key)
+        // and withdraws the marker, the members left as they are.
         let v4 = value(&["BTC-USDT-SWAP"]);
         let cut = write_for("4", &v4);
         set(&conn, &cut.legacy_key, &v4, None).await;
@@ -547,8 +550,10 @@ mod steps {
             .await
             .unwrap();
         assert_eq!(out, [WriteOutcome::Migrated { pttl_ms: -1 }]);
-        redis::cmd("DEL")
+        let marker = keyshift_engine::keys::migrating_sentinel("test");
+        redis::cmd("SADD")
             .arg(&cut.index_key)
+            .arg(&marker)
             .query_async::<()>(&mut conn.clone())
             .await
             .unwrap();
@@ -567,7 +572,7 @@ mod steps {
             resumes: 1,
             rollback: None,
         };
-        // Users 3 and 4 are journaled; only 4 lacks its index.
+        // Users 3 and 4 are journaled; only 4 still holds the marker.
         assert_eq!(store.settle_interrupted(&run).await.unwrap(), 1);
         assert_eq!(
             members(&conn, &cut.index_key).await,

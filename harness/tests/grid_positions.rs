@@ -424,6 +424,7 @@ async fn stale_plan_writes_nothing() {
         skipped_closed: 0,
     };
     let ctx = RunContext {
+        run_id: "test".into(),
         outcomes_key: "keyshift:run:test:users".into(),
         migrated_at: "2026-01-01T00:00:00Z".into(),
         backup_ttl_secs: BACKUP_TTL_SECS,

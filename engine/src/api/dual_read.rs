@@ -18,6 +18,12 @@
 //! create the index and hide every legacy position of that user from this
 //! very store. Each write re-checks the route atomically (the scripts'
 //! guard keys) and follows it if a migration moved the user in between.
+//!
+//! On a Redis Cluster (`super::steps`) the choice and the read are
+//! separate single-key steps, and an index set may hold a cluster
+//! migration's "migrating" marker: such an index routes to the legacy key
+//! while that exists and to the new layout once the migration has deleted
+//! it; marker members are never read as positions.
 
 use redis::aio::ConnectionLike;
 

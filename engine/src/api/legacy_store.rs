@@ -19,6 +19,7 @@ use redis::Script;
 
 use super::error::{check_id, ApiError, ApiResult};
 use super::legacy_value::{edit_value, read_position, read_positions, read_size, Edit};
+use super::steps::{index_state, IndexState};
 use super::{Position, PositionObject, PositionStore, Topology, Via};
 use crate::keys::LegacyPositionsKey;
 use crate::plan::Side;
@@ -92,8 +93,9 @@ impl<C: ConnectionLike + Clone + Send> LegacyStore<C> {
 pub enum LegacyWrite {
     /// Written (`true`), or nothing to change (`false`).
     Done(bool),
-    /// The guard (the user's index set) exists: the user has moved to the
-    /// new layout; nothing was written.
+    /// The guard (the user's index set) exists (on a cluster: without a
+    /// migration's marker): the user has moved to the new layout; nothing
+    /// was written.
     Moved,
     /// The key is absent and the caller asked to write only an existing
     /// key; nothing was written.
@@ -112,17 +114,10 @@ pub(crate) async fn get_legacy<C: ConnectionLike + Clone + Send>(
         .map_err(ApiError::redis("reading legacy positions"))
 }
 
-async fn guard_exists<C: ConnectionLike + Send>(c: &mut C, guard: &str) -> ApiResult<bool> {
-    redis::cmd("EXISTS")
-        .arg(guard)
-        .query_async(c)
-        .await
-        .map_err(ApiError::redis("checking a user's index set"))
-}
-
 /// Read, edit, compare-and-set until the value did not change in between.
 /// With `guard` (dual-read), only an existing key is written, and only
-/// while the guard key (the index set) is absent.
+/// while the guard key (the index set) is absent, or (on a cluster) holds
+/// a migration's "migrating" marker.
 pub(crate) async fn write_legacy<C: ConnectionLike + Clone + Send>(
     conn: &C,
     via: Via,
@@ -144,8 +139,11 @@ pub(crate) async fn write_legacy<C: ConnectionLike + Clone + Send>(
             if via == Via::Steps {
                 // The index lives in another slot: checked first, then the
                 // single-key compare-and-set (`super::steps` says why a
-                // migration in between cannot lose this write).
-                if guard_exists(&mut c, g).await? {
+                // migration in between cannot lose this write). An index
+                // holding a cluster migration's marker is not "moved": the
+                // legacy key stays the truth until that migration deletes
+                // it, and this write then finds it gone.
+                if index_state(conn, g).await? == IndexState::Plain {
                     return Ok(LegacyWrite::Moved);
                 }
             } else {
@@ -163,44 +161,6 @@ pub(crate) async fn write_legacy<C: ConnectionLike + Clone + Send>(
             "ok" => return Ok(LegacyWrite::Done(true)),
             "moved" => return Ok(LegacyWrite::Moved),
             _ => continue, // changed under us: read again
-        }
-    }
-    Err(ApiError::Contended {
-        key: key.to_owned(),
-        attempts: MAX_WRITE_ATTEMPTS,
-    })
-}
-
-/// Applies `edit` to the legacy key only if it exists, whatever the index
-/// (compare-and-set, retried like [`write_legacy`]). The cluster dual-read
-/// store's second write while a user is between layouts (`super::steps`):
-/// a legacy value that cannot take the edit is left as it is.
-pub(crate) async fn mirror_legacy<C: ConnectionLike + Clone + Send>(
-    conn: &C,
-    key: &str,
-    edit: Edit<'_>,
-) -> ApiResult<()> {
-    for _ in 0..MAX_WRITE_ATTEMPTS {
-        let Some(current) = get_legacy(conn, key).await? else {
-            return Ok(());
-        };
-        let next = match edit_value(key, Some(&current), edit) {
-            Ok(Some(next)) => next,
-            Ok(None) => return Ok(()),
-            Err(ApiError::Engine(e)) => return Err(ApiError::Engine(e)),
-            Err(_) => return Ok(()),
-        };
-        let mut c = conn.clone();
-        let reply: String = CAS_LEGACY
-            .key(key)
-            .arg("1")
-            .arg(current)
-            .arg(next)
-            .invoke_async(&mut c)
-            .await
-            .map_err(ApiError::redis("writing legacy positions"))?;
-        if reply == "ok" {
-            return Ok(());
         }
     }
     Err(ApiError::Contended {

@@ -11,30 +11,36 @@
 //! - remove: the index member first, then the hash. `all_positions` stops
 //!   listing the position at once; until the hash goes (the next round
 //!   trip) a `get_position` of exactly that position still finds it.
-//! - dual-read route (index absent and legacy key present: legacy): index
-//!   first, then the legacy key, and when that is gone too the index once
-//!   more. The migration writes the index before it deletes the legacy key,
-//!   so a user moving in between is read from one layout or the other,
-//!   never as "no positions".
-//! - guarded legacy write (dual-read, `*_unmigrated`): the index is checked,
-//!   then the legacy value is written by the single-key compare-and-set. If
-//!   the migration moves the user in between, its compare-and-delete of the
-//!   legacy key sees the value changed and the migration reads it again; if
-//!   it deleted the key first, the compare-and-set finds it gone and the
-//!   write is routed again.
-//! - dual-read write while both the index and the legacy key exist (a user
-//!   between the cluster migration's index step and its compare-and-delete
-//!   of the legacy key, or a stray legacy key): the same edit goes first
-//!   into the legacy key by compare-and-set if it still exists
-//!   (`mirror_legacy`), then the new layout is written as on one server.
-//!   The cluster migration keeps the legacy key as the truth until its last
-//!   step and redoes a user whose legacy key changed, rewriting the new
-//!   layout from it, so an acknowledged write must be there too; legacy
-//!   first, because a redo that read the legacy key before this edit then
-//!   fails its compare-and-delete and reads again, while one that already
-//!   deleted the key leaves the new-layout write standing. It costs a GET
-//!   per new-layout write. For a stray legacy key this edits a key the
-//!   standalone store would leave alone (invisible to reads either way).
+//!   Two writers of one position can so leave at worst a member without
+//!   its hash (reads as absent: the remove won), never a hash without its
+//!   member.
+//!
+//! Dual-read route (reads and writes alike), from the index set's state,
+//! read in one round trip (`index_state.lua`, or SMEMBERS where the
+//! members are needed anyway):
+//! - index absent: the legacy key; when that is absent too, the index is
+//!   looked at once more, so a user whose migration finished in between is
+//!   read from the new layout, not as "no positions";
+//! - index present without a "migrating" marker (`keys::migrating_sentinel`):
+//!   the new layout; a legacy key beside it is invisible, as on one server;
+//! - index present with a marker: the user is mid-migration
+//!   (`crate::cluster`). While the legacy key exists it is the truth and
+//!   takes reads and writes; once the migration's compare-and-delete has
+//!   removed it, the new layout does (the index then holds exactly the
+//!   migrated positions), before the marker itself goes. No moment answers
+//!   "no positions" for a user who has some.
+//!
+//! Why a write cannot be lost against a migration: a write routed to the
+//! legacy key is a compare-and-set of that key (`legacy_store`); if the
+//! migration deleted it in between, the compare-and-set finds it gone and
+//! the write is routed again (now: the new layout); if not, the
+//! migration's compare-and-delete finds the value changed and redoes the
+//! user from it. A write routed to the new layout happens only once the
+//! legacy key is gone, and from then on the migration touches no member or
+//! hash of the user, only its own marker. The guarded legacy write
+//! (`*_unmigrated`) is refused (`Moved`) only for an index without a marker.
+//!
+//! New-layout reads skip marker members; so does the hash store.
 //!
 //! What stops being atomic on a cluster, honestly: an upsert or remove is
 //! two steps, so a client killed between them leaves a hash without its
@@ -43,17 +49,10 @@
 //! position and which the gate's `api` invariant reports); the next write
 //! of that position repairs either. A size reads the long and short hashes
 //! in one pipeline, not one transaction, so a write between the two reads
-//! can make a size mix before and after. The standalone stores keep their
-//! scripts and MULTI; these steps run only on a cluster connection.
-//!
-//! Known residual race (with the cluster migration's redo, not in these
-//! steps alone): if a redo's compare-and-delete fails and its undo deletes
-//! the index between this store's legacy edit and its SADD, the SADD makes
-//! an index of one member while the legacy key still holds the user, and
-//! the next attempt reports that user as a conflict (the legacy key keeps
-//! every write; reads see the one-member index until it is resolved).
-//! `dual_read_writes_through_a_cluster_migration_are_all_read_back`
-//! exercises writers through a migration.
+//! can make a size mix before and after. A route is read, then followed:
+//! a write that follows it is re-checked as above, a read answers from the
+//! layout that was the user's when it looked. The standalone stores keep
+//! their scripts and MULTI; these steps run only on a cluster connection.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -63,17 +62,58 @@ use redis::{Script, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::hash_store::{decode, parse_member, size_fields, to_position, Read, Want, Written};
-use super::legacy_store::mirror_legacy;
-use super::legacy_value::Edit;
 use super::position::{sorted, SIZE_FIELDS};
 use super::{Position, PositionObject};
-use crate::keys::LegacyPositionsKey;
+use crate::keys::{is_migrating_sentinel, LegacyPositionsKey, MIGRATING_SENTINEL_PREFIX};
 use crate::plan::Side;
 
 static REPLACE_HASH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/replace_hash.lua")));
+static INDEX_STATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/index_state.lua")));
 
 type Fields = BTreeMap<String, String>;
+
+/// A user's index set as the dual-read route sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IndexState {
+    Absent,
+    /// Present, no "migrating" marker: the user reads the new layout.
+    Plain,
+    /// Present with a marker: mid-migration, the legacy key decides.
+    Marked,
+}
+
+impl IndexState {
+    fn of_members(members: &[String]) -> Self {
+        if members.iter().any(|m| is_migrating_sentinel(m)) {
+            IndexState::Marked
+        } else if members.is_empty() {
+            IndexState::Absent
+        } else {
+            IndexState::Plain
+        }
+    }
+}
+
+/// The index's state in one round trip.
+pub(crate) async fn index_state<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    index: &str,
+) -> ApiResult<IndexState> {
+    let mut c = conn.clone();
+    let (exists, marked): (i64, i64) = INDEX_STATE
+        .key(index)
+        .arg(MIGRATING_SENTINEL_PREFIX)
+        .invoke_async(&mut c)
+        .await
+        .map_err(ApiError::redis("checking a user's index set"))?;
+    Ok(match (exists, marked) {
+        (0, _) => IndexState::Absent,
+        (_, 0) => IndexState::Plain,
+        _ => IndexState::Marked,
+    })
+}
 
 async fn exists<C: ConnectionLike + Clone + Send>(conn: &C, key: &str) -> ApiResult<bool> {
     let mut c = conn.clone();
@@ -81,7 +121,7 @@ async fn exists<C: ConnectionLike + Clone + Send>(conn: &C, key: &str) -> ApiRes
         .arg(key)
         .query_async(&mut c)
         .await
-        .map_err(ApiError::redis("checking a user's index set"))
+        .map_err(ApiError::redis("checking a legacy positions key"))
 }
 
 async fn get<C: ConnectionLike + Clone + Send>(conn: &C, key: &str) -> ApiResult<Option<Vec<u8>>> {
@@ -93,24 +133,37 @@ async fn get<C: ConnectionLike + Clone + Send>(conn: &C, key: &str) -> ApiResult
         .map_err(ApiError::redis("reading legacy positions"))
 }
 
-/// Dual-read route: `Some(value)` when the user reads from the legacy key
-/// (index absent), `None` when from the new layout. The index is looked at
-/// again when the legacy key is absent too, so a migration finishing in
-/// between routes to the new layout instead of to "nothing".
+async fn smembers<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    index: &str,
+) -> ApiResult<Vec<String>> {
+    let mut c = conn.clone();
+    redis::cmd("SMEMBERS")
+        .arg(index)
+        .query_async(&mut c)
+        .await
+        .map_err(ApiError::redis("reading a user's index set"))
+}
+
+/// Dual-read route from an index state already read: `Some(value)` when
+/// the user reads from the legacy key, `None` when from the new layout.
 async fn legacy_route<C: ConnectionLike + Clone + Send>(
     conn: &C,
-    keys: &LegacyPositionsKey,
+    index: &str,
+    state: IndexState,
     legacy: &str,
 ) -> ApiResult<Option<Option<Vec<u8>>>> {
-    let index = keys.index_key();
-    if exists(conn, &index).await? {
-        return Ok(None);
+    match state {
+        IndexState::Plain => Ok(None),
+        IndexState::Marked => Ok(get(conn, legacy).await?.map(Some)),
+        IndexState::Absent => {
+            let value = get(conn, legacy).await?;
+            if value.is_none() && index_state(conn, index).await? != IndexState::Absent {
+                return Ok(None);
+            }
+            Ok(Some(value))
+        }
     }
-    let value = get(conn, legacy).await?;
-    if value.is_none() && exists(conn, &index).await? {
-        return Ok(None);
-    }
-    Ok(Some(value))
 }
 
 /// [`super::hash_store::all_new`] on a cluster: the index, then its hashes
@@ -120,17 +173,20 @@ pub(crate) async fn all_steps<C: ConnectionLike + Clone + Send>(
     keys: &LegacyPositionsKey,
     legacy: Option<&str>,
 ) -> ApiResult<Read<Vec<Position>>> {
+    let index = keys.index_key();
+    let mut members = smembers(conn, &index).await?;
     if let Some(l) = legacy {
-        if let Some(value) = legacy_route(conn, keys, l).await? {
+        let state = IndexState::of_members(&members);
+        if let Some(value) = legacy_route(conn, &index, state, l).await? {
             return Ok(Read::Legacy(value));
         }
+        // The legacy key went since the members were read (or the index
+        // came): a migration may have rewritten them before its delete.
+        if state != IndexState::Plain {
+            members = smembers(conn, &index).await?;
+        }
     }
-    let mut c = conn.clone();
-    let members: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(keys.index_key())
-        .query_async(&mut c)
-        .await
-        .map_err(ApiError::redis("reading a user's index set"))?;
+    members.retain(|m| !is_migrating_sentinel(m));
     if members.is_empty() {
         return Ok(Read::New(Vec::new()));
     }
@@ -138,6 +194,7 @@ pub(crate) async fn all_steps<C: ConnectionLike + Clone + Send>(
     for m in &members {
         pipe.hgetall(keys.position_key(m));
     }
+    let mut c = conn.clone();
     let hashes: Vec<Fields> = pipe
         .query_async(&mut c)
         .await
@@ -164,7 +221,9 @@ pub(crate) async fn read_steps<C: ConnectionLike + Clone + Send>(
     legacy: Option<&str>,
 ) -> ApiResult<Read<Vec<Position>>> {
     if let Some(l) = legacy {
-        if let Some(value) = legacy_route(conn, keys, l).await? {
+        let index = keys.index_key();
+        let state = index_state(conn, &index).await?;
+        if let Some(value) = legacy_route(conn, &index, state, l).await? {
             return Ok(Read::Legacy(value));
         }
     }
@@ -206,8 +265,9 @@ pub(crate) async fn read_sides<C: ConnectionLike + Clone + Send>(
     Ok(found)
 }
 
-/// Dual-read write guard: the user is not migrated (legacy key present,
-/// index absent), so the write belongs to the legacy key.
+/// Dual-read write route: the write belongs to the legacy key while it
+/// exists and the index is absent or marked (the user is not migrated, or
+/// mid-migration).
 async fn routes_to_legacy<C: ConnectionLike + Clone + Send>(
     conn: &C,
     keys: &LegacyPositionsKey,
@@ -216,7 +276,7 @@ async fn routes_to_legacy<C: ConnectionLike + Clone + Send>(
     let Some(l) = legacy else {
         return Ok(false);
     };
-    Ok(!exists(conn, &keys.index_key()).await? && exists(conn, l).await?)
+    Ok(index_state(conn, &keys.index_key()).await? != IndexState::Plain && exists(conn, l).await?)
 }
 
 /// [`super::hash_store::upsert_new`] on a cluster: hash, then index.
@@ -228,9 +288,6 @@ pub(crate) async fn upsert_steps<C: ConnectionLike + Clone + Send>(
 ) -> ApiResult<Written> {
     if routes_to_legacy(conn, keys, legacy).await? {
         return Ok(Written::Legacy);
-    }
-    if let Some(l) = legacy {
-        mirror_legacy(conn, l, Edit::Upsert(position)).await?;
     }
     let member = position.position().index_member();
     let index = keys.index_key();
@@ -268,9 +325,6 @@ pub(crate) async fn remove_steps<C: ConnectionLike + Clone + Send>(
     if routes_to_legacy(conn, keys, legacy).await? {
         return Ok(Written::Legacy);
     }
-    if let (Some(l), Some((inst_id, side))) = (legacy, parse_member(member)) {
-        mirror_legacy(conn, l, Edit::Remove { inst_id, side }).await?;
-    }
     let mut c = conn.clone();
     redis::cmd("SREM")
         .arg(keys.index_key())
@@ -284,4 +338,24 @@ pub(crate) async fn remove_steps<C: ConnectionLike + Clone + Send>(
         .await
         .map_err(ApiError::redis("removing a position hash"))?;
     Ok(Written::New(removed == 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::migrating_sentinel;
+
+    #[test]
+    fn index_state_sees_a_marker_whatever_else_the_set_holds() {
+        let m = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let marker = migrating_sentinel("run-1");
+        assert_eq!(IndexState::of_members(&[]), IndexState::Absent);
+        assert_eq!(IndexState::of_members(&m(&["A:long"])), IndexState::Plain);
+        assert_eq!(
+            IndexState::of_members(&m(&["A:long", &marker])),
+            IndexState::Marked
+        );
+        // A marker alone (every position removed mid-migration) still is one.
+        assert_eq!(IndexState::of_members(&m(&[&marker])), IndexState::Marked);
+    }
 }

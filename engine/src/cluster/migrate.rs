@@ -3,86 +3,53 @@
 //! the next step starts only when it has been answered. The order and why
 //! are in the module doc of `cluster`.
 
-use redis::Value;
+use std::collections::BTreeSet;
 
+use super::scripts::{
+    hash_key_of, parse_delete, parse_ttl, query, ttl_drifted, unexpected, Cad, Ttl,
+    COMPARE_AND_DELETE, DELETE_IF_OURS, DEL_IF_MEMBER, READ_TTL, REPLACE_HASH, UNDO_INDEX,
+    WRITE_INDEX,
+};
 use crate::connection::RedisConn;
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::journal::Outcome;
-use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
+use crate::keys::{migrating_sentinel, META_MIGRATED_AT, META_MIGRATED_FROM};
 use crate::store::{RunContext, UserWrite, WriteOutcome};
-
-/// Replaces a hash with exactly the given fields. KEYS[1] the hash;
-/// ARGV[1] the Unix time (ms) it expires at, or -1; ARGV[2..] field/value
-/// pairs. An absolute time, so the legacy key and its new keys expire
-/// together however long the steps between took.
-const REPLACE_HASH: &str = r"
-redis.call('DEL', KEYS[1])
-for first = 2, #ARGV, 2000 do
-  redis.call('HSET', KEYS[1], unpack(ARGV, first, math.min(first + 1999, #ARGV)))
-end
-local at = tonumber(ARGV[1])
-if at > 0 then redis.call('PEXPIREAT', KEYS[1], at) end
-return 1";
-
-/// Adds members to a set and gives it an expiry. KEYS[1] the set; ARGV[1]
-/// expiry as for REPLACE_HASH; ARGV[2..] members. Adds, never replaces:
-/// members the dual-read store added since the legacy key was deleted stay.
-const ADD_TO_SET: &str = r"
-for first = 2, #ARGV, 2000 do
-  redis.call('SADD', KEYS[1], unpack(ARGV, first, math.min(first + 1999, #ARGV)))
-end
-local at = tonumber(ARGV[1])
-if at > 0 then redis.call('PEXPIREAT', KEYS[1], at) end
-return 1";
-
-/// Deletes the legacy key iff it still holds the planned value.
-/// KEYS[1] legacy key; ARGV[1] the value planned from.
-const COMPARE_AND_DELETE: &str = r"
-local current = redis.pcall('GET', KEYS[1])
-if type(current) ~= 'string' or current ~= ARGV[1] then return {'changed'} end
-local pttl = redis.call('PTTL', KEYS[1])
-local now = redis.call('TIME')
-redis.call('DEL', KEYS[1])
-return {'deleted', pttl, now[1], now[2]}";
-
-/// The legacy key's PTTL and its node's clock, read together.
-const READ_TTL: &str = r"
-local now = redis.call('TIME')
-return {redis.call('PTTL', KEYS[1]), now[1], now[2]}";
-
-/// An expiry moved by less than this (ms) is rounding, not a writer.
-const TTL_SLACK_MS: i64 = 50;
-
-/// A legacy TTL as read: `pttl` ms left (-1: none) at server time `at` (ms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Ttl {
-    pub(super) pttl: i64,
-    pub(super) at: i64,
-}
-
-impl Ttl {
-    /// The Unix time (ms) the key expires at; -1 for none.
-    pub(super) fn expires_at(self) -> i64 {
-        if self.pttl > 0 {
-            self.at + self.pttl
-        } else {
-            -1
-        }
-    }
-}
 
 /// What inspecting one user's targets decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Inspected {
     /// Write, carrying the legacy key's TTL over.
-    Proceed { ttl: Ttl },
+    Proceed(Go),
     /// A key the migration would create exists and is not this run's.
     Conflict { key: String },
+    /// The legacy key is already gone (expired or deleted since read).
+    Vanished,
+}
+
+/// A user the steps go on with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Go {
+    ttl: Ttl,
+    /// The index holds this run's marker: an earlier attempt of this run.
+    had_sentinel: bool,
+    /// Hashes of that attempt's members the plan no longer has (deleted
+    /// in step 3 if still ours).
+    stale: Vec<String>,
 }
 
 /// Whether a hash's metadata says this run wrote it for `legacy_key`.
 fn ours(meta: &[Option<String>], legacy_key: &str, migrated_at: &str) -> bool {
     matches!(meta, [Some(from), Some(at)] if from == legacy_key && at == migrated_at)
+}
+
+/// Whether a hash read as `kind` + `meta` may be (re)written by this run.
+fn writable(kind: &str, meta: &[Option<String>], legacy_key: &str, migrated_at: &str) -> bool {
+    match kind {
+        "none" => true,
+        "hash" => ours(meta, legacy_key, migrated_at),
+        _ => false,
+    }
 }
 
 pub(super) async fn migrate_users(
@@ -93,22 +60,17 @@ pub(super) async fn migrate_users(
     if users.is_empty() {
         return Ok(Vec::new());
     }
-    let inspected = inspect(conn, ctx, users).await?;
-    let go: Vec<(usize, Ttl)> = inspected
-        .iter()
-        .enumerate()
-        .filter_map(|(i, d)| match d {
-            Inspected::Proceed { ttl } => Some((i, *ttl)),
-            Inspected::Conflict { .. } => None,
-        })
-        .collect();
-    let mut outcomes: Vec<Option<WriteOutcome>> = inspected
-        .into_iter()
-        .map(|d| match d {
-            Inspected::Conflict { key } => Some(WriteOutcome::Conflict { key }),
-            Inspected::Proceed { .. } => None,
-        })
-        .collect();
+    let sentinel = migrating_sentinel(&ctx.run_id);
+    let inspected = inspect(conn, ctx, &sentinel, users).await?;
+    let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; users.len()];
+    let mut go: Vec<(usize, Go)> = Vec::new();
+    for (i, d) in inspected.into_iter().enumerate() {
+        match d {
+            Inspected::Conflict { key } => outcomes[i] = Some(WriteOutcome::Conflict { key }),
+            Inspected::Vanished => outcomes[i] = Some(WriteOutcome::Changed),
+            Inspected::Proceed(g) => go.push((i, g)),
+        }
+    }
     if go.is_empty() {
         return Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect());
     }
@@ -126,18 +88,19 @@ pub(super) async fn migrate_users(
     }
     query(conn, &pipe, "writing backups").await?;
 
-    // Step 3: the hashes, each whole. No index names them yet, so no
-    // reader sees them.
+    // Step 3: the hashes, each whole, and an earlier attempt's hashes the
+    // plan dropped. No reader looks at them: the index is absent or holds
+    // the marker while the legacy key exists.
     let mut pipe = redis::pipe();
-    for &(i, ttl) in &go {
-        let u = &users[i];
+    for (i, g) in &go {
+        let u = &users[*i];
         for p in &u.positions {
             let cmd = pipe
                 .cmd("EVAL")
                 .arg(REPLACE_HASH)
                 .arg(1)
                 .arg(&p.key)
-                .arg(ttl.expires_at());
+                .arg(g.ttl.expires_at());
             for (f, v) in &p.fields {
                 cmd.arg(f).arg(v);
             }
@@ -147,10 +110,44 @@ pub(super) async fn migrate_users(
                 .arg(&u.legacy_key)
                 .ignore();
         }
+        for hash in &g.stale {
+            delete_if_ours(&mut pipe, hash, &u.legacy_key, &ctx.migrated_at).ignore();
+        }
     }
     query(conn, &pipe, "writing position hashes").await?;
 
-    // Step 4: the outcome, before the delete. Its TTL is the one read with
+    // Step 4: the index, exactly the plan plus the marker, which keeps the
+    // dual-read store on the legacy key while it exists. A user with no
+    // position gets no index; one an earlier attempt gave one loses it.
+    let mut pipe = redis::pipe();
+    for (i, g) in &go {
+        let u = &users[*i];
+        if u.positions.is_empty() {
+            if g.had_sentinel {
+                pipe.cmd("EVAL")
+                    .arg(DEL_IF_MEMBER)
+                    .arg(1)
+                    .arg(&u.index_key)
+                    .arg(&sentinel)
+                    .ignore();
+            }
+            continue;
+        }
+        let cmd = pipe
+            .cmd("EVAL")
+            .arg(WRITE_INDEX)
+            .arg(1)
+            .arg(&u.index_key)
+            .arg(g.ttl.expires_at())
+            .arg(&sentinel);
+        for p in &u.positions {
+            cmd.arg(&p.member);
+        }
+        cmd.ignore();
+    }
+    query(conn, &pipe, "writing index sets").await?;
+
+    // Step 5: the outcome, before the delete. Its TTL is the one read with
     // its own clock, so the expiry it names is the new keys' exactly.
     let record = |i: usize, ttl: Ttl| {
         let u = &users[i];
@@ -165,10 +162,10 @@ pub(super) async fn migrate_users(
             serde_json::to_string(&o).expect("outcome serialises"),
         )
     };
-    let migrated: Vec<(String, String)> = go.iter().map(|&(i, ttl)| record(i, ttl)).collect();
+    let migrated: Vec<(String, String)> = go.iter().map(|(i, g)| record(*i, g.ttl)).collect();
     crate::journal::record_outcomes(conn, &ctx.outcomes_key, &migrated).await?;
 
-    // Step 5: compare-and-delete.
+    // Step 6: compare-and-delete.
     let mut pipe = redis::pipe();
     for &(i, _) in &go {
         pipe.cmd("EVAL")
@@ -178,143 +175,101 @@ pub(super) async fn migrate_users(
             .arg(&users[i].expected);
     }
     let replies = query(conn, &pipe, "deleting migrated legacy keys").await?;
-    let mut changed = Vec::new();
-    let mut deleted = Vec::new();
+    if replies.len() != go.len() {
+        return Err(unexpected("compare-and-delete replies"));
+    }
+    let mut done = Vec::new();
+    let mut undone = Vec::new();
+    let mut expired = Vec::new();
     let mut drifted = Vec::new();
-    for (&(i, ttl), reply) in go.iter().zip(replies) {
+    for ((i, g), reply) in go.iter().zip(replies) {
+        let i = *i;
         match parse_delete(reply)? {
-            Some(at_delete) => {
-                let kept = if ttl_drifted(ttl, at_delete) {
+            Cad::Deleted(at_delete) => {
+                let kept = if ttl_drifted(g.ttl, at_delete) {
                     drifted.push((i, at_delete));
                     at_delete
                 } else {
-                    ttl
+                    g.ttl
                 };
-                deleted.push((i, kept));
+                done.push(i);
                 outcomes[i] = Some(WriteOutcome::Migrated { pttl_ms: kept.pttl });
             }
-            None => {
-                changed.push(i);
+            Cad::Changed => {
+                undone.push(i);
+                outcomes[i] = Some(WriteOutcome::Changed);
+            }
+            // Expired: the new keys expire at that same instant, so they
+            // are left to go with it (an application write made to them
+            // since goes too, as it would have with the legacy key).
+            Cad::Gone { now_ms } if g.ttl.expired_by(now_ms) => {
+                expired.push(i);
+                outcomes[i] = Some(WriteOutcome::Changed);
+            }
+            // Deleted by someone: nothing to migrate; undone as for a change.
+            Cad::Gone { .. } => {
+                undone.push(i);
                 outcomes[i] = Some(WriteOutcome::Changed);
             }
         }
     }
 
-    // Step 6: the index, which makes the new layout the user's. Only the
-    // members whose hash is still there: between steps 5 and 6 the user has
-    // no layout the dual-read store sees, and a position it removed then
-    // (its hash deleted) must not come back as a member without a hash.
-    let mut pipe = redis::pipe();
-    for &(i, _) in &deleted {
-        for p in &users[i].positions {
-            pipe.exists(&p.key);
-        }
-    }
-    let present = query(conn, &pipe, "writing index sets").await?;
-    let mut present = present.into_iter();
-    let mut indexes = Vec::with_capacity(deleted.len());
-    for &(i, ttl) in &deleted {
-        let u = &users[i];
-        let members: Vec<&str> = u
-            .positions
-            .iter()
-            .filter(|_| {
-                present
-                    .next()
-                    .and_then(|v| redis::from_redis_value::<bool>(v).ok())
-                    .unwrap_or(true)
-            })
-            .map(|p| p.member.as_str())
-            .collect();
-        indexes.push((u.index_key.as_str(), members, ttl));
-    }
-    add_to_indexes(conn, indexes.iter().cloned()).await?;
-    // A removal that landed between the check and the SADD: its hash is
-    // gone, so its member goes too. (From the SADD on, the dual-read store
-    // removes members itself.)
-    drop_members_without_hash(conn, users, &indexes).await?;
-    if !changed.is_empty() {
-        undo(conn, ctx, users, &changed).await?;
-    }
+    // Step 7: the new layout is the user's; the marker goes (after the TTL
+    // a writer moved is carried over, so a kill in between leaves the
+    // marker for the resumed run's settle pass, never a wrong expiry).
     if !drifted.is_empty() {
         carry_ttl(conn, users, &drifted).await?;
         let fixed: Vec<(String, String)> = drifted.iter().map(|&(i, t)| record(i, t)).collect();
         crate::journal::record_outcomes(conn, &ctx.outcomes_key, &fixed).await?;
     }
+    let mut pipe = redis::pipe();
+    for &i in done.iter().chain(&expired) {
+        if !users[i].positions.is_empty() {
+            pipe.cmd("SREM")
+                .arg(&users[i].index_key)
+                .arg(&sentinel)
+                .ignore();
+        }
+    }
+    query(conn, &pipe, "removing migration markers").await?;
+    if !undone.is_empty() {
+        undo(conn, ctx, &sentinel, users, &undone).await?;
+    }
+    if !expired.is_empty() {
+        forget(conn, ctx, users, &expired).await?;
+    }
     Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect())
 }
 
-/// SADDs each user's members to its index with the legacy expiry; users
-/// with no member get no index, as on one server.
-pub(super) async fn add_to_indexes<'a>(
-    conn: &RedisConn,
-    indexes: impl Iterator<Item = (&'a str, Vec<&'a str>, Ttl)>,
-) -> Result<()> {
-    let mut pipe = redis::pipe();
-    for (index, members, ttl) in indexes {
-        if members.is_empty() {
-            continue;
-        }
-        pipe.cmd("EVAL")
-            .arg(ADD_TO_SET)
-            .arg(1)
-            .arg(index)
-            .arg(ttl.expires_at())
-            .arg(members)
-            .ignore();
-    }
-    query(conn, &pipe, "writing index sets").await?;
-    Ok(())
+fn delete_if_ours<'p>(
+    pipe: &'p mut redis::Pipeline,
+    hash: &str,
+    legacy_key: &str,
+    migrated_at: &str,
+) -> &'p mut redis::Pipeline {
+    pipe.cmd("EVAL")
+        .arg(DELETE_IF_OURS)
+        .arg(1)
+        .arg(hash)
+        .arg(legacy_key)
+        .arg(migrated_at)
 }
 
-async fn drop_members_without_hash(
-    conn: &RedisConn,
-    users: &[UserWrite],
-    indexes: &[(&str, Vec<&str>, Ttl)],
-) -> Result<()> {
-    let by_index: std::collections::HashMap<&str, &UserWrite> =
-        users.iter().map(|u| (u.index_key.as_str(), u)).collect();
-    let hash_of = |index: &str, member: &str| {
-        by_index
-            .get(index)
-            .and_then(|u| u.positions.iter().find(|p| p.member == member))
-            .map(|p| p.key.clone())
-    };
-    let added: Vec<(&str, &str, String)> = indexes
-        .iter()
-        .flat_map(|(index, members, _)| {
-            members
-                .iter()
-                .filter_map(move |m| Some((*index, *m, hash_of(index, m)?)))
-        })
-        .collect();
-    let mut pipe = redis::pipe();
-    for (.., hash) in &added {
-        pipe.exists(hash);
-    }
-    let present = query(conn, &pipe, "checking index members").await?;
-    let mut pipe = redis::pipe();
-    for ((index, member, _), there) in added.iter().zip(present) {
-        if !redis::from_redis_value::<bool>(there).unwrap_or(true) {
-            pipe.cmd("SREM").arg(*index).arg(*member).ignore();
-        }
-    }
-    query(conn, &pipe, "checking index members").await?;
-    Ok(())
-}
-
-/// Step 1 for the batch: the legacy TTL, whether the index exists, and who
-/// wrote each planned hash.
+/// Step 1 for the batch: the legacy TTL, the index's members, and who
+/// wrote each planned hash; then who wrote the hashes of an earlier
+/// attempt's members the plan no longer has (a second round trip, only
+/// when there are such members).
 async fn inspect(
     conn: &RedisConn,
     ctx: &RunContext,
+    sentinel: &str,
     users: &[UserWrite],
 ) -> Result<Vec<Inspected>> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for u in users {
         pipe.cmd("EVAL").arg(READ_TTL).arg(1).arg(&u.legacy_key);
-        pipe.cmd("EXISTS").arg(&u.index_key);
+        pipe.cmd("SMEMBERS").arg(&u.index_key);
         for p in &u.positions {
             pipe.cmd("TYPE").arg(&p.key);
             pipe.cmd("HMGET")
@@ -328,10 +283,9 @@ async fn inspect(
     let mut out = Vec::with_capacity(users.len());
     for u in users {
         let ttl = parse_ttl(&replies.next().ok_or_else(|| unexpected("inspection"))?)?;
-        let index_exists: bool = replies
-            .next()
-            .and_then(|v| redis::from_redis_value(v).ok())
-            .unwrap_or(true);
+        // Not a set (SMEMBERS refused it): someone else's key.
+        let members: Option<BTreeSet<String>> =
+            replies.next().and_then(|v| redis::from_redis_value(v).ok());
         let mut conflict = None;
         for p in &u.positions {
             let kind: String = replies
@@ -343,47 +297,161 @@ async fn inspect(
                 .and_then(|v| redis::from_redis_value(v).ok())
                 .unwrap_or_default();
             // A hash of an earlier attempt of this run is ours to rewrite.
-            let mine = match kind.as_str() {
-                "none" => true,
-                "hash" => ours(&meta, &u.legacy_key, &ctx.migrated_at),
-                _ => false,
-            };
-            if !mine && conflict.is_none() {
+            if !writable(&kind, &meta, &u.legacy_key, &ctx.migrated_at) && conflict.is_none() {
                 conflict = Some(p.key.clone());
             }
         }
-        // This run writes the index only after the legacy key is gone: one
-        // beside a legacy key is someone else's (an earlier run's user
-        // whose legacy key came back), as on one server.
-        if index_exists && conflict.is_none() && !u.positions.is_empty() {
+        let members = members.unwrap_or_else(|| {
+            if !u.positions.is_empty() {
+                conflict.get_or_insert_with(|| u.index_key.clone());
+            }
+            BTreeSet::new()
+        });
+        let had_sentinel = members.contains(sentinel);
+        // An index beside the legacy key without this run's marker is
+        // someone else's (a stray one, an earlier run's user whose legacy
+        // key came back, or another run mid-migration), as on one server.
+        if !members.is_empty() && !had_sentinel && conflict.is_none() && !u.positions.is_empty() {
             conflict = Some(u.index_key.clone());
         }
+        let planned: BTreeSet<&str> = u.positions.iter().map(|p| p.member.as_str()).collect();
+        let stale = if had_sentinel {
+            members
+                .iter()
+                .filter(|m| m.as_str() != sentinel && !planned.contains(m.as_str()))
+                .map(|m| hash_key_of(&u.index_key, m))
+                .collect()
+        } else {
+            Vec::new()
+        };
         out.push(match conflict {
             Some(key) => Inspected::Conflict { key },
-            None => Inspected::Proceed { ttl },
+            // Gone since the runner read it: nothing to migrate, nothing
+            // written (the runner reads again and finds it absent).
+            None if ttl.pttl == -2 => Inspected::Vanished,
+            None => Inspected::Proceed(Go {
+                ttl,
+                had_sentinel,
+                stale,
+            }),
         });
     }
+    stale_conflicts(conn, ctx, users, &mut out).await?;
     Ok(out)
 }
 
-/// Removes what an attempt wrote for users whose legacy key changed: no
-/// index named its hashes yet, so no reader saw them.
-async fn undo(
+/// An earlier attempt's member the plan dropped whose hash is no longer
+/// this run's (an application wrote it after that attempt deleted the
+/// legacy key, which came back since): rewriting the index would leave that
+/// hash without its member, so the user is a conflict instead.
+async fn stale_conflicts(
     conn: &RedisConn,
     ctx: &RunContext,
     users: &[UserWrite],
-    changed: &[usize],
+    out: &mut [Inspected],
 ) -> Result<()> {
     let mut pipe = redis::pipe();
-    for &i in changed {
+    pipe.ignore_errors();
+    for d in out.iter() {
+        if let Inspected::Proceed(g) = d {
+            for hash in &g.stale {
+                pipe.cmd("TYPE").arg(hash);
+                pipe.cmd("HMGET")
+                    .arg(hash)
+                    .arg(META_MIGRATED_FROM)
+                    .arg(META_MIGRATED_AT);
+            }
+        }
+    }
+    let replies = query(conn, &pipe, "inspecting migration targets").await?;
+    let mut replies = replies.into_iter();
+    for (u, d) in users.iter().zip(out.iter_mut()) {
+        let Inspected::Proceed(g) = d else { continue };
+        let mut conflict = None;
+        for hash in &g.stale {
+            let kind: String = replies
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default();
+            let meta: Vec<Option<String>> = replies
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default();
+            if !writable(&kind, &meta, &u.legacy_key, &ctx.migrated_at) && conflict.is_none() {
+                conflict = Some(hash.clone());
+            }
+        }
+        if let Some(key) = conflict {
+            *d = Inspected::Conflict { key };
+        }
+    }
+    Ok(())
+}
+
+/// Removes what an attempt wrote for users whose legacy key changed (or
+/// was deleted) under it: each planned hash only if still ours, then the
+/// marker and the members of exactly the hashes deleted, only if the index
+/// still holds the marker; then the backup and the outcome. A hash an
+/// application rewrote since (possible only once the legacy key was gone)
+/// stays, with its member.
+pub(super) async fn undo(
+    conn: &RedisConn,
+    ctx: &RunContext,
+    sentinel: &str,
+    users: &[UserWrite],
+    undone: &[usize],
+) -> Result<()> {
+    let mut pipe = redis::pipe();
+    for &i in undone {
         let u = &users[i];
         for p in &u.positions {
-            pipe.del(&p.key).ignore();
+            delete_if_ours(&mut pipe, &p.key, &u.legacy_key, &ctx.migrated_at);
         }
+    }
+    let deleted = query(conn, &pipe, "undoing an attempt the legacy key outran").await?;
+    let mut deleted = deleted.into_iter();
+    let mut pipe = redis::pipe();
+    for &i in undone {
+        let u = &users[i];
+        let gone: Vec<&str> = u
+            .positions
+            .iter()
+            .filter(|_| {
+                deleted
+                    .next()
+                    .and_then(|v| redis::from_redis_value::<i64>(v).ok())
+                    .is_some_and(|n| n == 1)
+            })
+            .map(|p| p.member.as_str())
+            .collect();
+        if !u.positions.is_empty() {
+            pipe.cmd("EVAL")
+                .arg(UNDO_INDEX)
+                .arg(1)
+                .arg(&u.index_key)
+                .arg(sentinel)
+                .arg(gone)
+                .ignore();
+        }
+    }
+    query(conn, &pipe, "undoing an attempt the legacy key outran").await?;
+    forget(conn, ctx, users, undone).await
+}
+
+/// Drops the backup and the outcome of users this attempt did not migrate.
+async fn forget(
+    conn: &RedisConn,
+    ctx: &RunContext,
+    users: &[UserWrite],
+    which: &[usize],
+) -> Result<()> {
+    let mut pipe = redis::pipe();
+    for &i in which {
+        let u = &users[i];
         pipe.del(&u.backup_key).ignore();
         pipe.hdel(&ctx.outcomes_key, &u.legacy_key).ignore();
     }
-    query(conn, &pipe, "undoing an attempt the legacy key outran").await?;
+    query(conn, &pipe, "withdrawing an attempt's outcome").await?;
     Ok(())
 }
 
@@ -406,72 +474,6 @@ async fn carry_ttl(conn: &RedisConn, users: &[UserWrite], drifted: &[(usize, Ttl
     }
     query(conn, &pipe, "carrying a changed TTL over").await?;
     Ok(())
-}
-
-/// The TTL at the delete is not the one applied: a writer set or removed it.
-fn ttl_drifted(applied: Ttl, at_delete: Ttl) -> bool {
-    match (applied.expires_at(), at_delete.expires_at()) {
-        (-1, -1) => false,
-        (-1, _) | (_, -1) => true,
-        (a, b) => (a - b).abs() > TTL_SLACK_MS,
-    }
-}
-
-fn parse_delete(reply: Value) -> Result<Option<Ttl>> {
-    let bad = || unexpected("compare-and-delete reply");
-    let parts: Vec<Value> = redis::from_redis_value(reply).map_err(|_| bad())?;
-    let state: String = parts
-        .first()
-        .and_then(|v| redis::from_redis_value_ref(v).ok())
-        .ok_or_else(bad)?;
-    match state.as_str() {
-        "deleted" => ttl_of(&parts[1..]).map(Some).ok_or_else(bad),
-        "changed" => Ok(None),
-        _ => Err(bad()),
-    }
-}
-
-/// `[pttl, secs, micros]` as a script returns them.
-fn ttl_of(parts: &[Value]) -> Option<Ttl> {
-    let int = |v: &Value| -> Option<i64> { redis::from_redis_value_ref(v).ok() };
-    match parts {
-        [pttl, secs, micros] => Some(Ttl {
-            pttl: int(pttl)?,
-            at: int(secs)? * 1000 + int(micros)? / 1000,
-        }),
-        _ => None,
-    }
-}
-
-fn parse_ttl(reply: &Value) -> Result<Ttl> {
-    let parts: Vec<Value> =
-        redis::from_redis_value_ref(reply).map_err(|_| unexpected("TTL read reply"))?;
-    ttl_of(&parts).ok_or_else(|| unexpected("TTL read reply"))
-}
-
-pub(super) async fn query(
-    conn: &RedisConn,
-    pipe: &redis::Pipeline,
-    during: &'static str,
-) -> Result<Vec<Value>> {
-    if pipe.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut c = conn.clone();
-    pipe.query_async(&mut c)
-        .await
-        .map_err(EngineError::redis(during))
-}
-
-pub(super) fn unexpected(what: &str) -> EngineError {
-    EngineError::Redis {
-        during: "decoding a script reply",
-        source: redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "unexpected reply shape",
-            what.to_owned(),
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -501,34 +503,14 @@ mod tests {
     }
 
     #[test]
-    fn ttl_drift_is_a_moved_expiry_not_elapsed_time() {
-        let ttl = |pttl, at| Ttl { pttl, at };
-        assert!(!ttl_drifted(ttl(-1, 0), ttl(-1, 9_000)));
-        // Read later, same expiry: no drift however long the steps took.
-        assert!(!ttl_drifted(ttl(60_000, 1_000), ttl(50_000, 11_000)));
-        assert!(ttl_drifted(ttl(-1, 0), ttl(60_000, 0)));
-        assert!(ttl_drifted(ttl(60_000, 0), ttl(-1, 0)));
-        assert!(ttl_drifted(ttl(600_000, 0), ttl(60_000, 1_000)));
-    }
-
-    #[test]
-    fn compare_and_delete_replies_decode() {
-        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let deleted = Value::Array(vec![
-            bulk("deleted"),
-            Value::Int(5),
-            bulk("2"),
-            bulk("3000"),
-        ]);
-        assert_eq!(
-            parse_delete(deleted).unwrap(),
-            Some(Ttl { pttl: 5, at: 2_003 })
-        );
-        assert_eq!(
-            parse_delete(Value::Array(vec![bulk("changed")])).unwrap(),
-            None
-        );
-        assert!(parse_delete(Value::Array(vec![bulk("what")])).is_err());
-        assert!(parse_delete(Value::Array(vec![bulk("deleted"), Value::Int(5)])).is_err());
+    fn only_an_absent_key_or_our_own_hash_is_writable() {
+        let at = "2026-01-01T00:00:00Z";
+        let mine = [Some("l".to_owned()), Some(at.to_owned())];
+        assert!(writable("none", &[], "l", at));
+        assert!(writable("hash", &mine, "l", at));
+        assert!(!writable("hash", &[None, None], "l", at));
+        assert!(!writable("string", &mine, "l", at));
+        // An unreadable TYPE reply is never taken as "free".
+        assert!(!writable("", &[], "l", at));
     }
 }

@@ -4,63 +4,101 @@
 //! On a cluster a user's keys (legacy key, backup, index set, position
 //! hashes) hash to different slots, usually different primaries, so no
 //! script or MULTI can cover them: the per-user step of the standalone
-//! store becomes a sequence of idempotent steps whose last one is a
-//! compare-and-delete of the legacy key. Until that last step the legacy
-//! key is the truth and every step before it may run again.
+//! store becomes a sequence of idempotent single-key steps around a
+//! compare-and-delete of the legacy key. Until that delete the legacy key
+//! is the truth and every step before it may run again.
+//!
+//! The "migrating" marker (`keys::migrating_sentinel`, named after the run,
+//! never a valid `{instId}:{side}` member) in a user's index set says "this
+//! user is mid-migration": the dual-read store (`api::steps`) then follows
+//! the legacy key while it exists and the new layout once it is gone, so
+//! no moment reads as "no positions", and while the legacy key exists no
+//! application writes the index or the hashes.
 //!
 //! Migrating one user (`migrate`), in this order, each step one pipelined
-//! round trip for the whole batch:
+//! round trip for the whole batch (users with no position to migrate get
+//! no index and no marker):
 //! 1. Inspect: the legacy key's TTL read with its node's clock (an absolute
 //!    expiry, so the new keys expire with it however long the steps take),
-//!    and the targets. A position hash that exists and was not written by
-//!    this run (its `migrated_from`/`migrated_at` differ, or it is not a
-//!    hash), or an index set beside the legacy key, is a conflict: nothing
-//!    is written, as on one server. Hashes left by an earlier attempt of
-//!    this run are ours to rewrite.
+//!    the index's members, and who wrote each planned hash. Conflicts
+//!    (nothing is written, as on one server): a planned hash that exists
+//!    and is not this run's (`migrated_from`/`migrated_at` differ, or not a
+//!    hash); an index beside the legacy key without this run's marker. An
+//!    index with it is an earlier attempt of this run: ours to rewrite; its
+//!    members the plan no longer has are read too (a second round trip,
+//!    only then) and their hashes deleted in step 3 if still ours, a
+//!    conflict if someone else's. A legacy key already gone (expired or
+//!    deleted since the runner read it): nothing is written, the runner
+//!    reads again.
 //! 2. The backup, byte-identical, TTL 7 days (named by the run's stamp, so
 //!    only this run writes it). First, so the legacy value can always be
 //!    restored.
 //! 3. Each position hash, whole (delete + HSET + expiry, one single-key
-//!    script). No index names them yet, so no reader sees them.
-//! 4. The outcome `migrated` in the run's journal hash, before the delete:
+//!    script).
+//! 4. The index, exactly: one single-key script deletes it and adds the
+//!    planned members and the marker, with the expiry.
+//! 5. The outcome `migrated` in the run's journal hash, before the delete:
 //!    a run killed right after the delete still finds the user through its
 //!    journal (resume, rollback, verify).
-//! 5. Compare-and-delete of the legacy key (a script on its slot only):
-//!    delete iff it still holds the value planned. A writer that changed it
-//!    meanwhile wins: everything the attempt wrote (hashes, backup,
-//!    outcome) is removed, unseen by any reader, and the runner reads, plans
-//!    and tries again; after its retries it reports a conflict with nothing
-//!    of the attempts left behind. If only the key's TTL changed, the new
-//!    keys and the outcome take the TTL it had when deleted.
-//! 6. The index set, last: SADD of the planned members with the expiry. It
-//!    is what makes the dual-read store serve the new layout, and it adds,
-//!    so a position the application wrote to the new layout between steps
-//!    5 and 6 (it sees no legacy key and no index: a new user) stays.
+//! 6. Compare-and-delete of the legacy key (a script on its slot only):
+//!    `deleted` iff it still holds the value planned, else `changed` (other
+//!    value) or `gone` (absent).
+//! 7. `deleted`: the marker is withdrawn (SREM); the new layout, with every
+//!    application write made since the delete, is the user's. If only the
+//!    key's TTL changed, the new keys and the outcome first take the TTL it
+//!    had when deleted. `changed`: undo, and the runner reads, plans and
+//!    tries again (after its retries it reports a conflict with nothing of
+//!    the attempts left behind): each planned hash is deleted only if still
+//!    ours (compare-and-delete on its metadata), then the marker and the
+//!    members of exactly those hashes leave the index only if it still
+//!    holds the marker; backup and outcome go. `gone` past the expiry the
+//!    inspection read (within 50 ms): the new keys expire at that same
+//!    instant, so they stay to go with it; the marker, backup and outcome
+//!    go. `gone` otherwise (someone deleted the key): undone as `changed`.
 //!
-//! A run killed anywhere resumes with the same command: before step 5 the
-//! legacy key is still there, SCAN finds the user again, and steps 1-5
-//! repeat harmlessly; between steps 5 and 6 the journal has the user, and
-//! the resumed run first adds the index of every user it finds with an
-//! outcome `migrated`, no legacy key, no index and this run's hashes
-//! (`settle`), planning the members again from the backup.
+//! A run killed anywhere resumes with the same command: before step 6 the
+//! legacy key is still there, SCAN finds the user again, and steps 1-6
+//! repeat harmlessly (the marker says the index is the run's own); between
+//! steps 6 and 7 the journal has the user, and the resumed run first
+//! withdraws the marker of every user it finds with an outcome `migrated`
+//! and no legacy key (`settle`).
 //!
 //! Rolling a user back (`rollback`): restore the legacy key from its backup
 //! only if absent (SET NX, with the remaining TTL), then delete exactly the
-//! hashes and index members the run created, then record the user in the
-//! rollback journal. A legacy key that already holds the backup's bytes is
-//! the restore of an interrupted rollback, not a writer's change.
+//! hashes and index members the run created (its marker included, so an
+//! interrupted user leaves no marker-only index), then record the user in
+//! the rollback journal. A legacy key that already holds the backup's bytes
+//! is the restore of an interrupted rollback, not a writer's change.
+//! `cleanup-migration` removes, for users the run had not migrated, its
+//! hashes, their members and its marker.
 //!
-//! What differs from one server: between steps 5 and 6 the user has neither
-//! layout, so a read answers "no positions" for that moment (writes are
-//! kept, see step 6); during a rollback, between the restore and the index
-//! removal, the dual-read store still serves (and writes) the new layout,
-//! and such a write is deleted with it. A killed attempt whose plan then
-//! changed (a writer, before the resume) can leave a hash of the old plan
-//! that no index names; `verify` reports it. The journal, run records,
-//! lock and outcomes are single keys and work unchanged.
+//! What is still not atomic, honestly:
+//! - undo after `gone` (deleted by someone): between the delete and the
+//!   undo the dual-read store writes the new layout (marker, no legacy
+//!   key). A hash it rewrote keeps its member (no longer ours); a planned
+//!   position it upserts between the undo's hash delete and its index
+//!   step (one round trip) loses its member: a hash without member,
+//!   invisible to `all_positions`. Positions it adds under new members
+//!   stay. The legacy key deleted by anyone but its expiry, mid-migration,
+//!   is the only way in.
+//! - the same deletion between steps 5 and 6 of a run killed there: the
+//!   resumed run cannot tell it from a kill after its own delete and keeps
+//!   the new layout (the user's positions come back).
+//! - a kill between steps 3 and 4 followed by a writer changing the plan
+//!   before the resume leaves a hash of the old plan that no index names
+//!   (no marker recorded which); `verify` reports it.
+//! - during a rollback, between the restore and the index removal, the
+//!   dual-read store still serves (and writes) the new layout, and such a
+//!   write is deleted with it.
+//! - a marker left behind (a run stopped and never resumed) keeps readers
+//!   on the legacy key while it exists; `verify` reports the marker.
+//!
+//! The journal, run records, lock and outcomes are single keys and work
+//! unchanged.
 
 mod migrate;
 mod rollback;
+mod scripts;
 mod settle;
 
 use crate::connection::RedisConn;
@@ -139,6 +177,17 @@ impl GridPositionsStore for ClusterStore {
     async fn settle_interrupted(&self, run: &RunRecord) -> Result<usize> {
         settle::settle_interrupted(&self.conn, run).await
     }
+}
+
+/// The undo a refused compare-and-delete (step 7, `changed` or `gone`)
+/// runs for `users`, every one of them. Public only so the harness can
+/// replay an application write landing between a migration's delete and
+/// its undo, a moment no timing reaches deterministically.
+#[doc(hidden)]
+pub async fn undo_attempts(conn: &RedisConn, ctx: &RunContext, users: &[UserWrite]) -> Result<()> {
+    let sentinel = crate::keys::migrating_sentinel(&ctx.run_id);
+    let all: Vec<usize> = (0..users.len()).collect();
+    migrate::undo(conn, ctx, &sentinel, users, &all).await
 }
 
 /// The Phase 2 store for whatever a connection reaches.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use redis::Value;
 
-use super::migrate::{query, unexpected};
+use super::scripts::{query, unexpected};
 use crate::connection::RedisConn;
 use crate::error::Result;
 use crate::store::{RollbackOutcome, UserRollback};
