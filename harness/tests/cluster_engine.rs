@@ -229,6 +229,12 @@ async fn journaled(conn: &RedisConn) -> usize {
     }
 }
 
+/// Short, so the killed runner's lock frees soon; not 2 s as on one server:
+/// on a loaded 2-core machine a cluster run's renewal (every third of the
+/// TTL, behind its pipelines) came late and the run stopped on a lost lock
+/// before the kill point.
+const KILLED_RUN_LOCK_TTL_MS: &str = "6000";
+
 #[tokio::test]
 async fn cluster_sigkill_mid_migration_then_rerun_completes() {
     let (cluster, primaries, _keyspace, _) = seeded(1500, 0xdead_c105).await;
@@ -237,7 +243,7 @@ async fn cluster_sigkill_mid_migration_then_rerun_completes() {
     let bin = assert_cmd::cargo::cargo_bin("keyshift");
     let mut child = Command::new(&bin)
         .args(["migrate", "grid-positions", "--force", "--redis", &url])
-        .env("KEYSHIFT_LOCK_TTL_MS", "2000")
+        .env("KEYSHIFT_LOCK_TTL_MS", KILLED_RUN_LOCK_TTL_MS)
         .env_remove("REDIS_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -270,7 +276,7 @@ async fn cluster_sigkill_mid_migration_then_rerun_completes() {
             "--redis",
             &url,
         ]);
-        cmd.env("KEYSHIFT_LOCK_TTL_MS", "2000");
+        cmd.env("KEYSHIFT_LOCK_TTL_MS", KILLED_RUN_LOCK_TTL_MS);
         let ran = run(cmd).await;
         if ran.code != Some(5) {
             break ran;
