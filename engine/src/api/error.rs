@@ -34,6 +34,8 @@ pub enum ApiError {
         level: String,
         value: String,
     },
+    #[error("the position hashes {index} names could not be read as text ({detail}); one holds a value that is not UTF-8, which no position written by keyshift or the stores does. Inspect them (HGETALL); nothing was changed")]
+    UnreadableHashes { index: String, detail: String },
     #[error("a cached position must be JSON ({detail}); nothing was written")]
     NotJson { detail: String },
 }

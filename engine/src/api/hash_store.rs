@@ -5,7 +5,9 @@
 //! Every call is one round trip, as cheap as the layout allows: a get is
 //! one HGETALL, a size one MULTI/EXEC of two HMGETs (both sides of the
 //! symbol, read together), all positions a read-only script (the hash keys
-//! come from the index, so no pipeline can name them up front), writes a
+//! come from the index, so no pipeline can name them up front) that
+//! answers one JSON text rather than nested arrays (the client decodes
+//! RESP element by element, JSON in one pass), writes a
 //! script that writes hash and index together. Native commands where they
 //! suffice: a script call costs the server more than the command it wraps
 //! (measured by `keyshift bench`). The scripts also serve the dual-read
@@ -125,18 +127,38 @@ pub(crate) async fn all_new<C: ConnectionLike + Clone + Send>(
         .invoke_async(&mut c)
         .await
         .map_err(ApiError::redis("reading a user's positions"))?;
-    Ok(match split::<Vec<(String, Fields)>>(reply)? {
-        Read::New(hashes) => Read::New(sorted(
-            hashes
-                .into_iter()
-                .filter_map(|(member, fields)| {
-                    let (inst_id, side) = parse_member(&member)?;
-                    to_position(inst_id, side, fields)
-                })
-                .collect(),
-        )),
-        Read::Legacy(v) => Read::Legacy(v),
-    })
+    let hashes = match split::<Vec<u8>>(reply)? {
+        Read::New(json) => decode_hashes(&json).map_err(|e| ApiError::UnreadableHashes {
+            index: keys.index_key(),
+            detail: e.to_string(),
+        })?,
+        Read::Legacy(v) => return Ok(Read::Legacy(v)),
+    };
+    Ok(Read::New(sorted(
+        hashes
+            .into_iter()
+            .filter_map(|(member, fields)| {
+                let (inst_id, side) = parse_member(&member)?;
+                to_position(inst_id, side, fields)
+            })
+            .collect(),
+    )))
+}
+
+/// `all_positions.lua`'s JSON text: `[[member, [field, value, ...]], ...]`.
+fn decode_hashes(json: &[u8]) -> serde_json::Result<Vec<(String, Fields)>> {
+    let hashes: Vec<(String, Vec<String>)> = serde_json::from_slice(json)?;
+    Ok(hashes
+        .into_iter()
+        .map(|(member, flat)| {
+            let mut flat = flat.into_iter();
+            let mut fields = Fields::new();
+            while let (Some(f), Some(v)) = (flat.next(), flat.next()) {
+                fields.insert(f, v);
+            }
+            (member, fields)
+        })
+        .collect())
 }
 
 /// What a read of position hashes asks for.
@@ -355,5 +377,29 @@ impl<C: ConnectionLike + Clone + Send> PositionStore for HashStore<C> {
         let keys = LegacyPositionsKey::new(exchange, user_id);
         let member = format!("{inst_id}:{}", side.as_str());
         Ok(remove_new(&self.conn, self.via, &keys, &member, None).await? == Written::New(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_positions_json_decodes_to_each_members_fields() {
+        // As Redis's cjson writes it: `/` escaped, non-ASCII as is.
+        let json = r#"[["BTC-USDT:long",["instId","BTC-USDT","note","a\/b \"q\" é","pos","3"]],["ETH:short",["instId","ETH","pos","-1"]]]"#;
+        let hashes = decode_hashes(json.as_bytes()).unwrap();
+        assert_eq!(hashes.len(), 2);
+        assert_eq!(hashes[0].0, "BTC-USDT:long");
+        assert_eq!(hashes[0].1["note"], "a/b \"q\" é");
+        assert_eq!(hashes[0].1["pos"], "3");
+        assert_eq!(hashes[1].1.len(), 2);
+        assert!(decode_hashes(b"[]").unwrap().is_empty());
+    }
+
+    #[test]
+    fn all_positions_json_that_is_not_text_is_an_error() {
+        assert!(decode_hashes(b"[[\"A:long\",[\"f\",\"\xff\"]]]").is_err());
+        assert!(decode_hashes(b"{}").is_err());
     }
 }
