@@ -196,6 +196,11 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
             Outcome::Conflict { .. } => {}
         }
     }
+    // A batch of quarantines and conflicts only: nothing to read (and an
+    // empty pipeline is an error to redis-rs).
+    if migrated.is_empty() {
+        return Ok(());
+    }
     // Round trip 1: backups, their TTLs, index sets, and whether a legacy key is back.
     let mut pipe = redis::pipe();
     for (legacy_key, ..) in &migrated {
