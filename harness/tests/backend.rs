@@ -2,24 +2,15 @@
 //! backend when an engine answers (a skip with a notice otherwise, a failure
 //! when KEYSHIFT_REQUIRE_DOCKER=1).
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use keyshift_harness::backend::{
     docker_available, docker_required, wait_ready, BackendError, BackendKind, RedisServer,
 };
 use redis::AsyncCommands;
-
-/// False (after printing why) when Docker is down and not required; when it
-/// is required the test goes on and fails on the start error.
-async fn docker_or_skip(test: &str) -> bool {
-    if docker_available().await || docker_required() {
-        return true;
-    }
-    eprintln!(
-        "SKIPPED {test}: no Docker engine answers (set KEYSHIFT_REQUIRE_DOCKER=1 to make this a failure)"
-    );
-    false
-}
+use support::docker_or_skip;
 
 async fn assert_serves(server: &RedisServer) {
     assert_eq!(server.url(), format!("redis://127.0.0.1:{}", server.port()));

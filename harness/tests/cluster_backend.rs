@@ -2,21 +2,12 @@
 //! primary serving its third of the slots at a host-reachable address
 //! (MOVED names it), everything gone after drop.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
-use keyshift_harness::backend::{
-    cluster_slot_ranges, docker_available, docker_required, key_slot, BackendKind, RedisCluster,
-};
-
-async fn docker_or_skip(test: &str) -> bool {
-    if docker_available().await || docker_required() {
-        return true;
-    }
-    eprintln!(
-        "SKIPPED {test}: no Docker engine answers (set KEYSHIFT_REQUIRE_DOCKER=1 to make this a failure)"
-    );
-    false
-}
+use keyshift_harness::backend::{cluster_slot_ranges, key_slot, BackendKind, RedisCluster};
+use support::docker_or_skip;
 
 /// Each key is accepted by the primary owning its slot, and every other
 /// primary answers MOVED with that primary's host-reachable address.

@@ -6,8 +6,8 @@
 
 mod support;
 
-use keyshift_harness::backend::{docker_available, docker_required};
 use support::cli::{keyshift, run};
+use support::docker_or_skip;
 
 async fn gate_on(backend: &str) {
     let reports = tempfile::tempdir().unwrap();
@@ -47,8 +47,7 @@ async fn gate_cluster_passes_on_the_process_backend() {
 
 #[tokio::test]
 async fn gate_cluster_passes_on_docker() {
-    if !(docker_available().await || docker_required()) {
-        eprintln!("SKIPPED gate_cluster_passes_on_docker: no Docker engine answers");
+    if !docker_or_skip("gate_cluster_passes_on_docker").await {
         return;
     }
     gate_on("docker").await;

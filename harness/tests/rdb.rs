@@ -9,22 +9,11 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use keyshift_engine::standalone::connect;
-use keyshift_harness::backend::{
-    docker_available, docker_required, process_redis_version, BackendKind, RedisServer, ServerSetup,
-};
+use keyshift_harness::backend::{process_redis_version, BackendKind, RedisServer, ServerSetup};
 use keyshift_harness::seed::{self, generate, load_fixture_dir, GenConfig};
 use serde_json::Value;
 use support::cli::{keyshift, run, Ran};
-
-async fn docker_or_skip(test: &str) -> bool {
-    if docker_available().await || docker_required() {
-        return true;
-    }
-    eprintln!(
-        "SKIPPED {test}: no Docker engine answers (set KEYSHIFT_REQUIRE_DOCKER=1 to make this a failure)"
-    );
-    false
-}
+use support::docker_or_skip;
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")

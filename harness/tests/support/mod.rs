@@ -9,7 +9,7 @@ use keyshift_engine::connection::RedisConn;
 use keyshift_engine::keys::DEFAULT_EXCHANGES;
 use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions, MigrationReport};
 use keyshift_engine::standalone::{connect, StandaloneStore};
-use keyshift_harness::backend::{BackendKind, RedisServer};
+use keyshift_harness::backend::{docker_available, docker_required, BackendKind, RedisServer};
 
 pub struct TestRedis {
     pub server: RedisServer,
@@ -23,6 +23,18 @@ pub fn test_backend() -> BackendKind {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(BackendKind::Process)
+}
+
+/// False (after printing why) when Docker is down and not required; when it
+/// is required the test goes on and fails on the start error.
+pub async fn docker_or_skip(test: &str) -> bool {
+    if docker_available().await || docker_required() {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED {test}: no Docker engine answers (set KEYSHIFT_REQUIRE_DOCKER=1 to make this a failure)"
+    );
+    false
 }
 
 pub async fn redis() -> TestRedis {
