@@ -7,8 +7,7 @@ use std::collections::BTreeSet;
 
 use super::scripts::{
     hash_key_of, parse_delete, parse_ttl, query, ttl_drifted, unexpected, Cad, Ttl,
-    COMPARE_AND_DELETE, DELETE_IF_OURS, DEL_IF_MEMBER, READ_TTL, REPLACE_HASH, UNDO_INDEX,
-    WRITE_INDEX,
+    COMPARE_AND_DELETE, DELETE_IF_OURS, DEL_IF_MEMBER, READ_TTL, REPLACE_KEY, UNDO_INDEX,
 };
 use crate::connection::RedisConn;
 use crate::error::Result;
@@ -50,6 +49,34 @@ fn writable(kind: &str, meta: &[Option<String>], legacy_key: &str, migrated_at: 
         "hash" => ours(meta, legacy_key, migrated_at),
         _ => false,
     }
+}
+
+/// Asks who wrote `hash`: its TYPE and its metadata; answered by
+/// [`next_writable`].
+fn ask_owner(pipe: &mut redis::Pipeline, hash: &str) {
+    pipe.cmd("TYPE").arg(hash);
+    pipe.cmd("HMGET")
+        .arg(hash)
+        .arg(META_MIGRATED_FROM)
+        .arg(META_MIGRATED_AT);
+}
+
+/// Reads the two replies of one [`ask_owner`]: may this run (re)write the
+/// hash of `legacy_key`'s user?
+fn next_writable(
+    replies: &mut impl Iterator<Item = redis::Value>,
+    legacy_key: &str,
+    migrated_at: &str,
+) -> bool {
+    let kind: String = replies
+        .next()
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .unwrap_or_default();
+    let meta: Vec<Option<String>> = replies
+        .next()
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .unwrap_or_default();
+    writable(&kind, &meta, legacy_key, migrated_at)
 }
 
 pub(super) async fn migrate_users(
@@ -97,10 +124,11 @@ pub(super) async fn migrate_users(
         for p in &u.positions {
             let cmd = pipe
                 .cmd("EVAL")
-                .arg(REPLACE_HASH)
+                .arg(REPLACE_KEY)
                 .arg(1)
                 .arg(&p.key)
-                .arg(g.ttl.expires_at());
+                .arg(g.ttl.expires_at())
+                .arg("HSET");
             for (f, v) in &p.fields {
                 cmd.arg(f).arg(v);
             }
@@ -135,10 +163,11 @@ pub(super) async fn migrate_users(
         }
         let cmd = pipe
             .cmd("EVAL")
-            .arg(WRITE_INDEX)
+            .arg(REPLACE_KEY)
             .arg(1)
             .arg(&u.index_key)
             .arg(g.ttl.expires_at())
+            .arg("SADD")
             .arg(&sentinel);
         for p in &u.positions {
             cmd.arg(&p.member);
@@ -271,11 +300,7 @@ async fn inspect(
         pipe.cmd("EVAL").arg(READ_TTL).arg(1).arg(&u.legacy_key);
         pipe.cmd("SMEMBERS").arg(&u.index_key);
         for p in &u.positions {
-            pipe.cmd("TYPE").arg(&p.key);
-            pipe.cmd("HMGET")
-                .arg(&p.key)
-                .arg(META_MIGRATED_FROM)
-                .arg(META_MIGRATED_AT);
+            ask_owner(&mut pipe, &p.key);
         }
     }
     let replies = query(conn, &pipe, "inspecting migration targets").await?;
@@ -288,16 +313,8 @@ async fn inspect(
             replies.next().and_then(|v| redis::from_redis_value(v).ok());
         let mut conflict = None;
         for p in &u.positions {
-            let kind: String = replies
-                .next()
-                .and_then(|v| redis::from_redis_value(v).ok())
-                .unwrap_or_default();
-            let meta: Vec<Option<String>> = replies
-                .next()
-                .and_then(|v| redis::from_redis_value(v).ok())
-                .unwrap_or_default();
             // A hash of an earlier attempt of this run is ours to rewrite.
-            if !writable(&kind, &meta, &u.legacy_key, &ctx.migrated_at) && conflict.is_none() {
+            if !next_writable(&mut replies, &u.legacy_key, &ctx.migrated_at) && conflict.is_none() {
                 conflict = Some(p.key.clone());
             }
         }
@@ -355,11 +372,7 @@ async fn stale_conflicts(
     for d in out.iter() {
         if let Inspected::Proceed(g) = d {
             for hash in &g.stale {
-                pipe.cmd("TYPE").arg(hash);
-                pipe.cmd("HMGET")
-                    .arg(hash)
-                    .arg(META_MIGRATED_FROM)
-                    .arg(META_MIGRATED_AT);
+                ask_owner(&mut pipe, hash);
             }
         }
     }
@@ -369,15 +382,7 @@ async fn stale_conflicts(
         let Inspected::Proceed(g) = d else { continue };
         let mut conflict = None;
         for hash in &g.stale {
-            let kind: String = replies
-                .next()
-                .and_then(|v| redis::from_redis_value(v).ok())
-                .unwrap_or_default();
-            let meta: Vec<Option<String>> = replies
-                .next()
-                .and_then(|v| redis::from_redis_value(v).ok())
-                .unwrap_or_default();
-            if !writable(&kind, &meta, &u.legacy_key, &ctx.migrated_at) && conflict.is_none() {
+            if !next_writable(&mut replies, &u.legacy_key, &ctx.migrated_at) && conflict.is_none() {
                 conflict = Some(hash.clone());
             }
         }

@@ -7,28 +7,18 @@ use redis::Value;
 use crate::connection::RedisConn;
 use crate::error::{EngineError, Result};
 
-/// Replaces a hash with exactly the given fields. KEYS[1] the hash;
-/// ARGV[1] the Unix time (ms) it expires at, or -1; ARGV[2..] field/value
-/// pairs. An absolute time, so the legacy key and its new keys expire
-/// together however long the steps between took.
-pub(super) const REPLACE_HASH: &str = r"
+/// Replaces a key with exactly the given elements: a position hash with
+/// its field/value pairs (ARGV[2] `HSET`), or an index set with the
+/// planned members and the run's "migrating" marker (`SADD`; while the
+/// marker is there and the legacy key exists no application writes the
+/// set, so nothing of anyone else's is in it). KEYS[1] the key; ARGV[1]
+/// the Unix time (ms) it expires at, or -1; ARGV[3..] the elements. An
+/// absolute time, so the legacy key and its new keys expire together
+/// however long the steps between took.
+pub(super) const REPLACE_KEY: &str = r"
 redis.call('DEL', KEYS[1])
-for first = 2, #ARGV, 2000 do
-  redis.call('HSET', KEYS[1], unpack(ARGV, first, math.min(first + 1999, #ARGV)))
-end
-local at = tonumber(ARGV[1])
-if at > 0 then redis.call('PEXPIREAT', KEYS[1], at) end
-return 1";
-
-/// Makes an index set exactly the planned members plus the run's
-/// "migrating" marker. KEYS[1] the set; ARGV[1] expiry as for
-/// REPLACE_HASH; ARGV[2] the marker; ARGV[3..] members. Replaces: while
-/// the marker is there and the legacy key exists, no application writes
-/// the set, so nothing of anyone else's is in it.
-pub(super) const WRITE_INDEX: &str = r"
-redis.call('DEL', KEYS[1])
-for first = 2, #ARGV, 2000 do
-  redis.call('SADD', KEYS[1], unpack(ARGV, first, math.min(first + 1999, #ARGV)))
+for first = 3, #ARGV, 2000 do
+  redis.call(ARGV[2], KEYS[1], unpack(ARGV, first, math.min(first + 1999, #ARGV)))
 end
 local at = tonumber(ARGV[1])
 if at > 0 then redis.call('PEXPIREAT', KEYS[1], at) end
