@@ -62,6 +62,7 @@ use redis::{Script, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::hash_store::{decode, parse_member, size_fields, to_position, Read, Want, Written};
+use super::legacy_store::get_legacy;
 use super::position::{sorted, SIZE_FIELDS};
 use super::{Position, PositionObject};
 use crate::keys::{is_migrating_sentinel, LegacyPositionsKey, MIGRATING_SENTINEL_PREFIX};
@@ -124,15 +125,6 @@ async fn exists<C: ConnectionLike + Clone + Send>(conn: &C, key: &str) -> ApiRes
         .map_err(ApiError::redis("checking a legacy positions key"))
 }
 
-async fn get<C: ConnectionLike + Clone + Send>(conn: &C, key: &str) -> ApiResult<Option<Vec<u8>>> {
-    let mut c = conn.clone();
-    redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut c)
-        .await
-        .map_err(ApiError::redis("reading legacy positions"))
-}
-
 async fn smembers<C: ConnectionLike + Clone + Send>(
     conn: &C,
     index: &str,
@@ -155,9 +147,9 @@ async fn legacy_route<C: ConnectionLike + Clone + Send>(
 ) -> ApiResult<Option<Option<Vec<u8>>>> {
     match state {
         IndexState::Plain => Ok(None),
-        IndexState::Marked => Ok(get(conn, legacy).await?.map(Some)),
+        IndexState::Marked => Ok(get_legacy(conn, legacy).await?.map(Some)),
         IndexState::Absent => {
-            let value = get(conn, legacy).await?;
+            let value = get_legacy(conn, legacy).await?;
             if value.is_none() && index_state(conn, index).await? != IndexState::Absent {
                 return Ok(None);
             }

@@ -104,9 +104,25 @@ pub(super) fn check_ttl(
     result.check(outcome);
 }
 
+/// One round trip and the window its replies were read in.
+pub(super) async fn read_in_window<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    pipe: &redis::Pipeline,
+    during: &'static str,
+) -> Result<(Vec<redis::Value>, ReadWindow)> {
+    let before = server_now(conn).await?;
+    let mut c = conn.clone();
+    let replies: Vec<redis::Value> = pipe
+        .query_async(&mut c)
+        .await
+        .map_err(EngineError::redis(during))?;
+    let after = server_now(conn).await?;
+    Ok((replies, ReadWindow { before, after }))
+}
+
 /// The server's clock (ms), or this machine's when TIME gives no answer
 /// to read.
-pub(super) async fn server_now<C: ConnectionLike + Clone + Send>(conn: &C) -> Result<i64> {
+async fn server_now<C: ConnectionLike + Clone + Send>(conn: &C) -> Result<i64> {
     let mut c = conn.clone();
     let reply: redis::Value = redis::cmd("TIME")
         .query_async(&mut c)

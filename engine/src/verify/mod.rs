@@ -26,7 +26,7 @@ use crate::migrate::MIGRATION;
 use crate::plan::{plan_value, PlanOptions, UserPlan};
 
 mod judge;
-use judge::{check_ttl, compare_hash, server_now, ReadWindow};
+use judge::{check_ttl, compare_hash, read_in_window};
 
 /// How far a carried-over TTL may drift from the legacy TTL (ms), beyond
 /// the time elapsed since the write.
@@ -217,16 +217,7 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
             .smembers(legacy.index_key())
             .pttl(legacy.index_key());
     }
-    let mut c = conn.clone();
-    let before = server_now(conn).await?;
-    let replies: Vec<redis::Value> = pipe
-        .query_async(&mut c)
-        .await
-        .map_err(EngineError::redis("reading backups"))?;
-    let read_at = ReadWindow {
-        before,
-        after: server_now(conn).await?,
-    };
+    let (replies, read_at) = read_in_window(conn, &pipe, "reading backups").await?;
     let mut expected = Vec::new();
     for ((legacy_key, positions, skipped, pttl, at), r) in
         migrated.into_iter().zip(replies.chunks_exact(5))
@@ -332,14 +323,7 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
     let (replies, read_at) = if expected.iter().all(|e| e.hashes.is_empty()) {
         (Vec::new(), read_at)
     } else {
-        let mut c = conn.clone();
-        let before = server_now(conn).await?;
-        let replies: Vec<redis::Value> = pipe
-            .query_async(&mut c)
-            .await
-            .map_err(EngineError::redis("reading position hashes"))?;
-        let after = server_now(conn).await?;
-        (replies, ReadWindow { before, after })
+        read_in_window(conn, &pipe, "reading position hashes").await?
     };
     let mut replies = replies.chunks_exact(2);
     for e in &expected {
