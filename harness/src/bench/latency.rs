@@ -132,14 +132,24 @@ pub async fn run_interleaved(
         .iter()
         .map(|_| conns.iter().map(|_| new_histogram()).collect())
         .collect();
-    let mut totals: Vec<(Duration, u64, Option<u64>, f64)> =
-        vec![(Duration::ZERO, 0, Some(0), 0.0); kinds.len()];
+    let mut out: Vec<Measured> = kinds
+        .iter()
+        .map(|_| Measured {
+            histogram: new_histogram(),
+            measured: Duration::ZERO,
+            calls: 0,
+            client_cpu_ns: Some(0),
+            server_cpu_s: 0.0,
+        })
+        .collect();
+    // The CPU clocks are read once per slice boundary: one slice's end is
+    // the next one's start.
     let mut info = conns[0].clone();
+    let mut server_mark = super::cpu::server_seconds(&mut info).await?;
+    let mut client_mark = super::cpu::process_ns();
     for round in 0..ROUNDS {
         for k in 0..kinds.len() {
             let which = (k + round) % kinds.len();
-            let server_before = super::cpu::server_seconds(&mut info).await?;
-            let client_before = super::cpu::process_ns();
             let (measured, calls) = run_slice(
                 conns,
                 kinds[which],
@@ -150,36 +160,27 @@ pub async fn run_interleaved(
                 &mut hists[which],
             )
             .await?;
-            let client = client_before
-                .zip(super::cpu::process_ns())
-                .map(|(before, after)| after.saturating_sub(before));
-            let server = super::cpu::server_seconds(&mut info).await? - server_before;
-            let t = &mut totals[which];
-            t.0 += measured;
-            t.1 += calls;
-            t.2 = t.2.zip(client).map(|(sum, c)| sum + c);
-            t.3 += server;
+            let (server, client) = (
+                super::cpu::server_seconds(&mut info).await?,
+                super::cpu::process_ns(),
+            );
+            let m = &mut out[which];
+            m.measured += measured;
+            m.calls += calls;
+            m.server_cpu_s += server - server_mark;
+            m.client_cpu_ns = m
+                .client_cpu_ns
+                .zip(client_mark.zip(client))
+                .map(|(sum, (before, after))| sum + after.saturating_sub(before));
+            (server_mark, client_mark) = (server, client);
         }
     }
-    Ok(hists
-        .iter()
-        .zip(totals)
-        .map(
-            |(per_worker, (measured, calls, client_cpu_ns, server_cpu_s))| {
-                let mut histogram = new_histogram();
-                for h in per_worker {
-                    histogram.add(h).expect("same bounds");
-                }
-                Measured {
-                    histogram,
-                    measured,
-                    calls,
-                    client_cpu_ns,
-                    server_cpu_s,
-                }
-            },
-        )
-        .collect())
+    for (m, per_worker) in out.iter_mut().zip(&hists) {
+        for h in per_worker {
+            m.histogram.add(h).expect("same bounds");
+        }
+    }
+    Ok(out)
 }
 
 /// Runs `conns.len()` workers (the concurrency) for `duration`, worker `w`
