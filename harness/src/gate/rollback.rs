@@ -12,7 +12,7 @@ use keyshift_engine::error::EngineError;
 use keyshift_engine::invariant::InvariantResult;
 use keyshift_engine::journal::{is_journal_key, latest_run, Outcome};
 use keyshift_engine::keys::BackupKey;
-use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions};
+use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions, MigrationReport};
 use keyshift_engine::rollback::{rollback_grid_positions, RollbackOptions};
 use keyshift_engine::store::GridPositionsStore;
 use keyshift_engine::verify::{verify_grid_positions_scoped, Scope};
@@ -56,6 +56,20 @@ pub struct Again {
     pub notes: Vec<(String, String)>,
     pub idempotent: InvariantEntry,
     pub no_lost_writes: InvariantEntry,
+}
+
+/// One `migrate grid-positions` under the runner lock, as the CLI runs it.
+async fn migrate_locked<S: GridPositionsStore>(
+    store: &S,
+    conn: &RedisConn,
+    opts: &MigrateOptions,
+) -> keyshift_engine::Result<MigrationReport> {
+    locked(
+        conn,
+        "gate: migrate grid-positions",
+        migrate_grid_positions(store, opts, &|_| {}),
+    )
+    .await
 }
 
 /// Runs rollback, re-migration (with `writers` running through it) and a
@@ -104,11 +118,7 @@ pub async fn rollback_then_migrate_again<S: GridPositionsStore>(
 
     // Migrate again from the restored keyspace, writers writing throughout;
     // it must verify as the first did, the writers' users aside.
-    let migration = locked(
-        conn,
-        "gate: migrate grid-positions",
-        migrate_grid_positions(store, opts, &|_| {}),
-    );
+    let migration = migrate_locked(store, conn, opts);
     let w = writers;
     let (again, no_lost_writes) = if w.pairs.is_empty() {
         let why = "not run: the keyspace holds no user the migration would move";
@@ -171,12 +181,7 @@ pub async fn rollback_then_migrate_again<S: GridPositionsStore>(
     // exactly those keys; only then is there nothing left to do.
     let writer_conflicts = conflicts.len();
     if writer_conflicts > 0 {
-        let rerun = locked(
-            conn,
-            "gate: migrate grid-positions",
-            migrate_grid_positions(store, opts, &|_| {}),
-        )
-        .await?;
+        let rerun = migrate_locked(store, conn, opts).await?;
         let rerun_check = if rerun.totals.keys_migrated == writer_conflicts {
             Ok(())
         } else {
@@ -194,12 +199,7 @@ pub async fn rollback_then_migrate_again<S: GridPositionsStore>(
     let third_at = Instant::now();
     let not_journal = |k: &str| !is_journal_key(k);
     let before_third = digest(conn, not_journal).await?;
-    let third = locked(
-        conn,
-        "gate: migrate grid-positions",
-        migrate_grid_positions(store, opts, &|_| {}),
-    )
-    .await?;
+    let third = migrate_locked(store, conn, opts).await?;
     let after_third = digest(conn, not_journal).await?;
     let slack = third_at.elapsed().as_millis() as i64 + TTL_TOLERANCE_MS;
     let idempotent = checks::idempotent(&compare(&before_third, &after_third, slack), &third);
