@@ -12,20 +12,13 @@ use std::time::{Duration, Instant};
 
 use keyshift_engine::connection::{connect, RedisConn};
 use keyshift_engine::journal::{is_journal_key, outcomes_key};
-use keyshift_engine::keys::BackupKey;
-use keyshift_engine::keyspace::{key_count, read_expecting, scan_step, TypedRead};
+use keyshift_engine::keys::{BackupKey, DEFAULT_EXCHANGES};
+use keyshift_engine::keyspace::{key_count, read_expecting, TypedRead};
 use keyshift_harness::backend::{Primaries, RedisCluster};
 use keyshift_harness::digest::{compare, digest, digest_keyspace};
 use keyshift_harness::seed::{self, generate, GenConfig, Keyspace};
-use support::cli::{keyshift, run, Ran};
-
-const EXCHANGES: [&str; 5] = ["okx", "binance", "bitget", "upbit", "bybit"];
-
-async fn cluster() -> RedisCluster {
-    RedisCluster::start(support::test_backend())
-        .await
-        .expect("a disposable cluster")
-}
+use support::cli::{keyshift, keyshift_at, run};
+use support::cluster::cluster;
 
 async fn seeded(users: usize, seed_value: u64) -> (RedisCluster, Primaries, Keyspace, Instant) {
     let cluster = cluster().await;
@@ -41,26 +34,9 @@ async fn seeded(users: usize, seed_value: u64) -> (RedisCluster, Primaries, Keys
     (cluster, primaries, generated.keyspace, Instant::now())
 }
 
-async fn ks(url: &str, args: &[&str]) -> Ran {
-    let mut all = args.to_vec();
-    all.extend(["--redis", url]);
-    run(keyshift(&all)).await
-}
-
 /// Every key name through one connection's SCAN loop.
 async fn scan_all(conn: &RedisConn) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut cursor = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = scan_step(conn, cursor, None, 100, "test scan")
-            .await
-            .expect("scan");
-        keys.extend(batch);
-        cursor = next;
-        if cursor == 0 {
-            return keys;
-        }
-    }
+    support::cluster::scan_all(conn, 100).await.expect("scan")
 }
 
 #[tokio::test]
@@ -108,7 +84,8 @@ async fn cluster_scan_visits_every_primary_once_and_pipelines_span_slots() {
 /// The keys an operator cares about after a rollback: everything but the
 /// journal and the run's own backups (kept 7 days, as on one server).
 fn not_bookkeeping(key: &str, stamp: &str) -> bool {
-    !is_journal_key(key) && BackupKey::parse(key, &EXCHANGES).is_none_or(|b| b.stamp != stamp)
+    !is_journal_key(key)
+        && BackupKey::parse(key, &DEFAULT_EXCHANGES).is_none_or(|b| b.stamp != stamp)
 }
 
 #[tokio::test]
@@ -116,16 +93,16 @@ async fn cluster_migrate_verify_rerun_then_rollback_restores_every_key() {
     let (cluster, primaries, keyspace, seeded_at) = seeded(200, 0x5eed_c105).await;
     let url = cluster.url();
 
-    let first = ks(&url, &["migrate", "grid-positions", "--force", "--json"]).await;
+    let first = keyshift_at(&url, &["migrate", "grid-positions", "--force", "--json"]).await;
     assert!(matches!(first.code, Some(0 | 3)), "{first}");
     let report = first.json();
     let migrated = report["totals"]["keys_migrated"].as_u64().unwrap();
     assert!(migrated > 100, "{report}");
 
-    let verify = ks(&url, &["verify", "grid-positions"]).await;
+    let verify = keyshift_at(&url, &["verify", "grid-positions"]).await;
     assert_eq!(verify.code, Some(0), "{verify}");
 
-    let second = ks(&url, &["migrate", "grid-positions", "--force", "--json"]).await;
+    let second = keyshift_at(&url, &["migrate", "grid-positions", "--force", "--json"]).await;
     assert!(matches!(second.code, Some(0 | 3)), "{second}");
     assert_eq!(
         second.json()["totals"]["keys_migrated"].as_u64(),
@@ -135,7 +112,7 @@ async fn cluster_migrate_verify_rerun_then_rollback_restores_every_key() {
 
     // The first run made the new keys; the second recorded an empty run.
     let stamp = report["stamp"].as_str().unwrap().to_owned();
-    let rollback = ks(
+    let rollback = keyshift_at(
         &url,
         &[
             "rollback",
@@ -183,7 +160,7 @@ async fn exit_codes(url: &str) -> Vec<(String, Option<i32>)> {
         &["cleanup-legacy", "--dry-run"],
         &["rollback", "grid-positions", "--dry-run"],
     ] {
-        let ran = ks(url, args).await;
+        let ran = keyshift_at(url, args).await;
         assert!(
             !ran.stderr.contains("CROSSSLOT") && !ran.stderr.contains("MOVED"),
             "{args:?}: {ran}"
@@ -285,7 +262,7 @@ async fn cluster_sigkill_mid_migration_then_rerun_completes() {
     };
     assert!(matches!(rerun.code, Some(0 | 3)), "{rerun}");
     assert_eq!(rerun.json()["resumed"], true, "{rerun}");
-    let verify = ks(&url, &["verify", "grid-positions"]).await;
+    let verify = keyshift_at(&url, &["verify", "grid-positions"]).await;
     assert_eq!(verify.code, Some(0), "{verify}");
 
     // Every legacy key left on any primary is one the run journaled as
@@ -294,7 +271,7 @@ async fn cluster_sigkill_mid_migration_then_rerun_completes() {
     let mut c = conn.clone();
     let mut left = 0;
     for key in scan_all(&conn).await {
-        if keyshift_engine::keys::LegacyPositionsKey::parse(&key, &EXCHANGES).is_none() {
+        if keyshift_engine::keys::LegacyPositionsKey::parse(&key, &DEFAULT_EXCHANGES).is_none() {
             continue;
         }
         left += 1;
@@ -319,24 +296,10 @@ async fn cluster_sigkill_mid_migration_then_rerun_completes() {
 mod steps {
     use keyshift_engine::cluster::ClusterStore;
     use keyshift_engine::connection::{connect, RedisConn};
-    use keyshift_engine::keys::LegacyPositionsKey;
-    use keyshift_engine::plan::{plan_value, PlanOptions, UserPlan};
-    use keyshift_engine::store::{
-        GridPositionsStore, PositionWrite, RollbackOutcome, RunContext, UserRollback, UserWrite,
-        WriteOutcome,
-    };
+    use keyshift_engine::journal::RunState;
+    use keyshift_engine::store::{GridPositionsStore, RollbackOutcome, UserRollback, WriteOutcome};
 
-    const AT: &str = "2026-11-28T09:00:00Z";
-    const STAMP: &str = "20261128_090000";
-
-    fn ctx() -> RunContext {
-        RunContext {
-            run_id: "test".into(),
-            outcomes_key: "keyshift:run:test:users".into(),
-            migrated_at: AT.into(),
-            backup_ttl_secs: 7 * 24 * 3600,
-        }
-    }
+    use crate::support::cluster::{ctx, run_record, write_for, AT};
 
     fn value(inst: &[&str]) -> Vec<u8> {
         let items: Vec<String> = inst
@@ -344,32 +307,6 @@ mod steps {
             .map(|i| format!(r#"{{"instId":"{i}","pos":"1","lever":3}}"#))
             .collect();
         format!("[{}]", items.join(",")).into_bytes()
-    }
-
-    fn write_for(uid: &str, value: &[u8]) -> UserWrite {
-        let legacy = LegacyPositionsKey::new("okx", uid);
-        let UserPlan::Migrate(plan) = plan_value(value, PlanOptions::default()) else {
-            panic!("plans");
-        };
-        UserWrite {
-            legacy_key: legacy.key(),
-            expected: value.to_vec(),
-            backup_key: legacy.backup_key(STAMP),
-            index_key: legacy.index_key(),
-            positions: plan
-                .positions
-                .into_iter()
-                .map(|p| {
-                    let member = p.index_member();
-                    PositionWrite {
-                        key: legacy.position_key(&member),
-                        member,
-                        fields: p.fields,
-                    }
-                })
-                .collect(),
-            skipped_closed: 0,
-        }
     }
 
     async fn exists(conn: &RedisConn, key: &str) -> bool {
@@ -419,7 +356,7 @@ mod steps {
         let changed = write_for("1", &planned);
         set(&conn, &changed.legacy_key, &value(&["SOL-USDT-SWAP"]), None).await;
         let out = store
-            .migrate_users(&ctx(), std::slice::from_ref(&changed))
+            .migrate_users(&ctx("test"), std::slice::from_ref(&changed))
             .await
             .unwrap();
         assert_eq!(out, [WriteOutcome::Changed]);
@@ -432,7 +369,7 @@ mod steps {
             assert!(!exists(&conn, key).await, "{key} left by an undone attempt");
         }
         let outcome: Option<String> = redis::cmd("HGET")
-            .arg(&ctx().outcomes_key)
+            .arg(&ctx("test").outcomes_key)
             .arg(&changed.legacy_key)
             .query_async(&mut conn.clone())
             .await
@@ -451,7 +388,7 @@ mod steps {
             .await
             .unwrap();
         let out = store
-            .migrate_users(&ctx(), std::slice::from_ref(&foreign))
+            .migrate_users(&ctx("test"), std::slice::from_ref(&foreign))
             .await
             .unwrap();
         assert_eq!(
@@ -475,7 +412,7 @@ mod steps {
             .await
             .unwrap();
         let out = store
-            .migrate_users(&ctx(), std::slice::from_ref(&taken))
+            .migrate_users(&ctx("test"), std::slice::from_ref(&taken))
             .await
             .unwrap();
         assert_eq!(
@@ -504,7 +441,7 @@ mod steps {
             .await
             .unwrap();
         let out = store
-            .migrate_users(&ctx(), std::slice::from_ref(&retry))
+            .migrate_users(&ctx("test"), std::slice::from_ref(&retry))
             .await
             .unwrap();
         assert!(
@@ -552,7 +489,7 @@ mod steps {
         let cut = write_for("4", &v4);
         set(&conn, &cut.legacy_key, &v4, None).await;
         let out = store
-            .migrate_users(&ctx(), std::slice::from_ref(&cut))
+            .migrate_users(&ctx("test"), std::slice::from_ref(&cut))
             .await
             .unwrap();
         assert_eq!(out, [WriteOutcome::Migrated { pttl_ms: -1 }]);
@@ -563,21 +500,7 @@ mod steps {
             .query_async::<()>(&mut conn.clone())
             .await
             .unwrap();
-        let run = keyshift_engine::journal::RunRecord {
-            run_id: "test".into(),
-            migration: "grid-positions".into(),
-            stamp: STAMP.into(),
-            state: keyshift_engine::journal::RunState::Running,
-            started_at: AT.into(),
-            started_ms: 0,
-            finished_at: None,
-            skip_closed: false,
-            exchanges: vec!["okx".into()],
-            counts: None,
-            error: None,
-            resumes: 1,
-            rollback: None,
-        };
+        let run = run_record("test", RunState::Running);
         // Users 3 and 4 are journaled; only 4 still holds the marker.
         assert_eq!(store.settle_interrupted(&run).await.unwrap(), 1);
         assert_eq!(

@@ -14,26 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use keyshift_engine::connection::{connect, RedisConn};
-use keyshift_engine::keys::LegacyPositionsKey;
+use keyshift_engine::keys::{LegacyPositionsKey, DEFAULT_EXCHANGES};
 use keyshift_engine::keyspace::scan_step;
 use keyshift_engine::EngineError;
 use keyshift_harness::backend::{cluster_slot_ranges, key_slot, RedisCluster};
 use keyshift_harness::seed::{self, generate, GenConfig};
-use support::cli::{keyshift, run, Ran};
-
-const EXCHANGES: [&str; 5] = ["okx", "binance", "bitget", "upbit", "bybit"];
-
-async fn cluster() -> RedisCluster {
-    RedisCluster::start(support::test_backend())
-        .await
-        .expect("a disposable cluster")
-}
-
-async fn ks(url: &str, args: &[&str]) -> Ran {
-    let mut all = args.to_vec();
-    all.extend(["--redis", url]);
-    run(keyshift(&all)).await
-}
+use support::cli::keyshift_at;
+use support::cluster::cluster;
 
 /// A hash tag whose slot node `node` serves in a fresh cluster.
 fn tag_on(node: usize) -> String {
@@ -46,17 +33,8 @@ fn tag_on(node: usize) -> String {
 
 /// Every key through one SCAN loop of `conn`, or the first error.
 async fn scan_all(conn: &RedisConn, count: usize) -> Result<BTreeSet<String>, EngineError> {
-    let mut keys = BTreeSet::new();
-    let mut cursor = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) =
-            scan_step(conn, cursor, None, count, "a test SCAN").await?;
-        keys.extend(batch);
-        cursor = next;
-        if cursor == 0 {
-            return Ok(keys);
-        }
-    }
+    let keys = support::cluster::scan_all(conn, count).await?;
+    Ok(keys.into_iter().collect())
 }
 
 /// `GET key` on one node directly: `Ok(None)` when it answers nil, `Err`
@@ -234,7 +212,7 @@ async fn legacy_left(url: &str) -> Vec<String> {
         .await
         .unwrap()
         .into_iter()
-        .filter(|k| LegacyPositionsKey::parse(k, &EXCHANGES).is_some())
+        .filter(|k| LegacyPositionsKey::parse(k, &DEFAULT_EXCHANGES).is_some())
         .collect()
 }
 
@@ -260,7 +238,7 @@ async fn migration_survives_resharding_mid_run() {
         .keyspace
         .entries
         .iter()
-        .filter(|e| LegacyPositionsKey::parse(&e.key, &EXCHANGES).is_some())
+        .filter(|e| LegacyPositionsKey::parse(&e.key, &DEFAULT_EXCHANGES).is_some())
         .map(|e| key_slot(e.key.as_bytes()))
         .find(|s| (first..=last).contains(s))
         .expect("a legacy key on node 0");
@@ -311,12 +289,12 @@ async fn migration_survives_resharding_mid_run() {
 
     // At rest, the same command finishes the job (resuming the run when
     // the first one stopped; nothing to do when it finished).
-    let rerun = ks(&url, &["migrate", "grid-positions", "--force", "--json"]).await;
+    let rerun = keyshift_at(&url, &["migrate", "grid-positions", "--force", "--json"]).await;
     assert_eq!(rerun.code, Some(0), "{rerun}");
     if code == Some(4) {
         assert_eq!(rerun.json()["resumed"], true, "{rerun}");
     }
-    let verify = ks(&url, &["verify", "grid-positions"]).await;
+    let verify = keyshift_at(&url, &["verify", "grid-positions"]).await;
     assert_eq!(verify.code, Some(0), "{verify}");
     assert_eq!(legacy_left(&url).await, Vec::<String>::new());
 }

@@ -15,54 +15,22 @@ use keyshift_engine::api::{
 use keyshift_engine::cleanup::{find_debris, remove_debris};
 use keyshift_engine::cluster::{undo_attempts, ClusterStore};
 use keyshift_engine::connection::{connect, RedisConn};
-use keyshift_engine::journal::{RunRecord, RunState};
+use keyshift_engine::journal::RunState;
 use keyshift_engine::keys::{is_migrating_sentinel, migrating_sentinel, LegacyPositionsKey};
-use keyshift_engine::plan::{plan_value, PlanOptions, Side, UserPlan};
+use keyshift_engine::plan::Side;
 use keyshift_engine::rollback::{rollback_grid_positions, RollbackOptions};
-use keyshift_engine::store::{
-    GridPositionsStore, PositionWrite, RunContext, UserWrite, WriteOutcome,
-};
+use keyshift_engine::store::{GridPositionsStore, WriteOutcome};
 use keyshift_engine::verify::verify_grid_positions;
 use keyshift_harness::backend::RedisCluster;
+use support::cluster::{ctx, run_record, write_for, AT};
 
 const RUN: &str = "grid-positions-20261128_090000-0a1b";
-const AT: &str = "2026-11-28T09:00:00Z";
-const STAMP: &str = "20261128_090000";
 
 async fn cluster() -> (RedisCluster, RedisConn) {
-    let cluster = RedisCluster::start(support::test_backend())
-        .await
-        .expect("a disposable cluster");
+    let cluster = support::cluster::cluster().await;
     let conn = connect(&cluster.url()).await.expect("redis+cluster://");
     assert!(conn.is_cluster());
     (cluster, conn)
-}
-
-fn ctx() -> RunContext {
-    RunContext {
-        run_id: RUN.into(),
-        outcomes_key: format!("keyshift:run:{RUN}:users"),
-        migrated_at: AT.into(),
-        backup_ttl_secs: 7 * 24 * 3600,
-    }
-}
-
-fn run_record(state: RunState) -> RunRecord {
-    RunRecord {
-        run_id: RUN.into(),
-        migration: "grid-positions".into(),
-        stamp: STAMP.into(),
-        state,
-        started_at: AT.into(),
-        started_ms: 0,
-        finished_at: None,
-        skip_closed: false,
-        exchanges: vec!["okx".into()],
-        counts: None,
-        error: None,
-        resumes: 1,
-        rollback: None,
-    }
 }
 
 fn marker() -> String {
@@ -80,32 +48,6 @@ fn value(inst: &[&str], pos: &str) -> Vec<u8> {
 
 fn obj(inst: &str, pos: &str) -> PositionObject {
     PositionObject::parse(&format!(r#"{{"instId":"{inst}","pos":"{pos}"}}"#)).unwrap()
-}
-
-fn write_for(uid: &str, value: &[u8]) -> UserWrite {
-    let legacy = LegacyPositionsKey::new("okx", uid);
-    let UserPlan::Migrate(plan) = plan_value(value, PlanOptions::default()) else {
-        panic!("plans");
-    };
-    UserWrite {
-        legacy_key: legacy.key(),
-        expected: value.to_vec(),
-        backup_key: legacy.backup_key(STAMP),
-        index_key: legacy.index_key(),
-        positions: plan
-            .positions
-            .into_iter()
-            .map(|p| {
-                let member = p.index_member();
-                PositionWrite {
-                    key: legacy.position_key(&member),
-                    member,
-                    fields: p.fields,
-                }
-            })
-            .collect(),
-        skipped_closed: 0,
-    }
 }
 
 async fn cmd<T: redis::FromRedisValue>(conn: &RedisConn, args: &[&str]) -> T {
@@ -321,13 +263,13 @@ async fn undo_keeps_a_hash_the_application_rewrote() {
     .await;
     cmd::<()>(
         &conn,
-        &["HSET", &ctx().outcomes_key, &user.legacy_key, "{}"],
+        &["HSET", &ctx(RUN).outcomes_key, &user.legacy_key, "{}"],
     )
     .await;
     let dual = DualReadStore::new(conn.clone());
     dual.upsert("4", "okx", &obj("A", "9")).await.unwrap();
     dual.upsert("4", "okx", &obj("C", "3")).await.unwrap();
-    undo_attempts(&conn, &ctx(), std::slice::from_ref(&user))
+    undo_attempts(&conn, &ctx(RUN), std::slice::from_ref(&user))
         .await
         .unwrap();
     // The application's A and C stay, indexed; the run's B and marker go.
@@ -342,7 +284,7 @@ async fn undo_keeps_a_hash_the_application_rewrote() {
     );
     assert!(!exists(&conn, &user.backup_key).await);
     let outcome: Option<String> =
-        cmd(&conn, &["HGET", &ctx().outcomes_key, &user.legacy_key]).await;
+        cmd(&conn, &["HGET", &ctx(RUN).outcomes_key, &user.legacy_key]).await;
     assert_eq!(outcome, None);
     assert_eq!(inst_ids(&dual, "4").await, pairs(&[("A", "9"), ("C", "3")]));
     consistent(&conn, &key, &["A", "B", "C"]).await;
@@ -361,7 +303,7 @@ async fn lost_upsert_between_index_check_and_member_drop_cannot_happen() {
     let user = write_for("5", &v);
     set(&conn, &user.legacy_key, &v).await;
     let out = store
-        .migrate_users(&ctx(), std::slice::from_ref(&user))
+        .migrate_users(&ctx(RUN), std::slice::from_ref(&user))
         .await
         .unwrap();
     assert_eq!(out, [WriteOutcome::Migrated { pttl_ms: -1 }]);
@@ -376,7 +318,7 @@ async fn lost_upsert_between_index_check_and_member_drop_cannot_happen() {
     dual.upsert("5", "okx", &obj("Q", "8")).await.unwrap();
     assert_eq!(
         store
-            .settle_interrupted(&run_record(RunState::Running))
+            .settle_interrupted(&run_record(RUN, RunState::Running))
             .await
             .unwrap(),
         1
@@ -391,7 +333,7 @@ async fn lost_upsert_between_index_check_and_member_drop_cannot_happen() {
     // Settled: nothing left to settle.
     assert_eq!(
         store
-            .settle_interrupted(&run_record(RunState::Running))
+            .settle_interrupted(&run_record(RUN, RunState::Running))
             .await
             .unwrap(),
         0
@@ -412,7 +354,7 @@ async fn resume_after_a_kill_between_index_and_delete_rewrites_its_own_index() {
     set(&conn, &key.key(), &v).await;
     let user = write_for("6", &v);
     let out = store
-        .migrate_users(&ctx(), std::slice::from_ref(&user))
+        .migrate_users(&ctx(RUN), std::slice::from_ref(&user))
         .await
         .unwrap();
     assert_eq!(out, [WriteOutcome::Migrated { pttl_ms: -1 }]);
@@ -437,7 +379,7 @@ async fn resume_after_a_kill_between_index_and_delete_rewrites_its_own_index() {
     let v = value(&["A"], "2");
     set(&conn, &other.key(), &v).await;
     let out = store
-        .migrate_users(&ctx(), &[write_for("7", &v)])
+        .migrate_users(&ctx(RUN), &[write_for("7", &v)])
         .await
         .unwrap();
     assert_eq!(
@@ -466,12 +408,12 @@ async fn rollback_and_cleanup_of_a_user_interrupted_with_the_sentinel_in_place()
     let user = write_for("8", &v);
     set(&conn, &user.legacy_key, &v).await;
     let out = store
-        .migrate_users(&ctx(), std::slice::from_ref(&user))
+        .migrate_users(&ctx(RUN), std::slice::from_ref(&user))
         .await
         .unwrap();
     assert_eq!(out, [WriteOutcome::Migrated { pttl_ms: -1 }]);
     cmd::<()>(&conn, &["SADD", &user.index_key, &marker()]).await;
-    let run = run_record(RunState::Failed);
+    let run = run_record(RUN, RunState::Failed);
     let opts = RollbackOptions {
         backup_stamp: None,
         dry_run: false,
@@ -521,11 +463,11 @@ async fn verify_reports_a_leftover_sentinel_as_an_interrupted_run() {
     let user = write_for("10", &v);
     set(&conn, &user.legacy_key, &v).await;
     let out = store
-        .migrate_users(&ctx(), std::slice::from_ref(&user))
+        .migrate_users(&ctx(RUN), std::slice::from_ref(&user))
         .await
         .unwrap();
     assert_eq!(out, [WriteOutcome::Migrated { pttl_ms: -1 }]);
-    let run = run_record(RunState::Done);
+    let run = run_record(RUN, RunState::Done);
     let clean = verify_grid_positions(&conn, &run, &|_| {}).await.unwrap();
     let index = |r: &keyshift_engine::verify::VerifyReport| {
         r.invariants

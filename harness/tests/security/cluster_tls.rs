@@ -6,15 +6,13 @@
 
 use std::path::Path;
 
-use keyshift_engine::keys::LegacyPositionsKey;
+use keyshift_engine::keys::{LegacyPositionsKey, DEFAULT_EXCHANGES};
 use keyshift_harness::backend::{BackendKind, ClusterTls, RedisCluster};
 use keyshift_harness::seed::{self, generate, GenConfig};
 
 use super::certs::{self, Pki};
 use super::keyshift_as;
 use super::servers::{users_acl_with, MIGRATE_PASSWORD, MIGRATE_USER};
-
-const EXCHANGES: [&str; 5] = ["okx", "binance", "bitget", "upbit", "bybit"];
 
 /// Legacy position keys on every primary, through the harness's plain
 /// admin port (KEYS: this test's own cluster).
@@ -28,7 +26,7 @@ async fn legacy_keys(cluster: &RedisCluster) -> Vec<String> {
             .unwrap();
         all.extend(
             keys.into_iter()
-                .filter(|k| LegacyPositionsKey::parse(k, &EXCHANGES).is_some()),
+                .filter(|k| LegacyPositionsKey::parse(k, &DEFAULT_EXCHANGES).is_some()),
         );
     }
     all.sort();

@@ -56,9 +56,13 @@ pub async fn run(mut cmd: Command) -> Ran {
     }
 }
 
-pub async fn keyshift_on(db: &TestRedis, args: &[&str]) -> Ran {
-    let url = db.url();
+/// Runs the binary with `args` on the server or cluster at `url` (`--redis`).
+pub async fn keyshift_at(url: &str, args: &[&str]) -> Ran {
     let mut all = args.to_vec();
-    all.extend(["--redis", url.as_str()]);
+    all.extend(["--redis", url]);
     run(keyshift(&all)).await
+}
+
+pub async fn keyshift_on(db: &TestRedis, args: &[&str]) -> Ran {
+    keyshift_at(&db.url(), args).await
 }

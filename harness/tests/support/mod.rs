@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod cluster;
 
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::keys::DEFAULT_EXCHANGES;
