@@ -19,7 +19,7 @@ use keyshift_engine::journal::RunState;
 use keyshift_engine::keys::{is_migrating_sentinel, migrating_sentinel, LegacyPositionsKey};
 use keyshift_engine::plan::Side;
 use keyshift_engine::rollback::{rollback_grid_positions, RollbackOptions};
-use keyshift_engine::store::{GridPositionsStore, WriteOutcome};
+use keyshift_engine::store::{GridPositionsStore, UserWrite, WriteOutcome};
 use keyshift_engine::verify::verify_grid_positions;
 use keyshift_harness::backend::RedisCluster;
 use support::cluster::{ctx, run_record, write_for, AT};
@@ -141,6 +141,20 @@ async fn mid_migration(conn: &RedisConn, uid: &str) -> LegacyPositionsKey {
     let index = key.index_key();
     cmd::<()>(conn, &["SADD", &index, "A:long", "B:long", &marker()]).await;
     key
+}
+
+/// User `uid` with long positions `insts`, migrated by `store` in one
+/// attempt that ran to the end (the legacy key had no TTL).
+async fn migrated(store: &ClusterStore, conn: &RedisConn, uid: &str, insts: &[&str]) -> UserWrite {
+    let v = value(insts, "1");
+    let user = write_for(uid, &v);
+    set(conn, &user.legacy_key, &v).await;
+    let out = store
+        .migrate_users(&ctx(RUN), std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    assert_eq!(out, [WriteOutcome::Migrated { pttl_ms: -1 }]);
+    user
 }
 
 #[tokio::test]
@@ -299,14 +313,7 @@ async fn undo_keeps_a_hash_the_application_rewrote() {
 async fn lost_upsert_between_index_check_and_member_drop_cannot_happen() {
     let (_cluster, conn) = cluster().await;
     let store = ClusterStore::new(conn.clone());
-    let v = value(&["P", "Q"], "1");
-    let user = write_for("5", &v);
-    set(&conn, &user.legacy_key, &v).await;
-    let out = store
-        .migrate_users(&ctx(RUN), std::slice::from_ref(&user))
-        .await
-        .unwrap();
-    assert_eq!(out, [WriteOutcome::Migrated { pttl_ms: -1 }]);
+    let user = migrated(&store, &conn, "5", &["P", "Q"]).await;
     // Back to "deleted, marker still there" (a kill before step 7).
     cmd::<()>(&conn, &["SADD", &user.index_key, &marker()]).await;
     let key = LegacyPositionsKey::new("okx", "5");
@@ -404,14 +411,7 @@ async fn rollback_and_cleanup_of_a_user_interrupted_with_the_sentinel_in_place()
     let (_cluster, conn) = cluster().await;
     let store = ClusterStore::new(conn.clone());
     // Rollback: migrated, then the marker put back (killed before step 7).
-    let v = value(&["A"], "1");
-    let user = write_for("8", &v);
-    set(&conn, &user.legacy_key, &v).await;
-    let out = store
-        .migrate_users(&ctx(RUN), std::slice::from_ref(&user))
-        .await
-        .unwrap();
-    assert_eq!(out, [WriteOutcome::Migrated { pttl_ms: -1 }]);
+    let user = migrated(&store, &conn, "8", &["A"]).await;
     cmd::<()>(&conn, &["SADD", &user.index_key, &marker()]).await;
     let run = run_record(RUN, RunState::Failed);
     let opts = RollbackOptions {
@@ -430,7 +430,7 @@ async fn rollback_and_cleanup_of_a_user_interrupted_with_the_sentinel_in_place()
     );
     assert!(!exists(&conn, &user.positions[0].key).await);
     let back: Vec<u8> = cmd(&conn, &["GET", &user.legacy_key]).await;
-    assert_eq!(back, v);
+    assert_eq!(back, user.expected);
 
     // Cleanup: killed after the index, before the outcome (no journal entry).
     let key = mid_migration(&conn, "9").await;
@@ -459,14 +459,7 @@ async fn rollback_and_cleanup_of_a_user_interrupted_with_the_sentinel_in_place()
 async fn verify_reports_a_leftover_sentinel_as_an_interrupted_run() {
     let (_cluster, conn) = cluster().await;
     let store = ClusterStore::new(conn.clone());
-    let v = value(&["A"], "1");
-    let user = write_for("10", &v);
-    set(&conn, &user.legacy_key, &v).await;
-    let out = store
-        .migrate_users(&ctx(RUN), std::slice::from_ref(&user))
-        .await
-        .unwrap();
-    assert_eq!(out, [WriteOutcome::Migrated { pttl_ms: -1 }]);
+    let user = migrated(&store, &conn, "10", &["A"]).await;
     let run = run_record(RUN, RunState::Done);
     let clean = verify_grid_positions(&conn, &run, &|_| {}).await.unwrap();
     let index = |r: &keyshift_engine::verify::VerifyReport| {
