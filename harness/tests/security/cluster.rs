@@ -9,16 +9,13 @@ use keyshift_harness::seed::{self, generate, GenConfig};
 
 use super::keyshift_as;
 use super::servers::{
-    users_acl_with, MIGRATE_PASSWORD, MIGRATE_USER, READONLY_PASSWORD, READONLY_USER,
+    cluster_acl_file, MIGRATE_PASSWORD, MIGRATE_USER, READONLY_PASSWORD, READONLY_USER,
 };
 
 #[tokio::test]
 async fn the_shipped_users_run_their_commands_on_a_cluster() {
     let files = tempfile::tempdir().expect("a temp dir");
-    let acl = files.path().join("users.acl");
-    std::fs::write(&acl, users_acl_with("user default on nopass ~* &* +@all"))
-        .expect("writing users.acl");
-    let acl = acl.display().to_string();
+    let acl = cluster_acl_file(files.path());
     let cluster = RedisCluster::start_with(BackendKind::Process, &["--aclfile", &acl])
         .await
         .expect("a disposable cluster with the shipped users");

@@ -12,7 +12,7 @@ use keyshift_harness::seed::{self, generate, GenConfig};
 
 use super::certs::{self, Pki};
 use super::keyshift_as;
-use super::servers::{users_acl_with, MIGRATE_PASSWORD, MIGRATE_USER};
+use super::servers::{cluster_acl_file, MIGRATE_PASSWORD, MIGRATE_USER};
 
 /// Legacy position keys on every primary, through the harness's plain
 /// admin port (KEYS: this test's own cluster).
@@ -37,10 +37,7 @@ async fn legacy_keys(cluster: &RedisCluster) -> Vec<String> {
 async fn rediss_cluster_runs_migrate_verify_rollback_and_needs_the_ca() {
     let pki = Pki::new();
     let files = tempfile::tempdir().expect("a temp dir");
-    let acl = files.path().join("users.acl");
-    std::fs::write(&acl, users_acl_with("user default on nopass ~* &* +@all"))
-        .expect("writing users.acl");
-    let acl = acl.display().to_string();
+    let acl = cluster_acl_file(files.path());
     let tls = ClusterTls {
         cert: pki.path(certs::SERVER_CERT),
         key: pki.path(certs::SERVER_KEY),

@@ -5,7 +5,7 @@
 //! KEYSHIFT_TEST_BACKEND=docker (files placed with `ServerSetup`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use keyshift_harness::backend::{docker_available, BackendKind, RedisServer, ServerSetup};
 use redis::aio::MultiplexedConnection;
@@ -51,7 +51,7 @@ fn users_acl() -> String {
 
 /// An ACL file: `default` (its whole line), then the shipped users with
 /// their test passwords.
-pub fn users_acl_with(default: &str) -> String {
+fn users_acl_with(default: &str) -> String {
     let migrate = with_password(&shipped_acl("keyshift-migrate"), MIGRATE_PASSWORD);
     let readonly = with_password(&shipped_acl("keyshift-readonly"), READONLY_PASSWORD);
     format!(
@@ -59,6 +59,15 @@ pub fn users_acl_with(default: &str) -> String {
         migrate.trim_end(),
         readonly.trim_end()
     )
+}
+
+/// A cluster's users.acl, written in `dir`; its path. The default user
+/// keeps no password there, as the harness forms the cluster through it.
+pub fn cluster_acl_file(dir: &Path) -> String {
+    let acl = dir.join("users.acl");
+    std::fs::write(&acl, users_acl_with("user default on nopass ~* &* +@all"))
+        .expect("writing users.acl");
+    acl.display().to_string()
 }
 
 pub struct Secured {
