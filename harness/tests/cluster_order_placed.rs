@@ -22,7 +22,7 @@ use keyshift_engine::order_placed::{
     migrate_order_placed, verify_order_placed, AnyOrderPlaced, OrderPlacedOptions,
     OrderPlacedReport,
 };
-use keyshift_engine::rollback::RollbackOptions;
+use keyshift_engine::rollback::{RollbackOptions, RollbackReport};
 use keyshift_engine::standalone::connect;
 use keyshift_harness::backend::{key_slot, RedisCluster};
 use support::cli::{keyshift, run};
@@ -106,16 +106,19 @@ impl Cluster {
             .expect("a recorded run")
     }
 
-    async fn rollback(&self, force: bool) -> keyshift_engine::rollback::RollbackReport {
+    /// Rolls back the latest run, as `rollback order-placed [--force]`.
+    async fn try_rollback(&self, force: bool) -> Result<RollbackReport> {
         let run = find_run(&self.conn, None).await.unwrap();
         let opts = RollbackOptions {
             backup_stamp: None,
             dry_run: false,
             force,
         };
-        rollback_order_placed(&self.store().await, &self.conn, &run, &opts)
-            .await
-            .unwrap()
+        rollback_order_placed(&self.store().await, &self.conn, &run, &opts).await
+    }
+
+    async fn rollback(&self, force: bool) -> RollbackReport {
+        self.try_rollback(force).await.unwrap()
     }
 
     async fn outcome(&self, run: &RunRecord, legacy: &str) -> OrderPlacedOutcome {
@@ -279,15 +282,7 @@ async fn rollback_on_a_cluster_refuses_a_legacy_key_written_since_the_migration(
     seed(&c).await;
     c.migrate().await;
     c.hset(MOVED, &[("1", "1")]).await;
-    let run = find_run(&c.conn, None).await.unwrap();
-    let opts = RollbackOptions {
-        backup_stamp: None,
-        dry_run: false,
-        force: false,
-    };
-    let err = rollback_order_placed(&c.store().await, &c.conn, &run, &opts)
-        .await
-        .unwrap_err();
+    let err = c.try_rollback(false).await.unwrap_err();
     assert!(err.to_string().contains("force"), "{err}");
     assert_eq!(c.hash(MOVED).await, levels(&[("1", "1")]), "untouched");
     assert!(c.exists(MOVED_T).await && !c.exists(EQUAL).await);
