@@ -67,6 +67,19 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// A reply whose shape keyshift did not expect while `during`; `what`
+    /// names the reply (or shows it).
+    pub fn unexpected_reply(during: &'static str, what: impl Into<String>) -> EngineError {
+        EngineError::Redis {
+            during,
+            source: redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "unexpected reply shape",
+                what.into(),
+            )),
+        }
+    }
+
     pub fn redis(during: &'static str) -> impl FnOnce(redis::RedisError) -> EngineError {
         move |source| {
             if let Some(denied) = no_permission(&source) {

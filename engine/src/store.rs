@@ -3,9 +3,11 @@
 //! test double are implementations, not branches.
 
 use crate::connection::RedisConn;
-use crate::error::Result;
+use redis::Value;
+
+use crate::error::{EngineError, Result};
 use crate::journal::{self, Outcome, RunRecord};
-use crate::keyspace;
+use crate::keyspace::{self, TypedRead};
 
 /// A legacy key as read in one batch.
 #[derive(Debug, Clone)]
@@ -94,10 +96,35 @@ pub struct RunContext {
 
 #[allow(async_fn_in_trait)]
 pub trait GridPositionsStore {
-    /// One SCAN step over the keys matching `pattern` (already glob-escaped).
-    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)>;
+    /// One SCAN step over the keys matching `pattern` (already glob-escaped);
+    /// through a cluster connection it visits every primary.
+    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
+        let during = "scanning for legacy keys";
+        keyspace::scan_step(self.journal_conn(), cursor, Some(pattern), count, during).await
+    }
     /// Reads the type and (for strings) the value of each key, in order.
-    async fn read_legacy(&self, keys: &[String]) -> Result<Vec<LegacyRead>>;
+    async fn read_legacy(&self, keys: &[String]) -> Result<Vec<LegacyRead>> {
+        let during = "reading legacy keys";
+        let reads = keyspace::read_expecting(self.journal_conn(), keys, "GET", during).await?;
+        keys.iter()
+            .zip(reads)
+            .map(|(key, read)| {
+                let (redis_type, value) = match read {
+                    TypedRead::Value(Value::BulkString(v)) => ("string".to_owned(), Some(v)),
+                    TypedRead::Value(Value::Nil) => ("none".to_owned(), None),
+                    TypedRead::OtherType(t) => (t, None),
+                    TypedRead::Value(_) => {
+                        return Err(EngineError::unexpected_reply(during, "GET reply"))
+                    }
+                };
+                Ok(LegacyRead {
+                    key: key.clone(),
+                    redis_type,
+                    value,
+                })
+            })
+            .collect()
+    }
     /// Applies each user's migration atomically with respect to writers of
     /// its legacy key; outcomes in input order.
     async fn migrate_users(
@@ -112,9 +139,9 @@ pub trait GridPositionsStore {
         journal_key: &str,
         users: &[UserRollback],
     ) -> Result<Vec<RollbackOutcome>>;
-    /// The connection the journal, run records and key count go through:
-    /// those are single keys, written the same way on one server and on a
-    /// cluster, so the trait writes them once here.
+    /// The connection the SCAN, the legacy reads, the journal, run records
+    /// and key count go through: a [`RedisConn`] serves them the same way
+    /// on one server and on a cluster, so the trait writes them once here.
     fn journal_conn(&self) -> &RedisConn;
     /// Records outcomes that involved no migration write (quarantine, conflict).
     async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()> {

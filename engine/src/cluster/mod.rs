@@ -104,11 +104,9 @@ mod settle;
 use crate::connection::RedisConn;
 use crate::error::Result;
 use crate::journal::RunRecord;
-use crate::keyspace::{self, TypedRead};
 use crate::standalone::StandaloneStore;
 use crate::store::{
-    GridPositionsStore, LegacyRead, RollbackOutcome, RunContext, UserRollback, UserWrite,
-    WriteOutcome,
+    GridPositionsStore, RollbackOutcome, RunContext, UserRollback, UserWrite, WriteOutcome,
 };
 
 /// The Phase 2 store for a Redis Cluster (see the module doc).
@@ -130,32 +128,6 @@ impl ClusterStore {
 impl GridPositionsStore for ClusterStore {
     fn journal_conn(&self) -> &RedisConn {
         &self.conn
-    }
-
-    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
-        let during = "scanning for legacy keys";
-        keyspace::scan_step(&self.conn, cursor, Some(pattern), count, during).await
-    }
-
-    async fn read_legacy(&self, keys: &[String]) -> Result<Vec<LegacyRead>> {
-        let reads =
-            keyspace::read_expecting(&self.conn, keys, "GET", "reading legacy keys").await?;
-        Ok(keys
-            .iter()
-            .zip(reads)
-            .map(|(key, read)| {
-                let (redis_type, value) = match read {
-                    TypedRead::Value(redis::Value::BulkString(v)) => ("string".to_owned(), Some(v)),
-                    TypedRead::OtherType(t) => (t, None),
-                    TypedRead::Value(_) => ("none".to_owned(), None),
-                };
-                LegacyRead {
-                    key: key.clone(),
-                    redis_type,
-                    value,
-                }
-            })
-            .collect())
     }
 
     async fn migrate_users(
@@ -232,12 +204,6 @@ impl GridPositionsStore for GridStore {
         delegate!(self, s => s.journal_conn())
     }
 
-    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
-        delegate!(self, s => s.scan(cursor, pattern, count).await)
-    }
-    async fn read_legacy(&self, keys: &[String]) -> Result<Vec<LegacyRead>> {
-        delegate!(self, s => s.read_legacy(keys).await)
-    }
     async fn migrate_users(
         &self,
         ctx: &RunContext,

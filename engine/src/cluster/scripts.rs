@@ -177,14 +177,7 @@ pub(super) async fn query(
 }
 
 pub(super) fn unexpected(what: &str) -> EngineError {
-    EngineError::Redis {
-        during: "decoding a script reply",
-        source: redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "unexpected reply shape",
-            what.to_owned(),
-        )),
-    }
+    EngineError::unexpected_reply("decoding a script reply", what)
 }
 
 #[cfg(test)]

@@ -228,14 +228,7 @@ pub(super) fn node_view(text: &str) -> Result<NodeView> {
 }
 
 fn unexpected(what: &str) -> EngineError {
-    EngineError::Redis {
-        during: "reading the cluster topology",
-        source: redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "unexpected reply shape",
-            what.to_owned(),
-        )),
-    }
+    EngineError::unexpected_reply("reading the cluster topology", what)
 }
 
 /// The primary of a command's key slot, `None` for a command with no key,

@@ -318,14 +318,7 @@ fn planned_args(invocation: &mut redis::ScriptInvocation<'_>, expected: &Fields)
 }
 
 fn bad_reply(what: &'static str, reply: &[Value]) -> EngineError {
-    EngineError::Redis {
-        during: what,
-        source: redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "unexpected reply shape",
-            format!("{reply:?}"),
-        )),
-    }
+    EngineError::unexpected_reply(what, format!("{reply:?}"))
 }
 
 impl OrderPlacedStore for ClusterOrderPlaced {

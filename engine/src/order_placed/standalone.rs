@@ -155,13 +155,11 @@ pub(super) async fn read_order_placed(conn: &RedisConn, keys: &[String]) -> Resu
 }
 
 fn parse_outcome(reply: Value) -> Result<WriteOutcome> {
-    let bad = || EngineError::Redis {
-        during: "decoding the order-placed move script's reply",
-        source: redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "unexpected reply shape",
+    let bad = || {
+        EngineError::unexpected_reply(
+            "decoding the order-placed move script's reply",
             format!("{reply:?}"),
-        )),
+        )
     };
     let Value::Array(parts) = &reply else {
         return Err(bad());

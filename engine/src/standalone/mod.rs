@@ -11,10 +11,8 @@ use redis::Value;
 
 use crate::error::{EngineError, Result};
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
-use crate::keyspace::{self, TypedRead};
 use crate::store::{
-    GridPositionsStore, LegacyRead, RollbackOutcome, RunContext, UserRollback, UserWrite,
-    WriteOutcome,
+    GridPositionsStore, RollbackOutcome, RunContext, UserRollback, UserWrite, WriteOutcome,
 };
 
 const MIGRATE_USER: &str = include_str!("../lua/migrate_user.lua");
@@ -217,32 +215,6 @@ impl GridPositionsStore for StandaloneStore {
         &self.conn
     }
 
-    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
-        let during = "scanning for legacy keys";
-        keyspace::scan_step(&self.conn, cursor, Some(pattern), count, during).await
-    }
-
-    async fn read_legacy(&self, keys: &[String]) -> Result<Vec<LegacyRead>> {
-        let reads =
-            keyspace::read_expecting(&self.conn, keys, "GET", "reading legacy keys").await?;
-        keys.iter()
-            .zip(reads)
-            .map(|(key, read)| {
-                let (redis_type, value) = match read {
-                    TypedRead::Value(Value::BulkString(v)) => ("string".to_owned(), Some(v)),
-                    TypedRead::Value(Value::Nil) => ("none".to_owned(), None),
-                    TypedRead::OtherType(t) => (t, None),
-                    TypedRead::Value(_) => return Err(unexpected("GET reply")),
-                };
-                Ok(LegacyRead {
-                    key: key.clone(),
-                    redis_type,
-                    value,
-                })
-            })
-            .collect()
-    }
-
     async fn migrate_users(
         &self,
         ctx: &RunContext,
@@ -323,12 +295,5 @@ fn parse_write_outcome(reply: Value) -> Result<WriteOutcome> {
 }
 
 fn unexpected(what: &str) -> EngineError {
-    EngineError::Redis {
-        during: "decoding a script reply",
-        source: redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "unexpected reply shape",
-            what.to_owned(),
-        )),
-    }
+    EngineError::unexpected_reply("decoding a script reply", what)
 }

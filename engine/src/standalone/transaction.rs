@@ -169,12 +169,5 @@ fn int(reply: Option<redis::RedisResult<Value>>) -> i64 {
 }
 
 fn bad_reply(what: &str) -> EngineError {
-    EngineError::Redis {
-        during: "decoding a transaction reply",
-        source: redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "unexpected reply shape",
-            what.to_owned(),
-        )),
-    }
+    EngineError::unexpected_reply("decoding a transaction reply", what)
 }
