@@ -32,7 +32,7 @@ fn data_api(c: &mut Criterion) {
         let server = RedisServer::start(backend())
             .await
             .expect("a disposable redis");
-        let conn = keyshift_engine::standalone::connect(&server.url())
+        let conn = keyshift_engine::grid_positions::store::standalone::connect(&server.url())
             .await
             .expect("connect");
         let mut datasets = Vec::new();

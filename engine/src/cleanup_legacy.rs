@@ -15,7 +15,7 @@ use redis::Value;
 use serde::Serialize;
 
 use crate::error::{EngineError, Result as EngineResult};
-use crate::schema::{RedisType, Schema};
+use crate::keys::schema::{RedisType, Schema};
 use crate::validate::{lossy, scan_step, types_of, SeenKeys, TypeMismatch};
 
 /// KEYS[1] a key a cleanup pattern classified, ARGV[1] its pattern's type

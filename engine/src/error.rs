@@ -7,7 +7,7 @@ use thiserror::Error;
 pub enum EngineError {
     // The cause is the `source`, printed once by whoever prints the chain.
     // The advice depends on the URL (TLS or not) and on what failed.
-    #[error("cannot reach Redis at {url} ({})", crate::tls::unreachable_advice(.url, &.source.to_string()))]
+    #[error("cannot reach Redis at {url} ({})", unreachable_advice(.url, &.source.to_string()))]
     Unreachable {
         url: String,
         #[source]
@@ -31,7 +31,7 @@ pub enum EngineError {
     },
     /// The server's ACL refused a command (NOPERM). Said before anything
     /// else: the user, not the data, is what to fix.
-    #[error("the Redis user has no permission for a command keyshift sends while {during}: {denied}. Writing commands (migrate, rollback, cleanup-legacy, cleanup-migration) need the grants of docs/acl/keyshift-migrate.acl; validate, verify and status those of docs/acl/keyshift-readonly.acl (README, Security). Each user's step is atomic: rerun with such a user to continue")]
+    #[error("the Redis user has no permission for a command keyshift sends while {during}: {denied}. Writing commands (migrate, rollback, cleanup-legacy, cleanup-migration) need the grants of docs/acl/keyshift-migrate.acl; validate, verify and status those of docs/acl/keyshift-readonly.acl (docs/security.md). Each user's step is atomic: rerun with such a user to continue")]
     NoPermission {
         during: &'static str,
         denied: String,
@@ -85,7 +85,7 @@ impl EngineError {
             if let Some(denied) = no_permission(&source) {
                 return EngineError::NoPermission { during, denied };
             }
-            if source.code() == Some(crate::connection::RESHARDED_CODE) {
+            if source.code() == Some(RESHARDED_CODE) {
                 let detail = source.detail().unwrap_or("slots moved").to_owned();
                 return EngineError::Resharded { during, detail };
             }
@@ -94,6 +94,32 @@ impl EngineError {
                 None => EngineError::Redis { during, source },
             }
         }
+    }
+}
+
+/// The code of the error a cluster SCAN step fails with when slots moved
+/// under it (`connection::scan_raw`); [`EngineError::redis`] turns it into
+/// [`EngineError::Resharded`].
+pub const RESHARDED_CODE: &str = "KEYSHIFT_RESHARDED";
+
+/// What to check next when a connection to `url` (already redacted)
+/// failed with `error`: TLS advice for a `rediss://` URL.
+pub(crate) fn unreachable_advice(url: &str, error: &str) -> &'static str {
+    let lower = error.to_ascii_lowercase();
+    if lower.contains("authentication failed") || lower.contains("wrongpass") {
+        return "the server refused the user name or password: check the credentials in REDIS_URL / --redis (user:password@, URL-escaped)";
+    }
+    if !url.starts_with("rediss://") && !url.starts_with("rediss+") {
+        return "check the URL, that the server is up, and the credentials in REDIS_URL / --redis";
+    }
+    if lower.contains("certificaterequired") || lower.contains("handshakefailure") {
+        "the server wants a client certificate: set KEYSHIFT_TLS_CLIENT_CERT and KEYSHIFT_TLS_CLIENT_KEY to its PEM files"
+    } else if lower.contains("certificate") {
+        "the server's TLS certificate was not trusted: set KEYSHIFT_TLS_CA_CERT to the PEM file of the CA that signed it, and connect by a host name or IP address the certificate names"
+    } else if lower.contains("corrupt message") || lower.contains("invalidcontenttype") {
+        "that port did not answer TLS: use the server's tls-port with rediss://, or redis:// for a plain port"
+    } else {
+        "check the URL (rediss:// needs the server's tls-port), that the server is up, the TLS files in KEYSHIFT_TLS_CA_CERT / KEYSHIFT_TLS_CLIENT_CERT / KEYSHIFT_TLS_CLIENT_KEY, and the credentials in REDIS_URL / --redis"
     }
 }
 

@@ -1,48 +1,38 @@
 //! keyshift's engine: what runs against production. No test harness code.
 //!
-//! - `keys`: the key grammar of DESIGN §1 (parse and build keys, escape globs).
-//! - `plan`: the pure Phase 2 planner, legacy value -> hashes or quarantine.
-//! - `connection`: [`connection::RedisConn`], one server or a Redis Cluster
-//!   (`redis+cluster://`, or a cluster node detected); SCAN over every primary.
-//! - `cluster`: the Phase 2 store for a Redis Cluster (per-user steps ending
-//!   in a compare-and-delete), and `GridStore`, the store for a connection's mode.
-//! - `store`: the one seam to a Redis deployment; `standalone` implements it
-//!   for one server with a Lua script per user.
-//! - `migrate`: the Phase 2 runner (SCAN, read, plan, write, report).
-//! - `journal`: the run records and per-user outcomes kept in Redis, and
-//!   starting or resuming a run; `lock`: the runner lock that keeps two
-//!   writing runs apart; `keyspace`: the SCAN step and key count all share.
-//! - `verify`: the invariants checked on a live server after a migration;
-//!   `rollback`: undoing a run from its journal and backups; `cleanup`: the
-//!   debris of an interrupted run.
-//! - `schema`: the keyspace patterns as data (built-in TOML or `--schema FILE`);
-//!   `validate` and `cleanup_legacy` classify a live keyspace with it.
-//! - `order_placed`: Phase 1 (planner, store seam, standalone writer, runner, verify).
+//! Each migration is one folder; what they share sits apart, below them:
+//!
+//! - `error`: the engine's one error type; a leaf that imports nothing of
+//!   the crate.
+//! - `keys`: the key grammar of DESIGN §1 (parse and build keys, escape
+//!   globs); `keys::schema`, the keyspace patterns as data (built-in TOML
+//!   or `--schema FILE`).
+//! - `connection`: the client seam, [`connection::RedisConn`]: one server
+//!   or a Redis Cluster (`redis+cluster://`, or a cluster node detected),
+//!   SCAN over every primary (`connection::scan`), and `rediss://` with a
+//!   private CA and client certificates (`connection::tls`, where every
+//!   `redis::Client` is built).
+//! - `run`: what every run shares: the journal of runs and per-key
+//!   outcomes in Redis (it takes the migration's name), the runner lock,
+//!   and the invariant results verifiers report.
+//! - `order_placed`: Phase 1 (plan, runner, rollback, verify, the store
+//!   seam with its standalone and cluster writers, its Lua).
+//! - `cleanup_legacy`: Phase 1.5, deleting the legacy position cache.
+//! - `grid_positions`: Phase 2 (plan, runner, rollback, verify, `debris`
+//!   for cleanup-migration, the store seam with its standalone and cluster
+//!   writers, its Lua).
 //! - `api`: the application's data layer, old and new (DESIGN §3).
-//! - `tls`: `rediss://` with a private CA and client certificates
-//!   (`KEYSHIFT_TLS_*`); every `redis::Client` is built there.
-//! - `error`: the engine's error type.
+//! - `validate`: classifies a live keyspace with the schema.
+
 pub mod api;
-pub mod cleanup;
 pub mod cleanup_legacy;
-pub mod cluster;
 pub mod connection;
 pub mod error;
-pub mod invariant;
-pub mod journal;
+pub mod grid_positions;
 pub mod keys;
-pub mod keyspace;
-pub mod lock;
-pub mod migrate;
 pub mod order_placed;
-pub mod plan;
-pub mod rollback;
-pub mod schema;
-pub mod standalone;
-pub mod store;
-pub mod tls;
+pub mod run;
 pub mod validate;
-pub mod verify;
 
 pub use error::{EngineError, Result};
 

@@ -17,12 +17,12 @@ use std::time::Instant;
 use crate::connection::RedisConn;
 use serde::Serialize;
 
+use crate::connection::scan;
 use crate::error::{EngineError, Result};
+use crate::keys::schema::{Kind, RedisType, Schema};
 use crate::keys::LegacyPositionsKey;
-use crate::keyspace;
-use crate::schema::{Kind, RedisType, Schema};
 
-pub use crate::keyspace::key_count;
+pub use crate::connection::scan::key_count;
 
 #[derive(Debug, Clone)]
 pub struct ValidateOptions {
@@ -270,7 +270,7 @@ pub(crate) async fn scan_step(
     cursor: u64,
     count: usize,
 ) -> Result<(u64, Vec<Vec<u8>>)> {
-    keyspace::scan_step(conn, cursor, None, count, "scanning the keyspace").await
+    scan::scan_step(conn, cursor, None, count, "scanning the keyspace").await
 }
 
 /// `TYPE` of each key, in one pipeline.

@@ -6,10 +6,10 @@
 
 use std::io::{self, Write};
 
+use keyshift_engine::grid_positions::plan::{plan_value, MigratePlan, PlanOptions, UserPlan};
 use keyshift_engine::keys::{
     LegacyPositionsKey, BACKUP_TTL_SECS, META_MIGRATED_AT, META_MIGRATED_FROM,
 };
-use keyshift_engine::plan::{plan_value, MigratePlan, PlanOptions, UserPlan};
 
 use crate::seed::{KeyEntry, KeyValue, Keyspace};
 

@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use keyshift_engine::invariant::InvariantResult;
-use keyshift_engine::migrate::MigrationReport;
+use keyshift_engine::grid_positions::runner::MigrationReport;
+use keyshift_engine::run::invariant::InvariantResult;
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use serde::{Deserialize, Serialize};
 
@@ -62,7 +62,7 @@ impl InvariantEntry {
         self.matching += r.matching;
         self.mismatched += r.mismatched;
         self.extra += r.extra;
-        let room = keyshift_engine::invariant::MAX_SAMPLES.saturating_sub(self.samples.len());
+        let room = keyshift_engine::run::invariant::MAX_SAMPLES.saturating_sub(self.samples.len());
         self.samples.extend(r.samples.into_iter().take(room));
         if !r.passed {
             self.status = Status::Fail;

@@ -14,13 +14,13 @@ use keyshift_engine::api::{
     DualReadStore, FlagsLayout, HashStore, LegacyStore, OrderPlacedFlags, PositionObject,
     PositionStore, TradingCache,
 };
-use keyshift_engine::cluster::GridStore;
 use keyshift_engine::connection::RedisConn;
-use keyshift_engine::journal::is_journal_key;
+use keyshift_engine::grid_positions::plan::Side;
+use keyshift_engine::grid_positions::runner::{migrate_grid_positions, MigrateOptions};
+use keyshift_engine::grid_positions::store::cluster::GridStore;
+use keyshift_engine::grid_positions::store::standalone::connect;
 use keyshift_engine::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
-use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions};
-use keyshift_engine::plan::Side;
-use keyshift_engine::standalone::connect;
+use keyshift_engine::run::journal::is_journal_key;
 use keyshift_harness::backend::{key_slot, RedisCluster, RedisServer};
 use redis::aio::MultiplexedConnection;
 use support::{exchanges, test_backend};

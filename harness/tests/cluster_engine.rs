@@ -10,10 +10,10 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use keyshift_engine::connection::scan::{key_count, read_expecting, TypedRead};
 use keyshift_engine::connection::{connect, RedisConn};
-use keyshift_engine::journal::{is_journal_key, outcomes_key};
 use keyshift_engine::keys::{BackupKey, DEFAULT_EXCHANGES};
-use keyshift_engine::keyspace::{key_count, read_expecting, TypedRead};
+use keyshift_engine::run::journal::{is_journal_key, outcomes_key};
 use keyshift_harness::backend::{Primaries, RedisCluster};
 use keyshift_harness::digest::{compare, digest, digest_keyspace};
 use keyshift_harness::seed::{self, generate, GenConfig, Keyspace};
@@ -294,10 +294,12 @@ async fn cluster_sigkill_mid_migration_then_rerun_completes() {
 // ------------------------------------------------------ store-level steps
 
 mod steps {
-    use keyshift_engine::cluster::ClusterStore;
     use keyshift_engine::connection::{connect, RedisConn};
-    use keyshift_engine::journal::RunState;
-    use keyshift_engine::store::{GridPositionsStore, RollbackOutcome, UserRollback, WriteOutcome};
+    use keyshift_engine::grid_positions::store::cluster::ClusterStore;
+    use keyshift_engine::grid_positions::store::{
+        GridPositionsStore, RollbackOutcome, UserRollback, WriteOutcome,
+    };
+    use keyshift_engine::run::journal::RunState;
 
     use crate::support::cluster::{ctx, run_record, write_for, AT};
 

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::error::{EngineError, Result};
-use keyshift_engine::journal::{outcomes_key, OrderPlacedOutcome, RunRecord};
+use keyshift_engine::grid_positions::rollback::{RollbackOptions, RollbackReport};
+use keyshift_engine::grid_positions::store::standalone::connect;
 use keyshift_engine::order_placed::plan::KeyRead;
 use keyshift_engine::order_placed::rollback::{find_run, rollback_order_placed};
 use keyshift_engine::order_placed::store::{
@@ -22,8 +23,7 @@ use keyshift_engine::order_placed::{
     migrate_order_placed, verify_order_placed, AnyOrderPlaced, OrderPlacedOptions,
     OrderPlacedReport,
 };
-use keyshift_engine::rollback::{RollbackOptions, RollbackReport};
-use keyshift_engine::standalone::connect;
+use keyshift_engine::run::journal::{outcomes_key, OrderPlacedOutcome, RunRecord};
 use keyshift_harness::backend::{key_slot, RedisCluster};
 use support::cli::{keyshift, run};
 use support::{exchanges, test_backend};

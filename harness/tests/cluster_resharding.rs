@@ -13,9 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use keyshift_engine::connection::scan::scan_step;
 use keyshift_engine::connection::{connect, RedisConn};
 use keyshift_engine::keys::{LegacyPositionsKey, DEFAULT_EXCHANGES};
-use keyshift_engine::keyspace::scan_step;
 use keyshift_engine::EngineError;
 use keyshift_harness::backend::{cluster_slot_ranges, key_slot, RedisCluster};
 use keyshift_harness::seed::{self, generate, GenConfig};

@@ -12,15 +12,15 @@ use std::collections::BTreeSet;
 use keyshift_engine::api::{
     DualReadStore, HashStore, LegacyStore, LegacyWrite, PositionObject, PositionStore,
 };
-use keyshift_engine::cleanup::{find_debris, remove_debris};
-use keyshift_engine::cluster::{undo_attempts, ClusterStore};
 use keyshift_engine::connection::{connect, RedisConn};
-use keyshift_engine::journal::RunState;
+use keyshift_engine::grid_positions::debris::{find_debris, remove_debris};
+use keyshift_engine::grid_positions::plan::Side;
+use keyshift_engine::grid_positions::rollback::{rollback_grid_positions, RollbackOptions};
+use keyshift_engine::grid_positions::store::cluster::{undo_attempts, ClusterStore};
+use keyshift_engine::grid_positions::store::{GridPositionsStore, UserWrite, WriteOutcome};
+use keyshift_engine::grid_positions::verify::verify_grid_positions;
 use keyshift_engine::keys::{is_migrating_sentinel, migrating_sentinel, LegacyPositionsKey};
-use keyshift_engine::plan::Side;
-use keyshift_engine::rollback::{rollback_grid_positions, RollbackOptions};
-use keyshift_engine::store::{GridPositionsStore, UserWrite, WriteOutcome};
-use keyshift_engine::verify::verify_grid_positions;
+use keyshift_engine::run::journal::RunState;
 use keyshift_harness::backend::RedisCluster;
 use support::cluster::{ctx, run_record, write_for, AT};
 
@@ -462,7 +462,7 @@ async fn verify_reports_a_leftover_sentinel_as_an_interrupted_run() {
     let user = migrated(&store, &conn, "10", &["A"]).await;
     let run = run_record(RUN, RunState::Done);
     let clean = verify_grid_positions(&conn, &run, &|_| {}).await.unwrap();
-    let index = |r: &keyshift_engine::verify::VerifyReport| {
+    let index = |r: &keyshift_engine::grid_positions::verify::VerifyReport| {
         r.invariants
             .iter()
             .find(|i| i.id == "index")

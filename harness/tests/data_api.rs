@@ -13,7 +13,7 @@ use keyshift_engine::api::{
     Position, PositionObject, PositionStore, TradingCache, POSITION_CACHE_TTL_SECS,
 };
 use keyshift_engine::connection::RedisConn;
-use keyshift_engine::plan::Side;
+use keyshift_engine::grid_positions::plan::Side;
 use rstest::rstest;
 use support::{redis, TestRedis};
 

@@ -5,12 +5,13 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use keyshift_engine::journal::is_journal_key;
-use keyshift_engine::keys::BACKUP_TTL_SECS;
-use keyshift_engine::store::{
+use keyshift_engine::grid_positions::latest_run;
+use keyshift_engine::grid_positions::store::{
     GridPositionsStore, PositionWrite, RunContext, UserWrite, WriteOutcome,
 };
-use keyshift_engine::verify::{latest_run, verify_grid_positions};
+use keyshift_engine::grid_positions::verify::verify_grid_positions;
+use keyshift_engine::keys::BACKUP_TTL_SECS;
+use keyshift_engine::run::journal::is_journal_key;
 use keyshift_harness::digest::{compare, digest};
 use rstest::rstest;
 use support::{redis, TestRedis};
@@ -504,7 +505,7 @@ async fn a_second_run_migrates_nothing() {
 /// a writer) must reach the same end state as the transaction path.
 #[tokio::test]
 async fn script_path_and_transaction_path_agree() {
-    use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions};
+    use keyshift_engine::grid_positions::runner::{migrate_grid_positions, MigrateOptions};
     use keyshift_harness::seed::{generate, load, GenConfig};
 
     let generated = generate(&GenConfig {

@@ -8,9 +8,9 @@ mod support;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use keyshift_engine::journal::{is_journal_key, runs_key, RunState};
-use keyshift_engine::lock::{LOCK_KEY, TTL_ENV};
-use keyshift_engine::verify::latest_run;
+use keyshift_engine::grid_positions::latest_run;
+use keyshift_engine::run::journal::{is_journal_key, runs_key, RunState};
+use keyshift_engine::run::lock::{LOCK_KEY, TTL_ENV};
 use keyshift_harness::digest::{compare, digest, Digest};
 use keyshift_harness::seed::{generate, load, GenConfig};
 use support::cli::{keyshift_on, Ran};

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use assert_cmd::Command;
-use keyshift_engine::journal::is_journal_key;
 use keyshift_engine::order_placed::plan::fields_digest;
 use keyshift_engine::order_placed::store::{KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};
 use keyshift_engine::order_placed::verify::latest_run;
@@ -15,6 +14,7 @@ use keyshift_engine::order_placed::{
     migrate_order_placed, verify_order_placed, OrderPlacedOptions, OrderPlacedReport,
     StandaloneOrderPlaced,
 };
+use keyshift_engine::run::journal::is_journal_key;
 use keyshift_harness::digest::{compare, digest, Digest};
 use rstest::rstest;
 use support::{exchanges, redis, TestRedis};

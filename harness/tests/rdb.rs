@@ -8,7 +8,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use keyshift_engine::standalone::connect;
+use keyshift_engine::grid_positions::store::standalone::connect;
 use keyshift_harness::backend::{process_redis_version, BackendKind, RedisServer, ServerSetup};
 use keyshift_harness::seed::{self, generate, load_fixture_dir, GenConfig};
 use serde_json::Value;

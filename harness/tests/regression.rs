@@ -3,7 +3,7 @@
 
 mod support;
 
-use keyshift_engine::verify::latest_run;
+use keyshift_engine::grid_positions::latest_run;
 use keyshift_harness::gate::checks;
 use keyshift_harness::report::{InvariantEntry, Status};
 use support::{exchanges, redis, TestRedis};

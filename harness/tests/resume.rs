@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
-use keyshift_engine::journal::{is_journal_key, outcomes_key, read_run, runs_key, RunState};
-use keyshift_engine::lock::{LOCK_KEY, TTL_ENV};
+use keyshift_engine::run::journal::{is_journal_key, outcomes_key, read_run, runs_key, RunState};
+use keyshift_engine::run::lock::{LOCK_KEY, TTL_ENV};
 use keyshift_harness::seed::{generate, load, GenConfig, Keyspace};
 use support::cli::{keyshift_on, Ran};
 use support::{redis, TestRedis};

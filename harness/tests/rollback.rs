@@ -3,7 +3,8 @@
 
 mod support;
 
-use keyshift_engine::journal::{is_journal_key, latest_run, run_key, runs_key, RunState};
+use keyshift_engine::grid_positions::latest_run;
+use keyshift_engine::run::journal::{is_journal_key, run_key, runs_key, RunState};
 use keyshift_harness::digest::{compare, digest, Digest};
 use keyshift_harness::seed::{generate, load, GenConfig};
 use support::cli::keyshift_on;

@@ -129,7 +129,7 @@ async fn the_readonly_user_cannot_write_but_validates_verifies_and_reads_status(
         assert_eq!(ran.code, Some(0), "{args:?} as {MIGRATE_USER}: {ran}");
     }
     let migrated = db.snapshot().await;
-    // As the README says: these dry runs read only; those of migrate and
+    // As docs/security.md says: these dry runs read only; those of migrate and
     // rollback load keyshift's scripts (SCRIPT LOAD) first.
     for (args, code) in [
         (&["cleanup-legacy", "--dry-run"][..], 0),
@@ -485,18 +485,19 @@ async fn no_output_log_or_file_holds_a_password() {
     }
 }
 
-/// The README shows the users as shipped: the text the tests load.
+/// docs/security.md shows the users as shipped: the text the tests load.
 #[test]
 fn the_readme_shows_the_shipped_acl_lines() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md"))
+            .expect("docs/security.md");
     for name in ["keyshift-migrate", "keyshift-readonly"] {
         let line = servers::shipped_acl(name);
         let line = line.trim_end();
         assert_eq!(line.lines().count(), 1, "{name}.acl: one user line");
         assert!(
             readme.contains(line),
-            "README lacks docs/acl/{name}.acl:\n{line}"
+            "docs/security.md lacks docs/acl/{name}.acl:\n{line}"
         );
     }
 }

@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use keyshift_engine::schema::Schema;
+use keyshift_engine::keys::schema::Schema;
 use keyshift_engine::validate::{validate, ValidateOptions};
 use keyshift_harness::seed::{self, generate, load_fixture_dir, GenConfig};
 use support::cli::{keyshift, keyshift_on, run};

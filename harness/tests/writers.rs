@@ -8,9 +8,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use keyshift_engine::api::{LegacyStore, LegacyWrite, PositionObject};
+use keyshift_engine::grid_positions::latest_run;
+use keyshift_engine::grid_positions::plan::Side;
+use keyshift_engine::grid_positions::verify::{verify_grid_positions_scoped, Scope};
 use keyshift_engine::keys::LegacyPositionsKey;
-use keyshift_engine::plan::Side;
-use keyshift_engine::verify::{latest_run, verify_grid_positions_scoped, Scope};
 use keyshift_harness::report::Status;
 use keyshift_harness::seed::{self, generate, GenConfig};
 use keyshift_harness::writers::{

@@ -4,8 +4,8 @@
 
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::error::{EngineError, Result};
+use keyshift_engine::grid_positions::store::{RollbackOutcome, UserRollback};
 use keyshift_engine::keys::{parse_index_key, DEFAULT_EXCHANGES};
-use keyshift_engine::store::{RollbackOutcome, UserRollback};
 
 use crate::catalogue::GlobRollback;
 

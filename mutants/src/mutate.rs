@@ -1,7 +1,7 @@
 //! The pure part of the Phase 2 mutants: each turns one user's correctly
 //! planned write into the write the buggy engine would have planned.
 
-use keyshift_engine::store::{PositionWrite, UserWrite};
+use keyshift_engine::grid_positions::store::{PositionWrite, UserWrite};
 
 /// The fields a "dashboard" engine copies; everything else is lost.
 pub const FIXED_FIELDS: [&str; 8] = [

@@ -5,18 +5,18 @@
 
 use std::time::Duration;
 
-use keyshift_engine::cluster::GridStore;
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::error::{EngineError, Result};
+use keyshift_engine::grid_positions::store::cluster::GridStore;
+use keyshift_engine::grid_positions::store::{
+    GridPositionsStore, LegacyRead, RollbackOutcome, RunContext, UserRollback, UserWrite,
+    WriteOutcome,
+};
 use keyshift_engine::order_placed::plan::KeyRead;
 use keyshift_engine::order_placed::store::{
     KeyRollback, KeyWrite, OrderPlacedStore, WriteOutcome as KeyOutcome,
 };
 use keyshift_engine::order_placed::AnyOrderPlaced;
-use keyshift_engine::store::{
-    GridPositionsStore, LegacyRead, RollbackOutcome, RunContext, UserRollback, UserWrite,
-    WriteOutcome,
-};
 use keyshift_harness::gate::{Engines, Production};
 
 use crate::catalogue::Mutant;

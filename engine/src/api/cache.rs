@@ -13,7 +13,7 @@ use redis::aio::ConnectionLike;
 use serde_json::value::RawValue;
 
 use super::error::{check_id, ApiError, ApiResult};
-use crate::plan::Side;
+use crate::grid_positions::plan::Side;
 
 /// TTL of a cached position.
 pub const POSITION_CACHE_TTL_SECS: u64 = 300;

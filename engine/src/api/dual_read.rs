@@ -27,13 +27,14 @@
 
 use redis::aio::ConnectionLike;
 
+use super::codec::{Read, Want, Written};
 use super::error::{check_id, ApiError, ApiResult};
-use super::hash_store::{all_new, read_new, remove_new, upsert_new, Read, Want, Written};
+use super::hash_store::{all_new, read_new, remove_new, upsert_new};
 use super::legacy_store::{write_legacy, LegacyWrite, MAX_WRITE_ATTEMPTS};
 use super::legacy_value::{read_position, read_positions, read_size, Edit};
 use super::{net_size, Position, PositionObject, PositionStore, Topology, Via};
+use crate::grid_positions::plan::Side;
 use crate::keys::LegacyPositionsKey;
-use crate::plan::Side;
 
 pub struct DualReadStore<C> {
     conn: C,

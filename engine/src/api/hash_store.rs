@@ -25,11 +25,12 @@ use std::sync::LazyLock;
 use redis::aio::ConnectionLike;
 use redis::{Script, Value};
 
+use super::codec::{decode, parse_member, size_fields, to_position, Read, Want, Written};
 use super::error::{check_id, ApiError, ApiResult};
 use super::position::{sorted, SIZE_FIELDS};
 use super::{net_size, steps, Position, PositionObject, PositionStore, Topology, Via};
-use crate::keys::{LegacyPositionsKey, META_MIGRATED_AT, META_MIGRATED_FROM};
-use crate::plan::Side;
+use crate::grid_positions::plan::Side;
+use crate::keys::LegacyPositionsKey;
 
 static ALL_POSITIONS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/all_positions.lua")));
@@ -55,48 +56,6 @@ impl<C: ConnectionLike + Clone + Send + Topology> HashStore<C> {
 }
 
 type Fields = BTreeMap<String, String>;
-
-/// A read of the new layout, or (dual-read, index absent) of the legacy key.
-pub(crate) enum Read<T> {
-    New(T),
-    Legacy(Option<Vec<u8>>),
-}
-
-/// A write of the new layout, or (dual-read) a redirect to the legacy key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Written {
-    /// Done; `true` when a position was there before (remove) or written (upsert).
-    New(bool),
-    /// The user is not migrated (legacy key present, index absent).
-    Legacy,
-}
-
-pub(crate) fn to_position(inst_id: &str, side: Side, mut fields: Fields) -> Option<Position> {
-    if fields.is_empty() {
-        return None;
-    }
-    fields.remove(META_MIGRATED_AT);
-    fields.remove(META_MIGRATED_FROM);
-    Some(Position {
-        inst_id: inst_id.to_owned(),
-        side,
-        fields,
-    })
-}
-
-pub(crate) fn parse_member(member: &str) -> Option<(&str, Side)> {
-    let (inst_id, side) = member.rsplit_once(':')?;
-    let side = match side {
-        "long" => Side::Long,
-        "short" => Side::Short,
-        _ => return None,
-    };
-    Some((inst_id, side))
-}
-
-pub(crate) fn decode<T: redis::FromRedisValue>(v: Value) -> ApiResult<T> {
-    redis::from_redis_value(v).map_err(|e| ApiError::redis("decoding a position read")(e.into()))
-}
 
 /// Splits a script reply `{'new', x}` / `{'legacy', value}`.
 fn split<T: redis::FromRedisValue>(reply: (String, Value)) -> ApiResult<Read<T>> {
@@ -161,15 +120,6 @@ fn decode_hashes(json: &[u8]) -> serde_json::Result<Vec<(String, Fields)>> {
         .collect())
 }
 
-/// What a read of position hashes asks for.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Want {
-    /// Every field: a get.
-    Position,
-    /// `pos` and `posSide` only: all a size needs.
-    Size,
-}
-
 /// The hashes of `sides` of one symbol, in that order, present ones only
 /// (for [`Want::Size`], with the size fields only).
 pub(crate) async fn read_new<C: ConnectionLike + Clone + Send>(
@@ -220,16 +170,6 @@ pub(crate) async fn read_new<C: ConnectionLike + Clone + Send>(
             .filter_map(|(side, fields)| to_position(inst_id, *side, fields))
             .collect(),
     ))
-}
-
-/// An HMGET of [`SIZE_FIELDS`] as fields. A hash that holds neither field
-/// reads as absent: it adds nothing to a size either way.
-pub(crate) fn size_fields(values: Vec<Option<String>>) -> Fields {
-    SIZE_FIELDS
-        .iter()
-        .zip(values)
-        .filter_map(|(name, v)| Some(((*name).to_owned(), v?)))
-        .collect()
 }
 
 pub(crate) async fn upsert_new<C: ConnectionLike + Clone + Send>(

@@ -17,12 +17,13 @@ use std::sync::LazyLock;
 use redis::aio::ConnectionLike;
 use redis::Script;
 
+use super::codec::get_legacy;
 use super::error::{check_id, ApiError, ApiResult};
 use super::legacy_value::{edit_value, read_position, read_positions, read_size, Edit};
 use super::steps::{index_state, IndexState};
 use super::{Position, PositionObject, PositionStore, Topology, Via};
+use crate::grid_positions::plan::Side;
 use crate::keys::LegacyPositionsKey;
-use crate::plan::Side;
 
 static CAS_LEGACY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/cas_legacy.lua")));
@@ -100,18 +101,6 @@ pub enum LegacyWrite {
     /// The key is absent and the caller asked to write only an existing
     /// key; nothing was written.
     Absent,
-}
-
-pub(crate) async fn get_legacy<C: ConnectionLike + Clone + Send>(
-    conn: &C,
-    key: &str,
-) -> ApiResult<Option<Vec<u8>>> {
-    let mut conn = conn.clone();
-    redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .map_err(ApiError::redis("reading legacy positions"))
 }
 
 /// Read, edit, compare-and-set until the value did not change in between.

@@ -14,7 +14,9 @@ use serde_json::value::RawValue;
 
 use super::error::{ApiError, ApiResult};
 use super::position::{net_size, Position, PositionObject, SIZE_FIELDS};
-use crate::plan::{plan_value, PlanOptions, PlannedPosition, Side, UserPlan, ValueShape};
+use crate::grid_positions::plan::{
+    plan_value, PlanOptions, PlannedPosition, Side, UserPlan, ValueShape,
+};
 
 /// What to do to one position of a legacy value.
 #[derive(Debug, Clone, Copy)]

@@ -29,6 +29,7 @@
 //! order-placed reset) and the trading cache run unchanged on both.
 
 mod cache;
+mod codec;
 mod dual_read;
 mod error;
 mod hash_store;
@@ -47,7 +48,7 @@ pub use order_placed::{FlagsLayout, OrderPlacedFlags};
 pub use position::{net_size, Position, PositionObject};
 
 use crate::connection::RedisConn;
-use crate::plan::Side;
+use crate::grid_positions::plan::Side;
 
 /// Whether a connection reaches a Redis Cluster: the one fact the stores
 /// need to pick their variant, read once in their constructors.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::value::RawValue;
 
 use super::error::{ApiError, ApiResult};
-use crate::plan::{
+use crate::grid_positions::plan::{
     compact_json, parse_number, plan_value, PlanOptions, PlannedPosition, Side, UserPlan,
 };
 

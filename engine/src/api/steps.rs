@@ -24,7 +24,7 @@
 //! - index present without a "migrating" marker (`keys::migrating_sentinel`):
 //!   the new layout; a legacy key beside it is invisible, as on one server;
 //! - index present with a marker: the user is mid-migration
-//!   (`crate::cluster`). While the legacy key exists it is the truth and
+//!   (`crate::grid_positions::store::cluster`). While the legacy key exists it is the truth and
 //!   takes reads and writes; once the migration's compare-and-delete has
 //!   removed it, the new layout does (the index then holds exactly the
 //!   migrated positions), before the marker itself goes. No moment answers
@@ -60,13 +60,14 @@ use std::sync::LazyLock;
 use redis::aio::ConnectionLike;
 use redis::{Script, Value};
 
+use super::codec::{
+    decode, get_legacy, parse_member, size_fields, to_position, Read, Want, Written,
+};
 use super::error::{ApiError, ApiResult};
-use super::hash_store::{decode, parse_member, size_fields, to_position, Read, Want, Written};
-use super::legacy_store::get_legacy;
 use super::position::{sorted, SIZE_FIELDS};
 use super::{Position, PositionObject};
+use crate::grid_positions::plan::Side;
 use crate::keys::{is_migrating_sentinel, LegacyPositionsKey, MIGRATING_SENTINEL_PREFIX};
-use crate::plan::Side;
 
 static REPLACE_HASH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/replace_hash.lua")));

@@ -37,7 +37,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, RedisFuture, Value};
 
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Result, RESHARDED_CODE};
 
 /// Large pipelines legitimately take seconds; redis-rs's default (500 ms)
 /// would abort a healthy run.
@@ -132,13 +132,13 @@ fn nodelay() -> redis::io::tcp::TcpSettings {
 }
 
 /// The `redis::Client` for one server: every single-node connection is
-/// built here (TLS settings come from `crate::tls`).
+/// built here (TLS settings come from `crate::connection::tls`).
 pub fn client_for(url: &str) -> Result<redis::Client> {
-    crate::tls::client(connection_info(url)?)
+    crate::connection::tls::client(connection_info(url)?)
 }
 
 /// The cluster client for `seeds` (plain node URLs), with keyshift's
-/// timeouts and, for `rediss://` seeds, the TLS files of `crate::tls`.
+/// timeouts and, for `rediss://` seeds, the TLS files of `crate::connection::tls`.
 pub fn cluster_client_for(seeds: &[String]) -> Result<redis::cluster::ClusterClient> {
     let infos = seeds
         .iter()
@@ -154,14 +154,14 @@ pub fn cluster_client_for(seeds: &[String]) -> Result<redis::cluster::ClusterCli
         .iter()
         .any(|i| matches!(i.addr(), ConnectionAddr::TcpTls { insecure: true, .. }))
     {
-        return Err(crate::tls::insecure_refused());
+        return Err(crate::connection::tls::insecure_refused());
     }
     let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(response_timeout())
         .tcp_settings(nodelay());
     if tls {
-        if let Some(certs) = crate::tls::TlsFiles::from_env().load()? {
+        if let Some(certs) = crate::connection::tls::TlsFiles::from_env().load()? {
             builder = builder.certs(certs);
         }
     }
@@ -507,6 +507,8 @@ impl ConnectionLike for RedisConn {
 }
 
 mod cluster;
+pub mod scan;
+pub mod tls;
 
 pub use cluster::{
     decode_cursor, encode_cursor, next_cursor, ClusterCursor, Primary, MAX_PRIMARIES,
@@ -551,10 +553,6 @@ fn exec_replies(
         },
     }
 }
-
-/// The code of the error a cluster SCAN step fails with when slots moved
-/// under it; `EngineError::redis` turns it into [`EngineError::Resharded`].
-pub const RESHARDED_CODE: &str = "KEYSHIFT_RESHARDED";
 
 fn resharded(detail: String) -> redis::RedisError {
     redis::make_extension_error(RESHARDED_CODE.into(), Some(detail))

@@ -14,24 +14,19 @@
 //! - `verify`: the counts, fields and ttl invariants after a run;
 //! - `rollback`: undoing a run (rename back, or copy back a dropped key).
 //!
-//! Journal: per legacy key an [`crate::journal::OrderPlacedOutcome`] in
+//! Journal: per legacy key an [`crate::run::journal::OrderPlacedOutcome`] in
 //! the run's outcome hash; `moved` / `dropped_equal` carry a SHA-256 of
 //! the legacy hash (no backup is kept: the target *is* the legacy hash).
 
-mod any;
-pub mod cluster;
-pub mod migrate;
 pub mod plan;
 pub mod rollback;
-pub mod standalone;
+pub mod runner;
 pub mod store;
 pub mod verify;
 
 /// The migration's name in the journal and on the command line.
 pub const MIGRATION: &str = "order-placed";
 
-pub use any::AnyOrderPlaced;
-pub use cluster::ClusterOrderPlaced;
-pub use migrate::{migrate_order_placed, OrderPlacedOptions, OrderPlacedReport};
-pub use standalone::StandaloneOrderPlaced;
+pub use runner::{migrate_order_placed, OrderPlacedOptions, OrderPlacedReport};
+pub use store::{AnyOrderPlaced, ClusterOrderPlaced, StandaloneOrderPlaced};
 pub use verify::verify_order_placed;

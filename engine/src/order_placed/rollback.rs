@@ -11,13 +11,13 @@ use std::time::Instant;
 use redis::aio::ConnectionLike;
 
 use crate::error::{EngineError, Result};
-use crate::journal::{OrderPlacedOutcome, RunRecord, RunState};
-use crate::keys::OrderPlacedKey;
-use crate::migrate::Finding;
-use crate::rollback::{
+use crate::grid_positions::rollback::{
     find_run_of, pop_server_time_ms, remaining_ttl, rollback_journal_key, RollbackOptions,
     RollbackReport,
 };
+use crate::grid_positions::runner::Finding;
+use crate::keys::OrderPlacedKey;
+use crate::run::journal::{OrderPlacedOutcome, RunRecord, RunState};
 
 use super::plan::fields_digest;
 use super::store::{KeyRollback, OrderPlacedStore};
@@ -48,7 +48,7 @@ where
 {
     let started = Instant::now();
     let journal_key = rollback_journal_key(&run.run_id);
-    let outcomes_key = crate::journal::outcomes_key(&run.run_id);
+    let outcomes_key = crate::run::journal::outcomes_key(&run.run_id);
     let mut report = RollbackReport::new(MIGRATION, run, opts);
     let mut plans = Vec::new();
     let mut cursor = 0;
@@ -151,7 +151,7 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
         let fields: Vec<(Vec<u8>, Vec<u8>)> =
             redis::from_redis_value_ref(&r[0]).unwrap_or_default();
         // A legacy key identical to the target is this rollback's own copy
-        // on a cluster, made before a kill (`super::cluster`): not a write
+        // on a cluster, made before a kill (`super::store::cluster`): not a write
         // since the migration, and the rerun finishes it without --force.
         let legacy_dump: Option<Vec<u8>> = redis::from_redis_value_ref(&r[1]).unwrap_or(None);
         let target_dump: Option<Vec<u8>> = redis::from_redis_value_ref(&r[3]).unwrap_or(None);

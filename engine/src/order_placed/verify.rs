@@ -9,15 +9,17 @@ use std::collections::HashMap;
 use redis::aio::ConnectionLike;
 use redis::Value;
 
+use crate::connection::scan::scan_step;
 use crate::error::{EngineError, Result};
-use crate::invariant::InvariantResult;
-use crate::journal::{latest_run_of, outcomes_key, scan_outcomes, OrderPlacedOutcome, RunRecord};
+use crate::grid_positions::verify::{VerifyReport, TTL_TOLERANCE_MS};
 use crate::keys::OrderPlacedKey;
-use crate::keyspace::scan_step;
-use crate::verify::{VerifyReport, TTL_TOLERANCE_MS};
+use crate::run::invariant::InvariantResult;
+use crate::run::journal::{
+    latest_run_of, outcomes_key, scan_outcomes, OrderPlacedOutcome, RunRecord,
+};
 
-use super::migrate::Counts;
 use super::plan::{fields_digest, Fields};
+use super::runner::Counts;
 use super::MIGRATION;
 
 const BATCH: usize = 500;

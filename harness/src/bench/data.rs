@@ -15,8 +15,8 @@ use keyshift_engine::api::{
     ApiError, ApiResult, DualReadStore, HashStore, LegacyStore, PositionObject, PositionStore,
 };
 use keyshift_engine::connection::RedisConn;
+use keyshift_engine::grid_positions::plan::Side;
 use keyshift_engine::keys::{LegacyPositionsKey, META_MIGRATED_AT, META_MIGRATED_FROM};
-use keyshift_engine::plan::Side;
 use serde::{Deserialize, Serialize};
 
 /// The exchange every benchmark user trades on.

@@ -84,7 +84,9 @@ async fn run_latency(
     let max_c = args.concurrency.iter().copied().max().unwrap_or(1).max(1);
     let mut conns = Vec::with_capacity(max_c);
     for _ in 0..max_c {
-        conns.push(keyshift_engine::standalone::connect(&server.url()).await?);
+        conns.push(
+            keyshift_engine::grid_positions::store::standalone::connect(&server.url()).await?,
+        );
     }
     let cells =
         args.positions.len() * Op::ALL.len() * StoreKind::ALL.len() * args.concurrency.len();

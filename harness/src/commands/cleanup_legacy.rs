@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use keyshift_engine::cleanup_legacy::{cleanup_legacy, Cleanup, CleanupOptions, CleanupReport};
+use keyshift_engine::grid_positions::store::standalone::connect;
 use keyshift_engine::redact_url;
-use keyshift_engine::standalone::connect;
 use keyshift_engine::validate::key_count;
 
 use super::validate::load_schema;

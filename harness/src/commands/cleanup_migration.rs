@@ -1,9 +1,9 @@
 //! `keyshift cleanup-migration grid-positions`.
 
-use keyshift_engine::cleanup::{find_debris, remove_debris, Debris};
-use keyshift_engine::journal::latest_run;
+use keyshift_engine::grid_positions::debris::{find_debris, remove_debris, Debris};
+use keyshift_engine::grid_positions::latest_run;
+use keyshift_engine::grid_positions::store::standalone::connect;
 use keyshift_engine::redact_url;
-use keyshift_engine::standalone::connect;
 
 use super::{confirm_write, locked};
 use crate::exit::Outcome;
@@ -34,7 +34,7 @@ pub async fn run(url: &str, dry_run: bool, force: bool) -> anyhow::Result<Outcom
         // Found again under the lock: a run may have finished meanwhile.
         let debris = find_debris(
             &conn,
-            &keyshift_engine::journal::read_run(&conn, &run.run_id).await?,
+            &keyshift_engine::run::journal::read_run(&conn, &run.run_id).await?,
         )
         .await?;
         remove_debris(&conn, &debris).await

@@ -2,11 +2,13 @@
 
 use std::fmt::Write as _;
 
-use keyshift_engine::cluster::GridStore;
-use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions, MigrationReport};
+use keyshift_engine::grid_positions::runner::{
+    migrate_grid_positions, MigrateOptions, MigrationReport,
+};
+use keyshift_engine::grid_positions::store::cluster::GridStore;
+use keyshift_engine::grid_positions::store::standalone::{connect, StandaloneStore};
+use keyshift_engine::grid_positions::store::GridPositionsStore;
 use keyshift_engine::redact_url;
-use keyshift_engine::standalone::{connect, StandaloneStore};
-use keyshift_engine::store::GridPositionsStore;
 
 use super::{confirm_write, exchanges, locked_unless_dry_run, print_report, progress_bar};
 use crate::exit::Outcome;

@@ -45,8 +45,14 @@ pub async fn locked<T>(
     command: &str,
     work: impl std::future::Future<Output = keyshift_engine::Result<T>>,
 ) -> keyshift_engine::Result<T> {
-    let holder = keyshift_engine::lock::Holder::new(command);
-    keyshift_engine::lock::hold(conn, &holder, keyshift_engine::lock::ttl_from_env(), work).await
+    let holder = keyshift_engine::run::lock::Holder::new(command);
+    keyshift_engine::run::lock::hold(
+        conn,
+        &holder,
+        keyshift_engine::run::lock::ttl_from_env(),
+        work,
+    )
+    .await
 }
 
 /// Runs `work` under the runner lock, or as it is for a dry run (which

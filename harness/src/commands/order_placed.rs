@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use keyshift_engine::order_placed::migrate::Finding;
+use keyshift_engine::grid_positions::store::standalone::connect;
+use keyshift_engine::grid_positions::verify::VerifyReport;
+use keyshift_engine::order_placed::runner::Finding;
 use keyshift_engine::order_placed::store::OrderPlacedStore;
 use keyshift_engine::order_placed::verify::latest_run;
 use keyshift_engine::order_placed::{
@@ -11,8 +13,6 @@ use keyshift_engine::order_placed::{
     OrderPlacedReport, MIGRATION,
 };
 use keyshift_engine::redact_url;
-use keyshift_engine::standalone::connect;
-use keyshift_engine::verify::VerifyReport;
 
 use super::migrate::MigrateArgs;
 use super::{confirm_write, exchanges, locked_unless_dry_run, print_report, progress_bar};

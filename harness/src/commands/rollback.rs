@@ -2,13 +2,13 @@
 
 use std::fmt::Write as _;
 
-use keyshift_engine::cluster::GridStore;
-use keyshift_engine::order_placed::{self, AnyOrderPlaced};
-use keyshift_engine::redact_url;
-use keyshift_engine::rollback::{
+use keyshift_engine::grid_positions::rollback::{
     find_run, rollback_grid_positions, RollbackOptions, RollbackReport,
 };
-use keyshift_engine::standalone::connect;
+use keyshift_engine::grid_positions::store::cluster::GridStore;
+use keyshift_engine::grid_positions::store::standalone::connect;
+use keyshift_engine::order_placed::{self, AnyOrderPlaced};
+use keyshift_engine::redact_url;
 
 use super::{confirm_write, locked_unless_dry_run};
 use crate::cli::Migration;

@@ -1,9 +1,9 @@
 //! `keyshift status`: the recorded runs and the lock, read-only.
 
-use keyshift_engine::journal::{outcomes_key, runs_of, RunRecord};
-use keyshift_engine::lock::{Holder, LOCK_KEY};
-use keyshift_engine::migrate::MIGRATION;
-use keyshift_engine::standalone::connect;
+use keyshift_engine::grid_positions::runner::MIGRATION;
+use keyshift_engine::grid_positions::store::standalone::connect;
+use keyshift_engine::run::journal::{outcomes_key, runs_of, RunRecord};
+use keyshift_engine::run::lock::{Holder, LOCK_KEY};
 use serde::Serialize;
 
 use crate::exit::Outcome;

@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use keyshift_engine::schema::Schema;
-use keyshift_engine::standalone::connect;
+use keyshift_engine::grid_positions::store::standalone::connect;
+use keyshift_engine::keys::schema::Schema;
 use keyshift_engine::validate::{key_count, validate, ValidateOptions, ValidateReport};
 
 use super::{print_report, progress_bar};

@@ -1,7 +1,8 @@
 //! `keyshift verify grid-positions`.
 
-use keyshift_engine::standalone::connect;
-use keyshift_engine::verify::{latest_run, verify_grid_positions, VerifyReport};
+use keyshift_engine::grid_positions::latest_run;
+use keyshift_engine::grid_positions::store::standalone::connect;
+use keyshift_engine::grid_positions::verify::{verify_grid_positions, VerifyReport};
 
 use super::{print_report, progress_bar};
 use crate::exit::Outcome;
@@ -20,7 +21,7 @@ pub async fn run(url: &str, json: bool) -> anyhow::Result<Outcome> {
     })
 }
 
-fn run_size(run: &keyshift_engine::journal::RunRecord) -> u64 {
+fn run_size(run: &keyshift_engine::run::journal::RunRecord) -> u64 {
     run.counts
         .as_ref()
         .and_then(|c| c.get("keys_migrated"))

@@ -8,11 +8,11 @@ use keyshift_engine::api::{
     ApiError, DualReadStore, HashStore, LegacyStore, Position, PositionStore,
 };
 use keyshift_engine::connection::RedisConn;
-use keyshift_engine::invariant::InvariantResult;
-use keyshift_engine::journal::{outcomes_key, Outcome, RunRecord};
+use keyshift_engine::grid_positions::plan::Side;
+use keyshift_engine::grid_positions::runner::MigrationReport;
 use keyshift_engine::keys::{parse_index_key, BackupKey, LegacyPositionsKey, PositionHashKey};
-use keyshift_engine::migrate::MigrationReport;
-use keyshift_engine::plan::Side;
+use keyshift_engine::run::invariant::InvariantResult;
+use keyshift_engine::run::journal::{outcomes_key, Outcome, RunRecord};
 use serde::de::DeserializeOwned;
 
 use crate::digest::{compare, Digest, DigestDiff};

@@ -3,13 +3,13 @@
 //! ones (the keyshift-mutants crate) run through the very same pipeline:
 //! the verifier is tested by the engines it must catch.
 
-use keyshift_engine::cluster::GridStore;
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::error::Result;
+use keyshift_engine::grid_positions::store::cluster::GridStore;
+use keyshift_engine::grid_positions::store::standalone::StandaloneStore;
+use keyshift_engine::grid_positions::store::GridPositionsStore;
 use keyshift_engine::order_placed::store::OrderPlacedStore;
 use keyshift_engine::order_placed::AnyOrderPlaced;
-use keyshift_engine::standalone::StandaloneStore;
-use keyshift_engine::store::GridPositionsStore;
 
 /// The stores of one gate run: Phase 2 (grid-positions, migrate and
 /// rollback) and Phase 1 (order-placed). Each is opened on the gate's

@@ -15,12 +15,13 @@ mod rollback;
 use std::time::Instant;
 
 use keyshift_engine::connection::RedisConn;
-use keyshift_engine::journal::is_journal_key;
+use keyshift_engine::grid_positions::latest_run;
+use keyshift_engine::grid_positions::runner::{migrate_grid_positions, MigrateOptions};
+use keyshift_engine::grid_positions::store::standalone::connect;
+use keyshift_engine::grid_positions::store::GridPositionsStore;
+use keyshift_engine::grid_positions::verify::verify_grid_positions;
 use keyshift_engine::keys::DEFAULT_EXCHANGES;
-use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions};
-use keyshift_engine::standalone::connect;
-use keyshift_engine::store::GridPositionsStore;
-use keyshift_engine::verify::{latest_run, verify_grid_positions};
+use keyshift_engine::run::journal::is_journal_key;
 
 use crate::backend::{BackendKind, Deployment, RedisServer};
 use crate::cli::GateArgs;

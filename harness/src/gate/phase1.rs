@@ -8,14 +8,14 @@ use std::time::Instant;
 
 use keyshift_engine::cleanup_legacy::{cleanup_legacy, Cleanup, CleanupOptions};
 use keyshift_engine::connection::RedisConn;
-use keyshift_engine::invariant::InvariantResult;
-use keyshift_engine::journal::{is_journal_key, OrderPlacedOutcome};
+use keyshift_engine::keys::schema::Schema;
 use keyshift_engine::keys::OrderPlacedKey;
 use keyshift_engine::order_placed::store::OrderPlacedStore;
 use keyshift_engine::order_placed::{
     migrate_order_placed, verify::latest_run, verify_order_placed, OrderPlacedOptions,
 };
-use keyshift_engine::schema::Schema;
+use keyshift_engine::run::invariant::InvariantResult;
+use keyshift_engine::run::journal::{is_journal_key, OrderPlacedOutcome};
 
 use super::checks::{diff_invariant, fold_diff, read_outcomes};
 use crate::commands::locked;

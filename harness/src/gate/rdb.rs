@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyshift_engine::connection::RedisConn;
-use keyshift_engine::invariant::InvariantResult;
-use keyshift_engine::journal::Outcome;
+use keyshift_engine::grid_positions::runner::MigrationReport;
 use keyshift_engine::keys::LegacyPositionsKey;
-use keyshift_engine::migrate::MigrationReport;
+use keyshift_engine::run::invariant::InvariantResult;
+use keyshift_engine::run::journal::Outcome;
 use serde::Serialize;
 
 use crate::backend::{BackendError, BackendKind, ServerSetup};

@@ -207,7 +207,7 @@ fn counts_judge_outcomes_against_the_snapshot() {
         dry_run: false,
         skip_closed: false,
         exchanges: exchanges.clone(),
-        totals: keyshift_engine::migrate::Counts {
+        totals: keyshift_engine::grid_positions::runner::Counts {
             legacy_keys_found: found,
             ..Default::default()
         },

@@ -9,13 +9,16 @@ use std::time::{Duration, Instant};
 
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::error::EngineError;
-use keyshift_engine::invariant::InvariantResult;
-use keyshift_engine::journal::{is_journal_key, latest_run, Outcome};
+use keyshift_engine::grid_positions::latest_run;
+use keyshift_engine::grid_positions::rollback::{rollback_grid_positions, RollbackOptions};
+use keyshift_engine::grid_positions::runner::{
+    migrate_grid_positions, MigrateOptions, MigrationReport,
+};
+use keyshift_engine::grid_positions::store::GridPositionsStore;
+use keyshift_engine::grid_positions::verify::{verify_grid_positions_scoped, Scope};
 use keyshift_engine::keys::BackupKey;
-use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions, MigrationReport};
-use keyshift_engine::rollback::{rollback_grid_positions, RollbackOptions};
-use keyshift_engine::store::GridPositionsStore;
-use keyshift_engine::verify::{verify_grid_positions_scoped, Scope};
+use keyshift_engine::run::invariant::InvariantResult;
+use keyshift_engine::run::journal::{is_journal_key, Outcome};
 
 use super::checks;
 use crate::commands::locked;

@@ -7,14 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Instant;
 
-use keyshift_engine::journal::{is_journal_key, runs_of, OrderPlacedOutcome, Outcome};
+use keyshift_engine::grid_positions::store::standalone::connect;
+use keyshift_engine::grid_positions::verify::{verify_grid_positions_scoped, Scope};
 use keyshift_engine::keys::{
     parse_index_key, BackupKey, LegacyPositionsKey, OrderPlacedKey, PositionHashKey,
     DEFAULT_EXCHANGES,
 };
 use keyshift_engine::order_placed::verify::verify_order_placed;
-use keyshift_engine::standalone::connect;
-use keyshift_engine::verify::{verify_grid_positions_scoped, Scope};
+use keyshift_engine::run::journal::{is_journal_key, runs_of, OrderPlacedOutcome, Outcome};
 use serde::Serialize;
 
 use super::model::{FindingKind, MigrationName};
@@ -224,7 +224,7 @@ fn note(findings: &mut Vec<Found>, f: Found) {
 }
 
 /// verify's "reappeared" samples, as findings.
-fn reappeared(inv: &keyshift_engine::invariant::InvariantResult, findings: &mut Vec<Found>) {
+fn reappeared(inv: &keyshift_engine::run::invariant::InvariantResult, findings: &mut Vec<Found>) {
     for s in inv.samples.iter().filter(|s| s.contains("reappeared")) {
         if let Some((key, _)) = s.split_once(": legacy key reappeared") {
             note(
@@ -294,7 +294,7 @@ fn order_placed_outcome(
 }
 
 fn missing_run(phase: &str) -> InvariantEntry {
-    let mut r = keyshift_engine::invariant::InvariantResult::new(
+    let mut r = keyshift_engine::run::invariant::InvariantResult::new(
         "counts",
         "the migration recorded a run in the journal",
     );

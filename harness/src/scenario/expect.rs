@@ -168,7 +168,7 @@ mod tests {
     use super::*;
     use crate::report::InvariantEntry;
     use crate::scenario::model::FindingKind;
-    use keyshift_engine::invariant::InvariantResult;
+    use keyshift_engine::run::invariant::InvariantResult;
     use std::path::Path;
 
     fn scenario(expect: &str) -> Scenario {

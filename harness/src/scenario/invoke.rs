@@ -7,9 +7,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use keyshift_engine::connection::RedisConn;
-use keyshift_engine::journal::{latest_run_of, outcomes_key, RunState};
-use keyshift_engine::lock::{LOCK_KEY, TTL_ENV};
-use keyshift_engine::standalone::{connect, RESPONSE_TIMEOUT_ENV};
+use keyshift_engine::grid_positions::store::standalone::{connect, RESPONSE_TIMEOUT_ENV};
+use keyshift_engine::run::journal::{latest_run_of, outcomes_key, RunState};
+use keyshift_engine::run::lock::{LOCK_KEY, TTL_ENV};
 use serde::Serialize;
 use tokio::process::Command;
 

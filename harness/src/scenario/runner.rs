@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use keyshift_engine::connection::RedisConn;
-use keyshift_engine::journal::is_journal_key;
-use keyshift_engine::standalone::connect;
+use keyshift_engine::grid_positions::store::standalone::connect;
+use keyshift_engine::run::journal::is_journal_key;
 
 use super::checks;
 use super::dataset;

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use keyshift_engine::api::{DualReadStore, HashStore, Position, PositionStore};
 use keyshift_engine::connection::RedisConn;
-use keyshift_engine::invariant::InvariantResult;
 use keyshift_engine::keys::LegacyPositionsKey;
+use keyshift_engine::run::invariant::InvariantResult;
 
 use super::history::{show, Fields, History, HotPair, Initial, Op, OpResult, PairState, Slot};
 use crate::report::InvariantEntry;
@@ -217,7 +217,7 @@ pub async fn no_lost_writes(conn: &RedisConn, history: &History) -> InvariantEnt
 mod tests {
     use std::time::Instant;
 
-    use keyshift_engine::plan::Side;
+    use keyshift_engine::grid_positions::plan::Side;
 
     use super::super::history::{Action, Via};
     use super::*;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Instant;
 
-use keyshift_engine::plan::Side;
+use keyshift_engine::grid_positions::plan::Side;
 
 /// One (user, exchange) the writers keep updating; exactly one task owns
 /// it, so its operations form one sequential history.

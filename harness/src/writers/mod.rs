@@ -45,9 +45,9 @@ use std::time::Duration;
 
 use keyshift_engine::api::{ApiResult, LegacyStore, PositionStore};
 use keyshift_engine::connection::RedisConn;
+use keyshift_engine::grid_positions::plan::{plan_value, PlanOptions, UserPlan};
+use keyshift_engine::grid_positions::store::standalone::connect;
 use keyshift_engine::keys::LegacyPositionsKey;
-use keyshift_engine::plan::{plan_value, PlanOptions, UserPlan};
-use keyshift_engine::standalone::connect;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;

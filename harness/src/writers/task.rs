@@ -11,7 +11,7 @@ use keyshift_engine::api::{
     ApiError, DualReadStore, LegacyStore, LegacyWrite, PositionObject, PositionStore,
 };
 use keyshift_engine::connection::RedisConn;
-use keyshift_engine::plan::Side;
+use keyshift_engine::grid_positions::plan::Side;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};

@@ -1,6 +1,6 @@
 //! Disposable servers locked down as production is: the default user has a
 //! password, keyshift's users come from the ACL files shipped under
-//! docs/acl (the text the README shows), and optionally a TLS port that
+//! docs/acl (the text docs/security.md shows), and optionally a TLS port that
 //! asks for client certificates. Process backend by default; docker with
 //! KEYSHIFT_TEST_BACKEND=docker (files placed with `ServerSetup`).
 
@@ -30,7 +30,7 @@ pub fn shipped_acl(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The shipped line with the placeholder replaced as the README says:
+/// The shipped line with the placeholder replaced as docs/security.md says:
 /// `#` and the password's SHA-256.
 fn with_password(line: &str, password: &str) -> String {
     assert!(line.contains(PLACEHOLDER), "no {PLACEHOLDER} in {line}");

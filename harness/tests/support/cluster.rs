@@ -2,12 +2,12 @@
 //! through the engine's connection, and the grid-positions write a run
 //! plans for one user, for tests that drive the store's steps directly.
 
+use keyshift_engine::connection::scan::scan_step;
 use keyshift_engine::connection::RedisConn;
-use keyshift_engine::journal::{outcomes_key, RunRecord, RunState};
+use keyshift_engine::grid_positions::plan::{plan_value, PlanOptions, UserPlan};
+use keyshift_engine::grid_positions::store::{PositionWrite, RunContext, UserWrite};
 use keyshift_engine::keys::LegacyPositionsKey;
-use keyshift_engine::keyspace::scan_step;
-use keyshift_engine::plan::{plan_value, PlanOptions, UserPlan};
-use keyshift_engine::store::{PositionWrite, RunContext, UserWrite};
+use keyshift_engine::run::journal::{outcomes_key, RunRecord, RunState};
 use keyshift_engine::EngineError;
 use keyshift_harness::backend::RedisCluster;
 

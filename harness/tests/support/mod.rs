@@ -7,9 +7,11 @@ pub mod cli;
 pub mod cluster;
 
 use keyshift_engine::connection::RedisConn;
+use keyshift_engine::grid_positions::runner::{
+    migrate_grid_positions, MigrateOptions, MigrationReport,
+};
+use keyshift_engine::grid_positions::store::standalone::{connect, StandaloneStore};
 use keyshift_engine::keys::DEFAULT_EXCHANGES;
-use keyshift_engine::migrate::{migrate_grid_positions, MigrateOptions, MigrationReport};
-use keyshift_engine::standalone::{connect, StandaloneStore};
 use keyshift_harness::backend::{docker_available, docker_required, BackendKind, RedisServer};
 
 pub struct TestRedis {

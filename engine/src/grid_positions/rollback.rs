@@ -13,11 +13,11 @@ use redis::aio::ConnectionLike;
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
-use crate::journal::{runs_of, scan_outcomes, Outcome, RunRecord, RunState};
+use crate::grid_positions::plan::{plan_value, PlanOptions, UserPlan};
+use crate::grid_positions::runner::{Finding, MIGRATION};
+use crate::grid_positions::store::{GridPositionsStore, RollbackOutcome, UserRollback};
 use crate::keys::{migrating_sentinel, LegacyPositionsKey, META_MIGRATED_AT, META_MIGRATED_FROM};
-use crate::migrate::{Finding, MIGRATION};
-use crate::plan::{plan_value, PlanOptions, UserPlan};
-use crate::store::{GridPositionsStore, RollbackOutcome, UserRollback};
+use crate::run::journal::{runs_of, scan_outcomes, Outcome, RunRecord, RunState};
 
 const BATCH: usize = 500;
 
@@ -386,7 +386,7 @@ async fn restored_already<C: ConnectionLike + Clone + Send>(
             backups.push(backup);
         }
     }
-    let reads = crate::keyspace::read_expecting(
+    let reads = crate::connection::scan::read_expecting(
         conn,
         &candidates,
         "GET",
@@ -398,7 +398,9 @@ async fn restored_already<C: ConnectionLike + Clone + Send>(
         .zip(backups)
         .zip(reads)
         .filter_map(|((key, backup), read)| match read {
-            crate::keyspace::TypedRead::Value(redis::Value::BulkString(v)) if v == backup => {
+            crate::connection::scan::TypedRead::Value(redis::Value::BulkString(v))
+                if v == backup =>
+            {
                 Some(key)
             }
             _ => None,

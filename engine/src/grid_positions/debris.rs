@@ -12,13 +12,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use redis::aio::ConnectionLike;
 use serde::Serialize;
 
+use crate::connection::scan::scan_step;
 use crate::error::{EngineError, Result};
-use crate::journal::{outcomes_key, RunRecord, RunState};
 use crate::keys::{
     migrating_sentinel, parse_index_key, LegacyPositionsKey, PositionHashKey, META_MIGRATED_AT,
     META_MIGRATED_FROM,
 };
-use crate::keyspace::scan_step;
+use crate::run::journal::{outcomes_key, RunRecord, RunState};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Debris {

@@ -217,27 +217,6 @@ pub fn insecure_refused() -> EngineError {
     ))
 }
 
-/// What to check next when a connection to `url` (already redacted)
-/// failed with `error`: TLS advice for a `rediss://` URL.
-pub fn unreachable_advice(url: &str, error: &str) -> &'static str {
-    let lower = error.to_ascii_lowercase();
-    if lower.contains("authentication failed") || lower.contains("wrongpass") {
-        return "the server refused the user name or password: check the credentials in REDIS_URL / --redis (user:password@, URL-escaped)";
-    }
-    if !url.starts_with("rediss://") && !url.starts_with("rediss+") {
-        return "check the URL, that the server is up, and the credentials in REDIS_URL / --redis";
-    }
-    if lower.contains("certificaterequired") || lower.contains("handshakefailure") {
-        "the server wants a client certificate: set KEYSHIFT_TLS_CLIENT_CERT and KEYSHIFT_TLS_CLIENT_KEY to its PEM files"
-    } else if lower.contains("certificate") {
-        "the server's TLS certificate was not trusted: set KEYSHIFT_TLS_CA_CERT to the PEM file of the CA that signed it, and connect by a host name or IP address the certificate names"
-    } else if lower.contains("corrupt message") || lower.contains("invalidcontenttype") {
-        "that port did not answer TLS: use the server's tls-port with rediss://, or redis:// for a plain port"
-    } else {
-        "check the URL (rediss:// needs the server's tls-port), that the server is up, the TLS files in KEYSHIFT_TLS_CA_CERT / KEYSHIFT_TLS_CLIENT_CERT / KEYSHIFT_TLS_CLIENT_KEY, and the credentials in REDIS_URL / --redis"
-    }
-}
-
 #[cfg(test)]
 #[path = "tls_tests.rs"]
 mod tests;

@@ -11,9 +11,9 @@ use super::scripts::{
 };
 use crate::connection::RedisConn;
 use crate::error::Result;
-use crate::journal::Outcome;
+use crate::grid_positions::store::{RunContext, UserWrite, WriteOutcome};
 use crate::keys::{migrating_sentinel, META_MIGRATED_AT, META_MIGRATED_FROM};
-use crate::store::{RunContext, UserWrite, WriteOutcome};
+use crate::run::journal::Outcome;
 
 /// What inspecting one user's targets decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,7 +192,7 @@ pub(super) async fn migrate_users(
         )
     };
     let migrated: Vec<(String, String)> = go.iter().map(|(i, g)| record(*i, g.ttl)).collect();
-    crate::journal::record_outcomes(conn, &ctx.outcomes_key, &migrated).await?;
+    crate::run::journal::record_outcomes(conn, &ctx.outcomes_key, &migrated).await?;
 
     // Step 6: compare-and-delete.
     let mut pipe = redis::pipe();
@@ -249,7 +249,7 @@ pub(super) async fn migrate_users(
     if !drifted.is_empty() {
         carry_ttl(conn, users, &drifted).await?;
         let fixed: Vec<(String, String)> = drifted.iter().map(|&(i, t)| record(i, t)).collect();
-        crate::journal::record_outcomes(conn, &ctx.outcomes_key, &fixed).await?;
+        crate::run::journal::record_outcomes(conn, &ctx.outcomes_key, &fixed).await?;
     }
     let mut pipe = redis::pipe();
     for &i in done.iter().chain(&expired) {

@@ -9,7 +9,7 @@ use redis::Value;
 use super::scripts::{query, unexpected};
 use crate::connection::RedisConn;
 use crate::error::Result;
-use crate::store::{RollbackOutcome, UserRollback};
+use crate::grid_positions::store::{RollbackOutcome, UserRollback};
 
 /// What reading one user's legacy key and backup decided.
 #[derive(Debug, Clone, PartialEq, Eq)]

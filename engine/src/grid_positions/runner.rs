@@ -10,12 +10,14 @@ use futures_util::stream::TryStreamExt;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::journal::{self, outcomes_key, Outcome, RunRecord, RunStart, RunState};
+use crate::grid_positions::plan::{plan_value, PlanOptions, QuarantineReason, UserPlan};
+use crate::grid_positions::store::{
+    GridPositionsStore, PositionWrite, RunContext, UserWrite, WriteOutcome,
+};
 use crate::keys::{escape_glob, LegacyPositionsKey, BACKUP_TTL_SECS};
-use crate::plan::{plan_value, PlanOptions, QuarantineReason, UserPlan};
-use crate::store::{GridPositionsStore, PositionWrite, RunContext, UserWrite, WriteOutcome};
+use crate::run::journal::{self, outcomes_key, Outcome, RunRecord, RunStart, RunState};
 
-pub const MIGRATION: &str = "grid-positions";
+pub use super::MIGRATION;
 
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {

@@ -9,8 +9,8 @@ use futures_util::stream::TryStreamExt;
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
-use crate::journal::{self, outcomes_key, OrderPlacedOutcome, RunRecord, RunStart, RunState};
 use crate::keys::OrderPlacedKey;
+use crate::run::journal::{self, outcomes_key, OrderPlacedOutcome, RunRecord, RunStart, RunState};
 
 use super::plan::{fields_digest, plan_key, ConflictReason, KeyPlan, QuarantineReason};
 use super::store::{KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};

@@ -10,13 +10,13 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 use crate::error::{EngineError, Result};
-use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
-use crate::store::{
+use crate::grid_positions::store::{
     GridPositionsStore, RollbackOutcome, RunContext, UserRollback, UserWrite, WriteOutcome,
 };
+use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
 
-const MIGRATE_USER: &str = include_str!("../lua/migrate_user.lua");
-const ROLLBACK_USER: &str = include_str!("../lua/rollback_user.lua");
+const MIGRATE_USER: &str = include_str!("../../lua/migrate_user.lua");
+const ROLLBACK_USER: &str = include_str!("../../lua/rollback_user.lua");
 
 pub use crate::connection::{connect, RESPONSE_TIMEOUT_ENV};
 use crate::connection::{connect_node, RedisConn};

@@ -10,9 +10,9 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 use crate::error::{EngineError, Result};
-use crate::journal::Outcome;
+use crate::grid_positions::store::{RunContext, UserWrite, WriteOutcome};
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
-use crate::store::{RunContext, UserWrite, WriteOutcome};
+use crate::run::journal::Outcome;
 
 /// Redis checks each newly watched key against the connection's watch list,
 /// so WATCH costs grow with the square of the keys in one transaction, while

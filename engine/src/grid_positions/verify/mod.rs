@@ -14,16 +14,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use redis::aio::ConnectionLike;
 use serde::Serialize;
 
+use crate::connection::scan::scan_step;
 use crate::error::{EngineError, Result};
-use crate::invariant::InvariantResult;
-pub use crate::journal::{latest_run, read_run};
-use crate::journal::{outcomes_key, scan_outcomes, Outcome, RunRecord};
+use crate::grid_positions::plan::{plan_value, PlanOptions, UserPlan};
+use crate::grid_positions::runner::MIGRATION;
 use crate::keys::{
     is_migrating_sentinel, parse_index_key, LegacyPositionsKey, PositionHashKey, BACKUP_TTL_SECS,
 };
-use crate::keyspace::scan_step;
-use crate::migrate::MIGRATION;
-use crate::plan::{plan_value, PlanOptions, UserPlan};
+use crate::run::invariant::InvariantResult;
+pub use crate::run::journal::read_run;
+use crate::run::journal::{outcomes_key, scan_outcomes, Outcome, RunRecord};
 
 mod judge;
 use judge::{check_ttl, compare_hash, read_in_window};

@@ -1,12 +1,20 @@
 //! The one seam between the Phase 1 runner and a Redis deployment, as
-//! [`crate::store`] is for Phase 2: the runner speaks only this trait.
+//! [`crate::grid_positions::store`] is for Phase 2: the runner speaks only this trait.
 
+use crate::connection::scan;
 use crate::connection::RedisConn;
 use crate::error::Result;
-use crate::journal::{self, OrderPlacedOutcome, RunRecord};
-use crate::keyspace;
+use crate::run::journal::{self, OrderPlacedOutcome, RunRecord};
 
-use super::plan::{Fields, KeyRead};
+use crate::order_placed::plan::{Fields, KeyRead};
+
+mod any;
+pub mod cluster;
+pub mod standalone;
+
+pub use any::AnyOrderPlaced;
+pub use cluster::ClusterOrderPlaced;
+pub use standalone::StandaloneOrderPlaced;
 
 /// What one legacy key's write does, once planned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +35,7 @@ pub struct KeyWrite {
     pub kind: WriteKind,
     /// The legacy hash the plan was made from, sorted by field.
     pub expected: Fields,
-    /// [`super::plan::fields_digest`] of `expected`, for the journal.
+    /// [`crate::order_placed::plan::fields_digest`] of `expected`, for the journal.
     pub digest: String,
 }
 
@@ -97,6 +105,6 @@ pub trait OrderPlacedStore {
     }
     /// Estimated total keys, for progress.
     async fn key_count(&self) -> Result<u64> {
-        keyspace::key_count(self.journal_conn()).await
+        scan::key_count(self.journal_conn()).await
     }
 }

@@ -5,6 +5,8 @@
 //! written, which is the safe reading of "never touch a key you did not fully
 //! understand".
 
+pub mod schema;
+
 /// The exchanges of the trading platform, in the order DESIGN §1 lists them.
 pub const DEFAULT_EXCHANGES: [&str; 5] = ["okx", "binance", "bitget", "upbit", "bybit"];
 

@@ -13,11 +13,11 @@
 use crate::connection::RedisConn;
 use redis::Value;
 
+use crate::connection::scan::{self, TypedRead};
 use crate::error::{EngineError, Result};
-use crate::keyspace::{self, TypedRead};
 
-use super::plan::{Fields, KeyRead};
-use super::store::{KeyRollback, KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};
+use super::{KeyRollback, KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};
+use crate::order_placed::plan::{Fields, KeyRead};
 
 const MOVE_ORDER_PLACED: &str = include_str!("../lua/move_order_placed.lua");
 const ROLLBACK_ORDER_PLACED: &str = include_str!("../lua/rollback_order_placed.lua");
@@ -29,7 +29,7 @@ pub struct StandaloneOrderPlaced {
 }
 
 impl StandaloneOrderPlaced {
-    /// Wraps a connection from [`crate::standalone::connect`] and loads the
+    /// Wraps a connection from [`crate::grid_positions::store::standalone::connect`] and loads the
     /// move script.
     pub async fn open(conn: RedisConn) -> Result<Self> {
         let store = Self {
@@ -86,7 +86,7 @@ impl OrderPlacedStore for StandaloneOrderPlaced {
 
     async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
         let during = "scanning for legacy order-placed keys";
-        keyspace::scan_step(&self.conn, cursor, Some(pattern), count, during).await
+        scan::scan_step(&self.conn, cursor, Some(pattern), count, during).await
     }
 
     async fn read_keys(&self, keys: &[String]) -> Result<Vec<KeyRead>> {
@@ -135,7 +135,7 @@ impl OrderPlacedStore for StandaloneOrderPlaced {
 /// pipeline of single-key reads: the same on a cluster).
 pub(super) async fn read_order_placed(conn: &RedisConn, keys: &[String]) -> Result<Vec<KeyRead>> {
     let during = "reading order-placed hashes";
-    let reads = keyspace::read_expecting(conn, keys, "HGETALL", during).await?;
+    let reads = scan::read_expecting(conn, keys, "HGETALL", during).await?;
     reads
         .into_iter()
         .map(|read| match read {

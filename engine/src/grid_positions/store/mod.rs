@@ -2,12 +2,15 @@
 //! runner speaks only this trait, so a standalone server, a cluster and a
 //! test double are implementations, not branches.
 
+pub mod cluster;
+pub mod standalone;
+
 use crate::connection::RedisConn;
 use redis::Value;
 
+use crate::connection::scan::{self, TypedRead};
 use crate::error::{EngineError, Result};
-use crate::journal::{self, Outcome, RunRecord};
-use crate::keyspace::{self, TypedRead};
+use crate::run::journal::{self, Outcome, RunRecord};
 
 /// A legacy key as read in one batch.
 #[derive(Debug, Clone)]
@@ -100,12 +103,12 @@ pub trait GridPositionsStore {
     /// through a cluster connection it visits every primary.
     async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
         let during = "scanning for legacy keys";
-        keyspace::scan_step(self.journal_conn(), cursor, Some(pattern), count, during).await
+        scan::scan_step(self.journal_conn(), cursor, Some(pattern), count, during).await
     }
     /// Reads the type and (for strings) the value of each key, in order.
     async fn read_legacy(&self, keys: &[String]) -> Result<Vec<LegacyRead>> {
         let during = "reading legacy keys";
-        let reads = keyspace::read_expecting(self.journal_conn(), keys, "GET", during).await?;
+        let reads = scan::read_expecting(self.journal_conn(), keys, "GET", during).await?;
         keys.iter()
             .zip(reads)
             .map(|(key, read)| {
@@ -167,7 +170,7 @@ pub trait GridPositionsStore {
     /// Estimated total keys, for progress (DBSIZE; on a cluster redis-rs
     /// sums it over the primaries).
     async fn key_count(&self) -> Result<u64> {
-        keyspace::key_count(self.journal_conn()).await
+        scan::key_count(self.journal_conn()).await
     }
     /// Finishes the users an interrupted run of `run` left between the
     /// last two steps of a per-user step that is not atomic (a cluster's),

@@ -47,23 +47,23 @@ use std::sync::LazyLock;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use redis::{Script, Value};
 
+use crate::connection::scan;
 use crate::connection::RedisConn;
 use crate::error::{EngineError, Result};
-use crate::journal::{self, OrderPlacedOutcome};
-use crate::keyspace;
+use crate::run::journal::{self, OrderPlacedOutcome};
 
-use super::plan::{Fields, KeyRead};
 use super::standalone::read_order_placed;
-use super::store::{KeyRollback, KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};
+use super::{KeyRollback, KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};
+use crate::order_placed::plan::{Fields, KeyRead};
 
 static SNAPSHOT_IF_PLANNED: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/snapshot_if_planned.lua")));
+    LazyLock::new(|| Script::new(include_str!("../lua/snapshot_if_planned.lua")));
 static DELETE_IF_PLANNED: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/delete_if_planned.lua")));
+    LazyLock::new(|| Script::new(include_str!("../lua/delete_if_planned.lua")));
 static DELETE_IF_DUMP: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/delete_if_dump.lua")));
+    LazyLock::new(|| Script::new(include_str!("../lua/delete_if_dump.lua")));
 static DUMP_WITH_TTL: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/dump_with_ttl.lua")));
+    LazyLock::new(|| Script::new(include_str!("../lua/dump_with_ttl.lua")));
 
 /// Keys worked on at once: each is a few dependent round trips.
 const IN_FLIGHT: usize = 32;
@@ -336,7 +336,7 @@ impl OrderPlacedStore for ClusterOrderPlaced {
 
     async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
         let during = "scanning for legacy order-placed keys";
-        keyspace::scan_step(&self.conn, cursor, Some(pattern), count, during).await
+        scan::scan_step(&self.conn, cursor, Some(pattern), count, during).await
     }
 
     async fn read_keys(&self, keys: &[String]) -> Result<Vec<KeyRead>> {

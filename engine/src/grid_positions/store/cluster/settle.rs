@@ -14,8 +14,8 @@
 
 use crate::connection::RedisConn;
 use crate::error::Result;
-use crate::journal::{self, Outcome, RunRecord};
 use crate::keys::{migrating_sentinel, LegacyPositionsKey};
+use crate::run::journal::{self, Outcome, RunRecord};
 
 use super::scripts::query;
 

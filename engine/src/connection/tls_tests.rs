@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 use redis::IntoConnectionInfo;
 
 use super::*;
+use crate::error::unreachable_advice;
 
 /// A CA and a client certificate it signed, as PEM files in a temp dir.
 struct Pki {

@@ -103,11 +103,11 @@ mod settle;
 
 use crate::connection::RedisConn;
 use crate::error::Result;
-use crate::journal::RunRecord;
-use crate::standalone::StandaloneStore;
-use crate::store::{
+use crate::grid_positions::store::standalone::StandaloneStore;
+use crate::grid_positions::store::{
     GridPositionsStore, RollbackOutcome, RunContext, UserRollback, UserWrite, WriteOutcome,
 };
+use crate::run::journal::RunRecord;
 
 /// The Phase 2 store for a Redis Cluster (see the module doc).
 #[derive(Clone)]

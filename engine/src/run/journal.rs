@@ -11,7 +11,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::migrate::MIGRATION;
 
 pub const JOURNAL_PREFIX: &str = "keyshift:";
 
@@ -119,13 +118,6 @@ pub enum OrderPlacedOutcome {
     },
     /// Not a hash (or a key keyshift cannot name): left untouched.
     Quarantined { reason: String, detail: String },
-}
-
-/// The latest run of `grid-positions` recorded on this server.
-pub async fn latest_run<C: ConnectionLike + Clone + Send>(conn: &C) -> Result<RunRecord> {
-    latest_run_of(conn, MIGRATION)
-        .await?
-        .ok_or(EngineError::NoRun)
 }
 
 /// The latest run of `migration`, if one is recorded.

@@ -8,8 +8,8 @@ use redis::aio::ConnectionLike;
 
 use super::TTL_TOLERANCE_MS;
 use crate::error::{EngineError, Result};
-use crate::invariant::InvariantResult;
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
+use crate::run::invariant::InvariantResult;
 
 /// Compares a position hash with its planned fields plus the metadata.
 pub(super) fn compare_hash(

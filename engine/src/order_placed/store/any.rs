@@ -6,9 +6,9 @@ use crate::connection::RedisConn;
 use crate::error::Result;
 
 use super::cluster::ClusterOrderPlaced;
-use super::plan::KeyRead;
 use super::standalone::StandaloneOrderPlaced;
-use super::store::{KeyRollback, KeyWrite, OrderPlacedStore, WriteOutcome};
+use super::{KeyRollback, KeyWrite, OrderPlacedStore, WriteOutcome};
+use crate::order_placed::plan::KeyRead;
 
 #[derive(Clone)]
 pub enum AnyOrderPlaced {
