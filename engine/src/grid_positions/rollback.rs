@@ -7,55 +7,20 @@
 //! written since is lost silently.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Instant;
 
 use redis::aio::ConnectionLike;
-use serde::Serialize;
 
 use crate::error::{EngineError, Result};
 use crate::grid_positions::plan::{plan_value, PlanOptions, UserPlan};
-use crate::grid_positions::runner::{Finding, MIGRATION};
 use crate::grid_positions::store::{GridPositionsStore, RollbackOutcome, UserRollback};
+use crate::grid_positions::MIGRATION;
 use crate::keys::{migrating_sentinel, LegacyPositionsKey, META_MIGRATED_AT, META_MIGRATED_FROM};
-use crate::run::journal::{runs_of, scan_outcomes, Outcome, RunRecord, RunState};
-
-const BATCH: usize = 500;
-
-#[derive(Debug, Clone, Default)]
-pub struct RollbackOptions {
-    /// Roll back the run whose backups carry this stamp (default: the latest run).
-    pub backup_stamp: Option<String>,
-    pub dry_run: bool,
-    /// Roll back even over data changed since the migration.
-    pub force: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RollbackReport {
-    pub migration: &'static str,
-    pub run_id: String,
-    pub stamp: String,
-    pub dry_run: bool,
-    pub forced: bool,
-    /// Users the run migrated.
-    pub users: usize,
-    pub restored: usize,
-    /// Legacy TTL ran out since: new keys removed, nothing restored.
-    pub expired: usize,
-    /// Restored by an earlier, interrupted rollback of this run.
-    pub already_done: usize,
-    pub keys_deleted: i64,
-    /// Data changed since the migration (what refuses a rollback without force).
-    pub changed: Vec<Finding>,
-    /// Users left as they are (backup gone, or changed and not forced).
-    pub skipped: Vec<Finding>,
-    pub elapsed_ms: u128,
-}
-
-/// Key of the hash recording which users a rollback of `run_id` restored.
-pub fn rollback_journal_key(run_id: &str) -> String {
-    format!("keyshift:run:{run_id}:rollback")
-}
+use crate::run::journal::{Outcome, RunRecord};
+use crate::run::rollback::{
+    find_run_of, pop_server_time_ms, remaining_ttl, roll_back, RollbackSteps,
+};
+pub use crate::run::rollback::{rollback_journal_key, RollbackOptions, RollbackReport};
+use crate::run::Finding;
 
 /// The run a rollback applies to.
 pub async fn find_run<C: ConnectionLike + Clone + Send>(
@@ -68,68 +33,6 @@ pub async fn find_run<C: ConnectionLike + Clone + Send>(
     .await
 }
 
-/// The run of `migration` a rollback applies to: the one stamped `stamp`
-/// (`stamp_noun` names the stamp in the refusal), else the latest (`none`:
-/// the error when there is none); never one already rolled back.
-pub(crate) async fn find_run_of<C: ConnectionLike + Clone + Send>(
-    conn: &C,
-    migration: &str,
-    stamp: Option<&str>,
-    stamp_noun: &str,
-    none: impl FnOnce() -> EngineError,
-) -> Result<RunRecord> {
-    let runs = runs_of(conn, migration).await?;
-    let run = match stamp {
-        Some(s) => runs.into_iter().find(|r| r.stamp == s).ok_or_else(|| {
-            EngineError::Refused(format!(
-                "no {migration} run has {stamp_noun} {s}; `keyshift status` lists the runs"
-            ))
-        })?,
-        None => runs.into_iter().next().ok_or_else(none)?,
-    };
-    if run.state == RunState::RolledBack {
-        return Err(EngineError::Refused(format!(
-            "run {} was already rolled back",
-            run.run_id
-        )));
-    }
-    Ok(run)
-}
-
-impl RollbackReport {
-    /// An empty report for a rollback of `run`.
-    pub(crate) fn new(migration: &'static str, run: &RunRecord, opts: &RollbackOptions) -> Self {
-        Self {
-            migration,
-            run_id: run.run_id.clone(),
-            stamp: run.stamp.clone(),
-            dry_run: opts.dry_run,
-            forced: opts.force,
-            users: 0,
-            restored: 0,
-            expired: 0,
-            already_done: 0,
-            keys_deleted: 0,
-            changed: Vec::new(),
-            skipped: Vec::new(),
-            elapsed_ms: 0,
-        }
-    }
-
-    /// Refuses to write over changes since the migration, unless forced or
-    /// a dry run (which lists them).
-    pub(crate) fn refuse_changes(&self, opts: &RollbackOptions) -> Result<()> {
-        if !self.changed.is_empty() && !opts.force && !opts.dry_run {
-            return Err(EngineError::Refused(format!(
-                "{} change(s) since the migration would be lost, e.g. {}; review them (--dry-run lists them) and pass --force to roll back anyway",
-                self.changed.len(),
-                self.changed[0].detail
-            )));
-        }
-        Ok(())
-    }
-}
-
 pub async fn rollback_grid_positions<S, C>(
     store: &S,
     conn: &C,
@@ -140,84 +43,94 @@ where
     S: GridPositionsStore,
     C: ConnectionLike + Clone + Send,
 {
-    let started = Instant::now();
-    let mut report = RollbackReport::new(MIGRATION, run, opts);
-    let journal_key = rollback_journal_key(&run.run_id);
-    // Pass 1 reads everything and finds changes; pass 2 writes, only when
-    // there are none or the operator forced it.
-    let mut plans = Vec::new();
-    let mut cursor = 0;
-    loop {
-        let (next, outcomes) = scan_outcomes(conn, &run.run_id, cursor, BATCH).await?;
-        let migrated: Vec<(String, i64, i64)> = outcomes
-            .into_iter()
+    roll_back(&Phase2Rollback { store, conn, run }, conn, run, opts).await
+}
+
+/// Phase 2's part of the shared rollback: a user is restored from its
+/// backup, and the hashes and index the run wrote for it are deleted.
+struct Phase2Rollback<'a, S, C> {
+    store: &'a S,
+    conn: &'a C,
+    run: &'a RunRecord,
+}
+
+impl<S, C> RollbackSteps for Phase2Rollback<'_, S, C>
+where
+    S: GridPositionsStore,
+    C: ConnectionLike + Clone + Send,
+{
+    const MIGRATION: &'static str = MIGRATION;
+    type Outcome = Outcome;
+    type Plan = UserRollback;
+
+    fn wrote(outcome: &Outcome) -> bool {
+        matches!(outcome, Outcome::Migrated { .. })
+    }
+
+    async fn plan(
+        &self,
+        journal_key: &str,
+        written: &[(String, Outcome)],
+        report: &mut RollbackReport,
+    ) -> Result<Vec<UserRollback>> {
+        let migrated: Vec<(String, i64, i64)> = written
+            .iter()
             .filter_map(|(key, o)| match o {
-                Outcome::Migrated { pttl, at, .. } => Some((key, pttl, at)),
+                Outcome::Migrated { pttl, at, .. } => Some((key.clone(), *pttl, *at)),
                 _ => None,
             })
             .collect();
-        report.users += migrated.len();
-        plans.extend(plan_batch(conn, run, &journal_key, &migrated, &mut report).await?);
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
+        plan_batch(self.conn, self.run, journal_key, &migrated, report).await
     }
-    report.refuse_changes(opts)?;
-    if opts.dry_run {
-        report.restored = plans.len();
-    } else {
-        for chunk in plans.chunks(BATCH) {
-            let users: Vec<UserRollback> = chunk
-                .iter()
-                .cloned()
-                .map(|mut u| {
-                    u.force = opts.force;
-                    u
-                })
-                .collect();
-            for (u, outcome) in users
-                .iter()
-                .zip(store.rollback_users(&journal_key, &users).await?)
-            {
-                match outcome {
-                    RollbackOutcome::Restored { deleted } => {
-                        report.restored += 1;
-                        report.keys_deleted += deleted;
-                    }
-                    RollbackOutcome::Expired { deleted } => {
-                        report.expired += 1;
-                        report.keys_deleted += deleted;
-                    }
-                    RollbackOutcome::Changed => report.skipped.push(finding(
-                        &u.legacy_key,
-                        "changed",
-                        "the legacy key was written again while rolling back; left as it is",
-                    )),
-                    RollbackOutcome::NoBackup => report.skipped.push(finding(
-                        &u.legacy_key,
-                        "no_backup",
-                        &format!("{} is gone; nothing restored", u.backup_key),
-                    )),
+
+    async fn undo(
+        &self,
+        journal_key: &str,
+        plans: &[UserRollback],
+        force: bool,
+        report: &mut RollbackReport,
+    ) -> Result<()> {
+        let users: Vec<UserRollback> = plans
+            .iter()
+            .cloned()
+            .map(|u| UserRollback { force, ..u })
+            .collect();
+        let outcomes = self.store.rollback_users(journal_key, &users).await?;
+        for (u, outcome) in users.iter().zip(outcomes) {
+            match outcome {
+                RollbackOutcome::Restored { deleted } => {
+                    report.restored += 1;
+                    report.keys_deleted += deleted;
                 }
+                RollbackOutcome::Expired { deleted } => {
+                    report.expired += 1;
+                    report.keys_deleted += deleted;
+                }
+                RollbackOutcome::Changed => report.skipped.push(finding(
+                    &u.legacy_key,
+                    "changed",
+                    "the legacy key was written again while rolling back; left as it is",
+                )),
+                RollbackOutcome::NoBackup => report.skipped.push(finding(
+                    &u.legacy_key,
+                    "no_backup",
+                    &format!("{} is gone; nothing restored", u.backup_key),
+                )),
             }
         }
-        let mut record = run.clone();
-        record.state = RunState::RolledBack;
-        record.rollback = Some(serde_json::json!({
-            "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        Ok(())
+    }
+
+    fn summary(report: &RollbackReport, at: &str) -> serde_json::Value {
+        serde_json::json!({
+            "at": at,
             "restored": report.restored,
             "expired": report.expired,
             "keys_deleted": report.keys_deleted,
-            "forced": opts.force,
+            "forced": report.forced,
             "skipped": report.skipped.len(),
-        }));
-        if report.skipped.is_empty() {
-            store.save_run(&record).await?;
-        }
+        })
     }
-    report.elapsed_ms = started.elapsed().as_millis();
-    Ok(report)
 }
 
 fn finding(key: &str, reason: &str, detail: &str) -> Finding {
@@ -408,28 +321,9 @@ async fn restored_already<C: ConnectionLike + Clone + Send>(
         .collect())
 }
 
-/// The server's TIME, the last reply of a pipeline, in ms (the local clock
-/// when it cannot be read).
-pub(crate) fn pop_server_time_ms(replies: &mut Vec<redis::Value>) -> i64 {
-    let (secs, micros): (i64, i64) = replies
-        .pop()
-        .and_then(|v| redis::from_redis_value(v).ok())
-        .unwrap_or((chrono::Utc::now().timestamp(), 0));
-    secs * 1000 + micros / 1000
-}
-
-/// The legacy TTL left now: -1 for none, 0 when it would have expired.
-pub(crate) fn remaining_ttl(pttl: i64, at: i64, now_ms: i64) -> i64 {
-    if pttl <= 0 {
-        -1
-    } else {
-        (pttl - (now_ms - at)).max(0)
-    }
-}
-
 /// The legacy key's absolute expiry (server ms): -1 for none, 0 when it
 /// would have expired by `now_ms`.
-pub(crate) fn expiry(pttl: i64, at: i64, now_ms: i64) -> i64 {
+fn expiry(pttl: i64, at: i64, now_ms: i64) -> i64 {
     match remaining_ttl(pttl, at, now_ms) {
         -1 => -1,
         0 => 0,
@@ -481,13 +375,6 @@ mod tests {
         assert_eq!(expiry(-1, 0, 10), -1);
         assert_eq!(expiry(10_000, 1_000, 4_000), 11_000);
         assert_eq!(expiry(10_000, 1_000, 20_000), 0);
-    }
-
-    #[test]
-    fn remaining_ttl_counts_down_and_expires() {
-        assert_eq!(remaining_ttl(-1, 0, 10), -1);
-        assert_eq!(remaining_ttl(10_000, 1_000, 4_000), 7_000);
-        assert_eq!(remaining_ttl(10_000, 1_000, 20_000), 0);
     }
 
     #[test]

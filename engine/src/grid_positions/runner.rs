@@ -1,21 +1,26 @@
 //! The Phase 2 runner: SCAN -> read -> plan -> write, batched and pipelined,
-//! over any [`GridPositionsStore`]. It never spawns: batches overlap as
-//! futures on the caller's task, so Redis works on one batch while the next
-//! is planned.
+//! over any [`GridPositionsStore`], in the run loop both migrations share
+//! ([`crate::run::runner`]); what a batch does is here.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use futures_util::stream::TryStreamExt;
 use serde::Serialize;
 
+use crate::connection::RedisConn;
 use crate::error::Result;
-use crate::grid_positions::plan::{plan_value, PlanOptions, QuarantineReason, UserPlan};
+use crate::grid_positions::plan::{
+    plan_value, MigratePlan, PlanOptions, QuarantineReason, UserPlan,
+};
 use crate::grid_positions::store::{
     GridPositionsStore, PositionWrite, RunContext, UserWrite, WriteOutcome,
 };
 use crate::keys::{escape_glob, LegacyPositionsKey, BACKUP_TTL_SECS};
-use crate::run::journal::{self, outcomes_key, Outcome, RunRecord, RunStart, RunState};
+use crate::run;
+use crate::run::journal::{self, outcomes_key, Outcome, RunRecord, RunStart};
+use crate::run::runner::{
+    close_run, journal_entry, record_findings, run_batches, BatchSteps, Batching, Tally,
+};
 
 pub use super::MIGRATION;
 
@@ -65,7 +70,7 @@ pub struct Counts {
     pub positions_quarantined: usize,
 }
 
-impl Counts {
+impl run::runner::Counts for Counts {
     fn add(&mut self, o: &Counts) {
         self.legacy_keys_found += o.legacy_keys_found;
         self.keys_migrated += o.keys_migrated;
@@ -79,12 +84,7 @@ impl Counts {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Finding {
-    pub key: String,
-    pub reason: String,
-    pub detail: String,
-}
+pub use crate::run::Finding;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct KeySample {
@@ -120,14 +120,7 @@ impl MigrationReport {
     }
 }
 
-#[derive(Default)]
-struct BatchResult {
-    per_exchange: BTreeMap<String, Counts>,
-    samples: Vec<KeySample>,
-    quarantined: Vec<Finding>,
-    conflicts: Vec<Finding>,
-    scanned: usize,
-}
+type BatchTally = Tally<Counts, KeySample, Finding>;
 
 /// Runs Phase 2. `progress` is called with the number of keys each SCAN step
 /// returned.
@@ -137,7 +130,8 @@ pub async fn migrate_grid_positions<S: GridPositionsStore>(
     progress: &dyn Fn(usize),
 ) -> Result<MigrationReport> {
     let started = Instant::now();
-    let (mut record, resumed) = begin_or_resume(store, opts).await?;
+    let conn = store.journal_conn();
+    let (mut record, resumed) = begin_or_resume(conn, opts).await?;
     if resumed && !opts.dry_run {
         store.settle_interrupted(&record).await?;
     }
@@ -148,54 +142,36 @@ pub async fn migrate_grid_positions<S: GridPositionsStore>(
         migrated_at: record.started_at.clone(),
         backup_ttl_secs: BACKUP_TTL_SECS,
     };
-    let result = run_batches(store, opts, &ctx, &stamp, progress).await;
-    let finished = chrono::Utc::now();
-    record.finished_at = Some(finished.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    let mut report = MigrationReport {
+    let steps = Phase2Batches {
+        store,
+        opts,
+        ctx: &ctx,
+        stamp: &stamp,
+        pattern: scan_pattern(&opts.exchanges),
+    };
+    let batching = Batching {
+        scan_count: opts.scan_count,
+        in_flight: opts.in_flight,
+        samples: opts.samples,
+    };
+    let result = run_batches(&steps, batching, progress).await;
+    let totals = async || run_totals(conn, &ctx.outcomes_key).await;
+    let mut tally = close_run(conn, &mut record, opts.dry_run, result, totals).await?;
+    Ok(MigrationReport {
         migration: MIGRATION,
-        run_id: (!opts.dry_run).then(|| run_id.clone()),
+        run_id: (!opts.dry_run).then_some(run_id),
         resumed,
         stamp,
         dry_run: opts.dry_run,
         skip_closed: opts.skip_closed,
         exchanges: opts.exchanges.clone(),
-        totals: Counts::default(),
-        per_exchange: BTreeMap::new(),
-        samples: Vec::new(),
-        quarantined: Vec::new(),
-        conflicts: Vec::new(),
-        elapsed_ms: 0,
-    };
-    match result {
-        Ok(batch) => {
-            for counts in batch.per_exchange.values() {
-                report.totals.add(counts);
-            }
-            report.per_exchange = batch.per_exchange;
-            report.samples = batch.samples;
-            report.quarantined = batch.quarantined;
-            report.conflicts = batch.conflicts;
-            report.quarantined.sort_by(|a, b| a.key.cmp(&b.key));
-            report.conflicts.sort_by(|a, b| a.key.cmp(&b.key));
-            report.elapsed_ms = started.elapsed().as_millis();
-            if !opts.dry_run {
-                record.state = RunState::Done;
-                let totals = run_totals(store, &run_id).await?;
-                record.counts = Some(serde_json::to_value(&totals).expect("counts serialise"));
-                store.save_run(&record).await?;
-            }
-            Ok(report)
-        }
-        Err(e) => {
-            if !opts.dry_run {
-                record.state = RunState::Failed;
-                record.error = Some(e.to_string());
-                // The original error matters more than a failure to record it.
-                let _ = store.save_run(&record).await;
-            }
-            Err(e)
-        }
-    }
+        totals: tally.totals(),
+        per_exchange: tally.per_exchange,
+        samples: tally.samples,
+        quarantined: tally.quarantined,
+        conflicts: tally.conflicts,
+        elapsed_ms: started.elapsed().as_millis(),
+    })
 }
 
 /// What the whole run did, resumed parts included, summed from the journal.
@@ -208,12 +184,10 @@ pub struct RunTotals {
     pub positions_skipped_closed: usize,
 }
 
-async fn run_totals<S: GridPositionsStore>(store: &S, run_id: &str) -> Result<RunTotals> {
+async fn run_totals(conn: &RedisConn, outcomes_key: &str) -> Result<RunTotals> {
     let mut totals = RunTotals::default();
-    let mut cursor = 0;
-    loop {
-        let (next, outcomes) = store.scan_outcomes(run_id, cursor, 1000).await?;
-        for (_, outcome) in outcomes {
+    journal::for_each_outcome_batch(conn, outcomes_key, 1000, async |batch| {
+        for (_, outcome) in batch {
             match outcome {
                 Outcome::Migrated {
                     positions, skipped, ..
@@ -226,19 +200,14 @@ async fn run_totals<S: GridPositionsStore>(store: &S, run_id: &str) -> Result<Ru
                 Outcome::Conflict { .. } => totals.keys_conflicting += 1,
             }
         }
-        cursor = next;
-        if cursor == 0 {
-            return Ok(totals);
-        }
-    }
+        Ok(())
+    })
+    .await?;
+    Ok(totals)
 }
 
-/// Starts a run, or resumes an interrupted one with the same options
-/// ([`journal::begin_or_resume`]).
-async fn begin_or_resume<S: GridPositionsStore>(
-    store: &S,
-    opts: &MigrateOptions,
-) -> Result<(RunRecord, bool)> {
+/// Starts a run, or resumes an interrupted one with the same options.
+async fn begin_or_resume(conn: &RedisConn, opts: &MigrateOptions) -> Result<(RunRecord, bool)> {
     let start = RunStart {
         migration: MIGRATION,
         skip_closed: opts.skip_closed,
@@ -255,116 +224,112 @@ async fn begin_or_resume<S: GridPositionsStore>(
             )
         })
     };
-    let last = store.latest_run(MIGRATION).await?;
-    journal::begin_or_resume(start, last, refuse, async |run| store.save_run(run).await).await
+    run::runner::begin_or_resume(conn, start, refuse).await
 }
 
-async fn run_batches<S: GridPositionsStore>(
-    store: &S,
-    opts: &MigrateOptions,
-    ctx: &RunContext,
-    stamp: &str,
-    progress: &dyn Fn(usize),
-) -> Result<BatchResult> {
-    // One SCAN for all exchanges: MATCH runs server-side, and each key is
-    // then parsed against the exchange list, so backups and ids with `:`
-    // are dropped here rather than by a looser pattern.
-    let pattern = match opts.exchanges.as_slice() {
+/// One SCAN for all exchanges: MATCH runs server-side, and each key is
+/// then parsed against the exchange list, so backups and ids with `:` are
+/// dropped there rather than by a looser pattern.
+fn scan_pattern(exchanges: &[String]) -> String {
+    match exchanges {
         [one] => format!("{}:positions:*", escape_glob(one)),
         _ => "*:positions:*".to_owned(),
-    };
-    // SCAN steps are a stream polled together with the batches in flight,
-    // so a SCAN round trip never stalls the writes.
-    let scan = futures_util::stream::try_unfold(Some(0u64), |cursor| {
-        let pattern = &pattern;
-        async move {
-            let Some(cursor) = cursor else {
-                return Ok(None);
-            };
-            let (next, keys) = store.scan(cursor, pattern, opts.scan_count).await?;
-            progress(keys.len());
-            Ok(Some((keys, (next != 0).then_some(next))))
+    }
+}
+
+/// Phase 2's part of the run loop: one batch of legacy keys read, planned
+/// and written, retried while writers change them.
+struct Phase2Batches<'a, S> {
+    store: &'a S,
+    opts: &'a MigrateOptions,
+    ctx: &'a RunContext,
+    stamp: &'a str,
+    pattern: String,
+}
+
+/// A legacy key of this run's exchanges, and its name as scanned.
+type Pending = (LegacyPositionsKey, String);
+
+impl<S: GridPositionsStore> BatchSteps for Phase2Batches<'_, S> {
+    type Key = String;
+    type Counts = Counts;
+    type Sample = KeySample;
+    type Finding = Finding;
+
+    async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>)> {
+        self.store.scan(cursor, &self.pattern, count).await
+    }
+
+    async fn process(&self, scanned: Vec<String>) -> Result<BatchTally> {
+        let mut tally = BatchTally::default();
+        let mut pending: Vec<Pending> = scanned
+            .into_iter()
+            .filter_map(|k| LegacyPositionsKey::parse(&k, &self.opts.exchanges).map(|p| (p, k)))
+            .collect();
+        for (legacy, _) in &pending {
+            tally.counts(&legacy.exchange);
         }
-    });
-    let batches = scan
-        .map_ok(|keys| process_batch(store, opts, ctx, stamp, keys))
-        .try_buffer_unordered(opts.in_flight.max(1));
-    let mut batches = std::pin::pin!(batches);
-    let mut total = BatchResult::default();
-    while let Some(batch) = batches.try_next().await? {
-        merge(&mut total, batch, opts.samples);
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            attempt += 1;
+            let mut journal = Vec::new();
+            let (planned, writes) = self
+                .plan_round(&mut pending, &mut tally, &mut journal)
+                .await?;
+            let outcomes = if self.opts.dry_run {
+                vec![WriteOutcome::Migrated { pttl_ms: -1 }; writes.len()]
+            } else {
+                self.store.migrate_users(self.ctx, &writes).await?
+            };
+            for (user, (write, outcome)) in
+                planned.into_iter().zip(writes.into_iter().zip(outcomes))
+            {
+                let round = Round {
+                    attempt,
+                    max_retries: self.opts.max_retries,
+                    max_samples: self.opts.samples,
+                };
+                let retry = settle(&mut tally, &mut journal, user, write, outcome, round);
+                pending.extend(retry);
+            }
+            let conn = self.store.journal_conn();
+            record_findings(conn, &self.ctx.outcomes_key, self.opts.dry_run, &journal).await?;
+        }
+        Ok(tally)
     }
-    Ok(total)
 }
 
-fn merge(total: &mut BatchResult, batch: BatchResult, max_samples: usize) {
-    for (ex, counts) in batch.per_exchange {
-        total.per_exchange.entry(ex).or_default().add(&counts);
-    }
-    let room = max_samples.saturating_sub(total.samples.len());
-    total.samples.extend(batch.samples.into_iter().take(room));
-    total.quarantined.extend(batch.quarantined);
-    total.conflicts.extend(batch.conflicts);
-    total.scanned += batch.scanned;
-}
-
-async fn process_batch<S: GridPositionsStore>(
-    store: &S,
-    opts: &MigrateOptions,
-    ctx: &RunContext,
-    stamp: &str,
-    scanned: Vec<String>,
-) -> Result<BatchResult> {
-    let mut result = BatchResult {
-        scanned: scanned.len(),
-        ..BatchResult::default()
-    };
-    let mut pending: Vec<(LegacyPositionsKey, String)> = scanned
-        .into_iter()
-        .filter_map(|k| LegacyPositionsKey::parse(&k, &opts.exchanges).map(|p| (p, k)))
-        .collect();
-    for (legacy, _) in &pending {
-        result
-            .per_exchange
-            .entry(legacy.exchange.clone())
-            .or_default();
-    }
-    let plan_opts = PlanOptions {
-        skip_closed: opts.skip_closed,
-    };
-    let mut attempt = 0;
-    while !pending.is_empty() {
-        attempt += 1;
+impl<S: GridPositionsStore> Phase2Batches<'_, S> {
+    /// Reads every pending key once and plans it: a write for each user to
+    /// migrate, a quarantine (tallied and journaled) for the rest.
+    async fn plan_round(
+        &self,
+        pending: &mut Vec<Pending>,
+        tally: &mut BatchTally,
+        journal: &mut Vec<(String, String)>,
+    ) -> Result<(Vec<Pending>, Vec<UserWrite>)> {
         let keys: Vec<String> = pending.iter().map(|(_, k)| k.clone()).collect();
-        let reads = store.read_legacy(&keys).await?;
+        let reads = self.store.read_legacy(&keys).await?;
+        let plan_opts = PlanOptions {
+            skip_closed: self.opts.skip_closed,
+        };
         let mut writes = Vec::new();
         let mut planned = Vec::new();
-        let mut journal = Vec::new();
         for (n, ((legacy, key), read)) in pending.drain(..).zip(reads).enumerate() {
-            let counts = result
-                .per_exchange
-                .get_mut(&legacy.exchange)
-                .expect("entry");
+            let counts = tally.counts(&legacy.exchange);
             let value = match (read.redis_type.as_str(), read.value) {
                 ("none", _) => {
-                    // Counted once: a key is settled (here or below) only in
-                    // its final state, however often a race sent it back.
+                    // Counted once: a key is settled (here or in `settle`)
+                    // only in its final state, however often a race sent it back.
                     counts.keys_vanished += 1;
                     continue;
                 }
                 ("string", Some(v)) => v,
                 (other, _) => {
-                    let reason = QuarantineReason::NotAString {
-                        redis_type: other.to_owned(),
-                    };
-                    quarantine(
-                        &mut result.quarantined,
-                        &mut journal,
-                        counts,
-                        key,
-                        reason,
-                        0,
-                    );
+                    let redis_type = other.to_owned();
+                    let reason = QuarantineReason::NotAString { redis_type };
+                    let finding = quarantine(counts, journal, key, reason, 0);
+                    tally.quarantined.push(finding);
                     continue;
                 }
             };
@@ -374,107 +339,110 @@ async fn process_batch<S: GridPositionsStore>(
                 tokio::task::yield_now().await;
             }
             match plan_value(&value, plan_opts) {
-                UserPlan::Quarantine { reason, positions } => quarantine(
-                    &mut result.quarantined,
-                    &mut journal,
-                    counts,
-                    key,
-                    reason,
-                    positions,
-                ),
+                UserPlan::Quarantine { reason, positions } => {
+                    let finding = quarantine(counts, journal, key, reason, positions);
+                    tally.quarantined.push(finding);
+                }
                 UserPlan::Migrate(plan) => {
-                    let write = UserWrite {
-                        backup_key: legacy.backup_key(stamp),
-                        index_key: legacy.index_key(),
-                        positions: plan
-                            .positions
-                            .into_iter()
-                            .map(|p| {
-                                let member = p.index_member();
-                                PositionWrite {
-                                    key: legacy.position_key(&member),
-                                    member,
-                                    fields: p.fields,
-                                }
-                            })
-                            .collect(),
-                        skipped_closed: plan.skipped_closed,
-                        legacy_key: key.clone(),
-                        expected: value,
-                    };
+                    writes.push(user_write(&legacy, &key, value, plan, self.stamp));
                     planned.push((legacy, key));
-                    writes.push(write);
                 }
             }
         }
-        let outcomes = if opts.dry_run {
-            vec![WriteOutcome::Migrated { pttl_ms: -1 }; writes.len()]
-        } else {
-            store.migrate_users(ctx, &writes).await?
-        };
-        for ((legacy, key), (write, outcome)) in
-            planned.into_iter().zip(writes.into_iter().zip(outcomes))
-        {
-            let counts = result
-                .per_exchange
-                .get_mut(&legacy.exchange)
-                .expect("entry");
-            match outcome {
-                WriteOutcome::Migrated { .. } => {
-                    let n = write.positions.len();
-                    counts.legacy_keys_found += 1;
-                    counts.keys_migrated += 1;
-                    counts.positions_found += n + write.skipped_closed;
-                    counts.positions_migrated += n;
-                    counts.positions_skipped_closed += write.skipped_closed;
-                    if result.samples.len() < opts.samples {
-                        result.samples.push(KeySample {
-                            legacy: key,
-                            backup: write.backup_key,
-                            index: write.index_key,
-                            hashes: write.positions.into_iter().map(|p| p.key).collect(),
-                        });
-                    }
+        Ok((planned, writes))
+    }
+}
+
+/// The writes that migrate one user as `plan` says.
+fn user_write(
+    legacy: &LegacyPositionsKey,
+    key: &str,
+    value: Vec<u8>,
+    plan: MigratePlan,
+    stamp: &str,
+) -> UserWrite {
+    UserWrite {
+        backup_key: legacy.backup_key(stamp),
+        index_key: legacy.index_key(),
+        positions: plan
+            .positions
+            .into_iter()
+            .map(|p| {
+                let member = p.index_member();
+                PositionWrite {
+                    key: legacy.position_key(&member),
+                    member,
+                    fields: p.fields,
                 }
-                WriteOutcome::Changed if attempt <= opts.max_retries => pending.push((legacy, key)),
-                WriteOutcome::Changed => {
-                    counts.legacy_keys_found += 1;
-                    counts.keys_conflicting += 1;
-                    let detail = format!(
-                        "the key changed under a writer {attempt} times in a row; rerun to retry"
-                    );
-                    record_conflict(
-                        &mut result.conflicts,
-                        &mut journal,
-                        key.clone(),
-                        key,
-                        detail,
-                    );
-                }
-                WriteOutcome::Conflict { key: existing } => {
-                    counts.legacy_keys_found += 1;
-                    counts.keys_conflicting += 1;
-                    let detail =
-                        format!("{existing} already exists; nothing was written for this user");
-                    record_conflict(&mut result.conflicts, &mut journal, key, existing, detail);
-                }
+            })
+            .collect(),
+        skipped_closed: plan.skipped_closed,
+        legacy_key: key.to_owned(),
+        expected: value,
+    }
+}
+
+/// Where a batch's retries stand.
+#[derive(Clone, Copy)]
+struct Round {
+    attempt: usize,
+    max_retries: usize,
+    max_samples: usize,
+}
+
+/// Tallies one user's write outcome; a user whose legacy key changed under
+/// a writer comes back to be read again, until it has changed too often.
+fn settle(
+    tally: &mut BatchTally,
+    journal: &mut Vec<(String, String)>,
+    (legacy, key): Pending,
+    write: UserWrite,
+    outcome: WriteOutcome,
+    round: Round,
+) -> Option<Pending> {
+    let counts = tally.counts(&legacy.exchange);
+    match outcome {
+        WriteOutcome::Migrated { .. } => {
+            let n = write.positions.len();
+            counts.legacy_keys_found += 1;
+            counts.keys_migrated += 1;
+            counts.positions_found += n + write.skipped_closed;
+            counts.positions_migrated += n;
+            counts.positions_skipped_closed += write.skipped_closed;
+            if tally.samples.len() < round.max_samples {
+                tally.samples.push(KeySample {
+                    legacy: key,
+                    backup: write.backup_key,
+                    index: write.index_key,
+                    hashes: write.positions.into_iter().map(|p| p.key).collect(),
+                });
             }
         }
-        if !opts.dry_run {
-            store.record_outcomes(ctx, &journal).await?;
+        WriteOutcome::Changed if round.attempt <= round.max_retries => return Some((legacy, key)),
+        WriteOutcome::Changed => {
+            let attempt = round.attempt;
+            let detail =
+                format!("the key changed under a writer {attempt} times in a row; rerun to retry");
+            let existing = key.clone();
+            let finding = conflict(counts, journal, key, existing, detail);
+            tally.conflicts.push(finding);
+        }
+        WriteOutcome::Conflict { key: existing } => {
+            let detail = format!("{existing} already exists; nothing was written for this user");
+            let finding = conflict(counts, journal, key, existing, detail);
+            tally.conflicts.push(finding);
         }
     }
-    Ok(result)
+    None
 }
 
 fn quarantine(
-    findings: &mut Vec<Finding>,
-    journal: &mut Vec<(String, String)>,
     counts: &mut Counts,
+    journal: &mut Vec<(String, String)>,
     key: String,
     reason: QuarantineReason,
     positions: usize,
-) {
+) -> Finding {
     counts.legacy_keys_found += 1;
     counts.keys_quarantined += 1;
     counts.positions_found += positions;
@@ -483,32 +451,30 @@ fn quarantine(
         reason: reason.tag().to_owned(),
         detail: reason.to_string(),
     };
-    journal.push((
-        key.clone(),
-        serde_json::to_string(&outcome).expect("outcome serialises"),
-    ));
-    findings.push(Finding {
+    journal.push(journal_entry(&key, &outcome));
+    Finding {
         key,
         reason: reason.tag().to_owned(),
         detail: reason.to_string(),
-    });
+    }
 }
 
-fn record_conflict(
-    findings: &mut Vec<Finding>,
+fn conflict(
+    counts: &mut Counts,
     journal: &mut Vec<(String, String)>,
     legacy_key: String,
     existing: String,
     detail: String,
-) {
-    let outcome = Outcome::Conflict { key: existing };
-    journal.push((
-        legacy_key.clone(),
-        serde_json::to_string(&outcome).expect("outcome serialises"),
+) -> Finding {
+    counts.legacy_keys_found += 1;
+    counts.keys_conflicting += 1;
+    journal.push(journal_entry(
+        &legacy_key,
+        &Outcome::Conflict { key: existing },
     ));
-    findings.push(Finding {
+    Finding {
         key: legacy_key,
         reason: "conflict".into(),
         detail,
-    });
+    }
 }

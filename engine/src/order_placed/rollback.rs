@@ -6,24 +6,20 @@
 //! what the run recorded (its digest), or a legacy key written again, is
 //! listed and refuses the rollback without `force`.
 
-use std::time::Instant;
-
 use redis::aio::ConnectionLike;
 
 use crate::error::{EngineError, Result};
-use crate::grid_positions::rollback::{
-    find_run_of, pop_server_time_ms, remaining_ttl, rollback_journal_key, RollbackOptions,
-    RollbackReport,
-};
-use crate::grid_positions::runner::Finding;
 use crate::keys::OrderPlacedKey;
-use crate::run::journal::{OrderPlacedOutcome, RunRecord, RunState};
+use crate::run::journal::{OrderPlacedOutcome, RunRecord};
+use crate::run::rollback::{
+    find_run_of, pop_server_time_ms, remaining_ttl, roll_back, RollbackOptions, RollbackReport,
+    RollbackSteps,
+};
+use crate::run::Finding;
 
 use super::plan::fields_digest;
 use super::store::{KeyRollback, OrderPlacedStore};
 use super::MIGRATION;
-
-const BATCH: usize = 500;
 
 /// The order-placed run a rollback applies to.
 pub async fn find_run<C: ConnectionLike + Clone + Send>(
@@ -46,65 +42,77 @@ where
     S: OrderPlacedStore,
     C: ConnectionLike + Clone + Send,
 {
-    let started = Instant::now();
-    let journal_key = rollback_journal_key(&run.run_id);
-    let outcomes_key = crate::run::journal::outcomes_key(&run.run_id);
-    let mut report = RollbackReport::new(MIGRATION, run, opts);
-    let mut plans = Vec::new();
-    let mut cursor = 0;
-    loop {
-        let (next, outcomes) = store.scan_outcomes(&outcomes_key, cursor, BATCH).await?;
-        let steps: Vec<(String, OrderPlacedOutcome)> = outcomes
-            .into_iter()
-            .filter(|(_, o)| {
-                matches!(
-                    o,
-                    OrderPlacedOutcome::Moved { .. } | OrderPlacedOutcome::DroppedEqual { .. }
-                )
-            })
-            .collect();
-        report.users += steps.len();
-        plans.extend(plan_batch(conn, run, &journal_key, &steps, &mut report).await?);
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
+    roll_back(&Phase1Rollback { store, conn, run }, conn, run, opts).await
+}
+
+/// Phase 1's part of the shared rollback: a moved key is renamed back, a
+/// dropped one copied back from its target.
+struct Phase1Rollback<'a, S, C> {
+    store: &'a S,
+    conn: &'a C,
+    run: &'a RunRecord,
+}
+
+impl<S, C> RollbackSteps for Phase1Rollback<'_, S, C>
+where
+    S: OrderPlacedStore,
+    C: ConnectionLike + Clone + Send,
+{
+    const MIGRATION: &'static str = MIGRATION;
+    type Outcome = OrderPlacedOutcome;
+    type Plan = KeyRollback;
+
+    fn wrote(outcome: &OrderPlacedOutcome) -> bool {
+        matches!(
+            outcome,
+            OrderPlacedOutcome::Moved { .. } | OrderPlacedOutcome::DroppedEqual { .. }
+        )
     }
-    report.refuse_changes(opts)?;
-    if opts.dry_run {
-        report.restored = plans.len();
-    } else {
-        for chunk in plans.chunks_mut(BATCH) {
-            chunk.iter_mut().for_each(|k| k.force = opts.force);
-            for (k, state) in chunk
-                .iter()
-                .zip(store.rollback_keys(&journal_key, chunk).await?)
-            {
-                match state.as_str() {
-                    "restored" => report.restored += 1,
-                    "expired" => report.expired += 1,
-                    other => report.skipped.push(Finding {
-                        key: k.legacy_key.clone(),
-                        reason: other.to_owned(),
-                        detail: format!("left as it is ({other}) while rolling back"),
-                    }),
-                }
+
+    async fn plan(
+        &self,
+        journal_key: &str,
+        written: &[(String, OrderPlacedOutcome)],
+        report: &mut RollbackReport,
+    ) -> Result<Vec<KeyRollback>> {
+        plan_batch(self.conn, self.run, journal_key, written, report).await
+    }
+
+    async fn undo(
+        &self,
+        journal_key: &str,
+        plans: &[KeyRollback],
+        force: bool,
+        report: &mut RollbackReport,
+    ) -> Result<()> {
+        let keys: Vec<KeyRollback> = plans
+            .iter()
+            .cloned()
+            .map(|k| KeyRollback { force, ..k })
+            .collect();
+        let states = self.store.rollback_keys(journal_key, &keys).await?;
+        for (k, state) in keys.iter().zip(states) {
+            match state.as_str() {
+                "restored" => report.restored += 1,
+                "expired" => report.expired += 1,
+                other => report.skipped.push(Finding {
+                    key: k.legacy_key.clone(),
+                    reason: other.to_owned(),
+                    detail: format!("left as it is ({other}) while rolling back"),
+                }),
             }
         }
-        if report.skipped.is_empty() {
-            let mut record = run.clone();
-            record.state = RunState::RolledBack;
-            record.rollback = Some(serde_json::json!({
-                "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "restored": report.restored,
-                "expired": report.expired,
-                "forced": opts.force,
-            }));
-            store.save_run(&record).await?;
-        }
+        Ok(())
     }
-    report.elapsed_ms = started.elapsed().as_millis();
-    Ok(report)
+
+    fn summary(report: &RollbackReport, at: &str) -> serde_json::Value {
+        serde_json::json!({
+            "at": at,
+            "restored": report.restored,
+            "expired": report.expired,
+            "forced": report.forced,
+        })
+    }
 }
 
 async fn plan_batch<C: ConnectionLike + Clone + Send>(

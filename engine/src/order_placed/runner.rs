@@ -1,18 +1,23 @@
 //! The Phase 1 runner: SCAN -> read legacy and target -> plan -> write,
-//! batched and pipelined over any [`OrderPlacedStore`]. Like Phase 2's it
-//! never spawns, and it resumes an interrupted run under the same run id.
+//! batched and pipelined over any [`OrderPlacedStore`], in the run loop
+//! both migrations share ([`crate::run::runner`]); it resumes an
+//! interrupted run under the same run id.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use futures_util::stream::TryStreamExt;
 use serde::Serialize;
 
-use crate::error::{EngineError, Result};
+use crate::connection::RedisConn;
+use crate::error::Result;
 use crate::keys::OrderPlacedKey;
-use crate::run::journal::{self, outcomes_key, OrderPlacedOutcome, RunRecord, RunStart, RunState};
+use crate::run;
+use crate::run::journal::{self, outcomes_key, OrderPlacedOutcome, RunRecord, RunStart};
+use crate::run::runner::{
+    close_run, journal_entry, record_findings, run_batches, short_read, BatchSteps, Batching, Tally,
+};
 
-use super::plan::{fields_digest, plan_key, ConflictReason, KeyPlan, QuarantineReason};
+use super::plan::{fields_digest, plan_key, ConflictReason, KeyPlan, KeyRead, QuarantineReason};
 use super::store::{KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};
 use super::MIGRATION;
 
@@ -57,7 +62,7 @@ pub struct Counts {
     pub keys_vanished: usize,
 }
 
-impl Counts {
+impl run::runner::Counts for Counts {
     fn add(&mut self, o: &Counts) {
         self.legacy_keys_found += o.legacy_keys_found;
         self.keys_moved += o.keys_moved;
@@ -66,7 +71,9 @@ impl Counts {
         self.keys_quarantined += o.keys_quarantined;
         self.keys_vanished += o.keys_vanished;
     }
+}
 
+impl Counts {
     /// Tallies one journal outcome.
     pub fn count(&mut self, o: &OrderPlacedOutcome) {
         self.legacy_keys_found += 1;
@@ -96,6 +103,12 @@ pub struct Finding {
     pub detail: String,
 }
 
+impl run::runner::Keyed for Finding {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct OrderPlacedReport {
     pub migration: &'static str,
@@ -120,13 +133,7 @@ impl OrderPlacedReport {
     }
 }
 
-#[derive(Default)]
-struct BatchResult {
-    per_exchange: BTreeMap<String, Counts>,
-    samples: Vec<KeySample>,
-    quarantined: Vec<Finding>,
-    conflicts: Vec<Finding>,
-}
+type BatchTally = Tally<Counts, KeySample, Finding>;
 
 /// Runs Phase 1. `progress` is called with the number of keys each SCAN
 /// step returned. The caller holds the runner lock when it writes.
@@ -136,71 +143,54 @@ pub async fn migrate_order_placed<S: OrderPlacedStore>(
     progress: &dyn Fn(usize),
 ) -> Result<OrderPlacedReport> {
     let started = Instant::now();
-    let (mut record, resumed) = begin_or_resume(store, opts).await?;
+    let conn = store.journal_conn();
+    let (mut record, resumed) = begin_or_resume(conn, opts).await?;
     let outcomes = outcomes_key(&record.run_id);
-    let result = run_batches(store, opts, &outcomes, progress).await;
-    let finished = chrono::Utc::now();
-    record.finished_at = Some(finished.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    let batch = match result {
-        Ok(batch) => batch,
-        Err(e) => {
-            if !opts.dry_run {
-                record.state = RunState::Failed;
-                record.error = Some(e.to_string());
-                // The original error matters more than a failure to record it.
-                let _ = store.save_run(&record).await;
-            }
-            return Err(e);
-        }
+    let steps = Phase1Batches {
+        store,
+        opts,
+        outcomes: &outcomes,
+        pattern: match opts.exchanges.as_slice() {
+            [one] => OrderPlacedKey::scan_pattern(Some(one)),
+            _ => OrderPlacedKey::scan_pattern(None),
+        },
     };
-    let mut report = OrderPlacedReport {
+    let batching = Batching {
+        scan_count: opts.scan_count,
+        in_flight: opts.in_flight,
+        samples: opts.samples,
+    };
+    let result = run_batches(&steps, batching, progress).await;
+    let totals = async || run_totals(conn, &outcomes).await;
+    let mut tally = close_run(conn, &mut record, opts.dry_run, result, totals).await?;
+    Ok(OrderPlacedReport {
         migration: MIGRATION,
         run_id: (!opts.dry_run).then(|| record.run_id.clone()),
         resumed,
         dry_run: opts.dry_run,
         exchanges: opts.exchanges.clone(),
-        totals: Counts::default(),
-        per_exchange: batch.per_exchange,
-        samples: batch.samples,
-        quarantined: batch.quarantined,
-        conflicts: batch.conflicts,
-        elapsed_ms: 0,
-    };
-    for counts in report.per_exchange.values() {
-        report.totals.add(counts);
-    }
-    report.quarantined.sort_by(|a, b| a.key.cmp(&b.key));
-    report.conflicts.sort_by(|a, b| a.key.cmp(&b.key));
-    if !opts.dry_run {
-        record.state = RunState::Done;
-        let totals = run_totals(store, &outcomes).await?;
-        record.counts = Some(serde_json::to_value(&totals).expect("counts serialise"));
-        store.save_run(&record).await?;
-    }
-    report.elapsed_ms = started.elapsed().as_millis();
-    Ok(report)
+        totals: tally.totals(),
+        per_exchange: tally.per_exchange,
+        samples: tally.samples,
+        quarantined: tally.quarantined,
+        conflicts: tally.conflicts,
+        elapsed_ms: started.elapsed().as_millis(),
+    })
 }
 
 /// What the whole run did, resumed parts included, summed from the journal.
-async fn run_totals<S: OrderPlacedStore>(store: &S, outcomes: &str) -> Result<Counts> {
+async fn run_totals(conn: &RedisConn, outcomes: &str) -> Result<Counts> {
     let mut totals = Counts::default();
-    let mut cursor = 0;
-    loop {
-        let (next, batch) = store.scan_outcomes(outcomes, cursor, 1000).await?;
+    journal::for_each_outcome_batch(conn, outcomes, 1000, async |batch| {
         batch.iter().for_each(|(_, o)| totals.count(o));
-        cursor = next;
-        if cursor == 0 {
-            return Ok(totals);
-        }
-    }
+        Ok(())
+    })
+    .await?;
+    Ok(totals)
 }
 
-/// Starts a run, or resumes an interrupted one over the same exchanges
-/// ([`journal::begin_or_resume`]).
-async fn begin_or_resume<S: OrderPlacedStore>(
-    store: &S,
-    opts: &OrderPlacedOptions,
-) -> Result<(RunRecord, bool)> {
+/// Starts a run, or resumes an interrupted one over the same exchanges.
+async fn begin_or_resume(conn: &RedisConn, opts: &OrderPlacedOptions) -> Result<(RunRecord, bool)> {
     let start = RunStart {
         migration: MIGRATION,
         skip_closed: false,
@@ -216,113 +206,129 @@ async fn begin_or_resume<S: OrderPlacedStore>(
             )
         })
     };
-    let last = store.latest_run(MIGRATION).await?;
-    journal::begin_or_resume(start, last, refuse, async |run| store.save_run(run).await).await
+    run::runner::begin_or_resume(conn, start, refuse).await
 }
 
-async fn run_batches<S: OrderPlacedStore>(
-    store: &S,
-    opts: &OrderPlacedOptions,
-    outcomes: &str,
-    progress: &dyn Fn(usize),
-) -> Result<BatchResult> {
-    // One SCAN; each key is then parsed against the exchange list, which
-    // drops the `orders:` targets the all-exchange pattern also matches.
-    let pattern = match opts.exchanges.as_slice() {
-        [one] => OrderPlacedKey::scan_pattern(Some(one)),
-        _ => OrderPlacedKey::scan_pattern(None),
-    };
-    let scan = futures_util::stream::try_unfold(Some(0u64), |cursor| {
-        let pattern = &pattern;
-        async move {
-            let Some(cursor) = cursor else {
-                return Ok(None);
+/// Phase 1's part of the run loop. One SCAN; each key is then parsed
+/// against the exchange list, which drops the `orders:` targets the
+/// all-exchange pattern also matches.
+struct Phase1Batches<'a, S> {
+    store: &'a S,
+    opts: &'a OrderPlacedOptions,
+    outcomes: &'a str,
+    pattern: String,
+}
+
+/// A legacy key of this run's exchanges, and its name as scanned.
+type Pending = (OrderPlacedKey, String);
+
+impl<S: OrderPlacedStore> BatchSteps for Phase1Batches<'_, S> {
+    type Key = Vec<u8>;
+    type Counts = Counts;
+    type Sample = KeySample;
+    type Finding = Finding;
+
+    async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
+        self.store.scan(cursor, &self.pattern, count).await
+    }
+
+    async fn process(&self, scanned: Vec<Vec<u8>>) -> Result<BatchTally> {
+        let mut tally = BatchTally::default();
+        let mut journal = Vec::new();
+        let mut pending = self.parse_keys(scanned, &mut tally, &mut journal);
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            attempt += 1;
+            let (planned, writes) = self
+                .plan_round(&mut pending, &mut tally, &mut journal)
+                .await?;
+            let done = if self.opts.dry_run {
+                writes.iter().map(|w| dry_outcome(w.kind)).collect()
+            } else {
+                self.store.apply(self.outcomes, &writes).await?
             };
-            let (next, keys) = store.scan(cursor, pattern, opts.scan_count).await?;
-            progress(keys.len());
-            Ok(Some((keys, (next != 0).then_some(next))))
+            for (user, (write, outcome)) in planned.into_iter().zip(writes.into_iter().zip(done)) {
+                let retry = self.settle(&mut tally, &mut journal, user, write, outcome, attempt);
+                pending.extend(retry);
+            }
         }
-    });
-    let batches = scan
-        .map_ok(|keys| process_batch(store, opts, outcomes, keys))
-        .try_buffer_unordered(opts.in_flight.max(1));
-    let mut batches = std::pin::pin!(batches);
-    let mut total = BatchResult::default();
-    while let Some(batch) = batches.try_next().await? {
-        for (ex, counts) in batch.per_exchange {
-            total.per_exchange.entry(ex).or_default().add(&counts);
-        }
-        let room = opts.samples.saturating_sub(total.samples.len());
-        total.samples.extend(batch.samples.into_iter().take(room));
-        total.quarantined.extend(batch.quarantined);
-        total.conflicts.extend(batch.conflicts);
+        let conn = self.store.journal_conn();
+        record_findings(conn, self.outcomes, self.opts.dry_run, &journal).await?;
+        Ok(tally)
     }
-    Ok(total)
 }
 
-async fn process_batch<S: OrderPlacedStore>(
-    store: &S,
-    opts: &OrderPlacedOptions,
-    outcomes: &str,
-    scanned: Vec<Vec<u8>>,
-) -> Result<BatchResult> {
-    let mut result = BatchResult::default();
-    let mut journal = Vec::new();
-    let mut pending: Vec<(OrderPlacedKey, String)> = Vec::new();
-    for raw in scanned {
-        match String::from_utf8(raw) {
-            Ok(key) => {
-                if let Some(k) = OrderPlacedKey::parse(&key, &opts.exchanges) {
-                    result.per_exchange.entry(k.exchange.clone()).or_default();
-                    pending.push((k, key));
+impl<S: OrderPlacedStore> Phase1Batches<'_, S> {
+    /// The scanned keys of this run's exchanges; a name that is not UTF-8
+    /// is quarantined (shown lossily), not lost.
+    fn parse_keys(
+        &self,
+        scanned: Vec<Vec<u8>>,
+        tally: &mut BatchTally,
+        journal: &mut Vec<(String, String)>,
+    ) -> Vec<Pending> {
+        let mut pending = Vec::new();
+        for raw in scanned {
+            match String::from_utf8(raw) {
+                Ok(key) => {
+                    if let Some(k) = OrderPlacedKey::parse(&key, &self.opts.exchanges) {
+                        tally.counts(&k.exchange);
+                        pending.push((k, key));
+                    }
                 }
-            }
-            Err(e) => {
-                let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
-                if let Some(k) = OrderPlacedKey::parse(&lossy, &opts.exchanges) {
-                    let counts = result.per_exchange.entry(k.exchange.clone()).or_default();
-                    let reason = QuarantineReason::KeyNotUtf8;
-                    let f = quarantine(counts, &mut journal, lossy, &k, reason);
-                    result.quarantined.push(f);
+                Err(e) => {
+                    let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                    if let Some(k) = OrderPlacedKey::parse(&lossy, &self.opts.exchanges) {
+                        let counts = tally.counts(&k.exchange);
+                        let reason = QuarantineReason::KeyNotUtf8;
+                        let f = quarantine(counts, journal, lossy, &k, reason);
+                        tally.quarantined.push(f);
+                    }
                 }
             }
         }
+        pending
     }
-    let mut attempt = 0;
-    while !pending.is_empty() {
-        attempt += 1;
+
+    /// Reads every pending key and its target once and plans each: a write
+    /// to move or drop it, or a finding (tallied and journaled).
+    async fn plan_round(
+        &self,
+        pending: &mut Vec<Pending>,
+        tally: &mut BatchTally,
+        journal: &mut Vec<(String, String)>,
+    ) -> Result<(Vec<Pending>, Vec<KeyWrite>)> {
         let keys: Vec<String> = pending
             .iter()
             .flat_map(|(k, key)| [key.clone(), k.target_key()])
             .collect();
-        let mut reads = store.read_keys(&keys).await?.into_iter();
+        let mut reads = self.store.read_keys(&keys).await?.into_iter();
         let mut writes = Vec::new();
         let mut planned = Vec::new();
         for (k, key) in pending.drain(..) {
-            let (legacy, target) = (reads.next(), reads.next());
-            let (Some(legacy), Some(target)) = (legacy, target) else {
-                return Err(short_read());
+            let (Some(legacy), Some(target)) = (reads.next(), reads.next()) else {
+                return Err(short_read("reading order-placed keys"));
             };
-            let counts = result.per_exchange.get_mut(&k.exchange).expect("entry");
+            let counts = tally.counts(&k.exchange);
             let kind = match plan_key(&legacy, &target) {
                 KeyPlan::Vanished => {
                     counts.keys_vanished += 1;
                     continue;
                 }
                 KeyPlan::Quarantine(reason) => {
-                    let f = quarantine(counts, &mut journal, key, &k, reason);
-                    result.quarantined.push(f);
+                    let f = quarantine(counts, journal, key, &k, reason);
+                    tally.quarantined.push(f);
                     continue;
                 }
                 KeyPlan::Conflict(reason) => {
-                    let f = conflict(counts, &mut journal, key, &k, reason);
-                    result.conflicts.push(f);
+                    let f = conflict(counts, journal, key, &k, reason);
+                    tally.conflicts.push(f);
                     continue;
                 }
                 KeyPlan::Move => WriteKind::Move,
                 KeyPlan::DropEqual => WriteKind::DropEqual,
             };
-            let super::plan::KeyRead::Hash(expected) = legacy else {
+            let KeyRead::Hash(expected) = legacy else {
                 unreachable!("only a hash is moved or dropped");
             };
             writes.push(KeyWrite {
@@ -334,53 +340,56 @@ async fn process_batch<S: OrderPlacedStore>(
             });
             planned.push((k, key));
         }
-        let done = if opts.dry_run {
-            writes
-                .iter()
-                .map(|w| match w.kind {
-                    WriteKind::Move => WriteOutcome::Moved { pttl_ms: -1 },
-                    WriteKind::DropEqual => WriteOutcome::Dropped,
-                })
-                .collect()
-        } else {
-            store.apply(outcomes, &writes).await?
-        };
-        for ((k, key), (write, outcome)) in planned.into_iter().zip(writes.into_iter().zip(done)) {
-            let counts = result.per_exchange.get_mut(&k.exchange).expect("entry");
-            let action = match outcome {
-                WriteOutcome::Moved { .. } => {
-                    counts.keys_moved += 1;
-                    "move"
-                }
-                WriteOutcome::Dropped => {
-                    counts.keys_dropped_equal += 1;
-                    "drop_equal"
-                }
-                WriteOutcome::Changed if attempt <= opts.max_retries => {
-                    pending.push((k, key));
-                    continue;
-                }
-                WriteOutcome::Changed => {
-                    let reason = ConflictReason::KeptChanging { attempts: attempt };
-                    let f = conflict(counts, &mut journal, key, &k, reason);
-                    result.conflicts.push(f);
-                    continue;
-                }
-            };
-            counts.legacy_keys_found += 1;
-            if result.samples.len() < opts.samples {
-                result.samples.push(KeySample {
-                    legacy: key,
-                    target: write.target_key,
-                    action,
-                });
+        Ok((planned, writes))
+    }
+
+    /// Tallies one key's write outcome; a key that changed under a writer
+    /// comes back to be read again, until it has changed too often.
+    fn settle(
+        &self,
+        tally: &mut BatchTally,
+        journal: &mut Vec<(String, String)>,
+        (k, key): Pending,
+        write: KeyWrite,
+        outcome: WriteOutcome,
+        attempt: usize,
+    ) -> Option<Pending> {
+        let counts = tally.counts(&k.exchange);
+        let action = match outcome {
+            WriteOutcome::Moved { .. } => {
+                counts.keys_moved += 1;
+                "move"
             }
+            WriteOutcome::Dropped => {
+                counts.keys_dropped_equal += 1;
+                "drop_equal"
+            }
+            WriteOutcome::Changed if attempt <= self.opts.max_retries => return Some((k, key)),
+            WriteOutcome::Changed => {
+                let reason = ConflictReason::KeptChanging { attempts: attempt };
+                let f = conflict(counts, journal, key, &k, reason);
+                tally.conflicts.push(f);
+                return None;
+            }
+        };
+        counts.legacy_keys_found += 1;
+        if tally.samples.len() < self.opts.samples {
+            tally.samples.push(KeySample {
+                legacy: key,
+                target: write.target_key,
+                action,
+            });
         }
+        None
     }
-    if !opts.dry_run {
-        store.record_outcomes(outcomes, &journal).await?;
+}
+
+/// What a dry run reports a planned write as having done.
+fn dry_outcome(kind: WriteKind) -> WriteOutcome {
+    match kind {
+        WriteKind::Move => WriteOutcome::Moved { pttl_ms: -1 },
+        WriteKind::DropEqual => WriteOutcome::Dropped,
     }
-    Ok(result)
 }
 
 fn quarantine(
@@ -396,10 +405,7 @@ fn quarantine(
         reason: reason.tag().to_owned(),
         detail: reason.to_string(),
     };
-    journal.push((
-        key.clone(),
-        serde_json::to_string(&outcome).expect("serialises"),
-    ));
+    journal.push(journal_entry(&key, &outcome));
     Finding {
         key,
         target: k.target_key(),
@@ -422,21 +428,11 @@ fn conflict(
         reason: reason.tag().to_owned(),
         detail: reason.to_string(),
     };
-    journal.push((
-        key.clone(),
-        serde_json::to_string(&outcome).expect("serialises"),
-    ));
+    journal.push(journal_entry(&key, &outcome));
     Finding {
         key,
         target: k.target_key(),
         reason: reason.tag().to_owned(),
         detail: format!("{reason}; neither key was touched"),
-    }
-}
-
-fn short_read() -> EngineError {
-    EngineError::Redis {
-        during: "reading order-placed keys",
-        source: redis::RedisError::from((redis::ErrorKind::Client, "fewer replies than keys")),
     }
 }

@@ -258,6 +258,29 @@ pub async fn scan_outcomes_at<T: DeserializeOwned, C: ConnectionLike + Clone + S
     Ok((next, out))
 }
 
+/// Calls `each` with every HSCAN batch (about `count`) of the outcome hash
+/// at `key`, until the hash is walked.
+pub async fn for_each_outcome_batch<T, C>(
+    conn: &C,
+    key: &str,
+    count: usize,
+    mut each: impl AsyncFnMut(Vec<(String, T)>) -> Result<()>,
+) -> Result<()>
+where
+    T: DeserializeOwned,
+    C: ConnectionLike + Clone + Send,
+{
+    let mut cursor = 0;
+    loop {
+        let (next, batch) = scan_outcomes_at(conn, key, cursor, count).await?;
+        each(batch).await?;
+        cursor = next;
+        if cursor == 0 {
+            return Ok(());
+        }
+    }
+}
+
 /// What a runner starts a run of, or resumes its latest run with.
 pub struct RunStart<'a> {
     pub migration: &'static str,

@@ -10,7 +10,7 @@ use redis::Value;
 
 use crate::connection::scan::{self, TypedRead};
 use crate::error::{EngineError, Result};
-use crate::run::journal::{self, Outcome, RunRecord};
+use crate::run::journal::RunRecord;
 
 /// A legacy key as read in one batch.
 #[derive(Debug, Clone)]
@@ -146,27 +146,6 @@ pub trait GridPositionsStore {
     /// and key count go through: a [`RedisConn`] serves them the same way
     /// on one server and on a cluster, so the trait writes them once here.
     fn journal_conn(&self) -> &RedisConn;
-    /// Records outcomes that involved no migration write (quarantine, conflict).
-    async fn record_outcomes(&self, ctx: &RunContext, outcomes: &[(String, String)]) -> Result<()> {
-        journal::record_outcomes(self.journal_conn(), &ctx.outcomes_key, outcomes).await
-    }
-    /// One HSCAN step over a run's per-user outcomes.
-    async fn scan_outcomes(
-        &self,
-        run_id: &str,
-        cursor: u64,
-        count: usize,
-    ) -> Result<(u64, Vec<(String, Outcome)>)> {
-        journal::scan_outcomes(self.journal_conn(), run_id, cursor, count).await
-    }
-    /// The latest recorded run of `migration`.
-    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
-        journal::latest_run_of(self.journal_conn(), migration).await
-    }
-    /// Creates or updates a run record.
-    async fn save_run(&self, run: &RunRecord) -> Result<()> {
-        journal::save_run(self.journal_conn(), run).await
-    }
     /// Estimated total keys, for progress (DBSIZE; on a cluster redis-rs
     /// sums it over the primaries).
     async fn key_count(&self) -> Result<u64> {

@@ -47,14 +47,12 @@ use std::sync::LazyLock;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use redis::{Script, Value};
 
-use crate::connection::scan;
 use crate::connection::RedisConn;
 use crate::error::{EngineError, Result};
 use crate::run::journal::{self, OrderPlacedOutcome};
 
-use super::standalone::read_order_placed;
 use super::{KeyRollback, KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};
-use crate::order_placed::plan::{Fields, KeyRead};
+use crate::order_placed::plan::Fields;
 
 static SNAPSHOT_IF_PLANNED: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/snapshot_if_planned.lua")));
@@ -332,15 +330,6 @@ impl OrderPlacedStore for ClusterOrderPlaced {
             .buffered(IN_FLIGHT)
             .try_collect()
             .await
-    }
-
-    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
-        let during = "scanning for legacy order-placed keys";
-        scan::scan_step(&self.conn, cursor, Some(pattern), count, during).await
-    }
-
-    async fn read_keys(&self, keys: &[String]) -> Result<Vec<KeyRead>> {
-        read_order_placed(&self.conn, keys).await
     }
 
     async fn apply(&self, outcomes_key: &str, writes: &[KeyWrite]) -> Result<Vec<WriteOutcome>> {

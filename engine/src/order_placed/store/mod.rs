@@ -4,7 +4,6 @@
 use crate::connection::scan;
 use crate::connection::RedisConn;
 use crate::error::Result;
-use crate::run::journal::{self, OrderPlacedOutcome, RunRecord};
 
 use crate::order_placed::plan::{Fields, KeyRead};
 
@@ -69,40 +68,21 @@ pub trait OrderPlacedStore {
     async fn rollback_keys(&self, journal_key: &str, keys: &[KeyRollback]) -> Result<Vec<String>>;
     /// One SCAN step over the keys matching `pattern` (already glob-escaped).
     /// Key names are raw bytes: one that is not UTF-8 is reported, not lost.
-    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<Vec<u8>>)>;
+    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
+        let during = "scanning for legacy order-placed keys";
+        scan::scan_step(self.journal_conn(), cursor, Some(pattern), count, during).await
+    }
     /// Reads each key: absent, a hash with its fields, or another type.
-    async fn read_keys(&self, keys: &[String]) -> Result<Vec<KeyRead>>;
+    async fn read_keys(&self, keys: &[String]) -> Result<Vec<KeyRead>> {
+        standalone::read_order_placed(self.journal_conn(), keys).await
+    }
     /// Applies each write atomically, recording `moved` / `dropped_equal`
     /// in `outcomes_key` in the same step; outcomes in input order.
     async fn apply(&self, outcomes_key: &str, writes: &[KeyWrite]) -> Result<Vec<WriteOutcome>>;
-    /// The connection the journal, run records and key count go through
-    /// (single keys, the same on one server and on a cluster).
+    /// The connection the SCAN, the reads, the journal, run records and key
+    /// count go through: a [`RedisConn`] serves them the same way on one
+    /// server and on a cluster, so the trait writes them once here.
     fn journal_conn(&self) -> &RedisConn;
-    /// Records outcomes that involved no write (conflict, quarantine).
-    async fn record_outcomes(
-        &self,
-        outcomes_key: &str,
-        outcomes: &[(String, String)],
-    ) -> Result<()> {
-        journal::record_outcomes(self.journal_conn(), outcomes_key, outcomes).await
-    }
-    /// One HSCAN step over a run's per-key outcomes.
-    async fn scan_outcomes(
-        &self,
-        outcomes_key: &str,
-        cursor: u64,
-        count: usize,
-    ) -> Result<(u64, Vec<(String, OrderPlacedOutcome)>)> {
-        journal::scan_outcomes_at(self.journal_conn(), outcomes_key, cursor, count).await
-    }
-    /// The latest recorded run of `migration`.
-    async fn latest_run(&self, migration: &str) -> Result<Option<RunRecord>> {
-        journal::latest_run_of(self.journal_conn(), migration).await
-    }
-    /// Creates or updates a run record.
-    async fn save_run(&self, run: &RunRecord) -> Result<()> {
-        journal::save_run(self.journal_conn(), run).await
-    }
     /// Estimated total keys, for progress.
     async fn key_count(&self) -> Result<u64> {
         scan::key_count(self.journal_conn()).await

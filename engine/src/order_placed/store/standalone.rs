@@ -84,15 +84,6 @@ impl OrderPlacedStore for StandaloneOrderPlaced {
             .map_err(EngineError::redis("rolling back order-placed keys"))
     }
 
-    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
-        let during = "scanning for legacy order-placed keys";
-        scan::scan_step(&self.conn, cursor, Some(pattern), count, during).await
-    }
-
-    async fn read_keys(&self, keys: &[String]) -> Result<Vec<KeyRead>> {
-        read_order_placed(&self.conn, keys).await
-    }
-
     async fn apply(&self, outcomes_key: &str, writes: &[KeyWrite]) -> Result<Vec<WriteOutcome>> {
         if writes.is_empty() {
             return Ok(Vec::new());
