@@ -3,7 +3,7 @@
 //! only. EXEC aborts if any watched key (a legacy key or any key the batch
 //! would create) changed since the reads, so a concurrent writer never
 //! loses an update; the caller then falls back to the per-user Lua script.
-//! Measured on Redis 7.0: the script's redis.call and argument overheads
+//! Measured on Redis 7.0: the script's per-command and argument overheads
 //! roughly double the server time per user, which this path avoids.
 
 use redis::aio::MultiplexedConnection;
