@@ -11,9 +11,9 @@ use super::scripts::{
 };
 use crate::connection::RedisConn;
 use crate::error::Result;
+use crate::grid_positions::store::standalone::{arg_hash_pairs, migrated_outcome};
 use crate::grid_positions::store::{RunContext, UserWrite, WriteOutcome};
 use crate::keys::{migrating_sentinel, META_MIGRATED_AT, META_MIGRATED_FROM};
-use crate::run::journal::Outcome;
 
 /// What inspecting one user's targets decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,9 +84,6 @@ pub(super) async fn migrate_users(
     ctx: &RunContext,
     users: &[UserWrite],
 ) -> Result<Vec<WriteOutcome>> {
-    if users.is_empty() {
-        return Ok(Vec::new());
-    }
     let sentinel = migrating_sentinel(&ctx.run_id);
     let inspected = inspect(conn, ctx, &sentinel, users).await?;
     let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; users.len()];
@@ -98,13 +95,32 @@ pub(super) async fn migrate_users(
             Inspected::Proceed(g) => go.push((i, g)),
         }
     }
-    if go.is_empty() {
-        return Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect());
+    if !go.is_empty() {
+        write_backups(conn, ctx, users, &go).await?;
+        write_hashes(conn, ctx, users, &go).await?;
+        write_indexes(conn, &sentinel, users, &go).await?;
+        // Step 5: the outcome, before the delete. Its TTL is the one read
+        // with its own clock, so the expiry it names is the new keys' exactly.
+        let applied: Vec<(usize, Ttl)> = go.iter().map(|(i, g)| (*i, g.ttl)).collect();
+        record_migrated(conn, ctx, users, &applied).await?;
+        let deleted = compare_and_delete(conn, users, &go).await?;
+        for &(i, after) in &deleted {
+            outcomes[i] = Some(after.outcome());
+        }
+        finish(conn, ctx, &sentinel, users, &deleted).await?;
     }
+    Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect())
+}
 
-    // Step 2: backups.
+/// Step 2: the backups, first, so the legacy value can always be restored.
+async fn write_backups(
+    conn: &RedisConn,
+    ctx: &RunContext,
+    users: &[UserWrite],
+    go: &[(usize, Go)],
+) -> Result<()> {
     let mut pipe = redis::pipe();
-    for &(i, _) in &go {
+    for &(i, _) in go {
         let u = &users[i];
         pipe.cmd("SET")
             .arg(&u.backup_key)
@@ -114,41 +130,50 @@ pub(super) async fn migrate_users(
             .ignore();
     }
     query(conn, &pipe, "writing backups").await?;
+    Ok(())
+}
 
-    // Step 3: the hashes, each whole, and an earlier attempt's hashes the
-    // plan dropped. No reader looks at them: the index is absent or holds
-    // the marker while the legacy key exists.
+/// Step 3: the hashes, each whole, and an earlier attempt's hashes the
+/// plan dropped. No reader looks at them: the index is absent or holds
+/// the marker while the legacy key exists.
+async fn write_hashes(
+    conn: &RedisConn,
+    ctx: &RunContext,
+    users: &[UserWrite],
+    go: &[(usize, Go)],
+) -> Result<()> {
     let mut pipe = redis::pipe();
-    for (i, g) in &go {
+    for (i, g) in go {
         let u = &users[*i];
         for p in &u.positions {
-            let cmd = pipe
-                .cmd("EVAL")
+            pipe.cmd("EVAL")
                 .arg(REPLACE_KEY)
                 .arg(1)
                 .arg(&p.key)
                 .arg(g.ttl.expires_at())
                 .arg("HSET");
-            for (f, v) in &p.fields {
-                cmd.arg(f).arg(v);
-            }
-            cmd.arg(META_MIGRATED_AT)
-                .arg(&ctx.migrated_at)
-                .arg(META_MIGRATED_FROM)
-                .arg(&u.legacy_key)
-                .ignore();
+            arg_hash_pairs(&mut pipe, p, ctx, &u.legacy_key);
+            pipe.ignore();
         }
         for hash in &g.stale {
             delete_if_ours(&mut pipe, hash, &u.legacy_key, &ctx.migrated_at).ignore();
         }
     }
     query(conn, &pipe, "writing position hashes").await?;
+    Ok(())
+}
 
-    // Step 4: the index, exactly the plan plus the marker, which keeps the
-    // dual-read store on the legacy key while it exists. A user with no
-    // position gets no index; one an earlier attempt gave one loses it.
+/// Step 4: the index, exactly the plan plus the marker, which keeps the
+/// dual-read store on the legacy key while it exists. A user with no
+/// position gets no index; one an earlier attempt gave one loses it.
+async fn write_indexes(
+    conn: &RedisConn,
+    sentinel: &str,
+    users: &[UserWrite],
+    go: &[(usize, Go)],
+) -> Result<()> {
     let mut pipe = redis::pipe();
-    for (i, g) in &go {
+    for (i, g) in go {
         let u = &users[*i];
         if u.positions.is_empty() {
             if g.had_sentinel {
@@ -156,7 +181,7 @@ pub(super) async fn migrate_users(
                     .arg(DEL_IF_MEMBER)
                     .arg(1)
                     .arg(&u.index_key)
-                    .arg(&sentinel)
+                    .arg(sentinel)
                     .ignore();
             }
             continue;
@@ -168,35 +193,77 @@ pub(super) async fn migrate_users(
             .arg(&u.index_key)
             .arg(g.ttl.expires_at())
             .arg("SADD")
-            .arg(&sentinel);
+            .arg(sentinel);
         for p in &u.positions {
             cmd.arg(&p.member);
         }
         cmd.ignore();
     }
     query(conn, &pipe, "writing index sets").await?;
+    Ok(())
+}
 
-    // Step 5: the outcome, before the delete. Its TTL is the one read with
-    // its own clock, so the expiry it names is the new keys' exactly.
-    let record = |i: usize, ttl: Ttl| {
-        let u = &users[i];
-        let o = Outcome::Migrated {
-            positions: u.positions.len(),
-            skipped: u.skipped_closed,
-            pttl: ttl.pttl,
-            at: ttl.at,
-        };
-        (
-            u.legacy_key.clone(),
-            serde_json::to_string(&o).expect("outcome serialises"),
-        )
-    };
-    let migrated: Vec<(String, String)> = go.iter().map(|(i, g)| record(*i, g.ttl)).collect();
-    crate::run::journal::record_outcomes(conn, &ctx.outcomes_key, &migrated).await?;
+/// Records the outcome `migrated` of each `(user, TTL)` in the journal.
+async fn record_migrated(
+    conn: &RedisConn,
+    ctx: &RunContext,
+    users: &[UserWrite],
+    which: &[(usize, Ttl)],
+) -> Result<()> {
+    let outcomes: Vec<(String, String)> = which
+        .iter()
+        .map(|&(i, ttl)| {
+            let u = &users[i];
+            (u.legacy_key.clone(), migrated_outcome(u, ttl.pttl, ttl.at))
+        })
+        .collect();
+    crate::run::journal::record_outcomes(conn, &ctx.outcomes_key, &outcomes).await
+}
 
-    // Step 6: compare-and-delete.
+/// What step 6 found for one user, and so what step 7 does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterDelete {
+    /// Deleted with the TTL the new keys have: only the marker goes.
+    Done(Ttl),
+    /// Deleted, but a writer moved its TTL since: the new keys and the
+    /// outcome take the TTL it had at the delete, then the marker goes.
+    Drifted(Ttl),
+    /// Expired: the new keys expire at that same instant, so they are
+    /// left to go with it (an application write made to them since goes
+    /// too, as it would have with the legacy key).
+    Expired,
+    /// Changed, or deleted by someone (nothing to migrate): undone.
+    Undo,
+}
+
+impl AfterDelete {
+    /// The compare-and-delete's reply for a user whose new keys took `applied`.
+    fn of(applied: Ttl, cad: Cad) -> Self {
+        match cad {
+            Cad::Deleted(at_delete) if ttl_drifted(applied, at_delete) => Self::Drifted(at_delete),
+            Cad::Deleted(_) => Self::Done(applied),
+            Cad::Changed => Self::Undo,
+            Cad::Gone { now_ms } if applied.expired_by(now_ms) => Self::Expired,
+            Cad::Gone { .. } => Self::Undo,
+        }
+    }
+
+    fn outcome(self) -> WriteOutcome {
+        match self {
+            Self::Done(kept) | Self::Drifted(kept) => WriteOutcome::Migrated { pttl_ms: kept.pttl },
+            Self::Expired | Self::Undo => WriteOutcome::Changed,
+        }
+    }
+}
+
+/// Step 6: compare-and-delete of each legacy key.
+async fn compare_and_delete(
+    conn: &RedisConn,
+    users: &[UserWrite],
+    go: &[(usize, Go)],
+) -> Result<Vec<(usize, AfterDelete)>> {
     let mut pipe = redis::pipe();
-    for &(i, _) in &go {
+    for &(i, _) in go {
         pipe.cmd("EVAL")
             .arg(COMPARE_AND_DELETE)
             .arg(1)
@@ -207,67 +274,59 @@ pub(super) async fn migrate_users(
     if replies.len() != go.len() {
         return Err(unexpected("compare-and-delete replies"));
     }
-    let mut done = Vec::new();
-    let mut undone = Vec::new();
-    let mut expired = Vec::new();
-    let mut drifted = Vec::new();
-    for ((i, g), reply) in go.iter().zip(replies) {
-        let i = *i;
-        match parse_delete(reply)? {
-            Cad::Deleted(at_delete) => {
-                let kept = if ttl_drifted(g.ttl, at_delete) {
-                    drifted.push((i, at_delete));
-                    at_delete
-                } else {
-                    g.ttl
-                };
-                done.push(i);
-                outcomes[i] = Some(WriteOutcome::Migrated { pttl_ms: kept.pttl });
-            }
-            Cad::Changed => {
-                undone.push(i);
-                outcomes[i] = Some(WriteOutcome::Changed);
-            }
-            // Expired: the new keys expire at that same instant, so they
-            // are left to go with it (an application write made to them
-            // since goes too, as it would have with the legacy key).
-            Cad::Gone { now_ms } if g.ttl.expired_by(now_ms) => {
-                expired.push(i);
-                outcomes[i] = Some(WriteOutcome::Changed);
-            }
-            // Deleted by someone: nothing to migrate; undone as for a change.
-            Cad::Gone { .. } => {
-                undone.push(i);
-                outcomes[i] = Some(WriteOutcome::Changed);
-            }
-        }
-    }
+    go.iter()
+        .zip(replies)
+        .map(|((i, g), reply)| Ok((*i, AfterDelete::of(g.ttl, parse_delete(reply)?))))
+        .collect()
+}
 
-    // Step 7: the new layout is the user's; the marker goes (after the TTL
-    // a writer moved is carried over, so a kill in between leaves the
-    // marker for the resumed run's settle pass, never a wrong expiry).
+/// Step 7: the new layout is the user's; the marker goes (after the TTL
+/// a writer moved is carried over, so a kill in between leaves the
+/// marker for the resumed run's settle pass, never a wrong expiry).
+/// Users whose legacy key changed are undone; expired ones forgotten.
+async fn finish(
+    conn: &RedisConn,
+    ctx: &RunContext,
+    sentinel: &str,
+    users: &[UserWrite],
+    deleted: &[(usize, AfterDelete)],
+) -> Result<()> {
+    let which = |wanted: fn(AfterDelete) -> bool| -> Vec<usize> {
+        deleted
+            .iter()
+            .filter(|(_, after)| wanted(*after))
+            .map(|&(i, _)| i)
+            .collect()
+    };
+    let drifted: Vec<(usize, Ttl)> = deleted
+        .iter()
+        .filter_map(|&(i, after)| match after {
+            AfterDelete::Drifted(ttl) => Some((i, ttl)),
+            _ => None,
+        })
+        .collect();
     if !drifted.is_empty() {
         carry_ttl(conn, users, &drifted).await?;
-        let fixed: Vec<(String, String)> = drifted.iter().map(|&(i, t)| record(i, t)).collect();
-        crate::run::journal::record_outcomes(conn, &ctx.outcomes_key, &fixed).await?;
+        record_migrated(conn, ctx, users, &drifted).await?;
     }
     let mut pipe = redis::pipe();
-    for &i in done.iter().chain(&expired) {
-        if !users[i].positions.is_empty() {
-            pipe.cmd("SREM")
-                .arg(&users[i].index_key)
-                .arg(&sentinel)
-                .ignore();
-        }
+    let marked = which(|a| !matches!(a, AfterDelete::Undo));
+    for &i in marked.iter().filter(|&&i| !users[i].positions.is_empty()) {
+        pipe.cmd("SREM")
+            .arg(&users[i].index_key)
+            .arg(sentinel)
+            .ignore();
     }
     query(conn, &pipe, "removing migration markers").await?;
+    let undone = which(|a| a == AfterDelete::Undo);
     if !undone.is_empty() {
-        undo(conn, ctx, &sentinel, users, &undone).await?;
+        undo(conn, ctx, sentinel, users, &undone).await?;
     }
+    let expired = which(|a| a == AfterDelete::Expired);
     if !expired.is_empty() {
         forget(conn, ctx, users, &expired).await?;
     }
-    Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect())
+    Ok(())
 }
 
 fn delete_if_ours<'p>(
