@@ -10,6 +10,7 @@ use redis::Value;
 
 use crate::connection::RedisConn;
 use crate::error::{EngineError, Result};
+pub(super) use crate::grid_positions::store::standalone::unexpected;
 
 /// Replaces a key with exactly the given elements: a position hash with
 /// its field/value pairs (ARGV[2] `HSET`), or an index set with the
@@ -139,6 +140,8 @@ pub(super) fn hash_key_of(index_key: &str, member: &str) -> String {
     format!("positions:{user}:{member}")
 }
 
+/// Sends one step's pipeline. An empty one (no user needs the step, or
+/// an empty batch) sends nothing, so no step checks for that itself.
 pub(super) async fn query(
     conn: &RedisConn,
     pipe: &redis::Pipeline,
@@ -151,10 +154,6 @@ pub(super) async fn query(
     pipe.query_async(&mut c)
         .await
         .map_err(EngineError::redis(during))
-}
-
-pub(super) fn unexpected(what: &str) -> EngineError {
-    EngineError::unexpected_reply("decoding a script reply", what)
 }
 
 #[cfg(test)]
