@@ -96,6 +96,7 @@
 //! The journal, run records, lock and outcomes are single keys and work
 //! unchanged.
 
+mod inspect;
 mod migrate;
 mod rollback;
 mod scripts;
