@@ -47,106 +47,25 @@ pub async fn find_debris<C: ConnectionLike + Clone + Send>(
     if !matches!(run.state, RunState::Running | RunState::Failed) {
         return Ok(debris);
     }
-    let backup_suffix = format!(":backup:{}", run.stamp);
-    let sentinel = migrating_sentinel(&run.run_id);
+    let seek = Seek {
+        run,
+        backup_suffix: format!(":backup:{}", run.stamp),
+        sentinel: migrating_sentinel(&run.run_id),
+        outcomes_key: outcomes_key(&run.run_id),
+    };
     let mut cursor = 0u64;
     loop {
         let (next, keys): (u64, Vec<String>) =
             scan_step(conn, cursor, None, 1000, "scanning for debris").await?;
-        let hashes: Vec<PositionHashKey> = keys
-            .iter()
-            .filter_map(|k| PositionHashKey::parse(k, &run.exchanges))
-            .collect();
-        let backups: Vec<(&String, String)> = keys
-            .iter()
-            .filter_map(|k| {
-                let legacy = k.strip_suffix(&backup_suffix)?;
-                LegacyPositionsKey::parse(legacy, &run.exchanges).map(|_| (k, legacy.to_owned()))
-            })
-            .collect();
-        let indexes: Vec<(&String, LegacyPositionsKey)> = keys
-            .iter()
-            .filter_map(|k| {
-                let (user, exchange) = parse_index_key(k, &run.exchanges)?;
-                Some((k, LegacyPositionsKey::new(&exchange, &user)))
-            })
-            .collect();
-        if !hashes.is_empty() || !backups.is_empty() || !indexes.is_empty() {
-            let mut pipe = redis::pipe();
-            for h in &hashes {
-                let key = format!(
-                    "positions:{}:{}:{}",
-                    h.user_id,
-                    h.exchange,
-                    h.index_member()
-                );
-                pipe.cmd("HMGET")
-                    .arg(key)
-                    .arg(META_MIGRATED_FROM)
-                    .arg(META_MIGRATED_AT);
-                let legacy = LegacyPositionsKey::new(&h.exchange, &h.user_id).key();
-                pipe.exists(&legacy)
-                    .hexists(outcomes_key(&run.run_id), &legacy);
-            }
-            for (_, legacy) in &backups {
-                pipe.exists(legacy)
-                    .hexists(outcomes_key(&run.run_id), legacy);
-            }
-            for (key, legacy) in &indexes {
-                pipe.sismember(*key, &sentinel)
-                    .exists(legacy.key())
-                    .hexists(outcomes_key(&run.run_id), legacy.key());
-            }
+        let candidates = seek.candidates(&keys);
+        if !candidates.is_empty() {
             let mut c = conn.clone();
-            let replies: Vec<redis::Value> = pipe
+            let replies: Vec<redis::Value> = seek
+                .ask(&candidates)
                 .query_async(&mut c)
                 .await
                 .map_err(EngineError::redis("reading debris candidates"))?;
-            let (for_hashes, rest) = replies.split_at(hashes.len() * 3);
-            let (for_backups, for_indexes) = rest.split_at(backups.len() * 2);
-            // A cluster run's "migrating" marker in the index of a user it
-            // had not migrated yet (legacy key still there, no outcome).
-            for ((key, _), r) in indexes.iter().zip(for_indexes.chunks_exact(3)) {
-                let marked: bool = redis::from_redis_value_ref(&r[0]).unwrap_or(false);
-                let legacy_exists: bool = redis::from_redis_value_ref(&r[1]).unwrap_or(false);
-                let settled: bool = redis::from_redis_value_ref(&r[2]).unwrap_or(true);
-                if marked && legacy_exists && !settled {
-                    debris
-                        .index_members
-                        .entry((*key).clone())
-                        .or_default()
-                        .push(sentinel.clone());
-                }
-            }
-            for (h, r) in hashes.iter().zip(for_hashes.chunks_exact(3)) {
-                let meta: (Option<String>, Option<String>) =
-                    redis::from_redis_value_ref(&r[0]).unwrap_or((None, None));
-                let legacy_exists: bool = redis::from_redis_value_ref(&r[1]).unwrap_or(false);
-                let settled: bool = redis::from_redis_value_ref(&r[2]).unwrap_or(true);
-                let legacy = LegacyPositionsKey::new(&h.exchange, &h.user_id);
-                let ours = meta.0.as_deref() == Some(legacy.key().as_str())
-                    && meta.1.as_deref() == Some(run.started_at.as_str());
-                if ours && legacy_exists && !settled {
-                    debris.hashes.push(format!(
-                        "positions:{}:{}:{}",
-                        h.user_id,
-                        h.exchange,
-                        h.index_member()
-                    ));
-                    debris
-                        .index_members
-                        .entry(legacy.index_key())
-                        .or_default()
-                        .push(h.index_member());
-                }
-            }
-            for ((key, _), r) in backups.iter().zip(for_backups.chunks_exact(2)) {
-                let legacy_exists: bool = redis::from_redis_value_ref(&r[0]).unwrap_or(false);
-                let settled: bool = redis::from_redis_value_ref(&r[1]).unwrap_or(true);
-                if legacy_exists && !settled {
-                    debris.backups.push((*key).clone());
-                }
-            }
+            seek.judge(&candidates, &replies, &mut debris);
         }
         cursor = next;
         if cursor == 0 {
@@ -156,6 +75,134 @@ pub async fn find_debris<C: ConnectionLike + Clone + Send>(
     debris.hashes.sort();
     debris.backups.sort();
     Ok(debris)
+}
+
+/// What debris of one run looks like.
+struct Seek<'a> {
+    run: &'a RunRecord,
+    /// Ends the key of a backup this run wrote.
+    backup_suffix: String,
+    /// The run's "migrating" marker.
+    sentinel: String,
+    /// The run's journal of per-user outcomes.
+    outcomes_key: String,
+}
+
+/// The keys of one SCAN step this run may have written.
+struct Candidates<'k> {
+    hashes: Vec<PositionHashKey>,
+    /// Each backup with its user's legacy key.
+    backups: Vec<(&'k String, String)>,
+    /// Each index set with its user's legacy key.
+    indexes: Vec<(&'k String, LegacyPositionsKey)>,
+}
+
+impl Candidates<'_> {
+    fn is_empty(&self) -> bool {
+        self.hashes.is_empty() && self.backups.is_empty() && self.indexes.is_empty()
+    }
+}
+
+impl Seek<'_> {
+    fn candidates<'k>(&self, keys: &'k [String]) -> Candidates<'k> {
+        let exchanges = &self.run.exchanges;
+        Candidates {
+            hashes: keys
+                .iter()
+                .filter_map(|k| PositionHashKey::parse(k, exchanges))
+                .collect(),
+            backups: keys
+                .iter()
+                .filter_map(|k| {
+                    let legacy = k.strip_suffix(&self.backup_suffix)?;
+                    LegacyPositionsKey::parse(legacy, exchanges).map(|_| (k, legacy.to_owned()))
+                })
+                .collect(),
+            indexes: keys
+                .iter()
+                .filter_map(|k| {
+                    let (user, exchange) = parse_index_key(k, exchanges)?;
+                    Some((k, LegacyPositionsKey::new(&exchange, &user)))
+                })
+                .collect(),
+        }
+    }
+
+    /// One pipeline asking, per candidate, what [`Seek::judge`] needs:
+    /// for a hash its metadata, for an index whether it holds the marker,
+    /// and for each whether its user is still unmigrated.
+    fn ask(&self, candidates: &Candidates) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        for h in &candidates.hashes {
+            let legacy = LegacyPositionsKey::new(&h.exchange, &h.user_id);
+            pipe.cmd("HMGET")
+                .arg(legacy.position_key(&h.index_member()))
+                .arg(META_MIGRATED_FROM)
+                .arg(META_MIGRATED_AT);
+            self.ask_unmigrated(&mut pipe, &legacy.key());
+        }
+        for (_, legacy) in &candidates.backups {
+            self.ask_unmigrated(&mut pipe, legacy);
+        }
+        for (key, legacy) in &candidates.indexes {
+            pipe.sismember(*key, &self.sentinel);
+            self.ask_unmigrated(&mut pipe, &legacy.key());
+        }
+        pipe
+    }
+
+    /// Two replies: the legacy key exists; the journal has its outcome.
+    fn ask_unmigrated(&self, pipe: &mut redis::Pipeline, legacy_key: &str) {
+        pipe.exists(legacy_key)
+            .hexists(&self.outcomes_key, legacy_key);
+    }
+
+    /// Adds to `debris` what the replies to [`Seek::ask`] show is the run's.
+    fn judge(&self, candidates: &Candidates, replies: &[redis::Value], debris: &mut Debris) {
+        let (for_hashes, rest) = replies.split_at(candidates.hashes.len() * 3);
+        let (for_backups, for_indexes) = rest.split_at(candidates.backups.len() * 2);
+        // A cluster run's "migrating" marker in the index of a user it
+        // had not migrated yet (legacy key still there, no outcome).
+        for ((key, _), r) in candidates.indexes.iter().zip(for_indexes.chunks_exact(3)) {
+            let marked: bool = redis::from_redis_value_ref(&r[0]).unwrap_or(false);
+            if marked && unmigrated(&r[1..]) {
+                debris
+                    .index_members
+                    .entry((*key).clone())
+                    .or_default()
+                    .push(self.sentinel.clone());
+            }
+        }
+        for (h, r) in candidates.hashes.iter().zip(for_hashes.chunks_exact(3)) {
+            let meta: (Option<String>, Option<String>) =
+                redis::from_redis_value_ref(&r[0]).unwrap_or((None, None));
+            let legacy = LegacyPositionsKey::new(&h.exchange, &h.user_id);
+            let ours = meta.0.as_deref() == Some(legacy.key().as_str())
+                && meta.1.as_deref() == Some(self.run.started_at.as_str());
+            if ours && unmigrated(&r[1..]) {
+                debris.hashes.push(legacy.position_key(&h.index_member()));
+                debris
+                    .index_members
+                    .entry(legacy.index_key())
+                    .or_default()
+                    .push(h.index_member());
+            }
+        }
+        for ((key, _), r) in candidates.backups.iter().zip(for_backups.chunks_exact(2)) {
+            if unmigrated(r) {
+                debris.backups.push((*key).clone());
+            }
+        }
+    }
+}
+
+/// The replies of [`Seek::ask_unmigrated`]: the legacy key is still there
+/// and the journal records no outcome for it (an unreadable reply counts
+/// as the safe answer: not debris).
+fn unmigrated(r: &[redis::Value]) -> bool {
+    let legacy_exists: bool = redis::from_redis_value_ref(&r[0]).unwrap_or(false);
+    let settled: bool = redis::from_redis_value_ref(&r[1]).unwrap_or(true);
+    legacy_exists && !settled
 }
 
 /// Deletes exactly the keys and members listed; returns how many went.

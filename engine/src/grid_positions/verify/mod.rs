@@ -9,24 +9,23 @@
 //! harness's no-lost-writes check proves instead. Their counts, backup and
 //! "reappeared" checks still run. The CLI passes no scope.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use redis::aio::ConnectionLike;
 use serde::Serialize;
 
-use crate::connection::scan::scan_step;
 use crate::error::{EngineError, Result};
 use crate::grid_positions::plan::{plan_value, PlanOptions, UserPlan};
 use crate::grid_positions::runner::MIGRATION;
-use crate::keys::{
-    is_migrating_sentinel, parse_index_key, LegacyPositionsKey, PositionHashKey, BACKUP_TTL_SECS,
-};
+use crate::keys::{is_migrating_sentinel, LegacyPositionsKey, BACKUP_TTL_SECS};
 use crate::run::invariant::InvariantResult;
 pub use crate::run::journal::read_run;
 use crate::run::journal::{outcomes_key, scan_outcomes, Outcome, RunRecord};
 
 mod judge;
-use judge::{check_ttl, compare_hash, read_in_window};
+mod orphans;
+use judge::{check_ttl, compare_hash, read_in_window, ReadWindow};
+use orphans::sweep_orphans;
 
 /// How far a carried-over TTL may drift from the legacy TTL (ms), beyond
 /// the time elapsed since the write.
@@ -115,26 +114,31 @@ pub async fn verify_grid_positions_scoped<C: ConnectionLike + Clone + Send>(
         backup: InvariantResult::new("backup", "each migrated legacy key has one backup of this run with TTL in (0, 7 days]"),
         ttl: InvariantResult::new("ttl", "legacy TTLs carried over to every new key within tolerance"),
     };
-    let opts = PlanOptions {
-        skip_closed: run.skip_closed,
+    let mut v = Verifier {
+        run,
+        opts: PlanOptions {
+            skip_closed: run.skip_closed,
+        },
+        scope,
+        totals: Totals::default(),
+        left_out: 0,
     };
-    let mut totals = (0usize, 0usize, 0usize, 0usize); // found, migrated, skipped, quarantined
-    let mut left_out = 0usize;
     let mut cursor = 0u64;
     loop {
         let (next, outcomes) = scan_outcomes(conn, &run.run_id, cursor, BATCH).await?;
         progress(outcomes.len());
-        let tally = Tally {
-            totals: &mut totals,
-            left_out: &mut left_out,
-        };
-        verify_outcomes(conn, run, opts, outcomes, scope, &mut checks, tally).await?;
+        v.verify_outcomes(conn, outcomes, &mut checks).await?;
         cursor = next;
         if cursor == 0 {
             break;
         }
     }
-    let (found, migrated, skipped, quarantined) = totals;
+    let Totals {
+        found,
+        migrated,
+        skipped,
+        quarantined,
+    } = v.totals;
     checks.counts.check(if found == migrated + skipped + quarantined {
         Ok(())
     } else {
@@ -155,16 +159,66 @@ pub async fn verify_grid_positions_scoped<C: ConnectionLike + Clone + Send>(
             checks.ttl,
         ],
     };
-    Ok(ScopedReport { report, left_out })
+    Ok(ScopedReport {
+        report,
+        left_out: v.left_out,
+    })
 }
 
-/// What one batch of outcomes adds up to.
-struct Tally<'a> {
-    /// found, migrated, skipped, quarantined
-    totals: &'a mut (usize, usize, usize, usize),
-    left_out: &'a mut usize,
+/// Positions counted over every batch.
+#[derive(Debug, Default)]
+struct Totals {
+    found: usize,
+    migrated: usize,
+    skipped: usize,
+    quarantined: usize,
 }
 
+/// What the per-user checks hold to, and what they add up.
+struct Verifier<'a> {
+    run: &'a RunRecord,
+    opts: PlanOptions,
+    scope: &'a Scope,
+    totals: Totals,
+    /// Migrated users the scope left out.
+    left_out: usize,
+}
+
+/// A user the journal records as migrated, as it records it.
+struct Migrated {
+    legacy_key: String,
+    legacy: LegacyPositionsKey,
+    positions: usize,
+    skipped: usize,
+    /// The legacy TTL (ms) and the server time (ms) it was read at.
+    pttl: i64,
+    at: i64,
+}
+
+/// What round trip 1 read for one migrated user.
+struct UserRead {
+    backup: Option<Vec<u8>>,
+    backup_ttl: i64,
+    /// The legacy key exists again.
+    reappeared: bool,
+    members: BTreeSet<String>,
+    index_ttl: i64,
+}
+
+impl UserRead {
+    /// The five replies [`read_users`] asked for one user.
+    fn from_replies(r: &[redis::Value]) -> Self {
+        Self {
+            backup: redis::from_redis_value_ref(&r[0]).ok().flatten(),
+            backup_ttl: redis::from_redis_value_ref(&r[1]).unwrap_or(-2),
+            reappeared: redis::from_redis_value_ref(&r[2]).unwrap_or(false),
+            members: redis::from_redis_value_ref(&r[3]).unwrap_or_default(),
+            index_ttl: redis::from_redis_value_ref(&r[4]).unwrap_or(-2),
+        }
+    }
+}
+
+/// A user's hashes as its backup plans them, for round trip 2.
 struct Expected {
     legacy_key: String,
     pttl: i64,
@@ -173,84 +227,98 @@ struct Expected {
     hashes: Vec<(String, Vec<(String, String)>)>,
 }
 
-async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
-    conn: &C,
-    run: &RunRecord,
-    opts: PlanOptions,
-    outcomes: Vec<(String, Outcome)>,
-    scope: &Scope,
-    checks: &mut Checks,
-    tally: Tally<'_>,
-) -> Result<()> {
-    let totals = tally.totals;
-    let mut migrated = Vec::new();
-    for (legacy_key, outcome) in outcomes {
-        match outcome {
-            Outcome::Migrated {
-                positions,
-                skipped,
-                pttl,
-                at,
-            } => migrated.push((legacy_key, positions, skipped, pttl, at)),
-            Outcome::Quarantined { .. } => {}
-            Outcome::Conflict { .. } => {}
+impl Verifier<'_> {
+    /// Checks one batch of the journal's outcomes (its migrated users).
+    async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
+        &mut self,
+        conn: &C,
+        outcomes: Vec<(String, Outcome)>,
+        checks: &mut Checks,
+    ) -> Result<()> {
+        let migrated = self.migrated_users(outcomes)?;
+        // A batch of quarantines and conflicts only: nothing to read (and an
+        // empty pipeline is an error to redis-rs).
+        if migrated.is_empty() {
+            return Ok(());
         }
-    }
-    // A batch of quarantines and conflicts only: nothing to read (and an
-    // empty pipeline is an error to redis-rs).
-    if migrated.is_empty() {
-        return Ok(());
-    }
-    // Round trip 1: backups, their TTLs, index sets, and whether a legacy key is back.
-    let mut pipe = redis::pipe();
-    for (legacy_key, ..) in &migrated {
-        let legacy = LegacyPositionsKey::parse(legacy_key, &run.exchanges).ok_or_else(|| {
-            EngineError::BadJournal {
-                key: outcomes_key(&run.run_id),
-                detail: format!("{legacy_key} is not a legacy positions key"),
+        let (reads, read_at) = read_users(conn, self.run, &migrated).await?;
+        let mut expected = Vec::new();
+        for (user, read) in migrated.into_iter().zip(reads) {
+            if let Some(e) = self.check_user(user, read, read_at, checks) {
+                expected.push(e);
             }
-        })?;
-        let backup = legacy.backup_key(&run.stamp);
-        pipe.get(&backup)
-            .pttl(&backup)
-            .exists(legacy_key)
-            .smembers(legacy.index_key())
-            .pttl(legacy.index_key());
+        }
+        check_hashes(conn, &expected, read_at, checks).await
     }
-    let (replies, read_at) = read_in_window(conn, &pipe, "reading backups").await?;
-    let mut expected = Vec::new();
-    for ((legacy_key, positions, skipped, pttl, at), r) in
-        migrated.into_iter().zip(replies.chunks_exact(5))
-    {
-        let legacy = LegacyPositionsKey::parse(&legacy_key, &run.exchanges).expect("checked above");
-        let backup: Option<Vec<u8>> = redis::from_redis_value_ref(&r[0]).ok().flatten();
-        let backup_ttl: i64 = redis::from_redis_value_ref(&r[1]).unwrap_or(-2);
-        let reappeared: bool = redis::from_redis_value_ref(&r[2]).unwrap_or(false);
-        let members: BTreeSet<String> = redis::from_redis_value_ref(&r[3]).unwrap_or_default();
-        let index_ttl: i64 = redis::from_redis_value_ref(&r[4]).unwrap_or(-2);
-        if reappeared {
+
+    /// The batch's migrated users; a key that is no legacy positions key
+    /// is a broken journal.
+    fn migrated_users(&self, outcomes: Vec<(String, Outcome)>) -> Result<Vec<Migrated>> {
+        let run = self.run;
+        outcomes
+            .into_iter()
+            .filter_map(|(legacy_key, outcome)| match outcome {
+                Outcome::Migrated {
+                    positions,
+                    skipped,
+                    pttl,
+                    at,
+                } => Some((legacy_key, positions, skipped, pttl, at)),
+                Outcome::Quarantined { .. } | Outcome::Conflict { .. } => None,
+            })
+            .map(|(legacy_key, positions, skipped, pttl, at)| {
+                let legacy =
+                    LegacyPositionsKey::parse(&legacy_key, &run.exchanges).ok_or_else(|| {
+                        EngineError::BadJournal {
+                            key: outcomes_key(&run.run_id),
+                            detail: format!("{legacy_key} is not a legacy positions key"),
+                        }
+                    })?;
+                Ok(Migrated {
+                    legacy_key,
+                    legacy,
+                    positions,
+                    skipped,
+                    pttl,
+                    at,
+                })
+            })
+            .collect()
+    }
+
+    /// The counts, backup and index checks of one user; its hashes to read
+    /// unless a check already failed it or the scope leaves it out.
+    fn check_user(
+        &mut self,
+        user: Migrated,
+        read: UserRead,
+        read_at: ReadWindow,
+        checks: &mut Checks,
+    ) -> Option<Expected> {
+        let Migrated {
+            legacy_key, legacy, ..
+        } = &user;
+        if read.reappeared {
             checks.counts.mismatch(|| format!("{legacy_key}: legacy key reappeared after its migration (a writer still uses the old layout)"));
         }
-        let Some(backup) = backup else {
-            checks.backup.mismatch(|| {
-                format!(
-                    "{legacy_key}: backup {} is missing",
-                    legacy.backup_key(&run.stamp)
-                )
-            });
-            continue;
+        let backup_key = legacy.backup_key(&self.run.stamp);
+        let Some(backup) = &read.backup else {
+            checks
+                .backup
+                .mismatch(|| format!("{legacy_key}: backup {backup_key} is missing"));
+            return None;
         };
         checks.backup.check(
-            if backup_ttl > 0 && backup_ttl <= (BACKUP_TTL_SECS * 1000) as i64 {
+            if read.backup_ttl > 0 && read.backup_ttl <= (BACKUP_TTL_SECS * 1000) as i64 {
                 Ok(())
             } else {
                 Err(format!(
-                    "{}: TTL {backup_ttl} ms is not in (0, 7 days]",
-                    legacy.backup_key(&run.stamp)
+                    "{backup_key}: TTL {} ms is not in (0, 7 days]",
+                    read.backup_ttl
                 ))
             },
         );
-        let plan = match plan_value(&backup, opts) {
+        let plan = match plan_value(backup, self.opts) {
             UserPlan::Migrate(p) => p,
             UserPlan::Quarantine { reason, .. } => {
                 checks.counts.mismatch(|| {
@@ -258,64 +326,119 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
                         "{legacy_key}: migrated, yet its backup would be quarantined ({reason})"
                     )
                 });
-                continue;
+                return None;
             }
         };
-        totals.0 += plan.positions.len() + plan.skipped_closed;
-        totals.1 += positions;
-        totals.2 += skipped;
-        checks.counts.check(if plan.positions.len() == positions && plan.skipped_closed == skipped {
-            Ok(())
-        } else {
-            Err(format!(
-                "{legacy_key}: backup holds {} positions (+{} closed skipped), journal says {positions} (+{skipped})",
-                plan.positions.len(),
-                plan.skipped_closed
-            ))
-        });
-        if scope.left_out.contains(&legacy_key) {
+        self.count(&user, plan.positions.len(), plan.skipped_closed, checks);
+        if self.scope.left_out.contains(legacy_key) {
             // Written since its migration: no-lost-writes checks this user.
-            *tally.left_out += 1;
-            continue;
+            self.left_out += 1;
+            return None;
         }
         let want: BTreeSet<String> = plan.positions.iter().map(|p| p.index_member()).collect();
-        let marked = members.iter().find(|m| is_migrating_sentinel(m));
-        checks.index.check(if let Some(m) = marked {
-            Err(marked_index(&legacy.index_key(), m))
-        } else if want == members {
-            Ok(())
-        } else {
-            Err(format!(
-                "{}: members {members:?}, expected {want:?}",
-                legacy.index_key()
-            ))
-        });
-        if !want.is_empty() {
-            check_ttl(
-                &mut checks.ttl,
-                &legacy.index_key(),
-                index_ttl,
-                pttl,
-                at,
-                read_at,
-            );
-        }
-        expected.push(Expected {
-            legacy_key: legacy_key.clone(),
+        check_index(&user, &want, &read, read_at, checks);
+        Some(Expected {
             hashes: plan
                 .positions
                 .into_iter()
                 .map(|p| (legacy.position_key(&p.index_member()), p.fields))
                 .collect(),
-            pttl,
-            at,
+            legacy_key: user.legacy_key,
+            pttl: user.pttl,
+            at: user.at,
+        })
+    }
+
+    /// Adds a user's counts to the totals and checks them against its
+    /// backup's plan: `planned` positions, `closed` skipped as closed.
+    fn count(&mut self, user: &Migrated, planned: usize, closed: usize, checks: &mut Checks) {
+        let Migrated {
+            legacy_key,
+            positions,
+            skipped,
+            ..
+        } = user;
+        self.totals.found += planned + closed;
+        self.totals.migrated += positions;
+        self.totals.skipped += skipped;
+        checks.counts.check(if planned == *positions && closed == *skipped {
+            Ok(())
+        } else {
+            Err(format!(
+                "{legacy_key}: backup holds {planned} positions (+{closed} closed skipped), journal says {positions} (+{skipped})"
+            ))
         });
     }
-    // Round trip 2: every expected hash and its TTL, between two readings
-    // of the server's clock: a TTL is judged by the clock of the round trip
-    // it came in, however long a loaded machine took between the two.
+}
+
+/// Round trip 1: each user's backup and its TTL, whether its legacy key
+/// is back, and its index set and the set's TTL.
+async fn read_users<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    run: &RunRecord,
+    migrated: &[Migrated],
+) -> Result<(Vec<UserRead>, ReadWindow)> {
     let mut pipe = redis::pipe();
-    for e in &expected {
+    for user in migrated {
+        let backup = user.legacy.backup_key(&run.stamp);
+        pipe.get(&backup)
+            .pttl(&backup)
+            .exists(&user.legacy_key)
+            .smembers(user.legacy.index_key())
+            .pttl(user.legacy.index_key());
+    }
+    let (replies, read_at) = read_in_window(conn, &pipe, "reading backups").await?;
+    let reads = replies
+        .chunks_exact(5)
+        .map(UserRead::from_replies)
+        .collect();
+    Ok((reads, read_at))
+}
+
+/// The index set holds exactly the planned members (`want`) and no
+/// marker, and carries the legacy TTL over.
+fn check_index(
+    user: &Migrated,
+    want: &BTreeSet<String>,
+    read: &UserRead,
+    read_at: ReadWindow,
+    checks: &mut Checks,
+) {
+    let index_key = user.legacy.index_key();
+    let members = &read.members;
+    let marked = members.iter().find(|m| is_migrating_sentinel(m));
+    checks.index.check(if let Some(m) = marked {
+        Err(marked_index(&index_key, m))
+    } else if want == members {
+        Ok(())
+    } else {
+        Err(format!(
+            "{index_key}: members {members:?}, expected {want:?}"
+        ))
+    });
+    if !want.is_empty() {
+        check_ttl(
+            &mut checks.ttl,
+            &index_key,
+            read.index_ttl,
+            user.pttl,
+            user.at,
+            read_at,
+        );
+    }
+}
+
+/// Round trip 2: every expected hash and its TTL, between two readings
+/// of the server's clock: a TTL is judged by the clock of the round trip
+/// it came in, however long a loaded machine took between the two.
+async fn check_hashes<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    expected: &[Expected],
+    read_at: ReadWindow,
+    checks: &mut Checks,
+) -> Result<()> {
+    let mut pipe = redis::pipe();
+    for e in expected {
         for (key, ..) in &e.hashes {
             pipe.hgetall(key).pttl(key);
         }
@@ -326,7 +449,7 @@ async fn verify_outcomes<C: ConnectionLike + Clone + Send>(
         read_in_window(conn, &pipe, "reading position hashes").await?
     };
     let mut replies = replies.chunks_exact(2);
-    for e in &expected {
+    for e in expected {
         for (key, fields) in &e.hashes {
             let r = replies.next().expect("one reply pair per hash");
             let actual: HashMap<String, String> =
@@ -350,89 +473,6 @@ fn marked_index(index_key: &str, marker: &str) -> String {
         "{index_key} holds the migration marker {marker:?}: interrupted run: resume it \
          (run `keyshift migrate grid-positions` again) or roll it back"
     )
-}
-
-/// Orphan sweep by SCAN over every `positions:` key of the run's exchanges:
-/// each hash must be in its index and each index member must have a hash.
-async fn sweep_orphans<C: ConnectionLike + Clone + Send>(
-    conn: &C,
-    exchanges: &[String],
-    index: &mut InvariantResult,
-) -> Result<()> {
-    let mut cursor = 0u64;
-    loop {
-        let during = "sweeping for orphans";
-        let (next, keys): (u64, Vec<String>) =
-            scan_step(conn, cursor, Some("positions:*"), 1000, during).await?;
-        let mut c = conn.clone();
-        let hashes: Vec<PositionHashKey> = keys
-            .iter()
-            .filter_map(|k| PositionHashKey::parse(k, exchanges))
-            .collect();
-        let index_keys: Vec<&String> = keys
-            .iter()
-            .filter(|k| parse_index_key(k, exchanges).is_some())
-            .collect();
-        let mut pipe = redis::pipe();
-        for h in &hashes {
-            pipe.sismember(h.index_key(), h.index_member());
-        }
-        for k in &index_keys {
-            pipe.smembers(*k);
-        }
-        let replies: Vec<redis::Value> = if hashes.is_empty() && index_keys.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut c)
-                .await
-                .map_err(EngineError::redis("sweeping for orphans"))?
-        };
-        let (member_of, sets) = replies.split_at(hashes.len());
-        for (h, r) in hashes.iter().zip(member_of) {
-            if !redis::from_redis_value_ref::<bool>(r).unwrap_or(false) {
-                index.extra(|| {
-                    format!(
-                        "positions:{}:{}:{}:{} is in no index",
-                        h.user_id, h.exchange, h.inst_id, h.side
-                    )
-                });
-            }
-        }
-        let mut member_keys: BTreeMap<String, String> = BTreeMap::new();
-        for (k, r) in index_keys.iter().zip(sets) {
-            let (user, exchange) = parse_index_key(k, exchanges).expect("filtered above");
-            let members: Vec<String> = redis::from_redis_value_ref(r).unwrap_or_default();
-            for m in members {
-                if is_migrating_sentinel(&m) {
-                    index.extra(|| marked_index(k, &m));
-                    continue;
-                }
-                member_keys.insert(
-                    format!("positions:{user}:{exchange}:{m}"),
-                    format!("{k} member {m:?}"),
-                );
-            }
-        }
-        if !member_keys.is_empty() {
-            let mut pipe = redis::pipe();
-            for key in member_keys.keys() {
-                pipe.exists(key);
-            }
-            let exists: Vec<bool> = pipe
-                .query_async(&mut c)
-                .await
-                .map_err(EngineError::redis("sweeping for orphans"))?;
-            for ((_, what), present) in member_keys.iter().zip(exists) {
-                if !present {
-                    index.extra(|| format!("{what} has no hash"));
-                }
-            }
-        }
-        cursor = next;
-        if cursor == 0 {
-            return Ok(());
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,90 +3,22 @@
 //! the next step starts only when it has been answered. The order and why
 //! are in the module doc of `cluster`.
 
-use std::collections::BTreeSet;
-
+use super::inspect::{inspect, Go, Inspected};
 use super::scripts::{
-    hash_key_of, parse_delete, parse_ttl, query, ttl_drifted, unexpected, Cad, Ttl,
-    COMPARE_AND_DELETE, DELETE_IF_OURS, DEL_IF_MEMBER, READ_TTL, REPLACE_KEY, UNDO_INDEX,
+    parse_delete, query, ttl_drifted, unexpected, Cad, Ttl, COMPARE_AND_DELETE, DELETE_IF_OURS,
+    DEL_IF_MEMBER, REPLACE_KEY, UNDO_INDEX,
 };
 use crate::connection::RedisConn;
 use crate::error::Result;
+use crate::grid_positions::store::standalone::{arg_hash_pairs, migrated_outcome};
 use crate::grid_positions::store::{RunContext, UserWrite, WriteOutcome};
-use crate::keys::{migrating_sentinel, META_MIGRATED_AT, META_MIGRATED_FROM};
-use crate::run::journal::Outcome;
-
-/// What inspecting one user's targets decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Inspected {
-    /// Write, carrying the legacy key's TTL over.
-    Proceed(Go),
-    /// A key the migration would create exists and is not this run's.
-    Conflict { key: String },
-    /// The legacy key is already gone (expired or deleted since read).
-    Vanished,
-}
-
-/// A user the steps go on with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Go {
-    ttl: Ttl,
-    /// The index holds this run's marker: an earlier attempt of this run.
-    had_sentinel: bool,
-    /// Hashes of that attempt's members the plan no longer has (deleted
-    /// in step 3 if still ours).
-    stale: Vec<String>,
-}
-
-/// Whether a hash's metadata says this run wrote it for `legacy_key`.
-fn ours(meta: &[Option<String>], legacy_key: &str, migrated_at: &str) -> bool {
-    matches!(meta, [Some(from), Some(at)] if from == legacy_key && at == migrated_at)
-}
-
-/// Whether a hash read as `kind` + `meta` may be (re)written by this run.
-fn writable(kind: &str, meta: &[Option<String>], legacy_key: &str, migrated_at: &str) -> bool {
-    match kind {
-        "none" => true,
-        "hash" => ours(meta, legacy_key, migrated_at),
-        _ => false,
-    }
-}
-
-/// Asks who wrote `hash`: its TYPE and its metadata; answered by
-/// [`next_writable`].
-fn ask_owner(pipe: &mut redis::Pipeline, hash: &str) {
-    pipe.cmd("TYPE").arg(hash);
-    pipe.cmd("HMGET")
-        .arg(hash)
-        .arg(META_MIGRATED_FROM)
-        .arg(META_MIGRATED_AT);
-}
-
-/// Reads the two replies of one [`ask_owner`]: may this run (re)write the
-/// hash of `legacy_key`'s user?
-fn next_writable(
-    replies: &mut impl Iterator<Item = redis::Value>,
-    legacy_key: &str,
-    migrated_at: &str,
-) -> bool {
-    let kind: String = replies
-        .next()
-        .and_then(|v| redis::from_redis_value(v).ok())
-        .unwrap_or_default();
-    let meta: Vec<Option<String>> = replies
-        .next()
-        .and_then(|v| redis::from_redis_value(v).ok())
-        .unwrap_or_default();
-    writable(&kind, &meta, legacy_key, migrated_at)
-}
+use crate::keys::migrating_sentinel;
 
 pub(super) async fn migrate_users(
     conn: &RedisConn,
     ctx: &RunContext,
     users: &[UserWrite],
 ) -> Result<Vec<WriteOutcome>> {
-    if users.is_empty() {
-        return Ok(Vec::new());
-    }
     let sentinel = migrating_sentinel(&ctx.run_id);
     let inspected = inspect(conn, ctx, &sentinel, users).await?;
     let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; users.len()];
@@ -98,13 +30,32 @@ pub(super) async fn migrate_users(
             Inspected::Proceed(g) => go.push((i, g)),
         }
     }
-    if go.is_empty() {
-        return Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect());
+    if !go.is_empty() {
+        write_backups(conn, ctx, users, &go).await?;
+        write_hashes(conn, ctx, users, &go).await?;
+        write_indexes(conn, &sentinel, users, &go).await?;
+        // Step 5: the outcome, before the delete. Its TTL is the one read
+        // with its own clock, so the expiry it names is the new keys' exactly.
+        let applied: Vec<(usize, Ttl)> = go.iter().map(|(i, g)| (*i, g.ttl)).collect();
+        record_migrated(conn, ctx, users, &applied).await?;
+        let deleted = compare_and_delete(conn, users, &go).await?;
+        for &(i, after) in &deleted {
+            outcomes[i] = Some(after.outcome());
+        }
+        finish(conn, ctx, &sentinel, users, &deleted).await?;
     }
+    Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect())
+}
 
-    // Step 2: backups.
+/// Step 2: the backups, first, so the legacy value can always be restored.
+async fn write_backups(
+    conn: &RedisConn,
+    ctx: &RunContext,
+    users: &[UserWrite],
+    go: &[(usize, Go)],
+) -> Result<()> {
     let mut pipe = redis::pipe();
-    for &(i, _) in &go {
+    for &(i, _) in go {
         let u = &users[i];
         pipe.cmd("SET")
             .arg(&u.backup_key)
@@ -114,41 +65,50 @@ pub(super) async fn migrate_users(
             .ignore();
     }
     query(conn, &pipe, "writing backups").await?;
+    Ok(())
+}
 
-    // Step 3: the hashes, each whole, and an earlier attempt's hashes the
-    // plan dropped. No reader looks at them: the index is absent or holds
-    // the marker while the legacy key exists.
+/// Step 3: the hashes, each whole, and an earlier attempt's hashes the
+/// plan dropped. No reader looks at them: the index is absent or holds
+/// the marker while the legacy key exists.
+async fn write_hashes(
+    conn: &RedisConn,
+    ctx: &RunContext,
+    users: &[UserWrite],
+    go: &[(usize, Go)],
+) -> Result<()> {
     let mut pipe = redis::pipe();
-    for (i, g) in &go {
+    for (i, g) in go {
         let u = &users[*i];
         for p in &u.positions {
-            let cmd = pipe
-                .cmd("EVAL")
+            pipe.cmd("EVAL")
                 .arg(REPLACE_KEY)
                 .arg(1)
                 .arg(&p.key)
                 .arg(g.ttl.expires_at())
                 .arg("HSET");
-            for (f, v) in &p.fields {
-                cmd.arg(f).arg(v);
-            }
-            cmd.arg(META_MIGRATED_AT)
-                .arg(&ctx.migrated_at)
-                .arg(META_MIGRATED_FROM)
-                .arg(&u.legacy_key)
-                .ignore();
+            arg_hash_pairs(&mut pipe, p, ctx, &u.legacy_key);
+            pipe.ignore();
         }
         for hash in &g.stale {
             delete_if_ours(&mut pipe, hash, &u.legacy_key, &ctx.migrated_at).ignore();
         }
     }
     query(conn, &pipe, "writing position hashes").await?;
+    Ok(())
+}
 
-    // Step 4: the index, exactly the plan plus the marker, which keeps the
-    // dual-read store on the legacy key while it exists. A user with no
-    // position gets no index; one an earlier attempt gave one loses it.
+/// Step 4: the index, exactly the plan plus the marker, which keeps the
+/// dual-read store on the legacy key while it exists. A user with no
+/// position gets no index; one an earlier attempt gave one loses it.
+async fn write_indexes(
+    conn: &RedisConn,
+    sentinel: &str,
+    users: &[UserWrite],
+    go: &[(usize, Go)],
+) -> Result<()> {
     let mut pipe = redis::pipe();
-    for (i, g) in &go {
+    for (i, g) in go {
         let u = &users[*i];
         if u.positions.is_empty() {
             if g.had_sentinel {
@@ -156,7 +116,7 @@ pub(super) async fn migrate_users(
                     .arg(DEL_IF_MEMBER)
                     .arg(1)
                     .arg(&u.index_key)
-                    .arg(&sentinel)
+                    .arg(sentinel)
                     .ignore();
             }
             continue;
@@ -168,35 +128,77 @@ pub(super) async fn migrate_users(
             .arg(&u.index_key)
             .arg(g.ttl.expires_at())
             .arg("SADD")
-            .arg(&sentinel);
+            .arg(sentinel);
         for p in &u.positions {
             cmd.arg(&p.member);
         }
         cmd.ignore();
     }
     query(conn, &pipe, "writing index sets").await?;
+    Ok(())
+}
 
-    // Step 5: the outcome, before the delete. Its TTL is the one read with
-    // its own clock, so the expiry it names is the new keys' exactly.
-    let record = |i: usize, ttl: Ttl| {
-        let u = &users[i];
-        let o = Outcome::Migrated {
-            positions: u.positions.len(),
-            skipped: u.skipped_closed,
-            pttl: ttl.pttl,
-            at: ttl.at,
-        };
-        (
-            u.legacy_key.clone(),
-            serde_json::to_string(&o).expect("outcome serialises"),
-        )
-    };
-    let migrated: Vec<(String, String)> = go.iter().map(|(i, g)| record(*i, g.ttl)).collect();
-    crate::run::journal::record_outcomes(conn, &ctx.outcomes_key, &migrated).await?;
+/// Records the outcome `migrated` of each `(user, TTL)` in the journal.
+async fn record_migrated(
+    conn: &RedisConn,
+    ctx: &RunContext,
+    users: &[UserWrite],
+    which: &[(usize, Ttl)],
+) -> Result<()> {
+    let outcomes: Vec<(String, String)> = which
+        .iter()
+        .map(|&(i, ttl)| {
+            let u = &users[i];
+            (u.legacy_key.clone(), migrated_outcome(u, ttl.pttl, ttl.at))
+        })
+        .collect();
+    crate::run::journal::record_outcomes(conn, &ctx.outcomes_key, &outcomes).await
+}
 
-    // Step 6: compare-and-delete.
+/// What step 6 found for one user, and so what step 7 does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterDelete {
+    /// Deleted with the TTL the new keys have: only the marker goes.
+    Done(Ttl),
+    /// Deleted, but a writer moved its TTL since: the new keys and the
+    /// outcome take the TTL it had at the delete, then the marker goes.
+    Drifted(Ttl),
+    /// Expired: the new keys expire at that same instant, so they are
+    /// left to go with it (an application write made to them since goes
+    /// too, as it would have with the legacy key).
+    Expired,
+    /// Changed, or deleted by someone (nothing to migrate): undone.
+    Undo,
+}
+
+impl AfterDelete {
+    /// The compare-and-delete's reply for a user whose new keys took `applied`.
+    fn of(applied: Ttl, cad: Cad) -> Self {
+        match cad {
+            Cad::Deleted(at_delete) if ttl_drifted(applied, at_delete) => Self::Drifted(at_delete),
+            Cad::Deleted(_) => Self::Done(applied),
+            Cad::Changed => Self::Undo,
+            Cad::Gone { now_ms } if applied.expired_by(now_ms) => Self::Expired,
+            Cad::Gone { .. } => Self::Undo,
+        }
+    }
+
+    fn outcome(self) -> WriteOutcome {
+        match self {
+            Self::Done(kept) | Self::Drifted(kept) => WriteOutcome::Migrated { pttl_ms: kept.pttl },
+            Self::Expired | Self::Undo => WriteOutcome::Changed,
+        }
+    }
+}
+
+/// Step 6: compare-and-delete of each legacy key.
+async fn compare_and_delete(
+    conn: &RedisConn,
+    users: &[UserWrite],
+    go: &[(usize, Go)],
+) -> Result<Vec<(usize, AfterDelete)>> {
     let mut pipe = redis::pipe();
-    for &(i, _) in &go {
+    for &(i, _) in go {
         pipe.cmd("EVAL")
             .arg(COMPARE_AND_DELETE)
             .arg(1)
@@ -207,67 +209,59 @@ pub(super) async fn migrate_users(
     if replies.len() != go.len() {
         return Err(unexpected("compare-and-delete replies"));
     }
-    let mut done = Vec::new();
-    let mut undone = Vec::new();
-    let mut expired = Vec::new();
-    let mut drifted = Vec::new();
-    for ((i, g), reply) in go.iter().zip(replies) {
-        let i = *i;
-        match parse_delete(reply)? {
-            Cad::Deleted(at_delete) => {
-                let kept = if ttl_drifted(g.ttl, at_delete) {
-                    drifted.push((i, at_delete));
-                    at_delete
-                } else {
-                    g.ttl
-                };
-                done.push(i);
-                outcomes[i] = Some(WriteOutcome::Migrated { pttl_ms: kept.pttl });
-            }
-            Cad::Changed => {
-                undone.push(i);
-                outcomes[i] = Some(WriteOutcome::Changed);
-            }
-            // Expired: the new keys expire at that same instant, so they
-            // are left to go with it (an application write made to them
-            // since goes too, as it would have with the legacy key).
-            Cad::Gone { now_ms } if g.ttl.expired_by(now_ms) => {
-                expired.push(i);
-                outcomes[i] = Some(WriteOutcome::Changed);
-            }
-            // Deleted by someone: nothing to migrate; undone as for a change.
-            Cad::Gone { .. } => {
-                undone.push(i);
-                outcomes[i] = Some(WriteOutcome::Changed);
-            }
-        }
-    }
+    go.iter()
+        .zip(replies)
+        .map(|((i, g), reply)| Ok((*i, AfterDelete::of(g.ttl, parse_delete(reply)?))))
+        .collect()
+}
 
-    // Step 7: the new layout is the user's; the marker goes (after the TTL
-    // a writer moved is carried over, so a kill in between leaves the
-    // marker for the resumed run's settle pass, never a wrong expiry).
+/// Step 7: the new layout is the user's; the marker goes (after the TTL
+/// a writer moved is carried over, so a kill in between leaves the
+/// marker for the resumed run's settle pass, never a wrong expiry).
+/// Users whose legacy key changed are undone; expired ones forgotten.
+async fn finish(
+    conn: &RedisConn,
+    ctx: &RunContext,
+    sentinel: &str,
+    users: &[UserWrite],
+    deleted: &[(usize, AfterDelete)],
+) -> Result<()> {
+    let which = |wanted: fn(AfterDelete) -> bool| -> Vec<usize> {
+        deleted
+            .iter()
+            .filter(|(_, after)| wanted(*after))
+            .map(|&(i, _)| i)
+            .collect()
+    };
+    let drifted: Vec<(usize, Ttl)> = deleted
+        .iter()
+        .filter_map(|&(i, after)| match after {
+            AfterDelete::Drifted(ttl) => Some((i, ttl)),
+            _ => None,
+        })
+        .collect();
     if !drifted.is_empty() {
         carry_ttl(conn, users, &drifted).await?;
-        let fixed: Vec<(String, String)> = drifted.iter().map(|&(i, t)| record(i, t)).collect();
-        crate::run::journal::record_outcomes(conn, &ctx.outcomes_key, &fixed).await?;
+        record_migrated(conn, ctx, users, &drifted).await?;
     }
     let mut pipe = redis::pipe();
-    for &i in done.iter().chain(&expired) {
-        if !users[i].positions.is_empty() {
-            pipe.cmd("SREM")
-                .arg(&users[i].index_key)
-                .arg(&sentinel)
-                .ignore();
-        }
+    let marked = which(|a| !matches!(a, AfterDelete::Undo));
+    for &i in marked.iter().filter(|&&i| !users[i].positions.is_empty()) {
+        pipe.cmd("SREM")
+            .arg(&users[i].index_key)
+            .arg(sentinel)
+            .ignore();
     }
     query(conn, &pipe, "removing migration markers").await?;
+    let undone = which(|a| a == AfterDelete::Undo);
     if !undone.is_empty() {
-        undo(conn, ctx, &sentinel, users, &undone).await?;
+        undo(conn, ctx, sentinel, users, &undone).await?;
     }
+    let expired = which(|a| a == AfterDelete::Expired);
     if !expired.is_empty() {
         forget(conn, ctx, users, &expired).await?;
     }
-    Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect())
+    Ok(())
 }
 
 fn delete_if_ours<'p>(
@@ -282,115 +276,6 @@ fn delete_if_ours<'p>(
         .arg(hash)
         .arg(legacy_key)
         .arg(migrated_at)
-}
-
-/// Step 1 for the batch: the legacy TTL, the index's members, and who
-/// wrote each planned hash; then who wrote the hashes of an earlier
-/// attempt's members the plan no longer has (a second round trip, only
-/// when there are such members).
-async fn inspect(
-    conn: &RedisConn,
-    ctx: &RunContext,
-    sentinel: &str,
-    users: &[UserWrite],
-) -> Result<Vec<Inspected>> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for u in users {
-        pipe.cmd("EVAL").arg(READ_TTL).arg(1).arg(&u.legacy_key);
-        pipe.cmd("SMEMBERS").arg(&u.index_key);
-        for p in &u.positions {
-            ask_owner(&mut pipe, &p.key);
-        }
-    }
-    let replies = query(conn, &pipe, "inspecting migration targets").await?;
-    let mut replies = replies.into_iter();
-    let mut out = Vec::with_capacity(users.len());
-    for u in users {
-        let ttl = parse_ttl(&replies.next().ok_or_else(|| unexpected("inspection"))?)?;
-        // Not a set (SMEMBERS refused it): someone else's key.
-        let members: Option<BTreeSet<String>> =
-            replies.next().and_then(|v| redis::from_redis_value(v).ok());
-        let mut conflict = None;
-        for p in &u.positions {
-            // A hash of an earlier attempt of this run is ours to rewrite.
-            if !next_writable(&mut replies, &u.legacy_key, &ctx.migrated_at) && conflict.is_none() {
-                conflict = Some(p.key.clone());
-            }
-        }
-        let members = members.unwrap_or_else(|| {
-            if !u.positions.is_empty() {
-                conflict.get_or_insert_with(|| u.index_key.clone());
-            }
-            BTreeSet::new()
-        });
-        let had_sentinel = members.contains(sentinel);
-        // An index beside the legacy key without this run's marker is
-        // someone else's (a stray one, an earlier run's user whose legacy
-        // key came back, or another run mid-migration), as on one server.
-        if !members.is_empty() && !had_sentinel && conflict.is_none() && !u.positions.is_empty() {
-            conflict = Some(u.index_key.clone());
-        }
-        let planned: BTreeSet<&str> = u.positions.iter().map(|p| p.member.as_str()).collect();
-        let stale = if had_sentinel {
-            members
-                .iter()
-                .filter(|m| m.as_str() != sentinel && !planned.contains(m.as_str()))
-                .map(|m| hash_key_of(&u.index_key, m))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        out.push(match conflict {
-            Some(key) => Inspected::Conflict { key },
-            // Gone since the runner read it: nothing to migrate, nothing
-            // written (the runner reads again and finds it absent).
-            None if ttl.pttl == -2 => Inspected::Vanished,
-            None => Inspected::Proceed(Go {
-                ttl,
-                had_sentinel,
-                stale,
-            }),
-        });
-    }
-    stale_conflicts(conn, ctx, users, &mut out).await?;
-    Ok(out)
-}
-
-/// An earlier attempt's member the plan dropped whose hash is no longer
-/// this run's (an application wrote it after that attempt deleted the
-/// legacy key, which came back since): rewriting the index would leave that
-/// hash without its member, so the user is a conflict instead.
-async fn stale_conflicts(
-    conn: &RedisConn,
-    ctx: &RunContext,
-    users: &[UserWrite],
-    out: &mut [Inspected],
-) -> Result<()> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for d in out.iter() {
-        if let Inspected::Proceed(g) = d {
-            for hash in &g.stale {
-                ask_owner(&mut pipe, hash);
-            }
-        }
-    }
-    let replies = query(conn, &pipe, "inspecting migration targets").await?;
-    let mut replies = replies.into_iter();
-    for (u, d) in users.iter().zip(out.iter_mut()) {
-        let Inspected::Proceed(g) = d else { continue };
-        let mut conflict = None;
-        for hash in &g.stale {
-            if !next_writable(&mut replies, &u.legacy_key, &ctx.migrated_at) && conflict.is_none() {
-                conflict = Some(hash.clone());
-            }
-        }
-        if let Some(key) = conflict {
-            *d = Inspected::Conflict { key };
-        }
-    }
-    Ok(())
 }
 
 /// Removes what an attempt wrote for users whose legacy key changed (or
@@ -486,36 +371,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_this_runs_metadata_makes_a_hash_ours() {
-        let at = "2026-01-01T00:00:00Z";
-        let some = |s: &str| Some(s.to_owned());
-        assert!(ours(
-            &[some("okx:positions:7"), some(at)],
-            "okx:positions:7",
-            at
-        ));
-        assert!(!ours(
-            &[some("okx:positions:7"), some("earlier")],
-            "okx:positions:7",
-            at
-        ));
-        assert!(!ours(
-            &[some("okx:positions:8"), some(at)],
-            "okx:positions:7",
-            at
-        ));
-        assert!(!ours(&[None, None], "okx:positions:7", at));
-    }
-
-    #[test]
-    fn only_an_absent_key_or_our_own_hash_is_writable() {
-        let at = "2026-01-01T00:00:00Z";
-        let mine = [Some("l".to_owned()), Some(at.to_owned())];
-        assert!(writable("none", &[], "l", at));
-        assert!(writable("hash", &mine, "l", at));
-        assert!(!writable("hash", &[None, None], "l", at));
-        assert!(!writable("string", &mine, "l", at));
-        // An unreadable TYPE reply is never taken as "free".
-        assert!(!writable("", &[], "l", at));
+    fn the_delete_reply_decides_outcome_and_step_7() {
+        let applied = Ttl {
+            pttl: 60_000,
+            at: 1_000,
+        };
+        let moved = Ttl {
+            pttl: 5_000,
+            at: 2_000,
+        };
+        let same = Ttl {
+            pttl: 59_000,
+            at: 2_000,
+        };
+        let of = |cad| AfterDelete::of(applied, cad);
+        assert_eq!(of(Cad::Deleted(same)), AfterDelete::Done(applied));
+        assert_eq!(of(Cad::Deleted(moved)), AfterDelete::Drifted(moved));
+        assert_eq!(of(Cad::Changed), AfterDelete::Undo);
+        assert_eq!(of(Cad::Gone { now_ms: 61_000 }), AfterDelete::Expired);
+        // Gone before its expiry: someone deleted it.
+        assert_eq!(of(Cad::Gone { now_ms: 30_000 }), AfterDelete::Undo);
+        assert_eq!(
+            AfterDelete::Drifted(moved).outcome(),
+            WriteOutcome::Migrated { pttl_ms: 5_000 }
+        );
+        assert_eq!(
+            AfterDelete::Done(applied).outcome(),
+            WriteOutcome::Migrated { pttl_ms: 60_000 }
+        );
+        assert_eq!(AfterDelete::Expired.outcome(), WriteOutcome::Changed);
     }
 }

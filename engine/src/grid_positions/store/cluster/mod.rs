@@ -96,6 +96,7 @@
 //! The journal, run records, lock and outcomes are single keys and work
 //! unchanged.
 
+mod inspect;
 mod migrate;
 mod rollback;
 mod scripts;
@@ -162,6 +163,15 @@ pub async fn undo_attempts(conn: &RedisConn, ctx: &RunContext, users: &[UserWrit
     migrate::undo(conn, ctx, &sentinel, users, &all).await
 }
 
+macro_rules! delegate {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            GridStore::Standalone($s) => $call,
+            GridStore::Cluster($s) => $call,
+        }
+    };
+}
+
 /// The Phase 2 store for whatever a connection reaches.
 #[derive(Clone)]
 pub enum GridStore {
@@ -183,20 +193,8 @@ impl GridStore {
     }
 
     pub fn connection(&self) -> RedisConn {
-        match self {
-            GridStore::Standalone(s) => s.connection(),
-            GridStore::Cluster(s) => s.connection(),
-        }
+        delegate!(self, s => s.connection())
     }
-}
-
-macro_rules! delegate {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            GridStore::Standalone($s) => $call,
-            GridStore::Cluster($s) => $call,
-        }
-    };
 }
 
 impl GridPositionsStore for GridStore {

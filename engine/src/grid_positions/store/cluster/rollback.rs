@@ -53,9 +53,47 @@ pub(super) async fn rollback_users(
     journal_key: &str,
     users: &[UserRollback],
 ) -> Result<Vec<RollbackOutcome>> {
-    if users.is_empty() {
-        return Ok(Vec::new());
+    let (mut decisions, had_index) = read(conn, users).await?;
+    restore(conn, users, &mut decisions).await?;
+    let deleted = delete_created(conn, users, &decisions, &had_index).await?;
+    let mut outcomes = Vec::with_capacity(users.len());
+    let mut journal = Vec::new();
+    for (i, (u, d)) in users.iter().zip(decisions).enumerate() {
+        outcomes.push(match d {
+            Decision::NoBackup => RollbackOutcome::NoBackup,
+            Decision::Changed => RollbackOutcome::Changed,
+            Decision::Go { .. } if u.expires_at_ms == 0 => {
+                journal.push((u.legacy_key.clone(), "expired"));
+                RollbackOutcome::Expired {
+                    deleted: deleted[&i],
+                }
+            }
+            Decision::Go { .. } => {
+                journal.push((u.legacy_key.clone(), "restored"));
+                RollbackOutcome::Restored {
+                    deleted: deleted[&i],
+                }
+            }
+        });
     }
+    if !journal.is_empty() {
+        let mut c = conn.clone();
+        redis::cmd("HSET")
+            .arg(journal_key)
+            .arg(&journal)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(crate::error::EngineError::redis("recording the rollback"))?;
+    }
+    if outcomes.len() != users.len() {
+        return Err(unexpected("rollback replies"));
+    }
+    Ok(outcomes)
+}
+
+/// Reads each user's backup and legacy key, deciding what to do, and
+/// whether its index exists (so that its removal counts as a deleted key).
+async fn read(conn: &RedisConn, users: &[UserRollback]) -> Result<(Vec<Decision>, Vec<bool>)> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for u in users {
@@ -64,24 +102,33 @@ pub(super) async fn rollback_users(
         pipe.cmd("EXISTS").arg(&u.index_key);
     }
     let reads = query(conn, &pipe, "reading backups for the rollback").await?;
-    let mut decisions = Vec::with_capacity(users.len());
-    let mut had_index = Vec::with_capacity(users.len());
-    for (u, r) in users.iter().zip(reads.chunks_exact(3)) {
-        let backup: Option<Vec<u8>> = redis::from_redis_value_ref(&r[0]).ok().flatten();
-        let legacy = match &r[1] {
-            Value::Nil => LegacyState::Absent,
-            Value::BulkString(v) => LegacyState::Holds(v.clone()),
-            _ => LegacyState::Other,
-        };
-        decisions.push(decide(backup, &legacy, u.force));
-        had_index.push(redis::from_redis_value_ref::<bool>(&r[2]).unwrap_or(false));
-    }
+    Ok(users
+        .iter()
+        .zip(reads.chunks_exact(3))
+        .map(|(u, r)| {
+            let backup: Option<Vec<u8>> = redis::from_redis_value_ref(&r[0]).ok().flatten();
+            let legacy = match &r[1] {
+                Value::Nil => LegacyState::Absent,
+                Value::BulkString(v) => LegacyState::Holds(v.clone()),
+                _ => LegacyState::Other,
+            };
+            let had_index = redis::from_redis_value_ref::<bool>(&r[2]).unwrap_or(false);
+            (decide(backup, &legacy, u.force), had_index)
+        })
+        .collect())
+}
 
-    // Restore: SET NX, so a writer that recreated the key meanwhile wins
-    // (unless forced); its reply says whether it did.
+/// Restores each legacy key to restore: SET NX, so a writer that recreated
+/// the key meanwhile wins (unless forced); its reply says whether it did,
+/// and a user it did not restore becomes [`Decision::Changed`].
+async fn restore(
+    conn: &RedisConn,
+    users: &[UserRollback],
+    decisions: &mut [Decision],
+) -> Result<()> {
     let mut restoring = Vec::new();
     let mut pipe = redis::pipe();
-    for (i, (u, d)) in users.iter().zip(&decisions).enumerate() {
+    for (i, (u, d)) in users.iter().zip(decisions.iter()).enumerate() {
         if let Decision::Go {
             restore: Some(value),
         } = d
@@ -105,11 +152,20 @@ pub(super) async fn rollback_users(
             decisions[i] = Decision::Changed;
         }
     }
+    Ok(())
+}
 
-    // Delete exactly what the run created.
+/// Deletes exactly what the run created for each user going ahead; how
+/// many keys went per user (its hashes, and its index if that emptied it).
+async fn delete_created(
+    conn: &RedisConn,
+    users: &[UserRollback],
+    decisions: &[Decision],
+    had_index: &[bool],
+) -> Result<BTreeMap<usize, i64>> {
     let mut pipe = redis::pipe();
     let mut deleting = Vec::new();
-    for (i, (u, d)) in users.iter().zip(&decisions).enumerate() {
+    for (i, (u, d)) in users.iter().zip(decisions).enumerate() {
         if !matches!(d, Decision::Go { .. }) {
             continue;
         }
@@ -146,43 +202,7 @@ pub(super) async fn rollback_users(
             *counts.get_mut(&i).expect("counted") += 1;
         }
     }
-
-    let mut outcomes = Vec::with_capacity(users.len());
-    let mut journal = Vec::new();
-    for (i, (u, d)) in users.iter().zip(decisions).enumerate() {
-        let outcome = match d {
-            Decision::NoBackup => RollbackOutcome::NoBackup,
-            Decision::Changed => RollbackOutcome::Changed,
-            Decision::Go { .. } => {
-                let deleted = counts[&i];
-                let state = if u.expires_at_ms == 0 {
-                    "expired"
-                } else {
-                    "restored"
-                };
-                journal.push((u.legacy_key.clone(), state));
-                if u.expires_at_ms == 0 {
-                    RollbackOutcome::Expired { deleted }
-                } else {
-                    RollbackOutcome::Restored { deleted }
-                }
-            }
-        };
-        outcomes.push(outcome);
-    }
-    if !journal.is_empty() {
-        let mut c = conn.clone();
-        redis::cmd("HSET")
-            .arg(journal_key)
-            .arg(&journal)
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(crate::error::EngineError::redis("recording the rollback"))?;
-    }
-    if outcomes.len() != users.len() {
-        return Err(unexpected("rollback replies"));
-    }
-    Ok(outcomes)
+    Ok(counts)
 }
 
 #[cfg(test)]

@@ -1,11 +1,16 @@
 //! The single-key scripts of the cluster steps and the pure decoding of
 //! their replies. Each script names one key, so it runs on that key's
 //! node whatever slot the user's other keys hash to.
+//!
+//! The scripts are in `grid_positions/lua/`, code only: EVAL sends a
+//! script's text with every call (one per position hash), so each one's
+//! contract (KEYS, ARGV, reply) is written here instead.
 
 use redis::Value;
 
 use crate::connection::RedisConn;
 use crate::error::{EngineError, Result};
+pub(super) use crate::grid_positions::store::standalone::unexpected;
 
 /// Replaces a key with exactly the given elements: a position hash with
 /// its field/value pairs (ARGV[2] `HSET`), or an index set with the
@@ -15,57 +20,30 @@ use crate::error::{EngineError, Result};
 /// the Unix time (ms) it expires at, or -1; ARGV[3..] the elements. An
 /// absolute time, so the legacy key and its new keys expire together
 /// however long the steps between took.
-pub(super) const REPLACE_KEY: &str = r"
-redis.call('DEL', KEYS[1])
-for first = 3, #ARGV, 2000 do
-  redis.call(ARGV[2], KEYS[1], unpack(ARGV, first, math.min(first + 1999, #ARGV)))
-end
-local at = tonumber(ARGV[1])
-if at > 0 then redis.call('PEXPIREAT', KEYS[1], at) end
-return 1";
+pub(super) const REPLACE_KEY: &str = include_str!("../../lua/replace_key.lua");
 
 /// Deletes a position hash only if this run wrote it for this legacy key
 /// (its metadata), so a hash an application rewrote since stays.
 /// KEYS[1] the hash; ARGV[1] legacy key; ARGV[2] the run's migrated_at.
-pub(super) const DELETE_IF_OURS: &str = r"
-if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
-local meta = redis.call('HMGET', KEYS[1], 'migrated_from', 'migrated_at')
-if meta[1] ~= ARGV[1] or meta[2] ~= ARGV[2] then return 0 end
-return redis.call('DEL', KEYS[1])";
+pub(super) const DELETE_IF_OURS: &str = include_str!("../../lua/delete_hash_if_ours.lua");
 
 /// Withdraws the run's marker and the given members from an index set,
 /// only if the set still holds the marker (else someone else owns it now).
 /// KEYS[1] the set; ARGV[1] the marker; ARGV[2..] members.
-pub(super) const UNDO_INDEX: &str = r"
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
-for first = 1, #ARGV, 2000 do
-  redis.call('SREM', KEYS[1], unpack(ARGV, first, math.min(first + 1999, #ARGV)))
-end
-return 1";
+pub(super) const UNDO_INDEX: &str = include_str!("../../lua/undo_index.lua");
 
 /// Deletes a set only if it holds the given member (the run's marker).
 /// KEYS[1] the set; ARGV[1] the member.
-pub(super) const DEL_IF_MEMBER: &str = r"
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
-return redis.call('DEL', KEYS[1])";
+pub(super) const DEL_IF_MEMBER: &str = include_str!("../../lua/delete_set_if_member.lua");
 
 /// Deletes the legacy key iff it still holds the planned value, and says
 /// which of three things it found. KEYS[1] legacy key; ARGV[1] the value
 /// planned from. Replies {'deleted', pttl, secs, micros}, {'changed'}
 /// (another value, or not a string) or {'gone', secs, micros} (absent).
-pub(super) const COMPARE_AND_DELETE: &str = r"
-local now = redis.call('TIME')
-local current = redis.pcall('GET', KEYS[1])
-if current == false then return {'gone', now[1], now[2]} end
-if type(current) ~= 'string' or current ~= ARGV[1] then return {'changed'} end
-local pttl = redis.call('PTTL', KEYS[1])
-redis.call('DEL', KEYS[1])
-return {'deleted', pttl, now[1], now[2]}";
+pub(super) const COMPARE_AND_DELETE: &str = include_str!("../../lua/compare_and_delete_legacy.lua");
 
 /// The legacy key's PTTL and its node's clock, read together.
-pub(super) const READ_TTL: &str = r"
-local now = redis.call('TIME')
-return {redis.call('PTTL', KEYS[1]), now[1], now[2]}";
+pub(super) const READ_TTL: &str = include_str!("../../lua/read_ttl_with_clock.lua");
 
 /// An expiry moved by less than this (ms) is rounding, not a writer.
 pub(super) const TTL_SLACK_MS: i64 = 50;
@@ -162,6 +140,8 @@ pub(super) fn hash_key_of(index_key: &str, member: &str) -> String {
     format!("positions:{user}:{member}")
 }
 
+/// Sends one step's pipeline. An empty one (no user needs the step, or
+/// an empty batch) sends nothing, so no step checks for that itself.
 pub(super) async fn query(
     conn: &RedisConn,
     pipe: &redis::Pipeline,
@@ -174,10 +154,6 @@ pub(super) async fn query(
     pipe.query_async(&mut c)
         .await
         .map_err(EngineError::redis(during))
-}
-
-pub(super) fn unexpected(what: &str) -> EngineError {
-    EngineError::unexpected_reply("decoding a script reply", what)
 }
 
 #[cfg(test)]

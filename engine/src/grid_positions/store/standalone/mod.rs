@@ -11,9 +11,11 @@ use redis::Value;
 
 use crate::error::{EngineError, Result};
 use crate::grid_positions::store::{
-    GridPositionsStore, RollbackOutcome, RunContext, UserRollback, UserWrite, WriteOutcome,
+    GridPositionsStore, PositionWrite, RollbackOutcome, RunContext, UserRollback, UserWrite,
+    WriteOutcome,
 };
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
+use crate::run::journal::Outcome;
 
 const MIGRATE_USER: &str = include_str!("../../lua/migrate_user.lua");
 const ROLLBACK_USER: &str = include_str!("../../lua/rollback_user.lua");
@@ -136,40 +138,35 @@ impl StandaloneStore {
         ctx: &RunContext,
         users: &[UserWrite],
     ) -> Result<Vec<WriteOutcome>> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
+        let args =
+            |pipe: &mut redis::Pipeline, user: &UserWrite| migrate_user_args(pipe, ctx, user);
+        self.script_per_user(
+            &self.migrate_sha,
+            users,
+            "migrating users",
+            args,
+            parse_write_outcome,
+        )
+        .await
+    }
+
+    /// One call of the script `sha` per user, all in one pipeline: `args`
+    /// adds a user's key count, keys and arguments, `decode` reads its
+    /// reply. Outcomes in user order.
+    async fn script_per_user<U, T>(
+        &self,
+        sha: &str,
+        users: &[U],
+        during: &'static str,
+        args: impl Fn(&mut redis::Pipeline, &U),
+        decode: fn(Value) -> Result<T>,
+    ) -> Result<Vec<T>> {
         let mut pipe = redis::pipe();
         for user in users {
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(&self.migrate_sha)
-                .arg(4 + user.positions.len());
-            cmd.arg(&user.legacy_key)
-                .arg(&ctx.outcomes_key)
-                .arg(&user.backup_key)
-                .arg(&user.index_key);
-            for p in &user.positions {
-                cmd.arg(&p.key);
-            }
-            cmd.arg(&user.expected)
-                .arg(ctx.backup_ttl_secs)
-                .arg(user.skipped_closed);
-            for p in &user.positions {
-                // The metadata travels with the fields so the script sets
-                // each hash with one HSET.
-                cmd.arg(&p.member).arg(p.fields.len() + 2);
-                for (f, v) in &p.fields {
-                    cmd.arg(f).arg(v);
-                }
-                cmd.arg(META_MIGRATED_AT)
-                    .arg(&ctx.migrated_at)
-                    .arg(META_MIGRATED_FROM)
-                    .arg(&user.legacy_key);
-            }
+            args(pipe.cmd("EVALSHA").arg(sha), user);
         }
-        let replies = self.query_scripts(&pipe, "migrating users").await?;
-        replies.into_iter().map(parse_write_outcome).collect()
+        let replies = self.query_scripts(&pipe, during).await?;
+        replies.into_iter().map(decode).collect()
     }
 
     pub fn connection(&self) -> RedisConn {
@@ -190,12 +187,16 @@ impl StandaloneStore {
 
     /// Runs a pipeline; if the server lost its scripts (restart, SCRIPT
     /// FLUSH) they are loaded again and the pipeline sent once more. Every
-    /// EVALSHA of the first attempt failed, so nothing runs twice.
+    /// EVALSHA of the first attempt failed, so nothing runs twice. An empty
+    /// pipeline (a batch with no user) sends nothing.
     async fn query_scripts(
         &self,
         pipe: &redis::Pipeline,
         during: &'static str,
     ) -> Result<Vec<Value>> {
+        if pipe.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn.clone();
         match pipe.query_async::<Vec<Value>>(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -220,9 +221,6 @@ impl GridPositionsStore for StandaloneStore {
         ctx: &RunContext,
         users: &[UserWrite],
     ) -> Result<Vec<WriteOutcome>> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
         if self.scripts_only {
             return self.migrate_users_by_script(ctx, users).await;
         }
@@ -238,41 +236,90 @@ impl GridPositionsStore for StandaloneStore {
         journal_key: &str,
         users: &[UserRollback],
     ) -> Result<Vec<RollbackOutcome>> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for u in users {
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(&self.rollback_sha)
-                .arg(4 + u.hashes.len());
-            cmd.arg(&u.legacy_key)
-                .arg(&u.backup_key)
-                .arg(&u.index_key)
-                .arg(journal_key)
-                .arg(&u.hashes)
-                .arg(u.expires_at_ms)
-                .arg(if u.force { "force" } else { "check" })
-                .arg(&u.members);
-        }
-        let replies = self.query_scripts(&pipe, "rolling back users").await?;
-        replies
-            .into_iter()
-            .map(|reply| {
-                let (state, detail): (String, redis::Value) =
-                    redis::from_redis_value(reply).map_err(|_| unexpected("rollback reply"))?;
-                let deleted = redis::from_redis_value::<i64>(detail).unwrap_or(0);
-                Ok(match state.as_str() {
-                    "restored" => RollbackOutcome::Restored { deleted },
-                    "expired" => RollbackOutcome::Expired { deleted },
-                    "changed" => RollbackOutcome::Changed,
-                    "no_backup" => RollbackOutcome::NoBackup,
-                    _ => return Err(unexpected("rollback reply")),
-                })
-            })
-            .collect()
+        let args =
+            |pipe: &mut redis::Pipeline, u: &UserRollback| rollback_user_args(pipe, journal_key, u);
+        self.script_per_user(
+            &self.rollback_sha,
+            users,
+            "rolling back users",
+            args,
+            parse_rollback_outcome,
+        )
+        .await
     }
+}
+
+/// `migrate_user.lua`'s keys and arguments for `user` (the layout is in
+/// the script's header).
+fn migrate_user_args(pipe: &mut redis::Pipeline, ctx: &RunContext, user: &UserWrite) {
+    pipe.arg(4 + user.positions.len())
+        .arg(&user.legacy_key)
+        .arg(&ctx.outcomes_key)
+        .arg(&user.backup_key)
+        .arg(&user.index_key);
+    for p in &user.positions {
+        pipe.arg(&p.key);
+    }
+    pipe.arg(&user.expected)
+        .arg(ctx.backup_ttl_secs)
+        .arg(user.skipped_closed);
+    for p in &user.positions {
+        // The metadata travels with the fields so the script sets each
+        // hash with one HSET.
+        pipe.arg(&p.member).arg(p.fields.len() + METADATA_PAIRS);
+        arg_hash_pairs(pipe, p, ctx, &user.legacy_key);
+    }
+}
+
+/// `rollback_user.lua`'s keys and arguments for `u`.
+fn rollback_user_args(pipe: &mut redis::Pipeline, journal_key: &str, u: &UserRollback) {
+    pipe.arg(4 + u.hashes.len())
+        .arg(&u.legacy_key)
+        .arg(&u.backup_key)
+        .arg(&u.index_key)
+        .arg(journal_key)
+        .arg(&u.hashes)
+        .arg(u.expires_at_ms)
+        .arg(if u.force { "force" } else { "check" })
+        .arg(&u.members);
+}
+
+/// The metadata pairs [`arg_hash_pairs`] adds after a position's fields.
+const METADATA_PAIRS: usize = 2;
+
+/// Adds what a migration writes into a position hash to the last command
+/// of `pipe`: the planned field/value pairs, then the metadata naming the
+/// run and the legacy key, by which rollback, cleanup and the cluster's
+/// undo tell the run's hashes. Every store writes a hash through this.
+pub(in crate::grid_positions::store) fn arg_hash_pairs(
+    pipe: &mut redis::Pipeline,
+    p: &PositionWrite,
+    ctx: &RunContext,
+    legacy_key: &str,
+) {
+    for (f, v) in &p.fields {
+        pipe.arg(f).arg(v);
+    }
+    pipe.arg(META_MIGRATED_AT)
+        .arg(&ctx.migrated_at)
+        .arg(META_MIGRATED_FROM)
+        .arg(legacy_key);
+}
+
+/// The journal's `migrated` outcome of `u`, as JSON: its legacy TTL
+/// `pttl` (ms) as read at server time `at` (ms).
+pub(in crate::grid_positions::store) fn migrated_outcome(
+    u: &UserWrite,
+    pttl: i64,
+    at: i64,
+) -> String {
+    let outcome = Outcome::Migrated {
+        positions: u.positions.len(),
+        skipped: u.skipped_closed,
+        pttl,
+        at,
+    };
+    serde_json::to_string(&outcome).expect("outcome serialises")
 }
 
 fn parse_write_outcome(reply: Value) -> Result<WriteOutcome> {
@@ -294,6 +341,20 @@ fn parse_write_outcome(reply: Value) -> Result<WriteOutcome> {
     }
 }
 
-fn unexpected(what: &str) -> EngineError {
+fn parse_rollback_outcome(reply: Value) -> Result<RollbackOutcome> {
+    let (state, detail): (String, Value) =
+        redis::from_redis_value(reply).map_err(|_| unexpected("rollback reply"))?;
+    let deleted = redis::from_redis_value::<i64>(detail).unwrap_or(0);
+    Ok(match state.as_str() {
+        "restored" => RollbackOutcome::Restored { deleted },
+        "expired" => RollbackOutcome::Expired { deleted },
+        "changed" => RollbackOutcome::Changed,
+        "no_backup" => RollbackOutcome::NoBackup,
+        _ => return Err(unexpected("rollback reply")),
+    })
+}
+
+/// A script reply of another shape than its script returns.
+pub(in crate::grid_positions::store) fn unexpected(what: &str) -> EngineError {
     EngineError::unexpected_reply("decoding a script reply", what)
 }
