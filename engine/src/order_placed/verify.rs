@@ -11,9 +11,9 @@ use redis::Value;
 
 use crate::connection::scan::scan_step;
 use crate::error::{EngineError, Result};
-use crate::grid_positions::verify::{VerifyReport, TTL_TOLERANCE_MS};
 use crate::keys::OrderPlacedKey;
 use crate::run::invariant::InvariantResult;
+use crate::run::invariant::{VerifyReport, TTL_TOLERANCE_MS};
 use crate::run::journal::{
     latest_run_of, outcomes_key, scan_outcomes, OrderPlacedOutcome, RunRecord,
 };

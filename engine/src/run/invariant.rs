@@ -81,6 +81,25 @@ impl InvariantResult {
     }
 }
 
+/// How far a carried-over TTL may drift from the legacy TTL (ms), beyond
+/// the time elapsed since the write.
+pub const TTL_TOLERANCE_MS: i64 = 2_000;
+
+/// A verify's verdict: every invariant of one run, each with its counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub migration: &'static str,
+    pub run_id: String,
+    pub stamp: String,
+    pub invariants: Vec<InvariantResult>,
+}
+
+impl VerifyReport {
+    pub fn passed(&self) -> bool {
+        self.invariants.iter().all(|i| i.passed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

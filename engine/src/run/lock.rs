@@ -58,8 +58,11 @@ pub fn ttl_from_env() -> Duration {
         .unwrap_or(DEFAULT_TTL)
 }
 
-const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
-const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+/// Renews (KEYS[1], ARGV[2] ms) or releases the lock only while it still
+/// holds this runner's value (ARGV[1]): never a lock another runner took
+/// over after ours expired.
+const RENEW: &str = include_str!("lua/renew_lock.lua");
+const RELEASE: &str = include_str!("lua/release_lock.lua");
 
 /// Runs `work` while holding the lock. Fails with [`EngineError::Locked`]
 /// when another runner holds it, or when the lock is lost mid-run (the

@@ -6,10 +6,10 @@ use std::collections::{BTreeSet, HashMap};
 
 use redis::aio::ConnectionLike;
 
-use super::TTL_TOLERANCE_MS;
 use crate::error::{EngineError, Result};
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
 use crate::run::invariant::InvariantResult;
+use crate::run::invariant::TTL_TOLERANCE_MS;
 
 /// Compares a position hash with its planned fields plus the metadata.
 pub(super) fn compare_hash(
@@ -134,6 +134,15 @@ async fn server_now<C: ConnectionLike + Clone + Send>(conn: &C) -> Result<i64> {
 fn server_time_ms(v: Option<&redis::Value>) -> Option<i64> {
     let (s, us): (i64, i64) = redis::from_redis_value_ref(v?).ok()?;
     Some(s * 1000 + us / 1000)
+}
+
+/// A cluster run's "migrating" marker left in an index set: that run
+/// stopped between writing the index and finishing the user.
+pub(super) fn marked_index(index_key: &str, marker: &str) -> String {
+    format!(
+        "{index_key} holds the migration marker {marker:?}: interrupted run: resume it \
+         (run `keyshift migrate grid-positions` again) or roll it back"
+    )
 }
 
 #[cfg(test)]

@@ -12,39 +12,22 @@
 use std::collections::{BTreeSet, HashMap};
 
 use redis::aio::ConnectionLike;
-use serde::Serialize;
 
 use crate::error::{EngineError, Result};
 use crate::grid_positions::plan::{plan_value, PlanOptions, UserPlan};
 use crate::grid_positions::runner::MIGRATION;
 use crate::keys::{is_migrating_sentinel, LegacyPositionsKey, BACKUP_TTL_SECS};
 use crate::run::invariant::InvariantResult;
+pub use crate::run::invariant::{VerifyReport, TTL_TOLERANCE_MS};
 pub use crate::run::journal::read_run;
 use crate::run::journal::{outcomes_key, scan_outcomes, Outcome, RunRecord};
 
 mod judge;
 mod orphans;
-use judge::{check_ttl, compare_hash, read_in_window, ReadWindow};
+use judge::{check_ttl, compare_hash, marked_index, read_in_window, ReadWindow};
 use orphans::sweep_orphans;
 
-/// How far a carried-over TTL may drift from the legacy TTL (ms), beyond
-/// the time elapsed since the write.
-pub const TTL_TOLERANCE_MS: i64 = 2_000;
 const BATCH: usize = 500;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct VerifyReport {
-    pub migration: &'static str,
-    pub run_id: String,
-    pub stamp: String,
-    pub invariants: Vec<InvariantResult>,
-}
-
-impl VerifyReport {
-    pub fn passed(&self) -> bool {
-        self.invariants.iter().all(|i| i.passed)
-    }
-}
 
 struct Checks {
     counts: InvariantResult,
@@ -464,15 +447,6 @@ async fn check_hashes<C: ConnectionLike + Clone + Send>(
         }
     }
     Ok(())
-}
-
-/// A cluster run's "migrating" marker left in an index set: that run
-/// stopped between writing the index and finishing the user.
-fn marked_index(index_key: &str, marker: &str) -> String {
-    format!(
-        "{index_key} holds the migration marker {marker:?}: interrupted run: resume it \
-         (run `keyshift migrate grid-positions` again) or roll it back"
-    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use redis::aio::ConnectionLike;
 
-use super::marked_index;
+use super::judge::marked_index;
 use crate::connection::scan::scan_step;
 use crate::error::{EngineError, Result};
 use crate::keys::{is_migrating_sentinel, parse_index_key, PositionHashKey};

@@ -21,13 +21,7 @@ use crate::validate::{lossy, scan_step, types_of, SeenKeys, TypeMismatch};
 /// KEYS[1] a key a cleanup pattern classified, ARGV[1] its pattern's type
 /// (`any`: every type). Returns 1 when unlinked, 0 when the key is gone,
 /// else the type that kept it.
-const CHECK_AND_UNLINK: &str = r"
-local t = redis.call('TYPE', KEYS[1])['ok']
-if t == 'none' then return 0 end
-if ARGV[1] ~= 'any' and t ~= ARGV[1] then return t end
-redis.call('UNLINK', KEYS[1])
-return 1
-";
+const CHECK_AND_UNLINK: &str = include_str!("lua/check_and_unlink.lua");
 
 #[derive(Debug, Clone)]
 pub struct CleanupOptions {
