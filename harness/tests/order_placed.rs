@@ -443,3 +443,41 @@ async fn cli_refuses_to_write_without_force_off_a_terminal() {
         )));
     assert_unchanged(&before, &digest(&r.conn, |_| true).await.unwrap());
 }
+
+/// Regression: `rollback order-placed` set a dropped key's TTL relative to
+/// when it wrote (PEXPIRE of the TTL left at its read), so every moment
+/// between the rollback's read and its write was added to the key's life.
+/// The restored key must expire exactly when the legacy key would have.
+#[tokio::test]
+async fn rollback_restores_a_dropped_keys_expiry_exactly() {
+    use keyshift_engine::order_placed::rollback::{find_run, rollback_order_placed};
+    use keyshift_engine::run::journal::{outcomes_key, OrderPlacedOutcome};
+    use keyshift_engine::run::rollback::RollbackOptions;
+
+    let r = redis().await;
+    hset(&r, LEGACY, LEVELS).await;
+    hset(&r, TARGET, LEVELS).await;
+    r.cmd::<i64>(&["PEXPIRE", LEGACY, "600000"]).await;
+    let legacy_expiry: i64 = r.cmd(&["PEXPIRETIME", LEGACY]).await;
+    assert_eq!(migrate(&r).await.totals.keys_dropped_equal, 1);
+    let run = find_run(&r.conn, None).await.unwrap();
+    let json: String = r.cmd(&["HGET", &outcomes_key(&run.run_id), LEGACY]).await;
+    let OrderPlacedOutcome::DroppedEqual { pttl, at, .. } = serde_json::from_str(&json).unwrap()
+    else {
+        panic!("not dropped: {json}");
+    };
+    let store = StandaloneOrderPlaced::open(r.conn.clone()).await.unwrap();
+    let report = rollback_order_placed(&store, &r.conn, &run, &RollbackOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.restored, 1, "{report:?}");
+    assert_eq!(hash(&r, LEGACY).await, hash(&r, TARGET).await);
+    let restored_expiry: i64 = r.cmd(&["PEXPIRETIME", LEGACY]).await;
+    assert_eq!(restored_expiry, at + pttl, "the journal's absolute expiry");
+    // The journal dates the TTL to the millisecond; the key's own expiry
+    // is the same instant, read with PTTL's millisecond rounding.
+    assert!(
+        (restored_expiry - legacy_expiry).abs() <= 1,
+        "restored {restored_expiry}, legacy {legacy_expiry}"
+    );
+}

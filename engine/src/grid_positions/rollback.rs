@@ -16,9 +16,7 @@ use crate::grid_positions::store::{GridPositionsStore, RollbackOutcome, UserRoll
 use crate::grid_positions::MIGRATION;
 use crate::keys::{migrating_sentinel, LegacyPositionsKey, META_MIGRATED_AT, META_MIGRATED_FROM};
 use crate::run::journal::{Outcome, RunRecord};
-use crate::run::rollback::{
-    find_run_of, pop_server_time_ms, remaining_ttl, roll_back, RollbackSteps,
-};
+use crate::run::rollback::{expiry, find_run_of, pop_server_time_ms, roll_back, RollbackSteps};
 pub use crate::run::rollback::{rollback_journal_key, RollbackOptions, RollbackReport};
 use crate::run::Finding;
 
@@ -141,6 +139,30 @@ fn finding(key: &str, reason: &str, detail: &str) -> Finding {
     }
 }
 
+/// One migrated user as the rollback's first read found it.
+struct UserState {
+    legacy: LegacyPositionsKey,
+    key: String,
+    backup: String,
+    /// Legacy TTL when migrated (-1: none) and the server time then.
+    pttl: i64,
+    at: i64,
+    backup_value: Option<Vec<u8>>,
+    legacy_exists: bool,
+    members: BTreeSet<String>,
+    /// An earlier, interrupted rollback recorded this user as done.
+    done: bool,
+}
+
+/// A user whose undo is planned once its hashes are checked.
+struct PlannedUser {
+    state: UserState,
+    /// The index members the run added (its marker included).
+    ours: BTreeSet<String>,
+    /// Each hash the run wrote, with the fields it wrote there.
+    hashes: Vec<(String, Vec<(String, String)>)>,
+}
+
 /// Reads one batch of migrated users and plans their rollback.
 async fn plan_batch<C: ConnectionLike + Clone + Send>(
     conn: &C,
@@ -149,8 +171,25 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
     migrated: &[(String, i64, i64)],
     report: &mut RollbackReport,
 ) -> Result<Vec<UserRollback>> {
+    let (users, now_ms) = read_users(conn, run, journal_key, migrated).await?;
+    let restored = restored_already(conn, &users).await?;
+    let planned: Vec<PlannedUser> = users
+        .into_iter()
+        .filter_map(|user| judge_user(user, run, &restored, report))
+        .collect();
+    check_hashes(conn, planned, run, &restored, now_ms, report).await
+}
+
+/// One pipeline: each user's backup, whether its legacy key exists, its
+/// index members and its rollback-journal entry, then the server's TIME.
+async fn read_users<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    run: &RunRecord,
+    journal_key: &str,
+    migrated: &[(String, i64, i64)],
+) -> Result<(Vec<UserState>, i64)> {
     let mut pipe = redis::pipe();
-    let mut users = Vec::with_capacity(migrated.len());
+    let mut keys = Vec::with_capacity(migrated.len());
     for (key, ..) in migrated {
         let legacy = LegacyPositionsKey::parse(key, &run.exchanges).ok_or_else(|| {
             EngineError::BadJournal {
@@ -163,7 +202,7 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
             .exists(key)
             .smembers(legacy.index_key())
             .hget(journal_key, key);
-        users.push((legacy, backup));
+        keys.push((legacy, backup));
     }
     pipe.cmd("TIME");
     let mut c = conn.clone();
@@ -172,79 +211,105 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
         .await
         .map_err(EngineError::redis("reading backups for the rollback"))?;
     let now_ms = pop_server_time_ms(&mut replies);
-    let restored = restored_already(conn, &users, migrated, &replies).await?;
+    let users = keys
+        .into_iter()
+        .zip(migrated)
+        .zip(replies.chunks_exact(4))
+        .map(|(((legacy, backup), (key, pttl, at)), r)| UserState {
+            legacy,
+            key: key.clone(),
+            backup,
+            pttl: *pttl,
+            at: *at,
+            backup_value: redis::from_redis_value_ref(&r[0]).ok().flatten(),
+            legacy_exists: redis::from_redis_value_ref(&r[1]).unwrap_or(false),
+            members: redis::from_redis_value_ref(&r[2]).unwrap_or_default(),
+            done: redis::from_redis_value_ref::<Option<String>>(&r[3])
+                .ok()
+                .flatten()
+                .is_some(),
+        })
+        .collect();
+    Ok((users, now_ms))
+}
+
+/// Plans one user's undo from its backup, listing in `report` what changed
+/// since the migration; `None` when there is nothing to undo.
+fn judge_user(
+    user: UserState,
+    run: &RunRecord,
+    restored: &BTreeSet<String>,
+    report: &mut RollbackReport,
+) -> Option<PlannedUser> {
+    let key = user.key.as_str();
+    if user.done {
+        report.already_done += 1;
+        return None;
+    }
+    let Some(value) = &user.backup_value else {
+        let detail = format!("{} is gone; nothing can be restored", user.backup);
+        report.skipped.push(finding(key, "no_backup", &detail));
+        return None;
+    };
     let opts = PlanOptions {
         skip_closed: run.skip_closed,
     };
-    let mut planned = Vec::new();
-    for (((legacy, backup), (key, pttl, at)), r) in
-        users.into_iter().zip(migrated).zip(replies.chunks_exact(4))
-    {
-        let value: Option<Vec<u8>> = redis::from_redis_value_ref(&r[0]).ok().flatten();
-        let legacy_exists: bool = redis::from_redis_value_ref(&r[1]).unwrap_or(false);
-        let members: BTreeSet<String> = redis::from_redis_value_ref(&r[2]).unwrap_or_default();
-        let done: Option<String> = redis::from_redis_value_ref(&r[3]).ok().flatten();
-        if done.is_some() {
-            report.already_done += 1;
-            continue;
-        }
-        let Some(value) = value else {
-            report.skipped.push(finding(
-                key,
-                "no_backup",
-                &format!("{backup} is gone; nothing can be restored"),
-            ));
-            continue;
-        };
-        let UserPlan::Migrate(plan) = plan_value(&value, opts) else {
-            report.skipped.push(finding(
-                key,
-                "unreadable_backup",
-                &format!("{backup} no longer plans as a migrated value"),
-            ));
-            continue;
-        };
-        if legacy_exists && !restored.contains(key.as_str()) {
-            report.changed.push(finding(
-                key,
-                "legacy_rewritten",
-                &format!("{key} was written again after the migration"),
-            ));
-        }
-        let mut ours: BTreeSet<String> = plan.positions.iter().map(|p| p.index_member()).collect();
-        // A cluster run interrupted mid-user left its "migrating" marker in
-        // the index: the run's own, so removed with its members (else a
-        // marker-only index would outlive the rollback).
-        if !ours.is_empty() {
-            ours.insert(migrating_sentinel(&run.run_id));
-        }
-        // What an interrupted rollback already removed is not a change.
-        let resumed = restored.contains(key.as_str());
-        for extra in members.difference(&ours).filter(|_| !resumed) {
-            report.changed.push(finding(
-                key,
-                "index_member_added",
-                &format!(
-                    "{} holds {extra:?}, which the run did not add",
-                    legacy.index_key()
-                ),
-            ));
-        }
-        let hashes: Vec<(String, Vec<(String, String)>)> = plan
-            .positions
-            .into_iter()
-            .map(|p| (legacy.position_key(&p.index_member()), p.fields))
-            .collect();
-        planned.push((legacy, backup, key.clone(), *pttl, *at, ours, hashes));
+    let UserPlan::Migrate(plan) = plan_value(value, opts) else {
+        let detail = format!("{} no longer plans as a migrated value", user.backup);
+        report
+            .skipped
+            .push(finding(key, "unreadable_backup", &detail));
+        return None;
+    };
+    // What an interrupted rollback already restored or removed is not a change.
+    let resumed = restored.contains(key);
+    if user.legacy_exists && !resumed {
+        let detail = format!("{key} was written again after the migration");
+        report
+            .changed
+            .push(finding(key, "legacy_rewritten", &detail));
     }
-    // Every hash the run wrote must still be exactly what it wrote.
+    let mut ours: BTreeSet<String> = plan.positions.iter().map(|p| p.index_member()).collect();
+    // A cluster run interrupted mid-user left its "migrating" marker in
+    // the index: the run's own, so removed with its members (else a
+    // marker-only index would outlive the rollback).
+    if !ours.is_empty() {
+        ours.insert(migrating_sentinel(&run.run_id));
+    }
+    for extra in user.members.difference(&ours).filter(|_| !resumed) {
+        let index = user.legacy.index_key();
+        let detail = format!("{index} holds {extra:?}, which the run did not add");
+        report
+            .changed
+            .push(finding(key, "index_member_added", &detail));
+    }
+    let hashes = plan
+        .positions
+        .into_iter()
+        .map(|p| (user.legacy.position_key(&p.index_member()), p.fields))
+        .collect();
+    Some(PlannedUser {
+        state: user,
+        ours,
+        hashes,
+    })
+}
+
+/// Every hash the run wrote must still be exactly what it wrote; a change
+/// goes to `report`. Returns each user's undo.
+async fn check_hashes<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    planned: Vec<PlannedUser>,
+    run: &RunRecord,
+    restored: &BTreeSet<String>,
+    now_ms: i64,
+    report: &mut RollbackReport,
+) -> Result<Vec<UserRollback>> {
     let mut pipe = redis::pipe();
-    for (.., hashes) in &planned {
-        for (k, _) in hashes {
-            pipe.hgetall(k);
-        }
+    for (hash_key, _) in planned.iter().flat_map(|p| &p.hashes) {
+        pipe.hgetall(hash_key);
     }
-    let current: Vec<HashMap<String, String>> = if planned.iter().all(|p| p.6.is_empty()) {
+    let current: Vec<HashMap<String, String>> = if planned.iter().all(|p| p.hashes.is_empty()) {
         Vec::new()
     } else {
         let mut c = conn.clone();
@@ -254,7 +319,13 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
     };
     let mut current = current.into_iter();
     let mut out = Vec::with_capacity(planned.len());
-    for (legacy, backup, key, pttl, at, ours, hashes) in planned {
+    for PlannedUser {
+        state,
+        ours,
+        hashes,
+    } in planned
+    {
+        let key = state.key;
         let resumed = restored.contains(key.as_str());
         for (hash_key, fields) in &hashes {
             let actual = current.next().unwrap_or_default();
@@ -262,18 +333,17 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
                 continue;
             }
             if let Err(why) = wrote_exactly(&actual, fields, &key, &run.started_at) {
-                report
-                    .changed
-                    .push(finding(&key, "hash_changed", &format!("{hash_key}: {why}")));
+                let detail = format!("{hash_key}: {why}");
+                report.changed.push(finding(&key, "hash_changed", &detail));
             }
         }
         out.push(UserRollback {
+            index_key: state.legacy.index_key(),
             legacy_key: key,
-            backup_key: backup,
-            index_key: legacy.index_key(),
+            backup_key: state.backup,
             hashes: hashes.into_iter().map(|(k, _)| k).collect(),
             members: ours.into_iter().collect(),
-            expires_at_ms: expiry(pttl, at, now_ms),
+            expires_at_ms: expiry(state.pttl, state.at, now_ms),
             force: false,
         });
     }
@@ -285,20 +355,13 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
 /// so a rollback interrupted in between left them so. Not a writer's change.
 async fn restored_already<C: ConnectionLike + Clone + Send>(
     conn: &C,
-    users: &[(LegacyPositionsKey, String)],
-    migrated: &[(String, i64, i64)],
-    replies: &[redis::Value],
+    users: &[UserState],
 ) -> Result<BTreeSet<String>> {
-    let mut candidates = Vec::new();
-    let mut backups = Vec::new();
-    for (((_, _), (key, ..)), r) in users.iter().zip(migrated).zip(replies.chunks_exact(4)) {
-        let exists: bool = redis::from_redis_value_ref(&r[1]).unwrap_or(false);
-        let backup: Option<Vec<u8>> = redis::from_redis_value_ref(&r[0]).ok().flatten();
-        if let (true, Some(backup)) = (exists, backup) {
-            candidates.push(key.clone());
-            backups.push(backup);
-        }
-    }
+    let (candidates, backups): (Vec<String>, Vec<&Vec<u8>>) = users
+        .iter()
+        .filter(|u| u.legacy_exists)
+        .filter_map(|u| Some((u.key.clone(), u.backup_value.as_ref()?)))
+        .unzip();
     let reads = crate::connection::scan::read_expecting(
         conn,
         &candidates,
@@ -312,23 +375,13 @@ async fn restored_already<C: ConnectionLike + Clone + Send>(
         .zip(reads)
         .filter_map(|((key, backup), read)| match read {
             crate::connection::scan::TypedRead::Value(redis::Value::BulkString(v))
-                if v == backup =>
+                if &v == backup =>
             {
                 Some(key)
             }
             _ => None,
         })
         .collect())
-}
-
-/// The legacy key's absolute expiry (server ms): -1 for none, 0 when it
-/// would have expired by `now_ms`.
-fn expiry(pttl: i64, at: i64, now_ms: i64) -> i64 {
-    match remaining_ttl(pttl, at, now_ms) {
-        -1 => -1,
-        0 => 0,
-        _ => at + pttl,
-    }
 }
 
 /// Whether a hash is exactly what the run wrote.
@@ -369,13 +422,6 @@ fn wrote_exactly(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_expiry_is_absolute_until_it_has_passed() {
-        assert_eq!(expiry(-1, 0, 10), -1);
-        assert_eq!(expiry(10_000, 1_000, 4_000), 11_000);
-        assert_eq!(expiry(10_000, 1_000, 20_000), 0);
-    }
 
     #[test]
     fn a_hash_is_ours_only_when_every_field_is_as_written() {

@@ -12,7 +12,7 @@ use crate::error::{EngineError, Result};
 use crate::keys::OrderPlacedKey;
 use crate::run::journal::{OrderPlacedOutcome, RunRecord};
 use crate::run::rollback::{
-    find_run_of, pop_server_time_ms, remaining_ttl, roll_back, RollbackOptions, RollbackReport,
+    expiry, find_run_of, pop_server_time_ms, roll_back, RollbackOptions, RollbackReport,
     RollbackSteps,
 };
 use crate::run::Finding;
@@ -204,7 +204,7 @@ async fn plan_batch<C: ConnectionLike + Clone + Send>(
             target_key: target,
             legacy_key: legacy.clone(),
             moved,
-            pttl_ms: remaining_ttl(pttl, at, now_ms),
+            expires_at_ms: expiry(pttl, at, now_ms),
             force: false,
         });
     }

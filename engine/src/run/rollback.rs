@@ -206,11 +206,21 @@ pub fn pop_server_time_ms(replies: &mut Vec<redis::Value>) -> i64 {
 }
 
 /// The legacy TTL left now: -1 for none, 0 when it would have expired.
-pub fn remaining_ttl(pttl: i64, at: i64, now_ms: i64) -> i64 {
+fn remaining_ttl(pttl: i64, at: i64, now_ms: i64) -> i64 {
     if pttl <= 0 {
         -1
     } else {
         (pttl - (now_ms - at)).max(0)
+    }
+}
+
+/// The legacy key's absolute expiry (server ms): -1 for none, 0 when it
+/// would have expired by `now_ms`.
+pub fn expiry(pttl: i64, at: i64, now_ms: i64) -> i64 {
+    match remaining_ttl(pttl, at, now_ms) {
+        -1 => -1,
+        0 => 0,
+        _ => at + pttl,
     }
 }
 
@@ -223,6 +233,13 @@ mod tests {
         assert_eq!(remaining_ttl(-1, 0, 10), -1);
         assert_eq!(remaining_ttl(10_000, 1_000, 4_000), 7_000);
         assert_eq!(remaining_ttl(10_000, 1_000, 20_000), 0);
+    }
+
+    #[test]
+    fn the_expiry_is_absolute_until_it_has_passed() {
+        assert_eq!(expiry(-1, 0, 10), -1);
+        assert_eq!(expiry(10_000, 1_000, 4_000), 11_000);
+        assert_eq!(expiry(10_000, 1_000, 20_000), 0);
     }
 
     #[test]

@@ -249,7 +249,7 @@ impl ClusterOrderPlaced {
             .query_async(&mut c)
             .await
             .map_err(EngineError::redis("reading a legacy order-placed key"))?;
-        let Some((payload, target_pttl)) = target else {
+        let Some((payload, target_expires_at)) = target else {
             return Ok(if legacy.is_some() && !k.force {
                 "changed"
             } else {
@@ -263,13 +263,25 @@ impl ClusterOrderPlaced {
         if legacy.is_some() && !resumed && !k.force {
             return Ok("changed".to_owned());
         }
-        let pttl = if k.moved { target_pttl } else { k.pttl_ms };
-        let state = if !k.moved && pttl == 0 {
+        // Absolute, as on one server: the restored key expires when the
+        // legacy key would have, not a round trip later.
+        let expires_at = if k.moved {
+            target_expires_at
+        } else {
+            k.expires_at_ms
+        };
+        let state = if !k.moved && expires_at == 0 {
             "expired"
         } else {
             if !resumed {
                 let mut restore = redis::cmd("RESTORE");
-                restore.arg(&k.legacy_key).arg(pttl.max(0)).arg(&payload);
+                restore
+                    .arg(&k.legacy_key)
+                    .arg(expires_at.max(0))
+                    .arg(&payload);
+                if expires_at > 0 {
+                    restore.arg("ABSTTL");
+                }
                 if k.force {
                     restore.arg("REPLACE");
                 }

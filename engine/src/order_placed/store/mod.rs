@@ -56,8 +56,11 @@ pub struct KeyRollback {
     pub legacy_key: String,
     /// Renamed by the run (else: dropped because the target was equal).
     pub moved: bool,
-    /// For a dropped key: remaining legacy TTL (> 0), -1 none, 0 expired.
-    pub pttl_ms: i64,
+    /// For a dropped key: the legacy key's absolute expiry (server ms, the
+    /// journal's `at` + `pttl`), -1 none, 0 when it had passed when planned.
+    /// Absolute, so the restored key expires when the legacy key would
+    /// have, however long the rollback took since it read the journal.
+    pub expires_at_ms: i64,
     pub force: bool,
 }
 

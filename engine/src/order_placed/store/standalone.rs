@@ -75,7 +75,7 @@ impl OrderPlacedStore for StandaloneOrderPlaced {
                 .arg(&k.legacy_key)
                 .arg(journal_key)
                 .arg(if k.moved { "moved" } else { "dropped" })
-                .arg(k.pttl_ms)
+                .arg(k.expires_at_ms)
                 .arg(if k.force { "force" } else { "check" });
         }
         let mut conn = self.conn.clone();
