@@ -10,7 +10,8 @@ use std::path::Path;
 use keyshift_harness::backend::{docker_available, docker_required};
 use keyshift_harness::seed::{self, generate, GenConfig};
 use serde_json::Value;
-use support::cli::{keyshift, keyshift_on, run};
+use support::cli::{keyshift, keyshift_on, run, Ran};
+use support::gate::GRID_POSITIONS_INVARIANTS;
 use support::{redis, TestRedis};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
@@ -487,6 +488,48 @@ async fn exchange_option_limits_the_run() {
 async fn gate_writes_reports(backend: &str, users: usize) {
     let dir = tempfile::tempdir().unwrap();
     let report_dir = dir.path().join("reports");
+    let ran = run_gate(backend, users, &report_dir).await;
+    assert_eq!(ran.code, Some(0), "{ran}");
+
+    let read = |name: &str| {
+        std::fs::read_to_string(report_dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{ran}"))
+    };
+    let report: Value = serde_json::from_str(&read("report.json")).expect("report.json parses");
+    check_gate_run(&report, backend, users);
+    let invariants: Vec<&Value> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["invariants"].as_array().unwrap())
+        .collect();
+    let status: BTreeMap<&str, &str> = invariants
+        .iter()
+        .map(|i| (i["id"].as_str().unwrap(), i["status"].as_str().unwrap()))
+        .collect();
+    for id in GRID_POSITIONS_INVARIANTS
+        .into_iter()
+        .chain(["no-lost-writes"])
+    {
+        assert_eq!(status.get(id), Some(&"pass"), "{id}: {status:?}");
+    }
+    assert!(!status.values().any(|s| *s == "fail"), "{status:?}");
+    check_gate_phases(&report);
+
+    let md = read("report.md");
+    assert!(md.starts_with("# keyshift gate"), "{md}");
+    for id in status.keys() {
+        assert!(
+            md.contains(&format!("| {id} |")),
+            "report.md lists {id}:\n{md}"
+        );
+    }
+    let junit = read("junit.xml");
+    check_junit(&junit, status.keys().copied(), invariants.len());
+}
+
+/// `keyshift gate` on `users` generated users (seed 7) and the fixtures.
+async fn run_gate(backend: &str, users: usize, report_dir: &Path) -> Ran {
     let users_arg = users.to_string();
     let args = [
         "gate",
@@ -501,14 +544,12 @@ async fn gate_writes_reports(backend: &str, users: usize) {
         "--report-dir",
         report_dir.to_str().unwrap(),
     ];
-    let ran = run(keyshift(&args)).await;
-    assert_eq!(ran.code, Some(0), "{ran}");
+    run(keyshift(&args)).await
+}
 
-    let read = |name: &str| {
-        std::fs::read_to_string(report_dir.join(name))
-            .unwrap_or_else(|e| panic!("{name}: {e}\n{ran}"))
-    };
-    let report: Value = serde_json::from_str(&read("report.json")).expect("report.json parses");
+/// report.json names the run as asked, fixtures seeded beside the
+/// generated keys.
+fn check_gate_run(report: &Value, backend: &str, users: usize) {
     assert_eq!(report["schema_version"], 1, "{report:#}");
     assert_eq!(report["passed"], true, "{report:#}");
     assert_eq!(report["backend"], backend);
@@ -524,31 +565,11 @@ async fn gate_writes_reports(backend: &str, users: usize) {
         "fixture keys seeded too: {report:#}"
     );
     assert_eq!(report["truth"]["users"], users);
+}
 
-    let invariants: Vec<&Value> = report["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| p["invariants"].as_array().unwrap())
-        .collect();
-    let status: BTreeMap<&str, &str> = invariants
-        .iter()
-        .map(|i| (i["id"].as_str().unwrap(), i["status"].as_str().unwrap()))
-        .collect();
-    for id in [
-        "counts",
-        "index",
-        "fields",
-        "backup",
-        "ttl",
-        "untouched",
-        "api",
-        "idempotent",
-        "no-lost-writes",
-    ] {
-        assert_eq!(status.get(id), Some(&"pass"), "{id}: {status:?}");
-    }
-    assert!(!status.values().any(|s| *s == "fail"), "{status:?}");
+/// The three phases in order; Phase 2 kept every closed position and
+/// quarantined the fixtures' malformed keys.
+fn check_gate_phases(report: &Value) {
     let phases: Vec<&str> = report["phases"]
         .as_array()
         .unwrap()
@@ -572,23 +593,12 @@ async fn gate_writes_reports(backend: &str, users: usize) {
         migration["totals"]["keys_quarantined"].as_u64().unwrap() > 0,
         "{migration:#}"
     );
+}
 
-    let md = read("report.md");
-    assert!(md.starts_with("# keyshift gate"), "{md}");
-    for id in status.keys() {
-        assert!(
-            md.contains(&format!("| {id} |")),
-            "report.md lists {id}:\n{md}"
-        );
-    }
-
-    let junit = read("junit.xml");
-    assert_eq!(
-        junit.matches("<testcase").count(),
-        invariants.len(),
-        "{junit}"
-    );
-    for id in status.keys() {
+/// junit.xml: one passing test case per invariant.
+fn check_junit<'a>(junit: &str, ids: impl Iterator<Item = &'a str>, invariants: usize) {
+    assert_eq!(junit.matches("<testcase").count(), invariants, "{junit}");
+    for id in ids {
         assert!(
             junit.contains(&format!("<testcase name=\"{id}\"")),
             "junit has {id}:\n{junit}"

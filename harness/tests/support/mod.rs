@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod gate;
 
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::grid_positions::runner::{
