@@ -5,16 +5,14 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
-use keyshift_harness::backend::{docker_available, docker_required};
 use keyshift_harness::seed::{self, generate, GenConfig};
 use serde_json::Value;
-use support::cli::{keyshift, keyshift_on, run, Ran};
-use support::gate::GRID_POSITIONS_INVARIANTS;
-use support::{redis, TestRedis};
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
+use support::cli::{keyshift, keyshift_on, run};
+use support::gate::{
+    check_gate_phases, check_gate_run, check_junit, run_gate, GRID_POSITIONS_INVARIANTS,
+};
+use support::{docker_or_skip, redis, TestRedis};
 
 /// Two positions of one user on OKX (long/short mode, a hedged pair).
 const OKX_1: &str = r#"[{"instId":"BTC-USDT-SWAP","posSide":"long","pos":"2","avgPx":"65000.5"},{"instId":"BTC-USDT-SWAP","posSide":"short","pos":"1","avgPx":"65010"}]"#;
@@ -528,85 +526,6 @@ async fn gate_writes_reports(backend: &str, users: usize) {
     check_junit(&junit, status.keys().copied(), invariants.len());
 }
 
-/// `keyshift gate` on `users` generated users (seed 7) and the fixtures.
-async fn run_gate(backend: &str, users: usize, report_dir: &Path) -> Ran {
-    let users_arg = users.to_string();
-    let args = [
-        "gate",
-        "--backend",
-        backend,
-        "--users",
-        &users_arg,
-        "--seed",
-        "7",
-        "--fixtures",
-        FIXTURES,
-        "--report-dir",
-        report_dir.to_str().unwrap(),
-    ];
-    run(keyshift(&args)).await
-}
-
-/// report.json names the run as asked, fixtures seeded beside the
-/// generated keys.
-fn check_gate_run(report: &Value, backend: &str, users: usize) {
-    assert_eq!(report["schema_version"], 1, "{report:#}");
-    assert_eq!(report["passed"], true, "{report:#}");
-    assert_eq!(report["backend"], backend);
-    assert_eq!(report["seed"], 7);
-    assert_eq!(report["users"], users);
-    assert!(
-        Path::new(report["fixtures"].as_str().expect("fixtures were seeded")).is_dir(),
-        "{report:#}"
-    );
-    let generated_keys = report["truth"]["total_keys"].as_u64().unwrap();
-    assert!(
-        report["keys_seeded"].as_u64().unwrap() > generated_keys,
-        "fixture keys seeded too: {report:#}"
-    );
-    assert_eq!(report["truth"]["users"], users);
-}
-
-/// The three phases in order; Phase 2 kept every closed position and
-/// quarantined the fixtures' malformed keys.
-fn check_gate_phases(report: &Value) {
-    let phases: Vec<&str> = report["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(phases, ["order-placed", "cleanup-legacy", "grid-positions"]);
-    let migration = &report["phases"][2]["details"];
-    // Lossless by default: without --skip-closed no closed position is
-    // dropped (the generated keyspace and the fixtures hold some).
-    assert!(
-        report["truth"]["closed_positions"].as_u64().unwrap() > 0,
-        "{report:#}"
-    );
-    assert_eq!(
-        migration["totals"]["positions_skipped_closed"], 0,
-        "{migration:#}"
-    );
-    // The fixtures' malformed keys were quarantined, and counted as such.
-    assert!(
-        migration["totals"]["keys_quarantined"].as_u64().unwrap() > 0,
-        "{migration:#}"
-    );
-}
-
-/// junit.xml: one passing test case per invariant.
-fn check_junit<'a>(junit: &str, ids: impl Iterator<Item = &'a str>, invariants: usize) {
-    assert_eq!(junit.matches("<testcase").count(), invariants, "{junit}");
-    for id in ids {
-        assert!(
-            junit.contains(&format!("<testcase name=\"{id}\"")),
-            "junit has {id}:\n{junit}"
-        );
-    }
-    assert!(!junit.contains("<failure"), "{junit}");
-}
-
 #[tokio::test]
 async fn gate_writes_three_reports() {
     gate_writes_reports("process", 50).await;
@@ -614,10 +533,7 @@ async fn gate_writes_three_reports() {
 
 #[tokio::test]
 async fn gate_on_docker_backend() {
-    if !docker_available().await && !docker_required() {
-        eprintln!(
-            "SKIPPED gate_on_docker_backend: no Docker engine answers (set KEYSHIFT_REQUIRE_DOCKER=1 to make this a failure)"
-        );
+    if !docker_or_skip("gate_on_docker_backend").await {
         return;
     }
     gate_writes_reports("docker", 30).await;
