@@ -5,15 +5,14 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
-use keyshift_harness::backend::{docker_available, docker_required};
 use keyshift_harness::seed::{self, generate, GenConfig};
 use serde_json::Value;
 use support::cli::{keyshift, keyshift_on, run};
-use support::{redis, TestRedis};
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
+use support::gate::{
+    check_gate_phases, check_gate_run, check_junit, run_gate, GRID_POSITIONS_INVARIANTS,
+};
+use support::{docker_or_skip, redis, TestRedis};
 
 /// Two positions of one user on OKX (long/short mode, a hedged pair).
 const OKX_1: &str = r#"[{"instId":"BTC-USDT-SWAP","posSide":"long","pos":"2","avgPx":"65000.5"},{"instId":"BTC-USDT-SWAP","posSide":"short","pos":"1","avgPx":"65010"}]"#;
@@ -487,21 +486,7 @@ async fn exchange_option_limits_the_run() {
 async fn gate_writes_reports(backend: &str, users: usize) {
     let dir = tempfile::tempdir().unwrap();
     let report_dir = dir.path().join("reports");
-    let users_arg = users.to_string();
-    let args = [
-        "gate",
-        "--backend",
-        backend,
-        "--users",
-        &users_arg,
-        "--seed",
-        "7",
-        "--fixtures",
-        FIXTURES,
-        "--report-dir",
-        report_dir.to_str().unwrap(),
-    ];
-    let ran = run(keyshift(&args)).await;
+    let ran = run_gate(backend, users, &report_dir).await;
     assert_eq!(ran.code, Some(0), "{ran}");
 
     let read = |name: &str| {
@@ -509,22 +494,7 @@ async fn gate_writes_reports(backend: &str, users: usize) {
             .unwrap_or_else(|e| panic!("{name}: {e}\n{ran}"))
     };
     let report: Value = serde_json::from_str(&read("report.json")).expect("report.json parses");
-    assert_eq!(report["schema_version"], 1, "{report:#}");
-    assert_eq!(report["passed"], true, "{report:#}");
-    assert_eq!(report["backend"], backend);
-    assert_eq!(report["seed"], 7);
-    assert_eq!(report["users"], users);
-    assert!(
-        Path::new(report["fixtures"].as_str().expect("fixtures were seeded")).is_dir(),
-        "{report:#}"
-    );
-    let generated_keys = report["truth"]["total_keys"].as_u64().unwrap();
-    assert!(
-        report["keys_seeded"].as_u64().unwrap() > generated_keys,
-        "fixture keys seeded too: {report:#}"
-    );
-    assert_eq!(report["truth"]["users"], users);
-
+    check_gate_run(&report, backend, users);
     let invariants: Vec<&Value> = report["phases"]
         .as_array()
         .unwrap()
@@ -535,43 +505,14 @@ async fn gate_writes_reports(backend: &str, users: usize) {
         .iter()
         .map(|i| (i["id"].as_str().unwrap(), i["status"].as_str().unwrap()))
         .collect();
-    for id in [
-        "counts",
-        "index",
-        "fields",
-        "backup",
-        "ttl",
-        "untouched",
-        "api",
-        "idempotent",
-        "no-lost-writes",
-    ] {
+    for id in GRID_POSITIONS_INVARIANTS
+        .into_iter()
+        .chain(["no-lost-writes"])
+    {
         assert_eq!(status.get(id), Some(&"pass"), "{id}: {status:?}");
     }
     assert!(!status.values().any(|s| *s == "fail"), "{status:?}");
-    let phases: Vec<&str> = report["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(phases, ["order-placed", "cleanup-legacy", "grid-positions"]);
-    let migration = &report["phases"][2]["details"];
-    // Lossless by default: without --skip-closed no closed position is
-    // dropped (the generated keyspace and the fixtures hold some).
-    assert!(
-        report["truth"]["closed_positions"].as_u64().unwrap() > 0,
-        "{report:#}"
-    );
-    assert_eq!(
-        migration["totals"]["positions_skipped_closed"], 0,
-        "{migration:#}"
-    );
-    // The fixtures' malformed keys were quarantined, and counted as such.
-    assert!(
-        migration["totals"]["keys_quarantined"].as_u64().unwrap() > 0,
-        "{migration:#}"
-    );
+    check_gate_phases(&report);
 
     let md = read("report.md");
     assert!(md.starts_with("# keyshift gate"), "{md}");
@@ -581,20 +522,8 @@ async fn gate_writes_reports(backend: &str, users: usize) {
             "report.md lists {id}:\n{md}"
         );
     }
-
     let junit = read("junit.xml");
-    assert_eq!(
-        junit.matches("<testcase").count(),
-        invariants.len(),
-        "{junit}"
-    );
-    for id in status.keys() {
-        assert!(
-            junit.contains(&format!("<testcase name=\"{id}\"")),
-            "junit has {id}:\n{junit}"
-        );
-    }
-    assert!(!junit.contains("<failure"), "{junit}");
+    check_junit(&junit, status.keys().copied(), invariants.len());
 }
 
 #[tokio::test]
@@ -604,10 +533,7 @@ async fn gate_writes_three_reports() {
 
 #[tokio::test]
 async fn gate_on_docker_backend() {
-    if !docker_available().await && !docker_required() {
-        eprintln!(
-            "SKIPPED gate_on_docker_backend: no Docker engine answers (set KEYSHIFT_REQUIRE_DOCKER=1 to make this a failure)"
-        );
+    if !docker_or_skip("gate_on_docker_backend").await {
         return;
     }
     gate_writes_reports("docker", 30).await;

@@ -297,7 +297,7 @@ mod steps {
     use keyshift_engine::connection::{connect, RedisConn};
     use keyshift_engine::grid_positions::store::cluster::ClusterStore;
     use keyshift_engine::grid_positions::store::{
-        GridPositionsStore, RollbackOutcome, UserRollback, WriteOutcome,
+        GridPositionsStore, RollbackOutcome, UserRollback, UserWrite, WriteOutcome,
     };
     use keyshift_engine::run::journal::RunState;
 
@@ -346,126 +346,133 @@ mod steps {
         m
     }
 
+    /// `args` sent as one command; its reply.
+    async fn query<T: redis::FromRedisValue>(conn: &RedisConn, args: &[&str]) -> T {
+        redis::cmd(args[0])
+            .arg(&args[1..])
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap()
+    }
+
+    /// One user through the store's migrate step of run "test".
+    async fn migrate(store: &ClusterStore, user: &UserWrite) -> Vec<WriteOutcome> {
+        store
+            .migrate_users(&ctx("test"), std::slice::from_ref(user))
+            .await
+            .unwrap()
+    }
+
+    async fn roll_back(store: &ClusterStore, user: &UserRollback) -> Vec<RollbackOutcome> {
+        store
+            .rollback_users("keyshift:rollback:test", std::slice::from_ref(user))
+            .await
+            .unwrap()
+    }
+
+    /// The steps share one cluster and one run: the settle pass reads the
+    /// journal the earlier steps wrote, and the rollback undoes user 3.
     #[tokio::test]
     async fn cluster_store_steps_undo_refuse_resume_and_roll_back() {
         let cluster = super::cluster().await;
         let conn = connect(&cluster.url()).await.unwrap();
         let store = ClusterStore::new(conn.clone());
+        a_changed_legacy_key_undoes_the_attempt(&conn, &store).await;
+        a_foreign_hash_is_a_conflict(&conn, &store).await;
+        a_foreign_index_is_a_conflict(&conn, &store).await;
+        let (retry, v3) = a_killed_attempts_hashes_are_rewritten(&conn, &store).await;
+        a_resumed_run_withdraws_a_left_marker(&conn, &store).await;
+        an_interrupted_rollback_completes(&conn, &store, &retry, &v3).await;
+    }
 
-        // A writer changed the legacy key since it was read: nothing of the
-        // attempt stays (no hash, index, backup or outcome).
+    /// A writer changed the legacy key since it was read: nothing of the
+    /// attempt stays (no hash, index, backup or outcome).
+    async fn a_changed_legacy_key_undoes_the_attempt(conn: &RedisConn, store: &ClusterStore) {
         let planned = value(&["BTC-USDT-SWAP", "ETH-USDT-SWAP"]);
         let changed = write_for("1", &planned);
-        set(&conn, &changed.legacy_key, &value(&["SOL-USDT-SWAP"]), None).await;
-        let out = store
-            .migrate_users(&ctx("test"), std::slice::from_ref(&changed))
-            .await
-            .unwrap();
-        assert_eq!(out, [WriteOutcome::Changed]);
+        set(conn, &changed.legacy_key, &value(&["SOL-USDT-SWAP"]), None).await;
+        assert_eq!(migrate(store, &changed).await, [WriteOutcome::Changed]);
         for key in changed
             .positions
             .iter()
             .map(|p| p.key.as_str())
             .chain([changed.index_key.as_str(), changed.backup_key.as_str()])
         {
-            assert!(!exists(&conn, key).await, "{key} left by an undone attempt");
+            assert!(!exists(conn, key).await, "{key} left by an undone attempt");
         }
-        let outcome: Option<String> = redis::cmd("HGET")
-            .arg(&ctx("test").outcomes_key)
-            .arg(&changed.legacy_key)
-            .query_async(&mut conn.clone())
-            .await
-            .unwrap();
+        let outcomes_key = ctx("test").outcomes_key;
+        let outcome: Option<String> =
+            query(conn, &["HGET", &outcomes_key, &changed.legacy_key]).await;
         assert_eq!(outcome, None);
+    }
 
-        // A hash someone else wrote: a conflict, and nothing written.
+    /// A hash someone else wrote: a conflict, and nothing written.
+    async fn a_foreign_hash_is_a_conflict(conn: &RedisConn, store: &ClusterStore) {
         let v2 = value(&["BTC-USDT-SWAP"]);
         let foreign = write_for("2", &v2);
-        set(&conn, &foreign.legacy_key, &v2, None).await;
-        redis::cmd("HSET")
-            .arg(&foreign.positions[0].key)
-            .arg("pos")
-            .arg("9")
-            .query_async::<()>(&mut conn.clone())
-            .await
-            .unwrap();
-        let out = store
-            .migrate_users(&ctx("test"), std::slice::from_ref(&foreign))
-            .await
-            .unwrap();
+        set(conn, &foreign.legacy_key, &v2, None).await;
+        query::<()>(conn, &["HSET", &foreign.positions[0].key, "pos", "9"]).await;
         assert_eq!(
-            out,
+            migrate(store, &foreign).await,
             [WriteOutcome::Conflict {
                 key: foreign.positions[0].key.clone()
             }]
         );
-        assert!(exists(&conn, &foreign.legacy_key).await);
-        assert!(!exists(&conn, &foreign.backup_key).await);
-        assert!(!exists(&conn, &foreign.index_key).await);
+        assert!(exists(conn, &foreign.legacy_key).await);
+        assert!(!exists(conn, &foreign.backup_key).await);
+        assert!(!exists(conn, &foreign.index_key).await);
+    }
 
-        // An index beside the legacy key is someone else's: a conflict.
+    /// An index beside the legacy key is someone else's: a conflict.
+    async fn a_foreign_index_is_a_conflict(conn: &RedisConn, store: &ClusterStore) {
         let v5 = value(&["BTC-USDT-SWAP"]);
         let taken = write_for("5", &v5);
-        set(&conn, &taken.legacy_key, &v5, None).await;
-        redis::cmd("SADD")
-            .arg(&taken.index_key)
-            .arg("ETH-USDT-SWAP:long")
-            .query_async::<()>(&mut conn.clone())
-            .await
-            .unwrap();
-        let out = store
-            .migrate_users(&ctx("test"), std::slice::from_ref(&taken))
-            .await
-            .unwrap();
+        set(conn, &taken.legacy_key, &v5, None).await;
+        query::<()>(conn, &["SADD", &taken.index_key, "ETH-USDT-SWAP:long"]).await;
         assert_eq!(
-            out,
+            migrate(store, &taken).await,
             [WriteOutcome::Conflict {
                 key: taken.index_key.clone()
             }]
         );
-        assert!(!exists(&conn, &taken.positions[0].key).await);
+        assert!(!exists(conn, &taken.positions[0].key).await);
+    }
 
-        // A killed attempt's own hashes (stale content) are rewritten; the
-        // legacy TTL is carried over; the index is exactly the plan, and
-        // its marker is gone.
+    /// A killed attempt's own hashes (stale content) are rewritten; the
+    /// legacy TTL is carried over; the index is exactly the plan, and its
+    /// marker is gone. Returns user 3's write and legacy value.
+    async fn a_killed_attempts_hashes_are_rewritten(
+        conn: &RedisConn,
+        store: &ClusterStore,
+    ) -> (UserWrite, Vec<u8>) {
         let v3 = value(&["BTC-USDT-SWAP", "ETH-USDT-SWAP"]);
         let retry = write_for("3", &v3);
-        set(&conn, &retry.legacy_key, &v3, Some(600_000)).await;
-        redis::cmd("HSET")
-            .arg(&retry.positions[0].key)
-            .arg("pos")
-            .arg("stale")
-            .arg("migrated_from")
-            .arg(&retry.legacy_key)
-            .arg("migrated_at")
-            .arg(AT)
-            .query_async::<()>(&mut conn.clone())
-            .await
-            .unwrap();
-        let out = store
-            .migrate_users(&ctx("test"), std::slice::from_ref(&retry))
-            .await
-            .unwrap();
+        set(conn, &retry.legacy_key, &v3, Some(600_000)).await;
+        let stale = &retry.positions[0].key;
+        let from = &retry.legacy_key;
+        let args = [
+            "HSET",
+            stale,
+            "pos",
+            "stale",
+            "migrated_from",
+            from,
+            "migrated_at",
+            AT,
+        ];
+        query::<()>(conn, &args).await;
+        let out = migrate(store, &retry).await;
         assert!(
             matches!(out[0], WriteOutcome::Migrated { pttl_ms } if pttl_ms > 500_000),
             "{out:?}"
         );
         let mut planned: Vec<String> = retry.positions.iter().map(|p| p.member.clone()).collect();
         planned.sort();
-        assert_eq!(members(&conn, &retry.index_key).await, planned);
-        let pos: String = redis::cmd("HGET")
-            .arg(&retry.positions[0].key)
-            .arg("pos")
-            .query_async(&mut conn.clone())
-            .await
-            .unwrap();
+        assert_eq!(members(conn, &retry.index_key).await, planned);
+        let pos: String = query(conn, &["HGET", &retry.positions[0].key, "pos"]).await;
         assert_eq!(pos, "1");
-        assert!(!exists(&conn, &retry.legacy_key).await);
-        let backup: Vec<u8> = redis::cmd("GET")
-            .arg(&retry.backup_key)
-            .query_async(&mut conn.clone())
-            .await
-            .unwrap();
+        assert!(!exists(conn, &retry.legacy_key).await);
+        let backup: Vec<u8> = query(conn, &["GET", &retry.backup_key]).await;
         assert_eq!(backup, v3);
         let ttls: Vec<i64> = {
             let mut pipe = redis::pipe();
@@ -483,71 +490,66 @@ mod steps {
             ttls.iter().all(|t| (500_000..=600_000).contains(t)),
             "{ttls:?}"
         );
+        (retry, v3)
+    }
 
-        // Killed between the delete and the marker's removal: a resumed
-        // run's settle pass finds the user in the journal (no legacy key)
-        // and withdraws the marker, the members left as they are.
+    /// Killed between the delete and the marker's removal: a resumed run's
+    /// settle pass finds the user in the journal (no legacy key) and
+    /// withdraws the marker, the members left as they are.
+    async fn a_resumed_run_withdraws_a_left_marker(conn: &RedisConn, store: &ClusterStore) {
         let v4 = value(&["BTC-USDT-SWAP"]);
         let cut = write_for("4", &v4);
-        set(&conn, &cut.legacy_key, &v4, None).await;
-        let out = store
-            .migrate_users(&ctx("test"), std::slice::from_ref(&cut))
-            .await
-            .unwrap();
-        assert_eq!(out, [WriteOutcome::Migrated { pttl_ms: -1 }]);
+        set(conn, &cut.legacy_key, &v4, None).await;
+        assert_eq!(
+            migrate(store, &cut).await,
+            [WriteOutcome::Migrated { pttl_ms: -1 }]
+        );
         let marker = keyshift_engine::keys::migrating_sentinel("test");
-        redis::cmd("SADD")
-            .arg(&cut.index_key)
-            .arg(&marker)
-            .query_async::<()>(&mut conn.clone())
-            .await
-            .unwrap();
+        query::<()>(conn, &["SADD", &cut.index_key, &marker]).await;
         let run = run_record("test", RunState::Running);
         // Users 3 and 4 are journaled; only 4 still holds the marker.
         assert_eq!(store.settle_interrupted(&run).await.unwrap(), 1);
         assert_eq!(
-            members(&conn, &cut.index_key).await,
+            members(conn, &cut.index_key).await,
             [cut.positions[0].member.clone()]
         );
         assert_eq!(store.settle_interrupted(&run).await.unwrap(), 0);
+    }
 
-        // Rollback, interrupted after the restore: the legacy key holding
-        // the backup is not a change; the rest completes.
+    /// Rollback of user 3 (legacy value `v3`), interrupted after the
+    /// restore: the legacy key holding the backup is not a change; the rest
+    /// completes.
+    async fn an_interrupted_rollback_completes(
+        conn: &RedisConn,
+        store: &ClusterStore,
+        retry: &UserWrite,
+        v3: &[u8],
+    ) {
         let rb = UserRollback {
             legacy_key: retry.legacy_key.clone(),
             backup_key: retry.backup_key.clone(),
             index_key: retry.index_key.clone(),
             hashes: retry.positions.iter().map(|p| p.key.clone()).collect(),
             members: retry.positions.iter().map(|p| p.member.clone()).collect(),
-            expires_at_ms: now_ms(&conn).await + 400_000,
+            expires_at_ms: now_ms(conn).await + 400_000,
             force: false,
         };
-        set(&conn, &retry.legacy_key, &v3, Some(400_000)).await;
-        let out = store
-            .rollback_users("keyshift:rollback:test", std::slice::from_ref(&rb))
-            .await
-            .unwrap();
-        assert_eq!(out, [RollbackOutcome::Restored { deleted: 3 }]);
-        assert!(!exists(&conn, &retry.index_key).await);
-        assert!(!exists(&conn, &retry.positions[0].key).await);
+        set(conn, &retry.legacy_key, v3, Some(400_000)).await;
+        assert_eq!(
+            roll_back(store, &rb).await,
+            [RollbackOutcome::Restored { deleted: 3 }]
+        );
+        assert!(!exists(conn, &retry.index_key).await);
+        assert!(!exists(conn, &retry.positions[0].key).await);
         // Again: nothing left to delete, the legacy key untouched.
-        let out = store
-            .rollback_users("keyshift:rollback:test", std::slice::from_ref(&rb))
-            .await
-            .unwrap();
-        assert_eq!(out, [RollbackOutcome::Restored { deleted: 0 }]);
+        assert_eq!(
+            roll_back(store, &rb).await,
+            [RollbackOutcome::Restored { deleted: 0 }]
+        );
         // A writer's value is not overwritten without force.
-        set(&conn, &retry.legacy_key, b"[]", None).await;
-        let out = store
-            .rollback_users("keyshift:rollback:test", &[rb])
-            .await
-            .unwrap();
-        assert_eq!(out, [RollbackOutcome::Changed]);
-        let now: Vec<u8> = redis::cmd("GET")
-            .arg(&retry.legacy_key)
-            .query_async(&mut conn.clone())
-            .await
-            .unwrap();
+        set(conn, &retry.legacy_key, b"[]", None).await;
+        assert_eq!(roll_back(store, &rb).await, [RollbackOutcome::Changed]);
+        let now: Vec<u8> = query(conn, &["GET", &retry.legacy_key]).await;
         assert_eq!(now, b"[]");
     }
 }

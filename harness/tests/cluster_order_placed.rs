@@ -26,7 +26,7 @@ use keyshift_engine::order_placed::{
 use keyshift_engine::run::journal::{outcomes_key, OrderPlacedOutcome, RunRecord};
 use keyshift_harness::backend::{key_slot, RedisCluster};
 use support::cli::{keyshift, run};
-use support::{exchanges, test_backend};
+use support::{exchanges, failed_invariants, test_backend};
 
 type Hash = BTreeMap<String, String>;
 
@@ -209,12 +209,7 @@ async fn verify_on_a_cluster_catches_a_tampered_target() {
     c.cmd::<i64>(&["HSET", MOVED_T, "2", "0"]).await;
     let run = c.run().await;
     let bad = verify_order_placed(&c.conn, &run, &|_| {}).await.unwrap();
-    let failed: Vec<&str> = bad
-        .invariants
-        .iter()
-        .filter(|i| !i.passed)
-        .map(|i| i.id.as_str())
-        .collect();
+    let failed: Vec<&str> = failed_invariants(&bad);
     assert_eq!(failed, ["fields"], "{bad:#?}");
 }
 

@@ -225,15 +225,20 @@ fn ttl_violation(key: &str, pttl: i64, legacy_ttl: Option<u64>) -> Option<String
     }
 }
 
+/// The violations, the live keys the seed explains, and how many expected
+/// hashes were there.
 fn check(
     ks: &Keyspace,
     quarantined: &BTreeSet<String>,
     live: &BTreeMap<String, Live>,
 ) -> (Vec<String>, BTreeSet<String>, usize) {
-    let mut violations = Vec::new();
-    let mut explained: BTreeSet<String> = BTreeSet::new();
-    let seeded: BTreeSet<&str> = ks.entries.iter().map(|e| e.key.as_str()).collect();
-    let mut hashes_seen = 0;
+    let mut f = Findings {
+        live,
+        seeded: ks.entries.iter().map(|e| e.key.as_str()).collect(),
+        violations: Vec::new(),
+        explained: BTreeSet::new(),
+        hashes_seen: 0,
+    };
     let migrated: Vec<&KeyEntry> = ks
         .entries
         .iter()
@@ -242,89 +247,127 @@ fn check(
     for e in &migrated {
         let (ex, uid) = legacy_parts(&e.key).unwrap();
         let KeyValue::String(value) = &e.value else {
-            violations.push(format!(
+            f.violations.push(format!(
                 "{}: well-formed but not a string in the seed",
                 e.key
             ));
             continue;
         };
         if live.contains_key(&e.key) {
-            violations.push(format!("{}: legacy key still there", e.key));
+            f.violations
+                .push(format!("{}: legacy key still there", e.key));
         }
         let want = expected_of(&e.key, ex, uid, value);
+        f.check_hashes(&want, e.ttl_ms);
+        f.check_index(&want, e.ttl_ms);
+        f.check_backup(&e.key, value);
+    }
+    f.check_nothing_unexplained();
+    (f.violations, f.explained, f.hashes_seen)
+}
+
+/// What [`check`] found so far against the live keyspace.
+struct Findings<'a> {
+    live: &'a BTreeMap<String, Live>,
+    seeded: BTreeSet<&'a str>,
+    violations: Vec<String>,
+    explained: BTreeSet<String>,
+    hashes_seen: usize,
+}
+
+impl Findings<'_> {
+    /// Each position hash as planned, stamped, with the legacy TTL.
+    fn check_hashes(&mut self, want: &Expected, legacy_ttl: Option<u64>) {
         for (key, fields) in &want.hashes {
-            explained.insert(key.clone());
-            let Some(l) = live.get(key) else {
-                violations.push(format!("{key}: missing"));
+            self.explained.insert(key.clone());
+            let Some(l) = self.live.get(key) else {
+                self.violations.push(format!("{key}: missing"));
                 continue;
             };
-            hashes_seen += 1;
+            self.hashes_seen += 1;
             let mut got = l.fields.clone();
             match got.remove("migrated_at") {
                 Some(at)
                     if at.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(&at).is_ok() => {}
-                other => {
-                    violations.push(format!("{key}: migrated_at {other:?} is not RFC 3339 UTC"))
-                }
+                other => self
+                    .violations
+                    .push(format!("{key}: migrated_at {other:?} is not RFC 3339 UTC")),
             }
             if l.kind != "hash" || &got != fields {
-                violations.push(format!(
+                self.violations.push(format!(
                     "{key}: {} {got:?}, expected hash {fields:?}",
                     l.kind
                 ));
             }
-            violations.extend(ttl_violation(key, l.pttl, e.ttl_ms));
+            self.violations
+                .extend(ttl_violation(key, l.pttl, legacy_ttl));
         }
+    }
+
+    /// The index holds exactly the members, with the legacy TTL; an empty
+    /// array has none.
+    fn check_index(&mut self, want: &Expected, legacy_ttl: Option<u64>) {
         if want.members.is_empty() {
-            if live.contains_key(&want.index_key) {
-                violations.push(format!("{}: index of an empty array", want.index_key));
+            if self.live.contains_key(&want.index_key) {
+                self.violations
+                    .push(format!("{}: index of an empty array", want.index_key));
             }
-        } else {
-            explained.insert(want.index_key.clone());
-            match live.get(&want.index_key) {
-                Some(l) if l.kind == "set" && l.members == want.members => {
-                    violations.extend(ttl_violation(&want.index_key, l.pttl, e.ttl_ms))
-                }
-                Some(l) => violations.push(format!(
-                    "{}: {} {:?}, expected set {:?}",
-                    want.index_key, l.kind, l.members, want.members
-                )),
-                None => violations.push(format!("{}: missing", want.index_key)),
-            }
+            return;
         }
-        // Exactly one new backup, byte for byte, TTL in (0, 7 days].
-        let prefix = format!("{}:backup:", e.key);
-        let backups: Vec<(&String, &Live)> = live
+        self.explained.insert(want.index_key.clone());
+        match self.live.get(&want.index_key) {
+            Some(l) if l.kind == "set" && l.members == want.members => self
+                .violations
+                .extend(ttl_violation(&want.index_key, l.pttl, legacy_ttl)),
+            Some(l) => self.violations.push(format!(
+                "{}: {} {:?}, expected set {:?}",
+                want.index_key, l.kind, l.members, want.members
+            )),
+            None => self.violations.push(format!("{}: missing", want.index_key)),
+        }
+    }
+
+    /// Exactly one new backup of `legacy_key`, byte for byte, TTL in
+    /// (0, 7 days].
+    fn check_backup(&mut self, legacy_key: &str, value: &[u8]) {
+        let prefix = format!("{legacy_key}:backup:");
+        let backups: Vec<(&String, &Live)> = self
+            .live
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter(|(k, _)| !seeded.contains(k.as_str()))
+            .filter(|(k, _)| !self.seeded.contains(k.as_str()))
             .collect();
         match backups.as_slice() {
             [(key, l)] => {
-                explained.insert((*key).clone());
-                if l.kind != "string" || &l.string != value {
-                    violations.push(format!("{key}: not byte-identical to {}", e.key));
+                self.explained.insert((*key).clone());
+                if l.kind != "string" || l.string != value {
+                    self.violations
+                        .push(format!("{key}: not byte-identical to {legacy_key}"));
                 }
                 if !(l.pttl > 0 && l.pttl <= SEVEN_DAYS_MS) {
-                    violations.push(format!("{key}: PTTL {} outside (0, 7 days]", l.pttl));
+                    self.violations
+                        .push(format!("{key}: PTTL {} outside (0, 7 days]", l.pttl));
                 }
             }
-            other => violations.push(format!(
-                "{}: {} new backups, expected exactly one",
-                e.key,
+            other => self.violations.push(format!(
+                "{legacy_key}: {} new backups, expected exactly one",
                 other.len()
             )),
         }
     }
-    for key in live.keys() {
-        let known = explained.contains(key)
-            || seeded.contains(key.as_str())
-            || key.starts_with(JOURNAL_PREFIX);
-        if !known {
-            violations.push(format!("{key}: written, but neither expected nor seeded"));
+
+    /// Every live key is expected, seeded or the journal's.
+    fn check_nothing_unexplained(&mut self) {
+        for key in self.live.keys() {
+            let known = self.explained.contains(key)
+                || self.seeded.contains(key.as_str())
+                || key.starts_with(JOURNAL_PREFIX);
+            if !known {
+                self.violations
+                    .push(format!("{key}: written, but neither expected nor seeded"));
+            }
         }
     }
-    (violations, explained, hashes_seen)
 }
 
 #[tokio::test]

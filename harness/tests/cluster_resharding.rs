@@ -17,7 +17,7 @@ use keyshift_engine::connection::scan::scan_step;
 use keyshift_engine::connection::{connect, RedisConn};
 use keyshift_engine::keys::{LegacyPositionsKey, DEFAULT_EXCHANGES};
 use keyshift_engine::EngineError;
-use keyshift_harness::backend::{cluster_slot_ranges, key_slot, RedisCluster};
+use keyshift_harness::backend::{cluster_slot_ranges, key_slot, RedisCluster, SlotMove};
 use keyshift_harness::seed::{self, generate, GenConfig};
 use support::cli::keyshift_at;
 use support::cluster::cluster;
@@ -51,15 +51,76 @@ async fn get_on(
     redis::cmd("GET").arg(key).query_async(&mut con).await
 }
 
+/// Keys of one slot, all on node 0 at first.
+struct SlotKeys {
+    /// Moved to node 1 while the slot is half moved.
+    moved: String,
+    stayed: String,
+    /// 10, incremented once through a pipeline.
+    counter: String,
+    /// Written through a pipeline while the slot is half moved.
+    created: String,
+}
+
 #[tokio::test]
 async fn ask_redirects_are_followed_by_commands_and_pipelines() {
     let cluster = cluster().await;
     let tag = tag_on(0);
-    let slot = key_slot(tag.as_bytes());
     let key = |name: &str| format!("{{{tag}}}:{name}");
-    let (moved, stayed, counter) = (key("moved"), key("stayed"), key("counter"));
+    let keys = SlotKeys {
+        moved: key("moved"),
+        stayed: key("stayed"),
+        counter: key("counter"),
+        created: key("created"),
+    };
+    let mv = half_move(&cluster, key_slot(tag.as_bytes()), &keys).await;
+    let conn = connect(&cluster.url()).await.unwrap();
+    let mut c = conn.clone();
+    commands_and_pipelines_follow_ask(&mut c, &keys).await;
+
+    // The move completes (MIGRATE refuses a key the target already holds:
+    // a command run twice, on both nodes, would stop it here).
+    cluster
+        .finish_slot_move(&mv)
+        .await
+        .expect("the slot moves over");
+    for (k, v) in [
+        (&keys.moved, "m"),
+        (&keys.stayed, "s"),
+        (&keys.counter, "11"),
+        (&keys.created, "c"),
+    ] {
+        assert_eq!(
+            get_on(&cluster, 1, k).await.unwrap().as_deref(),
+            Some(v),
+            "{k} on node 1"
+        );
+    }
+    // And MOVED: the client's old slot map sends the next reads to node 0.
+    let got: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&keys.counter)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(got, [Some("11".to_owned())]);
+    let mut pipe = redis::pipe();
+    pipe.cmd("GET")
+        .arg(&keys.stayed)
+        .cmd("GET")
+        .arg(&keys.created);
+    let after: (String, String) = pipe.query_async(&mut c).await.unwrap();
+    assert_eq!(after, ("s".to_owned(), "c".to_owned()));
+}
+
+/// Writes `moved`, `stayed` and `counter` on node 0, then moves `slot`
+/// half way: `moved` on node 1, the others still on node 0.
+async fn half_move(cluster: &RedisCluster, slot: u16, keys: &SlotKeys) -> SlotMove {
     let mut source = cluster.nodes()[0].connection().await.unwrap();
-    for (k, v) in [(&moved, "m"), (&stayed, "s"), (&counter, "10")] {
+    for (k, v) in [
+        (&keys.moved, "m"),
+        (&keys.stayed, "s"),
+        (&keys.counter, "10"),
+    ] {
         redis::cmd("SET")
             .arg(k)
             .arg(v)
@@ -67,41 +128,42 @@ async fn ask_redirects_are_followed_by_commands_and_pipelines() {
             .await
             .unwrap();
     }
-    // The slot half moved: `moved` on node 1, the others still on node 0.
     let mv = cluster.begin_slot_move(slot, 0, 1).await.unwrap();
-    cluster.migrate_keys(&mv, &[&moved]).await.unwrap();
+    cluster.migrate_keys(&mv, &[&keys.moved]).await.unwrap();
     assert!(
-        get_on(&cluster, 0, &moved).await.is_err(),
+        get_on(cluster, 0, &keys.moved).await.is_err(),
         "node 0 answers ASK"
     );
     assert_eq!(
-        get_on(&cluster, 0, &stayed).await.unwrap().as_deref(),
+        get_on(cluster, 0, &keys.stayed).await.unwrap().as_deref(),
         Some("s")
     );
+    mv
+}
 
-    let conn = connect(&cluster.url()).await.unwrap();
-    let mut c = conn.clone();
-    let got: Vec<Option<String>> = redis::cmd("MGET")
-        .arg(&moved)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+/// While the slot is half moved: a command, a pipeline that writes and
+/// one that only reads each get the answers of a cluster at rest.
+async fn commands_and_pipelines_follow_ask(c: &mut RedisConn, keys: &SlotKeys) {
+    let SlotKeys {
+        moved,
+        stayed,
+        counter,
+        created,
+    } = keys;
+    let got: Vec<Option<String>> = redis::cmd("MGET").arg(moved).query_async(c).await.unwrap();
     assert_eq!(got, [Some("m".to_owned())], "one command follows ASK");
 
     // One slot's part of a pipeline: a key the source holds first (its
     // INCR must run once, on the source), then keys on the target and a
     // new key (the source answers ASK for both).
-    let created = key("created");
     let mut pipe = redis::pipe();
-    pipe.cmd("INCR").arg(&counter);
-    pipe.cmd("GET").arg(&moved);
-    pipe.cmd("SET").arg(&created).arg("c").ignore();
-    pipe.cmd("GET").arg(&created);
-    pipe.cmd("GET").arg(&stayed);
-    let (incremented, got_moved, got_created, got_stayed): (i64, String, String, String) = pipe
-        .query_async(&mut c)
-        .await
-        .expect("the pipeline meets ASK");
+    pipe.cmd("INCR").arg(counter);
+    pipe.cmd("GET").arg(moved);
+    pipe.cmd("SET").arg(created).arg("c").ignore();
+    pipe.cmd("GET").arg(created);
+    pipe.cmd("GET").arg(stayed);
+    let (incremented, got_moved, got_created, got_stayed): (i64, String, String, String) =
+        pipe.query_async(c).await.expect("the pipeline meets ASK");
     assert_eq!(
         (
             incremented,
@@ -115,43 +177,13 @@ async fn ask_redirects_are_followed_by_commands_and_pipelines() {
     // Reads only (the read-only user's pipelines): the same answers.
     let mut pipe = redis::pipe();
     pipe.cmd("GET")
-        .arg(&moved)
+        .arg(moved)
         .cmd("GET")
-        .arg(&stayed)
+        .arg(stayed)
         .cmd("GET")
-        .arg(&created);
-    let reads: (String, String, String) = pipe.query_async(&mut c).await.expect("reads meet ASK");
+        .arg(created);
+    let reads: (String, String, String) = pipe.query_async(c).await.expect("reads meet ASK");
     assert_eq!(reads, ("m".to_owned(), "s".to_owned(), "c".to_owned()));
-
-    // The move completes (MIGRATE refuses a key the target already holds:
-    // a command run twice, on both nodes, would stop it here).
-    cluster
-        .finish_slot_move(&mv)
-        .await
-        .expect("the slot moves over");
-    for (k, v) in [
-        (&moved, "m"),
-        (&stayed, "s"),
-        (&counter, "11"),
-        (&created, "c"),
-    ] {
-        assert_eq!(
-            get_on(&cluster, 1, k).await.unwrap().as_deref(),
-            Some(v),
-            "{k} on node 1"
-        );
-    }
-    // And MOVED: the client's old slot map sends the next reads to node 0.
-    let got: Vec<Option<String>> = redis::cmd("MGET")
-        .arg(&counter)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(got, [Some("11".to_owned())]);
-    let mut pipe = redis::pipe();
-    pipe.cmd("GET").arg(&stayed).cmd("GET").arg(&created);
-    let after: (String, String) = pipe.query_async(&mut c).await.unwrap();
-    assert_eq!(after, ("s".to_owned(), "c".to_owned()));
 }
 
 #[tokio::test]

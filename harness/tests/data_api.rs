@@ -38,13 +38,16 @@ enum Store {
     Dual(DualReadStore<RedisConn>),
 }
 
-fn store(r: &TestRedis, kind: Kind) -> Store {
+/// A disposable Redis, and the store of `kind` on it.
+async fn redis_and_store(kind: Kind) -> (TestRedis, Store) {
+    let r = redis().await;
     let c = r.conn.clone();
-    match kind {
+    let s = match kind {
         Kind::Legacy => Store::Legacy(LegacyStore::new(c)),
         Kind::Hash => Store::Hash(HashStore::new(c)),
         Kind::Dual => Store::Dual(DualReadStore::new(c)),
-    }
+    };
+    (r, s)
 }
 
 macro_rules! each {
@@ -92,8 +95,8 @@ async fn get(r: &TestRedis, key: &str) -> Option<String> {
 #[rstest]
 #[tokio::test]
 async fn every_operation_round_trips(#[values(Kind::Legacy, Kind::Hash, Kind::Dual)] kind: Kind) {
-    let r = redis().await;
-    let s = store(&r, kind);
+    // The server lives as long as the test.
+    let (_r, s) = redis_and_store(kind).await;
     let long = obj(
         r#"{"instId":"BTC-USDT-SWAP","posSide":"long","pos":"3","avgPx":"61000.5","lever":10}"#,
     );
@@ -173,8 +176,7 @@ async fn every_operation_round_trips(#[values(Kind::Legacy, Kind::Hash, Kind::Du
 async fn removing_the_last_position_leaves_no_position(
     #[values(Kind::Legacy, Kind::Hash, Kind::Dual)] kind: Kind,
 ) {
-    let r = redis().await;
-    let s = store(&r, kind);
+    let (r, s) = redis_and_store(kind).await;
     s.upsert("u1", "okx", &obj(r#"{"instId":"A","pos":"1"}"#))
         .await
         .unwrap();
@@ -199,8 +201,7 @@ async fn removing_the_last_position_leaves_no_position(
 async fn invalid_positions_and_ids_write_nothing(
     #[values(Kind::Legacy, Kind::Hash, Kind::Dual)] kind: Kind,
 ) {
-    let r = redis().await;
-    let s = store(&r, kind);
+    let (r, s) = redis_and_store(kind).await;
     for bad in [
         r#"{"pos":"1"}"#,
         r#"{"instId":"A:B"}"#,

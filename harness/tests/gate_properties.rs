@@ -2,6 +2,8 @@
 //! any user count, malformed / object-shaped / closed / TTL rates varied),
 //! the migration holds every invariant of DESIGN §4 the gate checks.
 
+mod support;
+
 use std::path::Path;
 
 use keyshift_harness::backend::BackendKind;
@@ -11,19 +13,7 @@ use keyshift_harness::gate;
 use keyshift_harness::seed::{generate, GenConfig};
 use proptest::prelude::*;
 use serde_json::Value;
-
-/// Invariants that must have run and passed on every keyspace.
-const MUST_PASS: [&str; 9] = [
-    "dry_run",
-    "counts",
-    "index",
-    "fields",
-    "backup",
-    "ttl",
-    "untouched",
-    "api",
-    "idempotent",
-];
+use support::gate::GRID_POSITIONS_INVARIANTS;
 
 fn check_report(dir: &Path, gen: &GenConfig) -> Result<(), TestCaseError> {
     let text = std::fs::read_to_string(dir.join("report.json"))
@@ -43,7 +33,8 @@ fn check_report(dir: &Path, gen: &GenConfig) -> Result<(), TestCaseError> {
         .iter()
         .find(|p| p["name"] == "grid-positions")
         .ok_or_else(|| TestCaseError::fail("no grid-positions phase"))?;
-    for id in MUST_PASS {
+    // Invariants that must have run and passed on every keyspace.
+    for id in std::iter::once("dry_run").chain(GRID_POSITIONS_INVARIANTS) {
         let inv = phase["invariants"]
             .as_array()
             .unwrap()

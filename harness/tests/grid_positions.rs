@@ -14,7 +14,7 @@ use keyshift_engine::keys::BACKUP_TTL_SECS;
 use keyshift_engine::run::journal::is_journal_key;
 use keyshift_harness::digest::{compare, digest};
 use rstest::rstest;
-use support::{redis, TestRedis};
+use support::{failed_invariants, redis, redis_with, TestRedis};
 
 type Hash = BTreeMap<String, String>;
 
@@ -70,8 +70,7 @@ async fn backup_of(r: &TestRedis, legacy: &str) -> String {
 #[case::net_zero_is_long(r#"{"instId":"BTC-USDT-SWAP","posSide":"net","pos":"0"}"#, "long")]
 #[tokio::test]
 async fn side_follows_the_design_rule(#[case] position: &str, #[case] side: &str) {
-    let r = redis().await;
-    r.set("okx:positions:u1", format!("[{position}]")).await;
+    let r = redis_with(&[("okx:positions:u1", format!("[{position}]"))]).await;
     let report = r.migrate().await;
     assert_eq!(report.totals.keys_migrated, 1);
     assert_eq!(
@@ -118,11 +117,10 @@ async fn every_field_is_kept_with_non_strings_as_compact_json() {
 
 #[tokio::test]
 async fn closed_positions_migrate_by_default() {
-    let r = redis().await;
-    r.set(
+    let r = redis_with(&[(
         "okx:positions:7",
         r#"[{"instId":"A","pos":"0"},{"instId":"B","pos":"1"}]"#,
-    )
+    )])
     .await;
     let report = r.migrate().await;
     assert_eq!(report.totals.positions_migrated, 2);
@@ -132,11 +130,10 @@ async fn closed_positions_migrate_by_default() {
 
 #[tokio::test]
 async fn skip_closed_skips_and_counts_them() {
-    let r = redis().await;
-    r.set(
+    let r = redis_with(&[(
         "okx:positions:7",
         r#"[{"instId":"A","pos":"0"},{"instId":"B","pos":"1"},{"instId":"C","pos":"0.0"}]"#,
-    )
+    )])
     .await;
     let report = r.migrate_with(|o| o.skip_closed = true).await;
     assert_eq!(report.totals.positions_found, 3);
@@ -154,12 +151,8 @@ async fn skip_closed_skips_and_counts_them() {
 
 #[tokio::test]
 async fn object_shaped_values_migrate_like_arrays() {
-    let r = redis().await;
-    r.set(
-        "binance:positions:9",
-        r#"{"BTC-USDT":{"instId":"BTC-USDT","pos":"-1"},"ETH-USDT":{"instId":"ETH-USDT","posSide":"long","pos":"2"}}"#,
-    )
-    .await;
+    let value = r#"{"BTC-USDT":{"instId":"BTC-USDT","pos":"-1"},"ETH-USDT":{"instId":"ETH-USDT","posSide":"long","pos":"2"}}"#;
+    let r = redis_with(&[("binance:positions:9", value)]).await;
     let report = r.migrate().await;
     assert_eq!(report.totals.positions_migrated, 2);
     assert_eq!(
@@ -175,8 +168,7 @@ async fn object_shaped_values_migrate_like_arrays() {
 
 #[tokio::test]
 async fn empty_array_leaves_only_a_backup() {
-    let r = redis().await;
-    r.set("okx:positions:e", "[]").await;
+    let r = redis_with(&[("okx:positions:e", "[]")]).await;
     let report = r.migrate().await;
     assert_eq!(report.totals.keys_migrated, 1);
     assert!(position_keys(&r).await.is_empty());
@@ -313,11 +305,11 @@ async fn existing_backups_are_never_migrated() {
 
 #[tokio::test]
 async fn exchange_option_migrates_one_exchange_only() {
-    let r = redis().await;
-    r.set("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#)
-        .await;
-    r.set("binance:positions:1", r#"[{"instId":"A","pos":"1"}]"#)
-        .await;
+    let r = redis_with(&[
+        ("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#),
+        ("binance:positions:1", r#"[{"instId":"A","pos":"1"}]"#),
+    ])
+    .await;
     let report = r.migrate_with(|o| o.exchanges = vec!["okx".into()]).await;
     assert_eq!(report.totals.keys_migrated, 1);
     assert_eq!(r.cmd::<i64>(&["EXISTS", "okx:positions:1"]).await, 0);
@@ -330,10 +322,11 @@ async fn exchange_option_migrates_one_exchange_only() {
 
 #[tokio::test]
 async fn dry_run_writes_nothing() {
-    let r = redis().await;
-    r.set("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#)
-        .await;
-    r.set("okx:positions:2", "junk").await;
+    let r = redis_with(&[
+        ("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#),
+        ("okx:positions:2", "junk"),
+    ])
+    .await;
     r.set_px("bitget:positions:3", "[]", 9_000_000).await;
     let before = digest(&r.conn, |_| true).await.unwrap();
     let report = r.migrate_with(|o| o.dry_run = true).await;
@@ -374,11 +367,10 @@ async fn glob_characters_and_unicode_in_ids_stay_literal() {
 
 #[tokio::test]
 async fn existing_target_is_a_conflict_and_nothing_is_written() {
-    let r = redis().await;
-    r.set(
+    let r = redis_with(&[(
         "okx:positions:c",
         r#"[{"instId":"A","pos":"1"},{"instId":"B","pos":"1"}]"#,
-    )
+    )])
     .await;
     r.cmd::<i64>(&["HSET", "positions:c:okx:B:long", "pos", "9"])
         .await;
@@ -408,9 +400,7 @@ async fn existing_target_is_a_conflict_and_nothing_is_written() {
 /// update: the write is refused and the user is read again.
 #[tokio::test]
 async fn stale_plan_writes_nothing() {
-    let r = redis().await;
-    r.set("okx:positions:w", r#"[{"instId":"A","pos":"2"}]"#)
-        .await;
+    let r = redis_with(&[("okx:positions:w", r#"[{"instId":"A","pos":"2"}]"#)]).await;
     let store = r.store().await;
     let stale = UserWrite {
         legacy_key: "okx:positions:w".into(),
@@ -443,11 +433,10 @@ async fn stale_plan_writes_nothing() {
 
 #[tokio::test]
 async fn verify_passes_after_a_migration_and_catches_tampering() {
-    let r = redis().await;
-    r.set(
+    let r = redis_with(&[(
         "okx:positions:v",
         r#"[{"instId":"A","pos":"1"},{"instId":"B","pos":"-1"}]"#,
-    )
+    )])
     .await;
     r.set_px(
         "bybit:positions:v",
@@ -468,12 +457,7 @@ async fn verify_passes_after_a_migration_and_catches_tampering() {
     r.cmd::<i64>(&["PERSIST", "positions:v:bybit:C:long"]).await;
     r.set("okx:positions:v", "[]").await;
     let bad = verify_grid_positions(&r.conn, &run, &|_| {}).await.unwrap();
-    let failed: BTreeSet<&str> = bad
-        .invariants
-        .iter()
-        .filter(|i| !i.passed)
-        .map(|i| i.id.as_str())
-        .collect();
+    let failed: BTreeSet<&str> = failed_invariants(&bad);
     assert_eq!(
         failed,
         BTreeSet::from(["counts", "fields", "index", "ttl"]),
@@ -483,10 +467,11 @@ async fn verify_passes_after_a_migration_and_catches_tampering() {
 
 #[tokio::test]
 async fn a_second_run_migrates_nothing() {
-    let r = redis().await;
-    r.set("okx:positions:i", r#"[{"instId":"A","pos":"1"}]"#)
-        .await;
-    r.set("okx:positions:q", "junk").await;
+    let r = redis_with(&[
+        ("okx:positions:i", r#"[{"instId":"A","pos":"1"}]"#),
+        ("okx:positions:q", "junk"),
+    ])
+    .await;
     r.migrate().await;
     let keys = r.keys().await;
     let second = r.migrate().await;

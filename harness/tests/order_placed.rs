@@ -17,7 +17,7 @@ use keyshift_engine::order_placed::{
 use keyshift_engine::run::journal::is_journal_key;
 use keyshift_harness::digest::{compare, digest, Digest};
 use rstest::rstest;
-use support::{exchanges, redis, TestRedis};
+use support::{exchanges, failed_invariants, redis, TestRedis};
 
 type Hash = BTreeMap<String, String>;
 
@@ -337,24 +337,14 @@ async fn verify_passes_after_migrate_and_catches_tampering() {
 
     r.cmd::<i64>(&["HSET", TARGET, "2", "0"]).await;
     let bad = verify_order_placed(&r.conn, &run, &|_| {}).await.unwrap();
-    let failed: Vec<&str> = bad
-        .invariants
-        .iter()
-        .filter(|i| !i.passed)
-        .map(|i| i.id.as_str())
-        .collect();
+    let failed: Vec<&str> = failed_invariants(&bad);
     assert_eq!(failed, ["fields"], "{bad:#?}");
 
     r.cmd::<i64>(&["PERSIST", "orders:bybit:user:7:symbol:ETH:order_placed"])
         .await;
     hset(&r, LEGACY, &[("1", "0")]).await;
     let worse = verify_order_placed(&r.conn, &run, &|_| {}).await.unwrap();
-    let failed: Vec<&str> = worse
-        .invariants
-        .iter()
-        .filter(|i| !i.passed)
-        .map(|i| i.id.as_str())
-        .collect();
+    let failed: Vec<&str> = failed_invariants(&worse);
     assert_eq!(failed, ["counts", "fields", "ttl"], "{worse:#?}");
 }
 

@@ -13,7 +13,7 @@ use futures_util::stream::{self, StreamExt};
 use keyshift_engine::run::journal::{is_journal_key, outcomes_key, read_run, runs_key, RunState};
 use keyshift_engine::run::lock::{LOCK_KEY, TTL_ENV};
 use keyshift_harness::seed::{generate, load, GenConfig, Keyspace};
-use support::cli::{keyshift_on, Ran};
+use support::cli::{keyshift_on, run, Ran};
 use support::{redis, TestRedis};
 
 /// Users in the generated keyspace (it also holds malformed legacy keys,
@@ -113,17 +113,6 @@ fn keyshift_migrate_command(url: &str, lock_ttl_ms: Option<&str>) -> Command {
     cmd
 }
 
-async fn run_to_end(mut cmd: Command) -> Ran {
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("keyshift runs"))
-        .await
-        .expect("runner thread");
-    Ran {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 /// Runs `keyshift migrate` (short lock TTL) until it ends otherwise than
 /// with exit 5: a killed runner's lock turns it away until the lock expires,
 /// and a runner stalled for longer than the short TTL loses its own lock
@@ -133,7 +122,7 @@ async fn migrate_until_unlocked(r: &TestRedis) -> (Ran, usize) {
     let started = Instant::now();
     let mut exited_5 = 0;
     loop {
-        let ran = run_to_end(keyshift_migrate_command(&r.url(), Some(LOCK_TTL_MS))).await;
+        let ran = run(keyshift_migrate_command(&r.url(), Some(LOCK_TTL_MS))).await;
         if ran.code == Some(5) && started.elapsed() < LOCK_WAIT {
             exited_5 += 1;
             // Retry once the lock that turned it away has expired.
@@ -443,7 +432,7 @@ async fn verify_exits_0(r: &TestRedis, context: &str) {
 async fn uninterrupted_reference(keyspace: &Keyspace) -> Reference {
     let server = seeded_server(keyspace).await;
     // The default 30 s lock TTL: no stall interrupts this run.
-    let ran = run_to_end(keyshift_migrate_command(&server.url(), None)).await;
+    let ran = run(keyshift_migrate_command(&server.url(), None)).await;
     assert!(matches!(ran.code, Some(0 | 3)), "reference run: {ran}");
     let ids = run_ids(&server).await;
     assert_eq!(ids.len(), 1, "one run: {ids:?}");

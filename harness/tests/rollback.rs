@@ -8,7 +8,7 @@ use keyshift_engine::run::journal::{is_journal_key, run_key, runs_key, RunState}
 use keyshift_harness::digest::{compare, digest, Digest};
 use keyshift_harness::seed::{generate, load, GenConfig};
 use support::cli::keyshift_on;
-use support::{redis, TestRedis};
+use support::{redis, redis_with, TestRedis};
 
 async fn non_journal_digest(r: &mut TestRedis, stamp: Option<&str>) -> Digest {
     let suffix = stamp.map(|s| format!(":backup:{s}"));
@@ -87,14 +87,14 @@ async fn rollback_restores_ttl() {
 
 #[tokio::test]
 async fn rollback_refuses_to_lose_data_changed_since_and_force_overrides() {
-    let r = redis().await;
-    r.set(
-        "okx:positions:1",
-        r#"[{"instId":"A","pos":"1"},{"instId":"B","pos":"-1"}]"#,
-    )
+    let r = redis_with(&[
+        (
+            "okx:positions:1",
+            r#"[{"instId":"A","pos":"1"},{"instId":"B","pos":"-1"}]"#,
+        ),
+        ("okx:positions:2", r#"[{"instId":"C","pos":"1"}]"#),
+    ])
     .await;
-    r.set("okx:positions:2", r#"[{"instId":"C","pos":"1"}]"#)
-        .await;
     keyshift_on(&r, &["migrate", "grid-positions", "--force"]).await;
     // The application kept writing the new structure.
     r.cmd::<i64>(&["HSET", "positions:1:okx:A:long", "pos", "7"])
@@ -140,9 +140,7 @@ async fn rollback_refuses_to_lose_data_changed_since_and_force_overrides() {
 
 #[tokio::test]
 async fn rollback_without_changes_still_needs_force_off_a_terminal() {
-    let r = redis().await;
-    r.set("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#)
-        .await;
+    let r = redis_with(&[("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#)]).await;
     keyshift_on(&r, &["migrate", "grid-positions", "--force"]).await;
     let ran = keyshift_on(&r, &["rollback", "grid-positions"]).await;
     assert_eq!(ran.code, Some(2), "{ran}");
@@ -152,9 +150,7 @@ async fn rollback_without_changes_still_needs_force_off_a_terminal() {
 
 #[tokio::test]
 async fn rollback_refuses_over_a_rewritten_legacy_key() {
-    let r = redis().await;
-    r.set("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#)
-        .await;
+    let r = redis_with(&[("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#)]).await;
     keyshift_on(&r, &["migrate", "grid-positions", "--force"]).await;
     r.set("okx:positions:1", r#"[{"instId":"A","pos":"9"}]"#)
         .await;
@@ -164,9 +160,7 @@ async fn rollback_refuses_over_a_rewritten_legacy_key() {
 
 #[tokio::test]
 async fn a_rolled_back_run_is_not_rolled_back_twice_and_stamps_pick_runs() {
-    let r = redis().await;
-    r.set("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#)
-        .await;
+    let r = redis_with(&[("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#)]).await;
     keyshift_on(&r, &["migrate", "grid-positions", "--force"]).await;
     let first = stamp(&r).await;
     keyshift_on(&r, &["rollback", "grid-positions", "--force"]).await;
@@ -234,11 +228,11 @@ async fn a_rolled_back_run_is_not_rolled_back_twice_and_stamps_pick_runs() {
 /// outcome was never recorded.
 #[tokio::test]
 async fn cleanup_migration_removes_exactly_the_debris() {
-    let r = redis().await;
-    r.set("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#)
-        .await;
-    r.set("okx:positions:2", r#"[{"instId":"B","pos":"1"}]"#)
-        .await;
+    let r = redis_with(&[
+        ("okx:positions:1", r#"[{"instId":"A","pos":"1"}]"#),
+        ("okx:positions:2", r#"[{"instId":"B","pos":"1"}]"#),
+    ])
+    .await;
     keyshift_on(
         &r,
         &["migrate", "grid-positions", "--force", "--exchange", "okx"],

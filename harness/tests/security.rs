@@ -326,6 +326,15 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The password of the user `leaky`, with characters a URL must escape;
+/// as a URL holds it; and a wrong one.
+const LEAKY_PASSWORD: &str = "Le@k/y:S3cr?t#9";
+const LEAKY_ESCAPED: &str = "Le%40k%2Fy%3AS3cr%3Ft%239";
+const WRONG_PASSWORD: &str = "Wr0ng%2FGu3ss";
+
+/// One run of the binary: URL, arguments, exit code (`None`: any failure).
+type PasswordRun = (String, Vec<&'static str>, Option<i32>);
+
 /// A password with characters a URL must escape, set through
 /// `ACL SETUSER` with the shipped migrate grants; every command an
 /// operator or a CI gate runs, with `RUST_LOG=trace`, failing ones
@@ -333,124 +342,14 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 /// or URL-escaped.
 #[tokio::test]
 async fn no_output_log_or_file_holds_a_password() {
-    const PASSWORD: &str = "Le@k/y:S3cr?t#9";
-    const ESCAPED: &str = "Le%40k%2Fy%3AS3cr%3Ft%239";
-    const WRONG: &str = "Wr0ng%2FGu3ss";
     let db = Secured::start(None).await;
     seed(&db).await;
-    let grants = servers::shipped_acl("keyshift-migrate");
-    let rules = grants.split_whitespace().skip(2).map(|r| {
-        if r == "#PASSWORD_SHA256" {
-            format!(">{PASSWORD}")
-        } else {
-            r.to_owned()
-        }
-    });
-    let mut admin = db.admin.clone();
-    redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("leaky")
-        .arg(rules.collect::<Vec<_>>())
-        .query_async::<()>(&mut admin)
-        .await
-        .expect("ACL SETUSER with the shipped grants");
-
-    let port = db.server.port();
-    let url = format!("redis://leaky:{ESCAPED}@127.0.0.1:{port}");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // (URL, arguments, exit code); `None`: any failure.
-    let runs: Vec<(String, Vec<&str>, Option<i32>)> = vec![
-        (url.clone(), vec!["validate", "--json"], Some(1)),
-        (
-            url.clone(),
-            vec!["migrate", "grid-positions", "--dry-run", "--json"],
-            Some(0),
-        ),
-        (
-            url.clone(),
-            vec!["migrate", "order-placed", "--force", "--json"],
-            Some(0),
-        ),
-        (
-            url.clone(),
-            vec!["verify", "order-placed", "--json"],
-            Some(0),
-        ),
-        (url.clone(), vec!["cleanup-legacy", "--dry-run"], Some(0)),
-        (
-            url.clone(),
-            vec!["migrate", "grid-positions", "--force"],
-            Some(0),
-        ),
-        (url.clone(), vec!["verify", "grid-positions"], Some(0)),
-        (url.clone(), vec!["status"], Some(0)),
-        (url.clone(), vec!["status", "--json"], Some(0)),
-        (
-            url.clone(),
-            vec!["cleanup-migration", "grid-positions", "--dry-run"],
-            Some(0),
-        ),
-        (
-            url.clone(),
-            vec!["rollback", "grid-positions", "--dry-run"],
-            Some(0),
-        ),
-        (
-            url.clone(),
-            vec!["rollback", "grid-positions", "--force"],
-            Some(0),
-        ),
-        // Failures: a wrong password, nothing listening, an unescaped
-        // password (the URL means something else), a URL that does not
-        // parse, TLS to a plain port, a write nobody confirmed.
-        (
-            format!("redis://leaky:{WRONG}@127.0.0.1:{port}"),
-            vec!["validate"],
-            Some(4),
-        ),
-        (
-            format!("redis://leaky:{ESCAPED}@127.0.0.1:{closed}"),
-            vec!["validate"],
-            Some(4),
-        ),
-        (
-            format!("redis://leaky:{PASSWORD}@127.0.0.1:{port}"),
-            vec!["validate"],
-            None,
-        ),
-        (
-            format!("redis://leaky:{ESCAPED}@127.0.0.1:notaport"),
-            vec!["status"],
-            Some(2),
-        ),
-        (
-            format!("rediss://leaky:{ESCAPED}@127.0.0.1:{port}"),
-            vec!["validate"],
-            Some(4),
-        ),
-        (url.clone(), vec!["migrate", "grid-positions"], Some(2)),
-    ];
+    add_leaky_user(&db).await;
+    let runs = password_runs(db.server.port());
     let out = tempfile::tempdir().expect("a temp dir");
     for (i, (url, args, code)) in runs.iter().enumerate() {
         // Half through --redis, half through REDIS_URL.
-        let mut cmd = if i % 2 == 0 {
-            let mut all = args.clone();
-            all.extend(["--redis", url.as_str()]);
-            keyshift(&all)
-        } else {
-            let mut cmd = keyshift(args);
-            cmd.env("REDIS_URL", url);
-            cmd
-        };
-        for var in TLS_VARS {
-            cmd.env_remove(var);
-        }
-        cmd.env("RUST_LOG", "trace").current_dir(out.path());
-        let ran = run(cmd).await;
+        let ran = run_traced(out.path(), url, args, i % 2 == 0).await;
         // The trace log is there to be searched (each run builds a client).
         assert!(
             ran.stderr.contains("building a Redis client") || matches!(code, Some(2) | None),
@@ -467,15 +366,117 @@ async fn no_output_log_or_file_holds_a_password() {
         std::fs::write(out.path().join(format!("{i:02}.stdout")), &ran.stdout).unwrap();
         std::fs::write(out.path().join(format!("{i:02}.stderr")), &ran.stderr).unwrap();
     }
-    let files = files_under(out.path());
-    assert_eq!(
-        files.len(),
-        2 * runs.len(),
-        "keyshift wrote files: {files:?}"
-    );
+    assert_no_file_holds_a_password(out.path(), 2 * runs.len());
+}
+
+/// The user `leaky`, with the shipped migrate grants and [`LEAKY_PASSWORD`].
+async fn add_leaky_user(db: &Secured) {
+    let grants = servers::shipped_acl("keyshift-migrate");
+    let rules = grants.split_whitespace().skip(2).map(|r| {
+        if r == "#PASSWORD_SHA256" {
+            format!(">{LEAKY_PASSWORD}")
+        } else {
+            r.to_owned()
+        }
+    });
+    let mut admin = db.admin.clone();
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("leaky")
+        .arg(rules.collect::<Vec<_>>())
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("ACL SETUSER with the shipped grants");
+}
+
+/// Every command an operator or a CI gate runs as `leaky` on the server
+/// at `port`, then the ways to get the URL or the password wrong.
+fn password_runs(port: u16) -> Vec<PasswordRun> {
+    let url = format!("redis://leaky:{LEAKY_ESCAPED}@127.0.0.1:{port}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let leaky = |args: Vec<&'static str>, code| (url.clone(), args, Some(code));
+    vec![
+        leaky(vec!["validate", "--json"], 1),
+        leaky(vec!["migrate", "grid-positions", "--dry-run", "--json"], 0),
+        leaky(vec!["migrate", "order-placed", "--force", "--json"], 0),
+        leaky(vec!["verify", "order-placed", "--json"], 0),
+        leaky(vec!["cleanup-legacy", "--dry-run"], 0),
+        leaky(vec!["migrate", "grid-positions", "--force"], 0),
+        leaky(vec!["verify", "grid-positions"], 0),
+        leaky(vec!["status"], 0),
+        leaky(vec!["status", "--json"], 0),
+        leaky(vec!["cleanup-migration", "grid-positions", "--dry-run"], 0),
+        leaky(vec!["rollback", "grid-positions", "--dry-run"], 0),
+        leaky(vec!["rollback", "grid-positions", "--force"], 0),
+        // Failures: a wrong password, nothing listening, an unescaped
+        // password (the URL means something else), a URL that does not
+        // parse, TLS to a plain port, a write nobody confirmed.
+        (
+            format!("redis://leaky:{WRONG_PASSWORD}@127.0.0.1:{port}"),
+            vec!["validate"],
+            Some(4),
+        ),
+        (
+            format!("redis://leaky:{LEAKY_ESCAPED}@127.0.0.1:{closed}"),
+            vec!["validate"],
+            Some(4),
+        ),
+        (
+            format!("redis://leaky:{LEAKY_PASSWORD}@127.0.0.1:{port}"),
+            vec!["validate"],
+            None,
+        ),
+        (
+            format!("redis://leaky:{LEAKY_ESCAPED}@127.0.0.1:notaport"),
+            vec!["status"],
+            Some(2),
+        ),
+        (
+            format!("rediss://leaky:{LEAKY_ESCAPED}@127.0.0.1:{port}"),
+            vec!["validate"],
+            Some(4),
+        ),
+        leaky(vec!["migrate", "grid-positions"], 2),
+    ]
+}
+
+/// The binary run in `dir` with `RUST_LOG=trace` and no TLS files, the URL
+/// given by `--redis` or else through `REDIS_URL`.
+async fn run_traced(dir: &Path, url: &str, args: &[&str], url_as_flag: bool) -> Ran {
+    let mut cmd = if url_as_flag {
+        let mut all = args.to_vec();
+        all.extend(["--redis", url]);
+        keyshift(&all)
+    } else {
+        let mut cmd = keyshift(args);
+        cmd.env("REDIS_URL", url);
+        cmd
+    };
+    for var in TLS_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "trace").current_dir(dir);
+    run(cmd).await
+}
+
+/// `dir` holds the `expected` output files the test wrote (keyshift wrote
+/// none), and no byte of them any part of a password.
+fn assert_no_file_holds_a_password(dir: &Path, expected: usize) {
+    let files = files_under(dir);
+    assert_eq!(files.len(), expected, "keyshift wrote files: {files:?}");
     for file in files {
         let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
-        for secret in [PASSWORD, ESCAPED, WRONG, "S3cr", "Gu3ss"] {
+        for secret in [
+            LEAKY_PASSWORD,
+            LEAKY_ESCAPED,
+            WRONG_PASSWORD,
+            "S3cr",
+            "Gu3ss",
+        ] {
             assert!(
                 !text.contains(secret),
                 "{} holds {secret:?}:\n{text}",

@@ -10,15 +10,17 @@ use std::time::{Duration, Instant};
 use keyshift_engine::api::{LegacyStore, LegacyWrite, PositionObject};
 use keyshift_engine::grid_positions::latest_run;
 use keyshift_engine::grid_positions::plan::Side;
+use keyshift_engine::grid_positions::runner::MigrationReport;
 use keyshift_engine::grid_positions::verify::{verify_grid_positions_scoped, Scope};
 use keyshift_engine::keys::LegacyPositionsKey;
 use keyshift_harness::report::Status;
 use keyshift_harness::seed::{self, generate, GenConfig};
 use keyshift_harness::writers::{
-    hot_pairs, legacy_keys, no_lost_writes, Action, HotPair, OpResult, Via, Writers, WritersConfig,
+    hot_pairs, legacy_keys, no_lost_writes, Action, History, HotPair, OpResult, Via, Writers,
+    WritersConfig,
 };
 use support::cli::keyshift_on;
-use support::{exchanges, redis, TestRedis};
+use support::{exchanges, redis, redis_with, TestRedis};
 
 /// Long enough for any number of writes a test waits for.
 const WAIT: Duration = Duration::from_secs(30);
@@ -47,6 +49,29 @@ fn config(seed: u64) -> WritersConfig {
     }
 }
 
+/// Writers on `pairs` (`config(seed)`) while Phase 2 runs: it starts once
+/// `before` writes are acknowledged, and they stop 60 writes after it
+/// ended. The run's report, when it ended, and what the writers did.
+async fn write_through_a_migration(
+    db: &TestRedis,
+    pairs: Vec<HotPair>,
+    seed: u64,
+    before: usize,
+) -> (MigrationReport, Instant, History) {
+    let writers = Writers::start(&db.url(), pairs, &config(seed))
+        .await
+        .unwrap();
+    assert!(writers.wait_acknowledged(before, WAIT).await);
+    let report = db.migrate().await;
+    let migrated_at = Instant::now();
+    assert!(
+        writers
+            .wait_acknowledged(writers.acknowledged() + 60, WAIT)
+            .await
+    );
+    (report, migrated_at, writers.stop().await)
+}
+
 async fn index_exists(db: &TestRedis, pair: &HotPair) -> bool {
     let index = LegacyPositionsKey::new(&pair.exchange, &pair.user_id).index_key();
     db.cmd::<bool>(&["EXISTS", &index]).await
@@ -57,19 +82,8 @@ async fn no_acknowledged_write_lost_across_ten_seeds() {
     let (mut legacy_acks, mut new_layout_acks, mut strict_failures) = (0, 0, 0);
     for seed in 0..10u64 {
         let (db, pairs) = seeded(300, seed, 30).await;
-        let writers = Writers::start(&db.url(), pairs.clone(), &config(seed))
-            .await
-            .unwrap();
-        assert!(writers.wait_acknowledged(60, WAIT).await);
-        let report = db.migrate().await;
-        let migrated_at = Instant::now();
-        assert!(
-            writers
-                .wait_acknowledged(writers.acknowledged() + 60, WAIT)
-                .await
-        );
-        let history = writers.stop().await;
-
+        let (report, migrated_at, history) =
+            write_through_a_migration(&db, pairs.clone(), seed, 60).await;
         let entry = no_lost_writes(&db.conn, &history).await;
         assert_eq!(entry.status, Status::Pass, "seed {seed}: {entry:#?}");
         assert!(entry.matching > 0, "seed {seed}: nothing compared");
@@ -140,15 +154,7 @@ async fn no_acknowledged_write_lost_across_ten_seeds() {
 #[tokio::test]
 async fn a_write_lost_behind_the_writers_back_is_reported() {
     let (db, pairs) = seeded(200, 11, 12).await;
-    let writers = Writers::start(&db.url(), pairs, &config(11)).await.unwrap();
-    assert!(writers.wait_acknowledged(30, WAIT).await);
-    db.migrate().await;
-    assert!(
-        writers
-            .wait_acknowledged(writers.acknowledged() + 60, WAIT)
-            .await
-    );
-    let history = writers.stop().await;
+    let (_, _, history) = write_through_a_migration(&db, pairs, 11, 30).await;
     let entry = no_lost_writes(&db.conn, &history).await;
     assert_eq!(entry.status, Status::Pass, "{entry:#?}");
 
@@ -192,10 +198,11 @@ async fn a_write_lost_behind_the_writers_back_is_reported() {
 
 #[tokio::test]
 async fn guarded_legacy_write_is_refused_once_the_user_has_migrated() {
-    let db = redis().await;
-    db.set("okx:positions:u1", r#"[{"instId":"A","pos":"1"}]"#)
-        .await;
-    db.set("okx:positions:u2", "[]").await;
+    let db = redis_with(&[
+        ("okx:positions:u1", r#"[{"instId":"A","pos":"1"}]"#),
+        ("okx:positions:u2", "[]"),
+    ])
+    .await;
     let legacy = LegacyStore::new(db.conn.clone());
     let b = PositionObject::parse(r#"{"instId":"B","pos":"2"}"#).unwrap();
     assert_eq!(

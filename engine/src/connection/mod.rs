@@ -22,8 +22,8 @@
 //!   other nodes, and redis-rs sends a whole pipeline to one node. A slot's
 //!   part of several commands that writes goes as MULTI/EXEC, and one
 //!   command at a time when the node refuses it because the slot is moving
-//!   (see `cluster_pipeline`): redis-rs follows ASK for a whole pipeline
-//!   with one ASKING, which covers only its first command.
+//!   (see `pipeline.rs`): redis-rs follows ASK for a whole pipeline with
+//!   one ASKING, which covers only its first command.
 //!
 //! Commands redis-rs routes to every primary (DBSIZE summed, SCRIPT LOAD,
 //! FLUSHALL, multi-key DEL split per slot) need nothing from us; MOVED and
@@ -34,7 +34,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, RedisFuture, Value};
 
 use crate::error::{EngineError, Result, RESHARDED_CODE};
@@ -343,125 +343,6 @@ impl RedisConn {
             }
         }
     }
-
-    /// Sends each slot's part of a plain pipeline on its own and puts the
-    /// replies back in the pipeline's order.
-    async fn cluster_pipeline(
-        conn: &ClusterConnection,
-        pipeline: &redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisResult<Vec<Value>> {
-        // Insertion order keeps the sends deterministic; a slot's commands
-        // keep their relative order inside its part.
-        let mut groups: Vec<(Option<Route>, Vec<usize>)> = Vec::new();
-        let mut group_of: std::collections::HashMap<Option<Route>, usize> =
-            std::collections::HashMap::new();
-        let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
-        for (i, cmd) in cmds.iter().enumerate() {
-            let route = route_of(cmd);
-            let g = *group_of.entry(route).or_insert_with(|| {
-                groups.push((route, Vec::new()));
-                groups.len() - 1
-            });
-            groups[g].1.push(i);
-        }
-        let sends = groups.into_iter().map(|(route, members)| {
-            let mut conn = conn.clone();
-            let mut part = redis::pipe();
-            for &i in &members {
-                part.add_command(cmds[i].clone());
-            }
-            async move {
-                let replies = match route {
-                    // One command: a pipeline of one is redirected whole,
-                    // ASKING included.
-                    Some(route) if members.len() == 1 => {
-                        let route = SingleNodeRoutingInfo::SpecificNode(route);
-                        conn.route_pipeline(part, 0, 1, route).await?
-                    }
-                    // Reads only: one pipeline (the read-only ACL user has
-                    // no MULTI). While the slot moves, redis-rs resends it
-                    // whole after one ASKING, so the reads past the first
-                    // meet MOVED until its retries run out; reads run again
-                    // harmlessly, so then each goes on its own.
-                    Some(route) if part.cmd_iter().all(only_reads) => {
-                        let at = SingleNodeRoutingInfo::SpecificNode(route);
-                        match conn
-                            .route_pipeline(part.clone(), 0, members.len(), at)
-                            .await
-                        {
-                            Ok(replies) => replies,
-                            Err(e) if redirected(&e) => {
-                                let each = part.cmd_iter().map(|cmd| {
-                                    let mut conn = conn.clone();
-                                    let routing = RoutingInfo::SingleNode(
-                                        SingleNodeRoutingInfo::SpecificNode(route),
-                                    );
-                                    async move {
-                                        as_reply(conn.route_command(cmd.clone(), routing).await)
-                                    }
-                                });
-                                futures_util::future::try_join_all(each).await?
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    // Several commands of one slot that write. While the
-                    // slot moves, its source runs the commands whose keys
-                    // it still holds and answers ASK for the others;
-                    // redis-rs then resends the whole pipeline to the
-                    // target after a single ASKING, which covers its first
-                    // command only: commands would run twice, on both
-                    // nodes, or not at all. So the part goes as MULTI/EXEC,
-                    // which the source refuses whole (EXECABORT, nothing
-                    // run) when any key needs ASK; then each command goes
-                    // on its own, in order, and is redirected on its own.
-                    Some(route) => {
-                        let mut atomic = redis::pipe();
-                        atomic.atomic();
-                        for cmd in part.cmd_iter() {
-                            atomic.add_command(cmd.clone());
-                        }
-                        let at = SingleNodeRoutingInfo::SpecificNode(route);
-                        let tried = conn.route_pipeline(atomic, members.len() + 1, 1, at).await;
-                        match exec_replies(tried, members.len())? {
-                            Some(replies) => replies,
-                            None => {
-                                let mut replies = Vec::with_capacity(members.len());
-                                for cmd in part.cmd_iter() {
-                                    let routing = RoutingInfo::SingleNode(
-                                        SingleNodeRoutingInfo::SpecificNode(route),
-                                    );
-                                    replies.push(as_reply(
-                                        conn.route_command(cmd.clone(), routing).await,
-                                    )?);
-                                }
-                                replies
-                            }
-                        }
-                    }
-                    // Each to where redis-rs routes it, all at once.
-                    None => {
-                        let each = part.cmd_iter().map(|cmd| {
-                            let mut conn = conn.clone();
-                            async move { as_reply(conn.req_packed_command(cmd).await) }
-                        });
-                        futures_util::future::try_join_all(each).await?
-                    }
-                };
-                Ok::<_, redis::RedisError>((members, replies))
-            }
-        });
-        let done = futures_util::future::try_join_all(sends).await?;
-        let mut replies = vec![Value::Nil; cmds.len()];
-        for (members, values) in done {
-            for (i, v) in members.into_iter().zip(values) {
-                replies[i] = v;
-            }
-        }
-        Ok(replies.into_iter().skip(offset).take(count).collect())
-    }
 }
 
 impl ConnectionLike for RedisConn {
@@ -493,7 +374,7 @@ impl ConnectionLike for RedisConn {
                     return c.req_packed_commands(cmd, offset, count);
                 }
                 let c = c.clone();
-                async move { RedisConn::cluster_pipeline(&c, cmd, offset, count).await }.boxed()
+                async move { pipeline::cluster_pipeline(&c, cmd, offset, count).await }.boxed()
             }
         }
     }
@@ -507,52 +388,14 @@ impl ConnectionLike for RedisConn {
 }
 
 mod cluster;
+mod pipeline;
 pub mod scan;
 pub mod tls;
 
 pub use cluster::{
     decode_cursor, encode_cursor, next_cursor, ClusterCursor, Primary, MAX_PRIMARIES,
 };
-use cluster::{is_scan, node_view, only_reads, route_of, slot_map_from_slots, SlotMap};
-
-/// A command's refusal stays a reply, as in a pipeline; a failure to get
-/// one (connection, redirects exhausted) stays an error.
-fn as_reply(result: redis::RedisResult<Value>) -> redis::RedisResult<Value> {
-    match result {
-        Ok(v) => Ok(v),
-        Err(e) => match e.clone().into_server_errors() {
-            Some(errs) if errs.len() == 1 => Ok(Value::ServerError(errs[0].1.clone())),
-            _ => Err(e),
-        },
-    }
-}
-
-/// An error that says a key is elsewhere or on its way (ASK, MOVED,
-/// TRYAGAIN), left after redis-rs's own redirects.
-fn redirected(e: &redis::RedisError) -> bool {
-    matches!(e.code(), Some("ASK" | "MOVED" | "TRYAGAIN"))
-}
-
-/// The replies of a MULTI/EXEC of `n` commands, or `None` when the server
-/// refused it whole (EXECABORT: a key was elsewhere, ASK or MOVED, so
-/// nothing ran).
-fn exec_replies(
-    tried: redis::RedisResult<Vec<Value>>,
-    n: usize,
-) -> redis::RedisResult<Option<Vec<Value>>> {
-    let aborted = |code: Option<&str>| code == Some("EXECABORT");
-    match tried {
-        Err(e) if aborted(e.code()) => Ok(None),
-        Err(e) => Err(e),
-        Ok(mut v) => match v.pop() {
-            Some(Value::Array(replies)) if replies.len() == n && v.is_empty() => Ok(Some(replies)),
-            Some(Value::ServerError(e)) if aborted(Some(e.code())) => Ok(None),
-            other => Err(client_error(format!(
-                "a MULTI/EXEC of {n} commands answered {other:?}"
-            ))),
-        },
-    }
-}
+use cluster::{is_scan, node_view, slot_map_from_slots, SlotMap};
 
 fn resharded(detail: String) -> redis::RedisError {
     redis::make_extension_error(RESHARDED_CODE.into(), Some(detail))

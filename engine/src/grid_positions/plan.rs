@@ -155,48 +155,9 @@ pub fn plan_value(value: &[u8], opts: PlanOptions) -> UserPlan {
             return quarantine(QuarantineReason::NotJson { detail }, 0);
         }
     };
-    // Each shape is parsed straight from the text: a parse that only
-    // validates first would read every byte once more, and planning is the
-    // migrating client's largest cost.
-    type Entries<'a> = Vec<(Option<Cow<'a, str>>, &'a RawValue)>;
-    let (shape, entries): (ValueShape, Entries<'_>) = match text.trim_start().as_bytes().first() {
-        Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(text) {
-            Ok(items) => (
-                ValueShape::Array,
-                items.into_iter().map(|v| (None, v)).collect(),
-            ),
-            Err(e) => {
-                let detail = e.to_string();
-                return quarantine(QuarantineReason::NotJson { detail }, 0);
-            }
-        },
-        Some(b'{') => match parse_object(text) {
-            Ok(Ok(fields)) => (
-                ValueShape::ObjectByInstId,
-                fields.into_iter().map(|(k, v)| (Some(k), v)).collect(),
-            ),
-            Ok(Err(dup)) => {
-                let reason = QuarantineReason::DuplicateField {
-                    index: 0,
-                    field: dup,
-                };
-                return quarantine(reason, 0);
-            }
-            Err(e) => {
-                let detail = e.to_string();
-                return quarantine(QuarantineReason::NotJson { detail }, 0);
-            }
-        },
-        _ => match serde_json::from_str::<&RawValue>(text) {
-            Ok(other) => {
-                let found = json_kind(other.get());
-                return quarantine(QuarantineReason::NotArrayOrObject { found }, 0);
-            }
-            Err(e) => {
-                let detail = e.to_string();
-                return quarantine(QuarantineReason::NotJson { detail }, 0);
-            }
-        },
+    let (shape, entries) = match entries_of(text) {
+        Ok(parsed) => parsed,
+        Err(reason) => return quarantine(reason, 0),
     };
     let count = entries.len();
     let mut positions = Vec::with_capacity(count);
@@ -231,6 +192,39 @@ pub fn plan_value(value: &[u8], opts: PlanOptions) -> UserPlan {
         skipped_closed,
         shape,
     })
+}
+
+/// The positions a value holds, each with its object key when the value is
+/// an object by instId.
+type Entries<'a> = Vec<(Option<Cow<'a, str>>, &'a RawValue)>;
+
+/// The value's shape and entries, or why it holds no positions.
+fn entries_of(text: &str) -> Result<(ValueShape, Entries<'_>), QuarantineReason> {
+    // Each shape is parsed straight from the text: a parse that only
+    // validates first would read every byte once more, and planning is the
+    // migrating client's largest cost.
+    let not_json = |e: serde_json::Error| QuarantineReason::NotJson {
+        detail: e.to_string(),
+    };
+    match text.trim_start().as_bytes().first() {
+        Some(b'[') => {
+            let items = serde_json::from_str::<Vec<&RawValue>>(text).map_err(not_json)?;
+            let entries = items.into_iter().map(|v| (None, v)).collect();
+            Ok((ValueShape::Array, entries))
+        }
+        Some(b'{') => match parse_object(text).map_err(not_json)? {
+            Ok(fields) => {
+                let entries = fields.into_iter().map(|(k, v)| (Some(k), v)).collect();
+                Ok((ValueShape::ObjectByInstId, entries))
+            }
+            Err(field) => Err(QuarantineReason::DuplicateField { index: 0, field }),
+        },
+        _ => {
+            let other = serde_json::from_str::<&RawValue>(text).map_err(not_json)?;
+            let found = json_kind(other.get());
+            Err(QuarantineReason::NotArrayOrObject { found })
+        }
+    }
 }
 
 /// Plans one position object; the bool says whether it is closed (`pos` 0).

@@ -65,100 +65,42 @@ fn truth_matches_an_independent_reading_of_the_keyspace() {
         };
         seen.legacy_keys += 1;
         seen.legacy_with_ttl += e.ttl_ms.is_some() as usize;
-        let pe = seen.per_exchange.get_mut(ex).unwrap();
-        pe.legacy_keys += 1;
-        let KeyValue::String(bytes) = &e.value else {
-            assert_eq!(truth.quarantined[&e.key], "not_a_string");
-            pe.quarantined += 1;
-            continue;
+        seen.per_exchange.get_mut(ex).unwrap().legacy_keys += 1;
+        let reading = match &e.value {
+            KeyValue::String(bytes) => read_legacy_value(bytes),
+            _ => Reading::quarantined("not_a_string"),
         };
-        let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
-            assert_eq!(truth.quarantined[&e.key], "not_json", "{}", e.key);
-            pe.quarantined += 1;
-            continue;
-        };
-        let positions: Vec<&Value> = match &v {
-            Value::Array(a) => a.iter().collect(),
-            Value::Object(o) => {
-                seen.object_shaped += 1;
-                for (k, p) in o {
-                    assert_eq!(p["instId"].as_str(), Some(k.as_str()));
-                }
-                o.values().collect()
+        seen.object_shaped += reading.object_shaped as usize;
+        match reading.outcome {
+            Err(reason) => {
+                assert_eq!(truth.quarantined[&e.key], reason, "{}", e.key);
+                seen.per_exchange.get_mut(ex).unwrap().quarantined += 1;
             }
-            _ => {
-                assert_eq!(truth.quarantined[&e.key], "not_array_or_object");
-                pe.quarantined += 1;
-                continue;
+            Ok(counts) => {
+                assert!(!truth.quarantined.contains_key(&e.key), "{}", e.key);
+                counts.add_to(&mut seen, ex);
             }
-        };
-        if positions.iter().any(|p| p.get("instId").is_none()) {
-            assert_eq!(truth.quarantined[&e.key], "missing_inst_id");
-            pe.quarantined += 1;
-            continue;
         }
-        let mut members = HashSet::new();
-        let mut per_inst = BTreeMap::<&str, usize>::new();
-        let (mut long, mut short, mut closed) = (0, 0, 0);
-        for p in &positions {
-            let pos: f64 = p["pos"].as_str().unwrap().parse().unwrap();
-            let side = match p
-                .get("posSide")
-                .and_then(Value::as_str)
-                .map(str::to_ascii_lowercase)
-            {
-                Some(s) if s == "long" || s == "short" => s,
-                _ if pos < 0.0 => "short".into(),
-                _ => "long".into(),
-            };
-            *if side == "short" {
-                &mut short
-            } else {
-                &mut long
-            } += 1;
-            closed += (pos == 0.0) as usize;
-            let inst = p["instId"].as_str().unwrap();
-            *per_inst.entry(inst).or_default() += 1;
-            members.insert(format!("{inst}:{side}"));
-        }
-        if members.len() != positions.len() {
-            assert_eq!(truth.quarantined[&e.key], "collision", "{}", e.key);
-            pe.quarantined += 1;
-            continue;
-        }
-        assert!(!truth.quarantined.contains_key(&e.key), "{}", e.key);
-        seen.empty_arrays += (v == Value::Array(vec![])) as usize;
-        seen.hedged_pairs += per_inst.values().filter(|n| **n == 2).count();
-        seen.well_formed_legacy_keys += 1;
-        seen.positions += positions.len();
-        seen.long_positions += long;
-        seen.short_positions += short;
-        seen.closed_positions += closed;
-        pe.well_formed_legacy_keys += 1;
-        pe.positions += positions.len();
-        pe.closed_positions += closed;
     }
     // Counted separately below; copy so the struct comparison is total.
     seen.quarantined = truth.quarantined.clone();
     seen.neighbour_keys = truth.neighbour_keys;
     seen.preexisting_backups = truth.preexisting_backups;
-    seen.order_placed_keys = keyspace
-        .entries
-        .iter()
-        .filter(|e| e.key.ends_with(":order_placed"))
-        .count();
-    seen.position_cache_keys = keyspace
-        .entries
-        .iter()
-        .filter(|e| e.key.starts_with("position:") || e.key.starts_with("user:"))
-        .count();
+    seen.order_placed_keys = count_keys(&keyspace, |k| k.ends_with(":order_placed"));
+    seen.position_cache_keys = count_keys(&keyspace, |k| {
+        k.starts_with("position:") || k.starts_with("user:")
+    });
     assert_eq!(seen, truth);
+    assert_truth_adds_up(&truth, &keyspace);
+}
 
-    let backups = keyspace
-        .entries
-        .iter()
-        .filter(|e| e.key.contains(":backup:"))
-        .count();
+fn count_keys(keyspace: &Keyspace, matches: impl Fn(&str) -> bool) -> usize {
+    keyspace.entries.iter().filter(|e| matches(&e.key)).count()
+}
+
+/// The truth's totals agree with each other and with the keyspace.
+fn assert_truth_adds_up(truth: &Truth, keyspace: &Keyspace) {
+    let backups = count_keys(keyspace, |k| k.contains(":backup:"));
     assert_eq!(backups, truth.preexisting_backups);
     assert_eq!(
         truth.legacy_keys
@@ -179,6 +121,114 @@ fn truth_matches_an_independent_reading_of_the_keyspace() {
     assert_eq!(pe_sum, truth.positions);
     let q_sum: usize = truth.per_exchange.values().map(|e| e.quarantined).sum();
     assert_eq!(q_sum, truth.quarantined.len());
+}
+
+/// One legacy value read with the design's rules: whether it is an object
+/// by instId (counted even when quarantined), and its counts or the tag
+/// of the reason it is quarantined.
+struct Reading {
+    object_shaped: bool,
+    outcome: Result<LegacyCounts, &'static str>,
+}
+
+impl Reading {
+    fn quarantined(reason: &'static str) -> Self {
+        Reading {
+            object_shaped: false,
+            outcome: Err(reason),
+        }
+    }
+}
+
+/// What one well-formed legacy value adds to the truth.
+struct LegacyCounts {
+    empty_array: bool,
+    hedged_pairs: usize,
+    positions: usize,
+    long: usize,
+    short: usize,
+    closed: usize,
+}
+
+impl LegacyCounts {
+    fn add_to(&self, seen: &mut Truth, exchange: &str) {
+        seen.empty_arrays += self.empty_array as usize;
+        seen.hedged_pairs += self.hedged_pairs;
+        seen.well_formed_legacy_keys += 1;
+        seen.positions += self.positions;
+        seen.long_positions += self.long;
+        seen.short_positions += self.short;
+        seen.closed_positions += self.closed;
+        let pe = seen.per_exchange.get_mut(exchange).unwrap();
+        pe.well_formed_legacy_keys += 1;
+        pe.positions += self.positions;
+        pe.closed_positions += self.closed;
+    }
+}
+
+fn read_legacy_value(bytes: &[u8]) -> Reading {
+    let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+        return Reading::quarantined("not_json");
+    };
+    let (positions, object_shaped): (Vec<&Value>, bool) = match &v {
+        Value::Array(a) => (a.iter().collect(), false),
+        Value::Object(o) => {
+            for (k, p) in o {
+                assert_eq!(p["instId"].as_str(), Some(k.as_str()));
+            }
+            (o.values().collect(), true)
+        }
+        _ => return Reading::quarantined("not_array_or_object"),
+    };
+    let outcome = if positions.iter().any(|p| p.get("instId").is_none()) {
+        Err("missing_inst_id")
+    } else {
+        count_positions(&positions, v == Value::Array(vec![]))
+    };
+    Reading {
+        object_shaped,
+        outcome,
+    }
+}
+
+/// Sides by the design's rule (`posSide` long/short in any case, else the
+/// sign of `pos`); two positions on one instId and side collide.
+fn count_positions(positions: &[&Value], empty_array: bool) -> Result<LegacyCounts, &'static str> {
+    let mut members = HashSet::new();
+    let mut per_inst = BTreeMap::<&str, usize>::new();
+    let (mut long, mut short, mut closed) = (0, 0, 0);
+    for p in positions {
+        let pos: f64 = p["pos"].as_str().unwrap().parse().unwrap();
+        let side = match p
+            .get("posSide")
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase)
+        {
+            Some(s) if s == "long" || s == "short" => s,
+            _ if pos < 0.0 => "short".into(),
+            _ => "long".into(),
+        };
+        *if side == "short" {
+            &mut short
+        } else {
+            &mut long
+        } += 1;
+        closed += (pos == 0.0) as usize;
+        let inst = p["instId"].as_str().unwrap();
+        *per_inst.entry(inst).or_default() += 1;
+        members.insert(format!("{inst}:{side}"));
+    }
+    if members.len() != positions.len() {
+        return Err("collision");
+    }
+    Ok(LegacyCounts {
+        empty_array,
+        hedged_pairs: per_inst.values().filter(|n| **n == 2).count(),
+        positions: positions.len(),
+        long,
+        short,
+        closed,
+    })
 }
 
 #[test]

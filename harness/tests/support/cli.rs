@@ -44,8 +44,10 @@ pub fn keyshift(args: &[&str]) -> Command {
     cmd
 }
 
-/// Runs the binary off the test's async thread.
-pub async fn run(mut cmd: Command) -> Ran {
+/// Runs the binary off the test's async thread; a `std::process::Command`
+/// (one a test may also spawn and kill) runs the same way.
+pub async fn run(cmd: impl Into<Command>) -> Ran {
+    let mut cmd = cmd.into();
     let out = tokio::task::spawn_blocking(move || cmd.output().expect("keyshift runs"))
         .await
         .expect("runner thread");

@@ -5,12 +5,14 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod gate;
 
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::grid_positions::runner::{
     migrate_grid_positions, MigrateOptions, MigrationReport,
 };
 use keyshift_engine::grid_positions::store::standalone::{connect, StandaloneStore};
+use keyshift_engine::grid_positions::verify::VerifyReport;
 use keyshift_engine::keys::DEFAULT_EXCHANGES;
 use keyshift_harness::backend::{docker_available, docker_required, BackendKind, RedisServer};
 
@@ -46,6 +48,25 @@ pub async fn redis() -> TestRedis {
         .expect("a disposable redis");
     let conn = connect(&server.url()).await.expect("connect");
     TestRedis { server, conn }
+}
+
+/// A disposable Redis holding `values` (key, string value), no TTLs.
+pub async fn redis_with<V: AsRef<[u8]>>(values: &[(&str, V)]) -> TestRedis {
+    let r = redis().await;
+    for (key, value) in values {
+        r.set(key, value).await;
+    }
+    r
+}
+
+/// The ids of the invariants `report` failed, in its order.
+pub fn failed_invariants<'a, C: FromIterator<&'a str>>(report: &'a VerifyReport) -> C {
+    report
+        .invariants
+        .iter()
+        .filter(|i| !i.passed)
+        .map(|i| i.id.as_str())
+        .collect()
 }
 
 pub fn exchanges() -> Vec<String> {
