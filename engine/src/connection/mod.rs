@@ -121,10 +121,35 @@ fn connection_info(url: &str) -> Result<ConnectionInfo> {
     use redis::IntoConnectionInfo;
     Ok(url
         .into_connection_info()
-        .map_err(|e| EngineError::BadUrl(e.to_string()))?
+        .map_err(|e| bad_url(url, e))?
         // Without TCP_NODELAY a transaction's small round trips wait on
         // delayed ACKs.
         .set_tcp_settings(nodelay()))
+}
+
+/// Why `url` did not parse, without echoing it. A user name or password
+/// holding `/`, `?`, `#` or `@` unescaped ends the URL's authority early,
+/// which redis-rs reports as something unrelated ("Invalid database
+/// number"), so that case gets its own advice.
+fn bad_url(url: &str, error: redis::RedisError) -> EngineError {
+    match unescaped_in_userinfo(url) {
+        Some(c) => EngineError::BadUrl(format!(
+            "its user name or password holds {c:?} unescaped: percent-encode such characters \
+             in REDIS_URL / --redis (`/` as %2F, `?` as %3F, `#` as %23, `@` as %40, `:` in a \
+             user name as %3A), e.g. redis://user:p%40ss@host:6379"
+        )),
+        None => EngineError::BadUrl(error.to_string()),
+    }
+}
+
+/// The first URL delimiter inside the userinfo (everything up to the last
+/// `@`), where it must have been percent-encoded.
+fn unescaped_in_userinfo(url: &str) -> Option<char> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let (userinfo, _) = rest.rsplit_once('@')?;
+    userinfo
+        .chars()
+        .find(|c| matches!(c, '/' | '?' | '#' | '@'))
 }
 
 fn nodelay() -> redis::io::tcp::TcpSettings {

@@ -228,3 +228,30 @@ fn scan_commands_are_recognised_with_their_arguments() {
     );
     assert!(is_scan(redis::cmd("HSCAN").arg("k").arg(0)).is_none());
 }
+
+#[test]
+fn a_password_with_an_unescaped_delimiter_is_named_not_echoed() {
+    for (url, c) in [
+        ("redis://bot:pa/s3cret@127.0.0.1:6379/0", '/'),
+        ("redis://bot:pa@s3cret@127.0.0.1:6379", '@'),
+        ("rediss://:pa?s3cret@h:6380", '?'),
+        ("redis://bot:pa#s3cret@h:6379", '#'),
+    ] {
+        assert_eq!(unescaped_in_userinfo(url), Some(c), "{url}");
+        let message = match connection_info(url) {
+            Err(e) => e.to_string(),
+            // redis-rs may read some such URLs as valid, with the wrong
+            // password: then the server refuses it, with the advice of
+            // `error::unreachable_advice`.
+            Ok(_) => continue,
+        };
+        assert!(message.contains("percent-encode"), "{url}: {message}");
+        assert!(!message.contains("s3cret"), "{url}: {message}");
+    }
+    // The reported case: a `/` in the password.
+    let slash = connection_info("redis://bot:pa/s3cret@127.0.0.1:6379/0").unwrap_err();
+    assert!(slash.to_string().contains("percent-encode"), "{slash}");
+    assert_eq!(unescaped_in_userinfo("redis://bot:p%40ss@h:6379"), None);
+    assert_eq!(unescaped_in_userinfo("redis://h:6379/0"), None);
+    assert!(connection_info("redis://bot:p%2Fss@h:6379/0").is_ok());
+}
