@@ -17,11 +17,11 @@ use std::time::Instant;
 
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::grid_positions::store::standalone::connect;
-use keyshift_engine::keys::DEFAULT_EXCHANGES;
 use keyshift_engine::run::journal::is_journal_key;
 
 use crate::backend::{BackendKind, Deployment, RedisServer};
 use crate::cli::GateArgs;
+use crate::commands::exchanges;
 use crate::digest::{digest, Digest};
 use crate::exit::Outcome;
 use crate::report::{self, GateReport, PhaseReport};
@@ -51,11 +51,7 @@ pub async fn run_with(args: &GateArgs, gen: GenConfig) -> anyhow::Result<Outcome
     let report = evaluate(&Production, args, gen).await?;
     report::write_all(&report, &args.report_dir)?;
     print!("{}", summary(&report, &args.report_dir));
-    Ok(if report.passed {
-        Outcome::Done
-    } else {
-        Outcome::InvariantFailed
-    })
+    Ok(Outcome::passed_if(report.passed))
 }
 
 /// Where the gate's keyspace comes from, and what it is judged against.
@@ -189,7 +185,7 @@ impl<'a, E: Engines> Gate<'a, E> {
     async fn start(engines: &E, args: &'a GateArgs, gen: GenConfig) -> anyhow::Result<Self> {
         let started = Instant::now();
         let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let exchanges: Vec<String> = DEFAULT_EXCHANGES.iter().map(|s| (*s).to_owned()).collect();
+        let exchanges = exchanges(None);
         let source = Source::from_args(args, &gen)?;
         let server = source.server(args.backend, args.cluster).await?;
         eprintln!("gate: {} backend at {}", server.describe(), server.url());
