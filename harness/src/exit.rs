@@ -26,6 +26,25 @@ pub const UNREACHABLE: u8 = 4;
 pub const LOCKED: u8 = 5;
 
 impl Outcome {
+    /// A check's outcome: done when it passed, else an invariant failed.
+    pub fn passed_if(passed: bool) -> Outcome {
+        if passed {
+            Outcome::Done
+        } else {
+            Outcome::InvariantFailed
+        }
+    }
+
+    /// A run's outcome: done, or needs review when it left keys untouched
+    /// (quarantined, in conflict, skipped) for someone to look at.
+    pub fn review_if(needs_review: bool) -> Outcome {
+        if needs_review {
+            Outcome::NeedsReview
+        } else {
+            Outcome::Done
+        }
+    }
+
     pub fn code(self) -> ExitCode {
         ExitCode::from(match self {
             Outcome::Done => DONE,

@@ -111,10 +111,17 @@ impl AnyStore {
         slot: usize,
         flip: bool,
     ) -> ApiResult<Duration> {
+        let call = Call {
+            data,
+            op,
+            user,
+            slot,
+            flip,
+        };
         let took = match self.kind {
-            StoreKind::Legacy => timed_call(&self.legacy, data, op, user, slot, flip).await?,
-            StoreKind::Hash => timed_call(&self.hash, data, op, user, slot, flip).await?,
-            StoreKind::DualRead => timed_call(&self.dual_read, data, op, user, slot, flip).await?,
+            StoreKind::Legacy => call.timed_on(&self.legacy).await?,
+            StoreKind::Hash => call.timed_on(&self.hash).await?,
+            StoreKind::DualRead => call.timed_on(&self.dual_read).await?,
         };
         if op == Op::Remove {
             // Put the position back in the layout it came from. Through the
@@ -130,48 +137,59 @@ impl AnyStore {
     }
 }
 
-/// The calls behind [`AnyStore::timed`]. Each answer is checked against
-/// the seeded data, so a store that silently read nothing would fail the
-/// run instead of looking fast.
-async fn timed_call<S: PositionStore>(
-    store: &S,
-    data: &Dataset,
+/// One call of [`AnyStore::timed`], whichever store answers it.
+struct Call<'a> {
+    data: &'a Dataset,
     op: Op,
     user: usize,
     slot: usize,
     flip: bool,
-) -> ApiResult<Duration> {
-    let uid = data.user_id(user);
-    let object = &data.objects[slot];
-    let (inst_id, side) = (object.inst_id(), object.side());
-    let started = Instant::now();
-    let ok = match op {
-        Op::GetPosition => store
-            .get_position(&uid, EXCHANGE, inst_id, side)
-            .await?
-            .is_some(),
-        Op::PositionSize => {
-            let size = store.position_size(&uid, EXCHANGE, inst_id).await?;
-            size != 0.0
+}
+
+impl Call<'_> {
+    /// The call on `store`, timed. Each answer is checked against the
+    /// seeded data, so a store that silently read nothing would fail the
+    /// run instead of looking fast.
+    async fn timed_on<S: PositionStore>(&self, store: &S) -> ApiResult<Duration> {
+        let Call {
+            data,
+            op,
+            user,
+            slot,
+            flip,
+        } = *self;
+        let uid = data.user_id(user);
+        let object = &data.objects[slot];
+        let (inst_id, side) = (object.inst_id(), object.side());
+        let started = Instant::now();
+        let ok = match op {
+            Op::GetPosition => store
+                .get_position(&uid, EXCHANGE, inst_id, side)
+                .await?
+                .is_some(),
+            Op::PositionSize => {
+                let size = store.position_size(&uid, EXCHANGE, inst_id).await?;
+                size != 0.0
+            }
+            Op::AllPositions => store.all_positions(&uid, EXCHANGE).await?.len() == data.positions,
+            Op::Upsert => {
+                let written = if flip { &data.variants[slot] } else { object };
+                store.upsert(&uid, EXCHANGE, written).await?;
+                true
+            }
+            Op::Remove => store.remove(&uid, EXCHANGE, inst_id, side).await?,
+        };
+        let elapsed = started.elapsed();
+        if !ok {
+            return Err(ApiError::InvalidPosition {
+                reason: format!(
+                    "benchmark data missing: {} of user {uid} slot {slot} found nothing",
+                    op.name()
+                ),
+            });
         }
-        Op::AllPositions => store.all_positions(&uid, EXCHANGE).await?.len() == data.positions,
-        Op::Upsert => {
-            let written = if flip { &data.variants[slot] } else { object };
-            store.upsert(&uid, EXCHANGE, written).await?;
-            true
-        }
-        Op::Remove => store.remove(&uid, EXCHANGE, inst_id, side).await?,
-    };
-    let elapsed = started.elapsed();
-    if !ok {
-        return Err(ApiError::InvalidPosition {
-            reason: format!(
-                "benchmark data missing: {} of user {uid} slot {slot} found nothing",
-                op.name()
-            ),
-        });
+        Ok(elapsed)
     }
-    Ok(elapsed)
 }
 
 /// Users with `positions` positions each, seeded in both layouts.

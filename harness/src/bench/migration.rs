@@ -17,13 +17,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use keyshift_engine::keys::DEFAULT_EXCHANGES;
+use keyshift_engine::connection::RedisConn;
 use serde::{Deserialize, Serialize};
 
 use super::pipe::pipe;
 use crate::backend::RedisServer;
+use crate::commands::exchanges;
 use crate::floor::{write_end_state, write_end_state_reads};
-use crate::seed::{generate, write_resp, GenConfig};
+use crate::seed::{generate, write_resp, GenConfig, Keyspace};
 
 /// One size's figures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,71 +76,152 @@ pub async fn measure(
 ) -> anyhow::Result<MigrationRow> {
     let port = server.port();
     let url = server.url();
-    let generate_keyspace = move || {
-        generate(&GenConfig {
-            users,
-            seed,
-            ..GenConfig::default()
-        })
-        .keyspace
-    };
-    let (keys_seeded, seed_resp, end_resp) = tokio::task::spawn_blocking(move || {
-        let keyspace = generate_keyspace();
-        let mut seed_resp = Vec::new();
-        write_resp(&keyspace, &mut seed_resp)?;
-        let exchanges: Vec<String> = DEFAULT_EXCHANGES.iter().map(|s| (*s).to_owned()).collect();
-        let now = chrono::Utc::now();
-        let mut end_resp = Vec::new();
-        write_end_state(
-            &keyspace,
-            &exchanges,
-            &now.format("%Y%m%d_%H%M%S").to_string(),
-            &now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            &mut end_resp,
-        )?;
-        Ok::<_, std::io::Error>((keyspace.entries.len(), seed_resp, end_resp))
-    })
-    .await??;
+    let (keys_seeded, seed_resp, end_resp) = blocking(move || seed_and_floor(users, seed)).await?;
+    let mut conn = unbounded_connection(&url).await?;
+    flush_sync(&conn).await?;
+    let seed_resp = blocking(move || load(port, &seed_resp, "seeding").map(|()| seed_resp)).await?;
+    let floor_load = timed_load(port, end_resp, "writing the floor's end state");
+    let (floor, floor_server) = with_server_cpu(&mut conn, floor_load).await?;
+    flush_sync(&conn).await?;
+    blocking(move || load(port, &seed_resp, "seeding")).await?;
 
-    // No response timeout: a FLUSHALL SYNC of millions of keys takes as
-    // long as it takes, and this is a server we started.
-    let mut conn = redis::Client::open(url.as_str())?
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
-        )
-        .await
-        .map(keyshift_engine::connection::RedisConn::from)?;
-    let flush = |mut c: keyshift_engine::connection::RedisConn| async move {
-        redis::cmd("FLUSHALL")
-            .arg("SYNC")
-            .query_async::<()>(&mut c)
-            .await
-    };
-    flush(conn.clone()).await?;
-    let seed_resp =
-        tokio::task::spawn_blocking(move || load(port, &seed_resp, "seeding").map(|()| seed_resp))
-            .await??;
-    let cpu = ServerCpu::start(&mut conn).await?;
-    let floor = tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        load(port, &end_resp, "writing the floor's end state")?;
-        Ok::<_, anyhow::Error>(started.elapsed())
-    })
-    .await??;
-    let floor_server_cpu = cpu.seconds(&mut conn).await?;
-    flush(conn.clone()).await?;
-    tokio::task::spawn_blocking(move || load(port, &seed_resp, "seeding")).await??;
-
-    let cpu = ServerCpu::start(&mut conn).await?;
-    let migrate = child(&[
+    let migrate_args = [
         "migrate",
         "grid-positions",
         "--redis",
         &url,
         "--force",
         "--json",
-    ])
-    .await?;
+    ];
+    let (migrate, migrate_server) = with_server_cpu(&mut conn, child(&migrate_args)).await?;
+    let report = migrate_report(&migrate, users)?;
+    // Generated again rather than kept: at 1M users the keyspace, its
+    // seeding RESP and the server's copy together outgrow the machine.
+    let stamp = report.stamp.clone();
+    let reads = blocking(move || end_state_reads(users, seed, &stamp)).await?;
+    let read_load = timed_load(port, reads, "reading the end state back");
+    let (read_floor, read_floor_server) = with_server_cpu(&mut conn, read_load).await?;
+    let verify_args = ["verify", "grid-positions", "--redis", &url, "--json"];
+    let (verify, verify_server) = with_server_cpu(&mut conn, child(&verify_args)).await?;
+    // The next size starts on an empty server; this keyspace is done.
+    redis::cmd("FLUSHALL")
+        .arg("ASYNC")
+        .query_async::<()>(&mut conn)
+        .await?;
+
+    let cpu = CpuSeconds {
+        floor_server,
+        migrate_server,
+        migrate_client: migrate.cpu_s,
+        read_floor_server,
+        verify_server,
+        verify_client: verify.cpu_s,
+    };
+    Ok(Measured {
+        users,
+        keys_seeded,
+        report,
+        floor,
+        migrate,
+        read_floor,
+        verify,
+    }
+    .row(cpu))
+}
+
+/// The keyspace of one size: the gate's generator, from the seed.
+fn keyspace(users: usize, seed: u64) -> Keyspace {
+    generate(&GenConfig {
+        users,
+        seed,
+        ..GenConfig::default()
+    })
+    .keyspace
+}
+
+/// The keyspace's seeding commands, and the floor's: its migrated end
+/// state written directly. Returns them with the number of keys seeded.
+fn seed_and_floor(users: usize, seed: u64) -> anyhow::Result<(usize, Vec<u8>, Vec<u8>)> {
+    let keyspace = keyspace(users, seed);
+    let mut seed_resp = Vec::new();
+    write_resp(&keyspace, &mut seed_resp)?;
+    let now = chrono::Utc::now();
+    let mut end_resp = Vec::new();
+    write_end_state(
+        &keyspace,
+        &exchanges(None),
+        &now.format("%Y%m%d_%H%M%S").to_string(),
+        &now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        &mut end_resp,
+    )?;
+    Ok((keyspace.entries.len(), seed_resp, end_resp))
+}
+
+/// The read floor's commands: the migrated end state (backups stamped
+/// `stamp`) read back.
+fn end_state_reads(users: usize, seed: u64, stamp: &str) -> anyhow::Result<Vec<u8>> {
+    let mut reads = Vec::new();
+    write_end_state_reads(&keyspace(users, seed), &exchanges(None), stamp, &mut reads)?;
+    Ok(reads)
+}
+
+/// Runs `work` on the blocking pool (generating and piping are CPU and
+/// socket bound).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work).await?
+}
+
+/// A connection with no response timeout: a FLUSHALL SYNC of millions of
+/// keys takes as long as it takes, and this is a server we started.
+async fn unbounded_connection(url: &str) -> anyhow::Result<RedisConn> {
+    let conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await?;
+    Ok(RedisConn::from(conn))
+}
+
+async fn flush_sync(conn: &RedisConn) -> redis::RedisResult<()> {
+    let mut c = conn.clone();
+    redis::cmd("FLUSHALL")
+        .arg("SYNC")
+        .query_async::<()>(&mut c)
+        .await
+}
+
+/// Pipes `resp` to the server; returns how long it took.
+async fn timed_load(port: u16, resp: Vec<u8>, what: &'static str) -> anyhow::Result<Duration> {
+    blocking(move || {
+        let started = Instant::now();
+        load(port, &resp, what)?;
+        Ok(started.elapsed())
+    })
+    .await
+}
+
+/// A step's result and the server CPU seconds it took.
+async fn with_server_cpu<T>(
+    conn: &mut RedisConn,
+    step: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, f64)> {
+    let cpu = ServerCpu::start(conn).await?;
+    let out = step.await?;
+    Ok((out, cpu.seconds(conn).await?))
+}
+
+/// What the migrate report says the run did.
+struct MigrateReport {
+    keys_migrated: u64,
+    positions: u64,
+    stamp: String,
+}
+
+/// The migrate child's JSON report; an exit other than 0 (or 3, for the
+/// seeded malformed keys) is an error.
+fn migrate_report(migrate: &ChildRun, users: usize) -> anyhow::Result<MigrateReport> {
     if migrate.code != 0 && migrate.code != 3 {
         bail!(
             "keyshift migrate exited {} at {users} users:\n{}",
@@ -149,70 +231,58 @@ pub async fn measure(
     }
     let report: serde_json::Value =
         serde_json::from_str(&migrate.stdout).context("reading the migrate report")?;
-    let migrate_server_cpu = cpu.seconds(&mut conn).await?;
     let totals = &report["totals"];
-    let positions = totals["positions_migrated"].as_u64().unwrap_or(0);
-    let stamp = report["stamp"]
-        .as_str()
-        .context("the migrate report has no backup stamp")?
-        .to_owned();
-    // Generated again rather than kept: at 1M users the keyspace, its
-    // seeding RESP and the server's copy together outgrow the machine.
-    let reads = tokio::task::spawn_blocking(move || {
-        let exchanges: Vec<String> = DEFAULT_EXCHANGES.iter().map(|s| (*s).to_owned()).collect();
-        let mut reads = Vec::new();
-        write_end_state_reads(&generate_keyspace(), &exchanges, &stamp, &mut reads)?;
-        Ok::<_, anyhow::Error>(reads)
+    Ok(MigrateReport {
+        keys_migrated: totals["keys_migrated"].as_u64().unwrap_or(0),
+        positions: totals["positions_migrated"].as_u64().unwrap_or(0),
+        stamp: report["stamp"]
+            .as_str()
+            .context("the migrate report has no backup stamp")?
+            .to_owned(),
     })
-    .await??;
-    let cpu = ServerCpu::start(&mut conn).await?;
-    let read_floor = tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        load(port, &reads, "reading the end state back")?;
-        Ok::<_, anyhow::Error>(started.elapsed())
-    })
-    .await??;
-    let read_floor_server_cpu = cpu.seconds(&mut conn).await?;
-    let cpu = ServerCpu::start(&mut conn).await?;
-    let verify = child(&["verify", "grid-positions", "--redis", &url, "--json"]).await?;
-    let verify_server_cpu = cpu.seconds(&mut conn).await?;
-    // The next size starts on an empty server; this keyspace is done.
-    redis::cmd("FLUSHALL")
-        .arg("ASYNC")
-        .query_async::<()>(&mut conn)
-        .await?;
+}
 
-    let per_s = |d: Duration| (positions as f64 / d.as_secs_f64().max(1e-9)).round();
-    let mb = |kb: u64| (kb as f64 / 1024.0 * 10.0).round() / 10.0;
-    let secs = |d: Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
-    Ok(MigrationRow {
-        users,
-        keys_seeded,
-        legacy_keys_migrated: totals["keys_migrated"].as_u64().unwrap_or(0),
-        positions_migrated: positions,
-        floor_s: secs(floor),
-        floor_positions_per_s: per_s(floor),
-        migrate_s: secs(migrate.wall),
-        migrate_positions_per_s: per_s(migrate.wall),
-        ratio: ratio(migrate.wall, floor),
-        migrate_exit: migrate.code,
-        migrate_peak_rss_mb: mb(migrate.peak_rss_kb),
-        read_floor_s: secs(read_floor),
-        read_floor_positions_per_s: per_s(read_floor),
-        verify_s: secs(verify.wall),
-        verify_positions_per_s: per_s(verify.wall),
-        verify_ratio: ratio(verify.wall, read_floor),
-        verify_exit: verify.code,
-        verify_peak_rss_mb: mb(verify.peak_rss_kb),
-        cpu: CpuSeconds {
-            floor_server: floor_server_cpu,
-            migrate_server: migrate_server_cpu,
-            migrate_client: migrate.cpu_s,
-            read_floor_server: read_floor_server_cpu,
-            verify_server: verify_server_cpu,
-            verify_client: verify.cpu_s,
-        },
-    })
+/// One size's measurements, before they are rounded into a row.
+struct Measured {
+    users: usize,
+    keys_seeded: usize,
+    report: MigrateReport,
+    floor: Duration,
+    migrate: ChildRun,
+    read_floor: Duration,
+    verify: ChildRun,
+}
+
+impl Measured {
+    fn row(self, cpu: CpuSeconds) -> MigrationRow {
+        let positions = self.report.positions;
+        let per_s = |d: Duration| (positions as f64 / d.as_secs_f64().max(1e-9)).round();
+        let mb = |kb: u64| (kb as f64 / 1024.0 * 10.0).round() / 10.0;
+        let secs = |d: Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
+        let (floor, migrate, read_floor, verify) =
+            (self.floor, &self.migrate, self.read_floor, &self.verify);
+        MigrationRow {
+            users: self.users,
+            keys_seeded: self.keys_seeded,
+            legacy_keys_migrated: self.report.keys_migrated,
+            positions_migrated: positions,
+            floor_s: secs(floor),
+            floor_positions_per_s: per_s(floor),
+            migrate_s: secs(migrate.wall),
+            migrate_positions_per_s: per_s(migrate.wall),
+            ratio: ratio(migrate.wall, floor),
+            migrate_exit: migrate.code,
+            migrate_peak_rss_mb: mb(migrate.peak_rss_kb),
+            read_floor_s: secs(read_floor),
+            read_floor_positions_per_s: per_s(read_floor),
+            verify_s: secs(verify.wall),
+            verify_positions_per_s: per_s(verify.wall),
+            verify_ratio: ratio(verify.wall, read_floor),
+            verify_exit: verify.code,
+            verify_peak_rss_mb: mb(verify.peak_rss_kb),
+            cpu,
+        }
+    }
 }
 
 /// CPU seconds spent in each measured step: the server's (`INFO cpu`, all
@@ -233,15 +303,12 @@ pub struct CpuSeconds {
 struct ServerCpu(f64);
 
 impl ServerCpu {
-    async fn start(conn: &mut keyshift_engine::connection::RedisConn) -> anyhow::Result<Self> {
+    async fn start(conn: &mut RedisConn) -> anyhow::Result<Self> {
         Ok(Self(super::cpu::server_seconds(conn).await?))
     }
 
     /// Seconds of server CPU since `start`, to the millisecond.
-    async fn seconds(
-        self,
-        conn: &mut keyshift_engine::connection::RedisConn,
-    ) -> anyhow::Result<f64> {
+    async fn seconds(self, conn: &mut RedisConn) -> anyhow::Result<f64> {
         let spent = super::cpu::server_seconds(conn).await? - self.0;
         Ok((spent * 1000.0).round() / 1000.0)
     }

@@ -43,11 +43,7 @@ pub async fn run(
     let report = locked_unless_dry_run(&conn, dry_run, "cleanup-legacy", work).await?;
     bar.finish_and_clear();
     print!("{}", render(&report));
-    Ok(if report.needs_review() {
-        Outcome::NeedsReview
-    } else {
-        Outcome::Done
-    })
+    Ok(Outcome::review_if(report.needs_review()))
 }
 
 pub fn render(r: &CleanupReport) -> String {
@@ -73,26 +69,18 @@ pub fn render(r: &CleanupReport) -> String {
         );
     }
     if !r.samples.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n{verb} (first {} of {}):",
-            r.samples.len(),
-            r.deleted
-        );
-        for k in &r.samples {
-            let _ = writeln!(out, "  {k:?}");
-        }
+        let heading = format!("{verb} (first {} of {}):", r.samples.len(), r.deleted);
+        sampled(&mut out, &heading, &r.samples, |k| format!("{k:?}"));
     }
     if r.wrong_type > 0 {
-        let _ = writeln!(
-            out,
-            "\nLeft in place, not of their pattern's type (first {} of {}); review them:",
+        let heading = format!(
+            "Left in place, not of their pattern's type (first {} of {}); review them:",
             r.wrong_type_samples.len(),
             r.wrong_type
         );
-        for m in &r.wrong_type_samples {
-            let _ = writeln!(out, "  {:?} is a {}", m.key, m.actual);
-        }
+        sampled(&mut out, &heading, &r.wrong_type_samples, |m| {
+            format!("{:?} is a {}", m.key, m.actual)
+        });
     }
     let _ = writeln!(
         out,
@@ -104,4 +92,12 @@ pub fn render(r: &CleanupReport) -> String {
     let _ = writeln!(out, "{verb}: {} keys", r.deleted);
     let _ = writeln!(out, "Processed: {} keys", r.processed);
     out
+}
+
+/// A heading after a blank line, then one indented line per sample.
+fn sampled<T>(out: &mut String, heading: &str, samples: &[T], line: impl Fn(&T) -> String) {
+    let _ = writeln!(out, "\n{heading}");
+    for s in samples {
+        let _ = writeln!(out, "  {}", line(s));
+    }
 }

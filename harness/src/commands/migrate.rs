@@ -10,7 +10,7 @@ use keyshift_engine::grid_positions::store::standalone::{connect, StandaloneStor
 use keyshift_engine::grid_positions::store::GridPositionsStore;
 use keyshift_engine::redact_url;
 
-use super::{confirm_write, exchanges, locked_unless_dry_run, print_report, progress_bar};
+use super::{confirm_write, exchanges, locked_unless_dry_run, print_report, progress_bar, render};
 use crate::exit::Outcome;
 
 pub struct MigrateArgs<'a> {
@@ -46,11 +46,7 @@ pub async fn run(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
         locked_unless_dry_run(&conn, args.dry_run, "migrate grid-positions", migrate).await?;
     bar.finish_and_clear();
     print_report(&report, args.json, render)?;
-    Ok(if report.needs_review() {
-        Outcome::NeedsReview
-    } else {
-        Outcome::Done
-    })
+    Ok(Outcome::review_if(report.needs_review()))
 }
 
 /// The human summary of a run or a dry-run plan.
@@ -79,12 +75,7 @@ pub fn render(r: &MigrationReport) -> String {
         "skipped",
         "quarantined"
     );
-    let rows = r
-        .per_exchange
-        .iter()
-        .map(|(e, c)| (e.as_str(), c))
-        .chain([("total", &r.totals)]);
-    for (name, c) in rows {
+    for (name, c) in render::rows_with_total(&r.per_exchange, &r.totals) {
         let _ = writeln!(
             out,
             "{:<10} {:>11} {:>9} {:>11} {:>9} {:>10} {:>9} {:>8} {:>11}",
@@ -119,23 +110,10 @@ pub fn render(r: &MigrationReport) -> String {
         ("Quarantined (left untouched)", &r.quarantined),
         ("Conflicts (nothing written)", &r.conflicts),
     ] {
-        if list.is_empty() {
-            continue;
-        }
-        let _ = writeln!(out, "\n{title}: {}", list.len());
-        for f in list.iter().take(20) {
-            let _ = writeln!(out, "  {}: {} — {}", f.key, f.reason, f.detail);
-        }
-        if list.len() > 20 {
-            let _ = writeln!(out, "  ... {} more (use --json for all)", list.len() - 20);
-        }
+        render::findings(&mut out, title, list, |f| {
+            format!("{}: {} — {}", f.key, f.reason, f.detail)
+        });
     }
-    let _ = writeln!(out, "\nElapsed: {:.2} s", r.elapsed_ms as f64 / 1000.0);
-    if r.needs_review() {
-        let _ = writeln!(
-            out,
-            "Some keys need review: they were not changed (see the lists above)."
-        );
-    }
+    render::footer(&mut out, r.elapsed_ms, r.needs_review());
     out
 }

@@ -4,6 +4,7 @@ pub mod cleanup_legacy;
 pub mod cleanup_migration;
 pub mod migrate;
 pub mod order_placed;
+mod render;
 pub mod rollback;
 pub mod status;
 pub mod validate;

@@ -15,7 +15,7 @@ use keyshift_engine::order_placed::{
 use keyshift_engine::redact_url;
 
 use super::migrate::MigrateArgs;
-use super::{confirm_write, exchanges, locked_unless_dry_run, print_report, progress_bar};
+use super::{confirm_write, exchanges, locked_unless_dry_run, print_report, progress_bar, render};
 use crate::exit::Outcome;
 use crate::HarnessError;
 
@@ -41,11 +41,7 @@ pub async fn migrate(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
     let report = locked_unless_dry_run(&conn, args.dry_run, &command, migrate).await?;
     bar.finish_and_clear();
     print_report(&report, args.json, render)?;
-    Ok(if report.needs_review() {
-        Outcome::NeedsReview
-    } else {
-        Outcome::Done
-    })
+    Ok(Outcome::review_if(report.needs_review()))
 }
 
 pub async fn verify(url: &str, json: bool) -> anyhow::Result<Outcome> {
@@ -66,11 +62,7 @@ pub async fn verify(url: &str, json: bool) -> anyhow::Result<Outcome> {
     let report = verify_order_placed(&conn, &run, &|n| bar.inc(n as u64)).await?;
     bar.finish_and_clear();
     print_report(&report, json, render_verify)?;
-    Ok(if report.passed() {
-        Outcome::Done
-    } else {
-        Outcome::InvariantFailed
-    })
+    Ok(Outcome::passed_if(report.passed()))
 }
 
 /// The human summary of a run or a dry-run plan.
@@ -88,12 +80,7 @@ pub fn render(r: &OrderPlacedReport) -> String {
         "{:<10} {:>11} {:>7} {:>13} {:>9} {:>11} {:>8}",
         "exchange", "legacy keys", "moved", "dropped equal", "conflicts", "quarantined", "vanished"
     );
-    let rows = r
-        .per_exchange
-        .iter()
-        .map(|(e, c)| (e.as_str(), c))
-        .chain([("total", &r.totals)]);
-    for (name, c) in rows {
+    for (name, c) in render::rows_with_total(&r.per_exchange, &r.totals) {
         let _ = writeln!(
             out,
             "{:<10} {:>11} {:>7} {:>13} {:>9} {:>11} {:>8}",
@@ -116,48 +103,16 @@ pub fn render(r: &OrderPlacedReport) -> String {
         ("Conflicts (neither key touched)", &r.conflicts),
         ("Quarantined (left untouched)", &r.quarantined),
     ] {
-        render_findings(&mut out, title, list);
+        render::findings(&mut out, title, list, |f: &Finding| {
+            format!("{} -> {}: {} — {}", f.key, f.target, f.reason, f.detail)
+        });
     }
-    let _ = writeln!(out, "\nElapsed: {:.2} s", r.elapsed_ms as f64 / 1000.0);
-    if r.needs_review() {
-        let _ = writeln!(
-            out,
-            "Some keys need review: they were not changed (see the lists above)."
-        );
-    }
+    render::footer(&mut out, r.elapsed_ms, r.needs_review());
     out
-}
-
-fn render_findings(out: &mut String, title: &str, list: &[Finding]) {
-    if list.is_empty() {
-        return;
-    }
-    let _ = writeln!(out, "\n{title}: {}", list.len());
-    for f in list.iter().take(20) {
-        let _ = writeln!(
-            out,
-            "  {} -> {}: {} — {}",
-            f.key, f.target, f.reason, f.detail
-        );
-    }
-    if list.len() > 20 {
-        let _ = writeln!(out, "  ... {} more (use --json for all)", list.len() - 20);
-    }
 }
 
 pub fn render_verify(r: &VerifyReport) -> String {
     let mut out = format!("verify {} — run {}\n", r.migration, r.run_id);
-    for inv in &r.invariants {
-        out.push_str(&inv.summary_line());
-        out.push('\n');
-        for s in &inv.samples {
-            let _ = writeln!(out, "    {s}");
-        }
-    }
-    out.push_str(if r.passed() {
-        "All invariants hold.\n"
-    } else {
-        "Invariants FAILED (exit 1).\n"
-    });
+    render::invariants(&mut out, r);
     out
 }

@@ -58,11 +58,7 @@ pub async fn run(
         }
     };
     print!("{}", render(&report));
-    Ok(if report.skipped.is_empty() {
-        Outcome::Done
-    } else {
-        Outcome::NeedsReview
-    })
+    Ok(Outcome::review_if(!report.skipped.is_empty()))
 }
 
 /// A dry run just runs; a real one asks (or takes --force) and holds the lock.

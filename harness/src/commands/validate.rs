@@ -31,11 +31,7 @@ pub async fn run(url: &str, json: bool, schema: Option<&Path>) -> anyhow::Result
     .await?;
     bar.finish_and_clear();
     print_report(&report, json, render)?;
-    Ok(if report.passed {
-        Outcome::Done
-    } else {
-        Outcome::InvariantFailed
-    })
+    Ok(Outcome::passed_if(report.passed))
 }
 
 /// The text table: one row per pattern, then samples; bounded by the

@@ -4,7 +4,7 @@ use keyshift_engine::grid_positions::latest_run;
 use keyshift_engine::grid_positions::store::standalone::connect;
 use keyshift_engine::grid_positions::verify::{verify_grid_positions, VerifyReport};
 
-use super::{print_report, progress_bar};
+use super::{print_report, progress_bar, render};
 use crate::exit::Outcome;
 
 pub async fn run(url: &str, json: bool) -> anyhow::Result<Outcome> {
@@ -14,11 +14,7 @@ pub async fn run(url: &str, json: bool) -> anyhow::Result<Outcome> {
     let report = verify_grid_positions(&conn, &run, &|n| bar.inc(n as u64)).await?;
     bar.finish_and_clear();
     print_report(&report, json, render)?;
-    Ok(if report.passed() {
-        Outcome::Done
-    } else {
-        Outcome::InvariantFailed
-    })
+    Ok(Outcome::passed_if(report.passed()))
 }
 
 fn run_size(run: &keyshift_engine::run::journal::RunRecord) -> u64 {
@@ -34,17 +30,6 @@ pub fn render(r: &VerifyReport) -> String {
         "verify grid-positions — run {} (stamp {})\n",
         r.run_id, r.stamp
     );
-    for inv in &r.invariants {
-        out.push_str(&inv.summary_line());
-        out.push('\n');
-        for s in &inv.samples {
-            out.push_str(&format!("    {s}\n"));
-        }
-    }
-    out.push_str(if r.passed() {
-        "All invariants hold.\n"
-    } else {
-        "Invariants FAILED (exit 1).\n"
-    });
+    render::invariants(&mut out, r);
     out
 }

@@ -1,6 +1,7 @@
 //! The gate's own invariants, beyond what `verify` checks on a live server.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Instant;
 
 use futures_util::future::try_join_all;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -100,6 +101,12 @@ pub async fn restore_backups(
         }
     }
     Ok(restored)
+}
+
+/// TTLs tick down between two digests: the tolerance of a comparison is
+/// the time since the first of the two began, plus a second.
+pub fn slack_since(t: Instant) -> i64 {
+    t.elapsed().as_millis() as i64 + 1_000
 }
 
 /// Turns a digest comparison into an invariant result.
@@ -243,6 +250,12 @@ pub fn check_truth(
             truth.positions
         ))
     });
+    plan_foresaw_run(r, plan, run);
+}
+
+/// The dry-run plan predicted exactly what the run did (a run that met
+/// conflicts is not held to it).
+pub fn plan_foresaw_run(r: &mut InvariantResult, plan: &MigrationReport, run: &MigrationReport) {
     r.check(
         if plan.totals == run.totals || run.totals.keys_conflicting > 0 {
             Ok(())

@@ -9,32 +9,25 @@
 pub mod checks;
 pub mod engines;
 mod phase1;
+mod phase2;
 pub mod rdb;
 mod rollback;
 
 use std::time::Instant;
 
 use keyshift_engine::connection::RedisConn;
-use keyshift_engine::grid_positions::latest_run;
-use keyshift_engine::grid_positions::runner::{migrate_grid_positions, MigrateOptions};
 use keyshift_engine::grid_positions::store::standalone::connect;
-use keyshift_engine::grid_positions::store::GridPositionsStore;
-use keyshift_engine::grid_positions::verify::verify_grid_positions;
-use keyshift_engine::keys::DEFAULT_EXCHANGES;
 use keyshift_engine::run::journal::is_journal_key;
 
 use crate::backend::{BackendKind, Deployment, RedisServer};
 use crate::cli::GateArgs;
-use crate::commands::{locked, progress_bar};
-use crate::digest::{compare, digest};
+use crate::commands::exchanges;
+use crate::digest::{digest, Digest};
 use crate::exit::Outcome;
-use crate::report::{self, GateReport, InvariantEntry, PhaseReport};
+use crate::report::{self, GateReport, PhaseReport};
 use crate::seed::{self, generate, load_fixture_dir, GenConfig, Generated, Keyspace};
-use crate::writers::{self, WritersConfig};
 use crate::HarnessError;
-
-/// Users the writers keep writing through the gate's second migration.
-const HOT_USERS: usize = 30;
+use rdb::SnapshotReport;
 
 pub use engines::{Engines, Production};
 
@@ -58,11 +51,7 @@ pub async fn run_with(args: &GateArgs, gen: GenConfig) -> anyhow::Result<Outcome
     let report = evaluate(&Production, args, gen).await?;
     report::write_all(&report, &args.report_dir)?;
     print!("{}", summary(&report, &args.report_dir));
-    Ok(if report.passed {
-        Outcome::Done
-    } else {
-        Outcome::InvariantFailed
-    })
+    Ok(Outcome::passed_if(report.passed))
 }
 
 /// Where the gate's keyspace comes from, and what it is judged against.
@@ -126,6 +115,17 @@ impl Source {
             }
         }
     }
+
+    /// The keys each phase expects: the model's, or the snapshot's as
+    /// loaded.
+    fn seeded_keys<'s>(&'s self, loaded: &'s Digest) -> Vec<&'s str> {
+        match self {
+            Source::Seeded { keyspace, .. } => {
+                keyspace.entries.iter().map(|e| e.key.as_str()).collect()
+            }
+            Source::Snapshot(_) => loaded.keys.keys().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// The whole gate pipeline on the stores `engines` opens: seed a fresh
@@ -138,211 +138,151 @@ pub async fn evaluate<E: Engines>(
     args: &GateArgs,
     gen: GenConfig,
 ) -> anyhow::Result<GateReport> {
-    let started = Instant::now();
-    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let exchanges: Vec<String> = DEFAULT_EXCHANGES.iter().map(|s| (*s).to_owned()).collect();
-
-    let source = Source::from_args(args, &gen)?;
-    let server = source.server(args.backend, args.cluster).await?;
-    eprintln!("gate: {} backend at {}", server.describe(), server.url());
-    let conn = connect(&server.url()).await?;
-    // INFO through a cluster client goes to every primary: ask one node.
-    let redis_version =
-        checks::redis_version(&RedisConn::from(server.nodes()[0].connection().await?)).await;
-    let store = engines.grid(&server.url(), &conn).await?;
-    let order_placed = engines.order_placed(&server.url(), &conn).await?;
-
-    let not_journal = |k: &str| !is_journal_key(k);
-    // TTLs tick down between two digests: the tolerance of each comparison
-    // is the time since the first of the two began, plus a second.
-    let slack_since = |t: Instant| t.elapsed().as_millis() as i64 + 1_000;
-
+    let gate = Gate::start(engines, args, gen).await?;
     // The migration guide's order: Phase 1, Phase 1.5, then Phase 2, each
     // checked against the keyspace as the previous phase left it.
-    let mut phases = Vec::new();
-    let phase_at = Instant::now();
-    let loaded = digest(&conn, not_journal).await?;
-    // The keys each phase expects: the model's, or the snapshot's as loaded.
-    let seeded: Vec<&str> = match &source {
-        Source::Seeded { keyspace, .. } => {
-            keyspace.entries.iter().map(|e| e.key.as_str()).collect()
-        }
-        Source::Snapshot(_) => loaded.keys.keys().map(String::as_str).collect(),
-    };
-    phases.push(
-        phase1::order_placed(&order_placed, &conn, &seeded, &exchanges, &loaded, phase_at).await?,
-    );
-    let phase_at = Instant::now();
-    let before_phase = digest(&conn, not_journal).await?;
-    phases.push(phase1::cleanup_legacy_cache(&conn, &seeded, &before_phase, phase_at).await?);
-
-    let pre_at = Instant::now();
-    let pre = digest(&conn, not_journal).await?;
-    let pre_took = pre_at.elapsed();
-    // On a snapshot, its legacy values: what counts and the writers use.
-    let snapshot_legacy = match &source {
-        Source::Snapshot(_) => rdb::read_legacy(&conn, &pre, &exchanges).await?,
-        Source::Seeded { .. } => Keyspace::new(),
-    };
-    let mut invariants = Vec::new();
-
-    // The plan must write nothing at all.
-    let mut opts = MigrateOptions::new(exchanges.clone());
-    opts.dry_run = true;
-    let plan_at = Instant::now();
-    let before_plan = digest(&conn, |_| true).await?;
-    let plan = migrate_grid_positions(&store, &opts, &|_| {}).await?;
-    let after_plan = digest(&conn, |_| true).await?;
-    invariants.push(checks::diff_invariant(
-        "dry_run",
-        "a dry run writes nothing (journal included)",
-        &compare(&before_plan, &after_plan, slack_since(plan_at)),
-    ));
-
-    opts.dry_run = false;
-    let bar = progress_bar(store.key_count().await?, "gate: migrate grid-positions");
-    let tick = |n: usize| bar.inc(n as u64);
-    let migration = locked(
-        &conn,
-        "gate: migrate grid-positions",
-        migrate_grid_positions(&store, &opts, &tick),
-    )
-    .await?;
-    bar.finish_and_clear();
-    let run = latest_run(&conn).await?;
-    let verified = verify_grid_positions(&conn, &run, &|_| {}).await?;
-    let post = digest(&conn, not_journal).await?;
-    let outcomes = checks::read_outcomes(&conn, &run.run_id).await?;
-
-    // Backups restored into a second fresh server (a fresh cluster for a
-    // cluster) give back the legacy keys.
-    let restore_server = Deployment::start(server.kind(), server.is_cluster(), &[]).await?;
-    let restore_conn = connect(&restore_server.url()).await?;
-    let restored = checks::restore_backups(&conn, &restore_conn, &run, &outcomes).await?;
-    let restored_digest = digest(&restore_conn, |_| true).await?;
-    let slack = slack_since(pre_at);
-    let restore_diff = compare(
-        &pre.filtered(|k| restored.contains(k)),
-        &restored_digest,
-        slack,
-    );
-
-    let mut engine_invariants = verified.invariants;
-    for inv in &mut engine_invariants {
-        match inv.id.as_str() {
-            "backup" => checks::fold_diff(inv, &restore_diff, "restored from backups"),
-            "counts" => match &source {
-                Source::Seeded { generated, .. } => {
-                    checks::check_truth(inv, generated, &plan, &migration, &outcomes)
-                }
-                Source::Snapshot(_) => rdb::check_counts(
-                    inv,
-                    &pre,
-                    &snapshot_legacy,
-                    &exchanges,
-                    &plan,
-                    &migration,
-                    &outcomes,
-                ),
-            },
-            _ => {}
-        }
-    }
-    invariants.extend(
-        engine_invariants
-            .into_iter()
-            .map(InvariantEntry::from_result),
-    );
-    invariants.push(checks::untouched(
-        &pre, &post, &run, &exchanges, &outcomes, slack,
-    ));
-    invariants.push(checks::api(&restore_conn, &conn, &outcomes, &exchanges).await?);
-
+    let loaded_at = Instant::now();
+    let loaded = digest(&gate.conn, not_journal).await?;
+    let seeded = gate.source.seeded_keys(&loaded);
+    let mut phases = vec![gate.order_placed(&seeded, &loaded, loaded_at).await?];
+    phases.push(phase1::cleanup_legacy_cache(&gate.conn, &seeded).await?);
+    let pre = gate.before_phase2().await?;
+    let mut first = gate.phase2(&pre).await?;
     // Rollback, migrate again (verified like the first), then a run that
     // must write nothing.
-    let before = rollback::Before {
-        digest: &pre,
-        taken: pre_at,
-        took: pre_took,
-    };
-    let writers = rollback::GateWriters {
-        url: server.url(),
-        pairs: writers::hot_pairs(
-            match &source {
-                Source::Seeded { generated, .. } => &generated.keyspace,
-                Source::Snapshot(_) => &snapshot_legacy,
-            },
-            &exchanges,
-            HOT_USERS,
-            gen.seed,
-        ),
-        cfg: WritersConfig {
-            seed: gen.seed,
-            ..WritersConfig::default()
-        },
-        writes: HOT_USERS * 2,
-    };
-    let again =
-        rollback::rollback_then_migrate_again(&store, &conn, before, &opts, &writers).await?;
-    for verified in again.verified {
-        if let Some(entry) = invariants.iter_mut().find(|e| e.id == verified.id) {
-            entry.absorb(verified);
-        }
-    }
-    for (id, note) in again.notes {
-        if let Some(entry) = invariants.iter_mut().find(|e| e.id == id) {
-            entry.note = Some(format!("second run: {note}"));
-        }
-    }
-    invariants.push(again.rollback);
-    invariants.push(again.idempotent);
-    invariants.push(again.no_lost_writes);
+    let again = gate.rollback_then_migrate_again(&pre).await?;
+    again.merge_into(&mut first.invariants);
+    phases.push(PhaseReport::grid_positions(
+        &first.migration,
+        first.invariants,
+    ));
+    gate.report(seeded.len(), &loaded, phases).await
+}
 
-    let snapshot = match &source {
-        Source::Snapshot(snap) => {
-            let others = rdb::other_databases_of(&conn).await?;
-            if !others.is_empty() {
-                eprintln!(
-                    "gate: the snapshot also holds keys in other databases ({others:?}: database -> keys); the gate, like the migrations, ran on database 0 only"
-                );
-            }
-            Some(rdb::report(snap, &loaded, &exchanges, others))
+fn not_journal(k: &str) -> bool {
+    !is_journal_key(k)
+}
+
+/// One gate run: its inputs, the seeded server and the stores opened on
+/// it. Each phase is a method (Phase 1 here, Phase 2 in `phase2`, the
+/// rollback and second migration in `rollback`).
+struct Gate<'a, E: Engines> {
+    args: &'a GateArgs,
+    gen: GenConfig,
+    started: Instant,
+    started_at: String,
+    exchanges: Vec<String>,
+    source: Source,
+    server: Deployment,
+    conn: RedisConn,
+    redis_version: String,
+    grid: E::Grid,
+    order_placed: E::OrderPlaced,
+}
+
+impl<'a, E: Engines> Gate<'a, E> {
+    /// Seeds (or loads) the server and opens the stores on it.
+    async fn start(engines: &E, args: &'a GateArgs, gen: GenConfig) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let exchanges = exchanges(None);
+        let source = Source::from_args(args, &gen)?;
+        let server = source.server(args.backend, args.cluster).await?;
+        eprintln!("gate: {} backend at {}", server.describe(), server.url());
+        let conn = connect(&server.url()).await?;
+        // INFO through a cluster client goes to every primary: ask one node.
+        let redis_version =
+            checks::redis_version(&RedisConn::from(server.nodes()[0].connection().await?)).await;
+        let grid = engines.grid(&server.url(), &conn).await?;
+        let order_placed = engines.order_placed(&server.url(), &conn).await?;
+        Ok(Gate {
+            args,
+            gen,
+            started,
+            started_at,
+            exchanges,
+            source,
+            server,
+            conn,
+            redis_version,
+            grid,
+            order_placed,
+        })
+    }
+
+    /// Phase 1, checked against the keyspace as loaded (`loaded`, digested
+    /// at `loaded_at`).
+    async fn order_placed(
+        &self,
+        seeded: &[&str],
+        loaded: &Digest,
+        loaded_at: Instant,
+    ) -> anyhow::Result<PhaseReport> {
+        phase1::order_placed(
+            &self.order_placed,
+            &self.conn,
+            seeded,
+            &self.exchanges,
+            loaded,
+            loaded_at,
+        )
+        .await
+    }
+
+    /// The report of every phase, with what the gate ran on.
+    async fn report(
+        &self,
+        keys_seeded: usize,
+        loaded: &Digest,
+        phases: Vec<PhaseReport>,
+    ) -> anyhow::Result<GateReport> {
+        let snapshot = self.snapshot_report(loaded).await?;
+        let mut report = GateReport {
+            schema_version: report::SCHEMA_VERSION,
+            keyshift_version: env!("CARGO_PKG_VERSION"),
+            started_at: self.started_at.clone(),
+            elapsed_ms: self.started.elapsed().as_millis(),
+            backend: self.server.describe(),
+            redis_version: self.redis_version.clone(),
+            seed: self.gen.seed,
+            users: match &snapshot {
+                Some(s) => s.legacy_users,
+                None => self.gen.users,
+            },
+            fixtures: match &self.source {
+                Source::Seeded { fixtures, .. } => fixtures
+                    .as_ref()
+                    .map(|_| self.args.fixtures.display().to_string()),
+                Source::Snapshot(_) => None,
+            },
+            keys_seeded,
+            truth: match &self.source {
+                Source::Seeded { generated, .. } => serde_json::to_value(&generated.truth)?,
+                Source::Snapshot(_) => serde_json::Value::Null,
+            },
+            snapshot,
+            phases,
+            passed: false,
+            replay: replay_command(self.args, &self.gen, self.server.kind()),
+        };
+        report.compute_passed();
+        Ok(report)
+    }
+
+    /// On a snapshot, what it held as loaded (and a word on databases the
+    /// gate left alone).
+    async fn snapshot_report(&self, loaded: &Digest) -> anyhow::Result<Option<SnapshotReport>> {
+        let Source::Snapshot(snap) = &self.source else {
+            return Ok(None);
+        };
+        let others = rdb::other_databases_of(&self.conn).await?;
+        if !others.is_empty() {
+            eprintln!(
+                "gate: the snapshot also holds keys in other databases ({others:?}: database -> keys); the gate, like the migrations, ran on database 0 only"
+            );
         }
-        Source::Seeded { .. } => None,
-    };
-    let mut report = GateReport {
-        schema_version: report::SCHEMA_VERSION,
-        keyshift_version: env!("CARGO_PKG_VERSION"),
-        started_at,
-        elapsed_ms: started.elapsed().as_millis(),
-        backend: server.describe(),
-        redis_version,
-        seed: gen.seed,
-        users: match &snapshot {
-            Some(s) => s.legacy_users,
-            None => gen.users,
-        },
-        fixtures: match &source {
-            Source::Seeded { fixtures, .. } => fixtures
-                .as_ref()
-                .map(|_| args.fixtures.display().to_string()),
-            Source::Snapshot(_) => None,
-        },
-        keys_seeded: seeded.len(),
-        truth: match &source {
-            Source::Seeded { generated, .. } => serde_json::to_value(&generated.truth)?,
-            Source::Snapshot(_) => serde_json::Value::Null,
-        },
-        snapshot,
-        phases: {
-            phases.push(PhaseReport::grid_positions(&migration, invariants));
-            phases
-        },
-        passed: false,
-        replay: replay_command(args, &gen, server.kind()),
-    };
-    report.compute_passed();
-    Ok(report)
+        Ok(Some(rdb::report(snap, loaded, &self.exchanges, others)))
+    }
 }
 
 fn load_fixtures(args: &GateArgs) -> anyhow::Result<Option<Keyspace>> {

@@ -17,16 +17,10 @@ use keyshift_engine::order_placed::{
 use keyshift_engine::run::invariant::InvariantResult;
 use keyshift_engine::run::journal::{is_journal_key, OrderPlacedOutcome};
 
-use super::checks::{diff_invariant, fold_diff, read_outcomes};
+use super::checks::{diff_invariant, fold_diff, read_outcomes, slack_since};
 use crate::commands::locked;
 use crate::digest::{compare, digest, Digest};
 use crate::report::{InvariantEntry, PhaseReport};
-
-/// TTLs tick down between two digests: the time since the first began,
-/// plus a second.
-fn slack_since(t: Instant) -> i64 {
-    t.elapsed().as_millis() as i64 + 1_000
-}
 
 /// Phase 1 through `store`, checked on `conn` (the same server); `seeded`
 /// names the keys the server was given (the model's, or a snapshot's as
@@ -129,13 +123,13 @@ pub async fn order_placed<S: OrderPlacedStore>(
     })
 }
 
-/// Phase 1.5 on `conn`; `pre` is the digest taken before it.
+/// Phase 1.5 on `conn`, checked against the keyspace as Phase 1 left it.
 pub async fn cleanup_legacy_cache(
     conn: &RedisConn,
     seeded: &[&str],
-    pre: &Digest,
-    pre_at: Instant,
 ) -> anyhow::Result<PhaseReport> {
+    let pre_at = Instant::now();
+    let pre = digest(conn, |k| !is_journal_key(k)).await?;
     let schema = Schema::builtin();
     let is_cache = |k: &str| {
         schema

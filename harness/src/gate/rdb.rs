@@ -340,16 +340,7 @@ pub fn check_counts(
             run.totals.legacy_keys_found
         ))
     });
-    r.check(
-        if plan.totals == run.totals || run.totals.keys_conflicting > 0 {
-            Ok(())
-        } else {
-            Err(format!(
-                "the dry-run plan predicted {:?}, the run did {:?}",
-                plan.totals, run.totals
-            ))
-        },
-    );
+    super::checks::plan_foresaw_run(r, plan, run);
 }
 
 /// Keys per database other than 0 in an `INFO keyspace` answer

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::error::EngineError;
 use keyshift_engine::grid_positions::latest_run;
-use keyshift_engine::grid_positions::rollback::{rollback_grid_positions, RollbackOptions};
+use keyshift_engine::grid_positions::rollback::{
+    rollback_grid_positions, RollbackOptions, RollbackReport,
+};
 use keyshift_engine::grid_positions::runner::{
     migrate_grid_positions, MigrateOptions, MigrationReport,
 };
@@ -18,13 +20,17 @@ use keyshift_engine::grid_positions::store::GridPositionsStore;
 use keyshift_engine::grid_positions::verify::{verify_grid_positions_scoped, Scope};
 use keyshift_engine::keys::BackupKey;
 use keyshift_engine::run::invariant::InvariantResult;
-use keyshift_engine::run::journal::{is_journal_key, Outcome};
+use keyshift_engine::run::journal::{is_journal_key, Outcome, RunRecord};
 
-use super::checks;
+use super::phase2::{migrate_options, Pre};
+use super::{checks, not_journal, Engines, Gate, Source};
 use crate::commands::locked;
 use crate::digest::{compare, digest, Digest};
 use crate::report::InvariantEntry;
 use crate::writers::{self, HotPair, WritersConfig};
+
+/// Users the writers keep writing through the gate's second migration.
+const HOT_USERS: usize = 30;
 
 /// How far a restored TTL may be from the TTL before the migration, once
 /// the time between the two digests is accounted for.
@@ -75,9 +81,52 @@ async fn migrate_locked<S: GridPositionsStore>(
     .await
 }
 
+impl Again {
+    /// Folds the second run into the first run's entries (its verify
+    /// results, and notes on those that left users out), then adds
+    /// `rollback`, `idempotent` and `no-lost-writes`.
+    pub fn merge_into(self, invariants: &mut Vec<InvariantEntry>) {
+        for verified in self.verified {
+            if let Some(entry) = invariants.iter_mut().find(|e| e.id == verified.id) {
+                entry.absorb(verified);
+            }
+        }
+        for (id, note) in self.notes {
+            if let Some(entry) = invariants.iter_mut().find(|e| e.id == id) {
+                entry.note = Some(format!("second run: {note}"));
+            }
+        }
+        invariants.push(self.rollback);
+        invariants.push(self.idempotent);
+        invariants.push(self.no_lost_writes);
+    }
+}
+
+impl<E: Engines> Gate<'_, E> {
+    /// The second half on the gate's server, with writers on its hot users
+    /// (the generator's, or the snapshot's legacy keys).
+    pub(super) async fn rollback_then_migrate_again(&self, pre: &Pre) -> anyhow::Result<Again> {
+        let legacy = match &self.source {
+            Source::Seeded { generated, .. } => &generated.keyspace,
+            Source::Snapshot(_) => &pre.snapshot_legacy,
+        };
+        let writers = GateWriters {
+            url: self.server.url(),
+            pairs: writers::hot_pairs(legacy, &self.exchanges, HOT_USERS, self.gen.seed),
+            cfg: WritersConfig {
+                seed: self.gen.seed,
+                ..WritersConfig::default()
+            },
+            writes: HOT_USERS * 2,
+        };
+        let opts = migrate_options(&self.exchanges, false);
+        rollback_then_migrate_again(&self.grid, &self.conn, pre.before(), &opts, &writers).await
+    }
+}
+
 /// Runs rollback, re-migration (with `writers` running through it) and a
 /// last idempotent run.
-pub async fn rollback_then_migrate_again<S: GridPositionsStore>(
+async fn rollback_then_migrate_again<S: GridPositionsStore>(
     store: &S,
     conn: &RedisConn,
     before: Before<'_>,
@@ -99,6 +148,28 @@ pub async fn rollback_then_migrate_again<S: GridPositionsStore>(
         Err(e @ EngineError::Refused(_)) => return Ok(refused(&e, writers)),
         Err(e) => return Err(e.into()),
     };
+    let rolled_back = rollback_invariant(conn, &run, &before, &rollback).await?;
+    let (again, no_lost_writes) = migrate_with_writers(store, conn, opts, writers).await?;
+    let mut second = verify_second_run(conn, &run, &again, rollback.restored, writers).await?;
+    rerun_writer_conflicts(store, conn, opts, &mut second).await?;
+    let idempotent = idempotent_run(store, conn, opts).await?;
+    Ok(Again {
+        rollback: rolled_back,
+        verified: second.verified,
+        notes: second.notes,
+        idempotent,
+        no_lost_writes,
+    })
+}
+
+/// The keyspace after the rollback of `run` against the one before the
+/// migration, every TTL of which has ticked down since.
+async fn rollback_invariant(
+    conn: &RedisConn,
+    run: &RunRecord,
+    before: &Before<'_>,
+    rollback: &RollbackReport,
+) -> anyhow::Result<InvariantEntry> {
     let ours = |k: &str| {
         is_journal_key(k)
             || BackupKey::parse(k, &run.exchanges).is_some_and(|b| b.stamp == run.stamp)
@@ -118,24 +189,50 @@ pub async fn rollback_then_migrate_again<S: GridPositionsStore>(
     for f in rollback.changed.iter().chain(&rollback.skipped) {
         result.mismatch(|| format!("{}: {} — {}", f.key, f.reason, f.detail));
     }
+    Ok(InvariantEntry::from_result(result))
+}
 
-    // Migrate again from the restored keyspace, writers writing throughout;
-    // it must verify as the first did, the writers' users aside.
+/// Migrates again from the restored keyspace, the writers (when the
+/// keyspace has users to carry them) writing throughout; returns the run's
+/// report and `no-lost-writes`.
+async fn migrate_with_writers<S: GridPositionsStore>(
+    store: &S,
+    conn: &RedisConn,
+    opts: &MigrateOptions,
+    w: &GateWriters,
+) -> anyhow::Result<(MigrationReport, InvariantEntry)> {
     let migration = migrate_locked(store, conn, opts);
-    let w = writers;
-    let (again, no_lost_writes) = if w.pairs.is_empty() {
+    if w.pairs.is_empty() {
         let why = "not run: the keyspace holds no user the migration would move";
         let entry = InvariantEntry::not_run(writers::ID, writers::DESCRIPTION, why);
-        (migration.await?, entry)
-    } else {
-        let (again, history) =
-            writers::around(&w.url, w.pairs.clone(), &w.cfg, w.writes, migration).await?;
-        let entry = writers::no_lost_writes(conn, &history).await;
-        (again?, entry)
-    };
+        return Ok((migration.await?, entry));
+    }
+    let (again, history) =
+        writers::around(&w.url, w.pairs.clone(), &w.cfg, w.writes, migration).await?;
+    let entry = writers::no_lost_writes(conn, &history).await;
+    Ok((again?, entry))
+}
+
+/// The second run's verify (the writers' users left out) and the legacy
+/// keys the writers left in conflict.
+struct SecondRun {
+    verified: Vec<InvariantResult>,
+    notes: Vec<(String, String)>,
+    writer_conflicts: usize,
+}
+
+/// The second run must verify as the first did, the writers' users aside,
+/// and account for every key the rollback of `first` restored.
+async fn verify_second_run(
+    conn: &RedisConn,
+    first: &RunRecord,
+    again: &MigrationReport,
+    restored: usize,
+    writers: &GateWriters,
+) -> anyhow::Result<SecondRun> {
     let run2 = latest_run(conn).await?;
     let scope = Scope {
-        left_out: writers::legacy_keys(&w.pairs),
+        left_out: writers::legacy_keys(&writers.pairs),
     };
     let scoped = verify_grid_positions_scoped(conn, &run2, &scope, &|_| {}).await?;
     let notes = scoped
@@ -157,62 +254,80 @@ pub async fn rollback_then_migrate_again<S: GridPositionsStore>(
         .iter()
         .filter(|k| !scope.left_out.contains(k.as_str()))
         .collect();
-    let accounted = again.totals.keys_migrated + conflicts.len();
-    let count_check = if run2.run_id == run.run_id {
+    let count_check = if run2.run_id == first.run_id {
         Err("the second migration wrote no run of its own".to_string())
     } else if !stray.is_empty() {
         Err(format!(
             "the second migration reports conflicts on keys no writer wrote: {stray:?}"
         ))
-    } else if accounted != rollback.restored {
-        Err(format!(
-            "the second migration migrated {} keys ({} conflicts of writers' keys), the rollback restored {}",
-            again.totals.keys_migrated,
-            conflicts.len(),
-            rollback.restored
-        ))
     } else {
-        Ok(())
+        accounted(again.totals.keys_migrated, conflicts.len(), restored)
     };
     let mut verified = scoped.report.invariants;
     for v in &mut verified {
         v.check(count_check.clone());
     }
+    Ok(SecondRun {
+        verified,
+        notes,
+        writer_conflicts: conflicts.len(),
+    })
+}
 
-    // The writers' conflicts are left for a rerun: an operator reruns, and
-    // so does the gate, now that the writers have stopped. It must migrate
-    // exactly those keys; only then is there nothing left to do.
-    let writer_conflicts = conflicts.len();
-    if writer_conflicts > 0 {
-        let rerun = migrate_locked(store, conn, opts).await?;
-        let rerun_check = if rerun.totals.keys_migrated == writer_conflicts {
-            Ok(())
-        } else {
-            Err(format!(
-                "the rerun after the writers stopped migrated {} keys, but the writers left {writer_conflicts} in conflict",
-                rerun.totals.keys_migrated
-            ))
-        };
-        for v in &mut verified {
-            v.check(rerun_check.clone());
-        }
+/// Every key the rollback restored is migrated again, or in conflict with
+/// a writer.
+fn accounted(migrated: usize, conflicts: usize, restored: usize) -> Result<(), String> {
+    if migrated + conflicts == restored {
+        return Ok(());
     }
+    Err(format!(
+        "the second migration migrated {migrated} keys ({conflicts} conflicts of writers' keys), the rollback restored {restored}"
+    ))
+}
 
-    // And once more: nothing left to do, nothing written.
+/// The writers' conflicts are left for a rerun: an operator reruns, and
+/// so does the gate, now that the writers have stopped. It must migrate
+/// exactly those keys; only then is there nothing left to do.
+async fn rerun_writer_conflicts<S: GridPositionsStore>(
+    store: &S,
+    conn: &RedisConn,
+    opts: &MigrateOptions,
+    second: &mut SecondRun,
+) -> anyhow::Result<()> {
+    let writer_conflicts = second.writer_conflicts;
+    if writer_conflicts == 0 {
+        return Ok(());
+    }
+    let rerun = migrate_locked(store, conn, opts).await?;
+    let rerun_check = if rerun.totals.keys_migrated == writer_conflicts {
+        Ok(())
+    } else {
+        Err(format!(
+            "the rerun after the writers stopped migrated {} keys, but the writers left {writer_conflicts} in conflict",
+            rerun.totals.keys_migrated
+        ))
+    };
+    for v in &mut second.verified {
+        v.check(rerun_check.clone());
+    }
+    Ok(())
+}
+
+/// And once more: nothing left to do, nothing written.
+async fn idempotent_run<S: GridPositionsStore>(
+    store: &S,
+    conn: &RedisConn,
+    opts: &MigrateOptions,
+) -> anyhow::Result<InvariantEntry> {
     let third_at = Instant::now();
-    let not_journal = |k: &str| !is_journal_key(k);
     let before_third = digest(conn, not_journal).await?;
     let third = migrate_locked(store, conn, opts).await?;
     let after_third = digest(conn, not_journal).await?;
-    let slack = third_at.elapsed().as_millis() as i64 + TTL_TOLERANCE_MS;
-    let idempotent = checks::idempotent(&compare(&before_third, &after_third, slack), &third);
-    Ok(Again {
-        rollback: InvariantEntry::from_result(result),
-        verified,
-        notes,
-        idempotent,
-        no_lost_writes,
-    })
+    let slack = checks::slack_since(third_at);
+    Ok(checks::idempotent(
+        &compare(&before_third, &after_third, slack),
+        &third,
+    ))
 }
 
 /// The entries of a rollback that refused to run: `rollback` fails with

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Instant;
 
+use keyshift_engine::connection::RedisConn;
 use keyshift_engine::grid_positions::store::standalone::connect;
 use keyshift_engine::grid_positions::verify::{verify_grid_positions_scoped, Scope};
 use keyshift_engine::keys::{
@@ -14,7 +15,10 @@ use keyshift_engine::keys::{
     DEFAULT_EXCHANGES,
 };
 use keyshift_engine::order_placed::verify::verify_order_placed;
-use keyshift_engine::run::journal::{is_journal_key, runs_of, OrderPlacedOutcome, Outcome};
+use keyshift_engine::run::invariant::InvariantResult;
+use keyshift_engine::run::journal::{
+    is_journal_key, runs_of, OrderPlacedOutcome, Outcome, RunRecord,
+};
 use serde::Serialize;
 
 use super::model::{FindingKind, MigrationName};
@@ -50,11 +54,51 @@ pub struct Checked {
     runs: Vec<(MigrationName, Vec<String>)>,
 }
 
-fn push(out: &mut Checked, phase: &str, entry: InvariantEntry) {
-    out.invariants.push(PhaseInvariant {
-        phase: phase.to_owned(),
-        entry,
-    });
+impl Checked {
+    /// Adds an invariant result of `phase`.
+    pub fn push(&mut self, phase: &str, entry: InvariantEntry) {
+        self.invariants.push(PhaseInvariant {
+            phase: phase.to_owned(),
+            entry,
+        });
+    }
+}
+
+/// What the scenario's runs made their own: the keys they migrated (moved
+/// or dropped, for Phase 1, with their targets), and the legacy keys among
+/// them.
+#[derive(Default)]
+struct Owned {
+    keys: BTreeSet<String>,
+    migrated_legacy: BTreeSet<String>,
+}
+
+impl Owned {
+    /// Whether `k` is the migration's or the writers': "untouched" leaves
+    /// it aside. `stamps` are the grid-positions runs' backup stamps.
+    fn owns(&self, k: &str, stamps: &[String], writer_users: &BTreeSet<(String, String)>) -> bool {
+        // A position hash or index set is the migration's only when its
+        // user's legacy key migrated: a pre-existing target of a user in
+        // conflict must stay as it was.
+        let user_migrated = |ex: &str, uid: &str| {
+            self.migrated_legacy
+                .contains(&LegacyPositionsKey::new(ex, uid).key())
+        };
+        let writers_own =
+            |ex: &str, uid: &str| writer_users.contains(&(ex.to_owned(), uid.to_owned()));
+        self.keys.contains(k)
+            || LegacyPositionsKey::parse(k, &DEFAULT_EXCHANGES)
+                .is_some_and(|l| writers_own(&l.exchange, &l.user_id))
+            || PositionHashKey::parse(k, &DEFAULT_EXCHANGES)
+                .is_some_and(|h| writers_own(&h.exchange, &h.user_id))
+            || parse_index_key(k, &DEFAULT_EXCHANGES)
+                .is_some_and(|(uid, ex)| writers_own(&ex, &uid))
+            || BackupKey::parse(k, &DEFAULT_EXCHANGES).is_some_and(|b| stamps.contains(&b.stamp))
+            || PositionHashKey::parse(k, &DEFAULT_EXCHANGES)
+                .is_some_and(|h| user_migrated(&h.exchange, &h.user_id))
+            || parse_index_key(k, &DEFAULT_EXCHANGES)
+                .is_some_and(|(uid, ex)| user_migrated(&ex, &uid))
+    }
 }
 
 /// Runs every check on the server after the scenario's invocations.
@@ -78,113 +122,129 @@ pub async fn check(
     };
     let conn = connect(&server.url()).await?;
     let mut out = Checked::default();
-    let mut owned: BTreeSet<String> = BTreeSet::new();
-    let mut migrated_legacy: BTreeSet<String> = BTreeSet::new();
+    let mut owned = Owned::default();
     for &m in migrations {
-        let phase = m.as_str();
-        // Oldest first. A scenario may leave several runs: a run recorded
-        // done just before its fault, then a rerun that found nothing left.
-        let mut runs = runs_of(&conn, phase).await?;
-        runs.reverse();
-        if runs.is_empty() {
-            push(&mut out, phase, missing_run(phase));
-        }
-        let first = out.invariants.len();
-        let mut scoped_notes: BTreeMap<String, String> = BTreeMap::new();
-        for run in &runs {
-            let results = match m {
-                MigrationName::OrderPlaced => {
-                    verify_order_placed(&conn, run, &|_| {}).await?.invariants
-                }
-                MigrationName::GridPositions => {
-                    let scoped = verify_grid_positions_scoped(&conn, run, &scope, &|_| {}).await?;
-                    let notes: Vec<Option<String>> = scoped
-                        .report
-                        .invariants
-                        .iter()
-                        .map(|i| scoped.note(&i.id))
-                        .collect();
-                    for (inv, n) in scoped.report.invariants.iter().zip(notes) {
-                        if let Some(n) = n {
-                            scoped_notes.insert(inv.id.clone(), n);
-                        }
-                    }
-                    scoped.report.invariants
-                }
-            };
-            for inv in results {
-                if m == MigrationName::GridPositions {
-                    reappeared(&inv, &mut out.findings);
-                }
-                match out.invariants[first..]
-                    .iter_mut()
-                    .find(|e| e.entry.id == inv.id)
-                {
-                    Some(e) => e.entry.absorb(inv),
-                    None => push(&mut out, phase, InvariantEntry::from_result(inv)),
-                }
-            }
-            match m {
-                MigrationName::OrderPlaced => {
-                    let outcomes: BTreeMap<String, OrderPlacedOutcome> =
-                        read_outcomes(&conn, &run.run_id).await?;
-                    for (key, o) in outcomes {
-                        order_placed_outcome(
-                            key,
-                            o,
-                            &mut out.findings,
-                            &mut owned,
-                            &mut migrated_legacy,
-                        );
-                    }
-                }
-                MigrationName::GridPositions => {
-                    let outcomes: BTreeMap<String, Outcome> =
-                        read_outcomes(&conn, &run.run_id).await?;
-                    for (key, o) in outcomes {
-                        grid_outcome(key, o, &mut out.findings, &mut owned, &mut migrated_legacy);
-                    }
-                    out.owned_stamps.push(run.stamp.clone());
-                }
-            }
-        }
-        for e in &mut out.invariants[first..] {
-            if let Some(n) = scoped_notes.remove(&e.entry.id) {
-                e.entry.note = Some(n);
-            }
-        }
-        let mut stamps: Vec<String> = runs.iter().map(|r| r.stamp.clone()).collect();
-        stamps.reverse();
-        out.runs.push((m, stamps));
+        check_migration(&conn, m, &scope, &mut out, &mut owned).await?;
     }
     let post = digest(&conn, |k| !is_journal_key(k)).await?;
-    let stamps = out.owned_stamps.clone();
-    // A position hash or index set is the migration's only when its user's
-    // legacy key migrated: a pre-existing target of a user in conflict must
-    // stay as it was.
-    let user_migrated =
-        |ex: &str, uid: &str| migrated_legacy.contains(&LegacyPositionsKey::new(ex, uid).key());
-    let writers_own = |ex: &str, uid: &str| writer_users.contains(&(ex.to_owned(), uid.to_owned()));
-    let is_owned = |k: &str| {
-        owned.contains(k)
-            || LegacyPositionsKey::parse(k, &DEFAULT_EXCHANGES)
-                .is_some_and(|l| writers_own(&l.exchange, &l.user_id))
-            || PositionHashKey::parse(k, &DEFAULT_EXCHANGES)
-                .is_some_and(|h| writers_own(&h.exchange, &h.user_id))
-            || parse_index_key(k, &DEFAULT_EXCHANGES)
-                .is_some_and(|(uid, ex)| writers_own(&ex, &uid))
-            || BackupKey::parse(k, &DEFAULT_EXCHANGES).is_some_and(|b| stamps.contains(&b.stamp))
-            || PositionHashKey::parse(k, &DEFAULT_EXCHANGES)
-                .is_some_and(|h| user_migrated(&h.exchange, &h.user_id))
-            || parse_index_key(k, &DEFAULT_EXCHANGES)
-                .is_some_and(|(uid, ex)| user_migrated(&ex, &uid))
-    };
+    let untouched = untouched(&mut out, pre, &post, pre_at, expired, writer_users, &owned);
+    out.push("scenario", untouched);
+    Ok(out)
+}
+
+/// Verifies every run of migration `m` (oldest first: a scenario may leave
+/// several, e.g. a run recorded done just before its fault, then a rerun
+/// that found nothing left), one entry per invariant, and notes what the
+/// runs' journals record.
+async fn check_migration(
+    conn: &RedisConn,
+    m: MigrationName,
+    scope: &Scope,
+    out: &mut Checked,
+    owned: &mut Owned,
+) -> anyhow::Result<()> {
+    let phase = m.as_str();
+    let mut runs = runs_of(conn, phase).await?;
+    runs.reverse();
+    if runs.is_empty() {
+        out.push(phase, missing_run(phase));
+    }
+    let first = out.invariants.len();
+    let mut scoped_notes: BTreeMap<String, String> = BTreeMap::new();
+    for run in &runs {
+        for inv in verify_run(conn, m, run, scope, &mut scoped_notes).await? {
+            if m == MigrationName::GridPositions {
+                reappeared(&inv, &mut out.findings);
+            }
+            match out.invariants[first..]
+                .iter_mut()
+                .find(|e| e.entry.id == inv.id)
+            {
+                Some(e) => e.entry.absorb(inv),
+                None => out.push(phase, InvariantEntry::from_result(inv)),
+            }
+        }
+        note_outcomes(conn, m, run, out, owned).await?;
+    }
+    for e in &mut out.invariants[first..] {
+        if let Some(n) = scoped_notes.remove(&e.entry.id) {
+            e.entry.note = Some(n);
+        }
+    }
+    let mut stamps: Vec<String> = runs.iter().map(|r| r.stamp.clone()).collect();
+    stamps.reverse();
+    out.runs.push((m, stamps));
+    Ok(())
+}
+
+/// The engine's verify of one run; grid-positions is scoped (the writers'
+/// users left out), and its notes on what it left out go to `notes`.
+async fn verify_run(
+    conn: &RedisConn,
+    m: MigrationName,
+    run: &RunRecord,
+    scope: &Scope,
+    notes: &mut BTreeMap<String, String>,
+) -> anyhow::Result<Vec<InvariantResult>> {
+    Ok(match m {
+        MigrationName::OrderPlaced => verify_order_placed(conn, run, &|_| {}).await?.invariants,
+        MigrationName::GridPositions => {
+            let scoped = verify_grid_positions_scoped(conn, run, scope, &|_| {}).await?;
+            for inv in &scoped.report.invariants {
+                if let Some(n) = scoped.note(&inv.id) {
+                    notes.insert(inv.id.clone(), n);
+                }
+            }
+            scoped.report.invariants
+        }
+    })
+}
+
+/// The run's journaled outcomes: findings, and what the run made its own.
+async fn note_outcomes(
+    conn: &RedisConn,
+    m: MigrationName,
+    run: &RunRecord,
+    out: &mut Checked,
+    owned: &mut Owned,
+) -> anyhow::Result<()> {
+    match m {
+        MigrationName::OrderPlaced => {
+            let outcomes: BTreeMap<String, OrderPlacedOutcome> =
+                read_outcomes(conn, &run.run_id).await?;
+            for (key, o) in outcomes {
+                order_placed_outcome(key, o, &mut out.findings, owned);
+            }
+        }
+        MigrationName::GridPositions => {
+            let outcomes: BTreeMap<String, Outcome> = read_outcomes(conn, &run.run_id).await?;
+            for (key, o) in outcomes {
+                grid_outcome(key, o, &mut out.findings, owned);
+            }
+            out.owned_stamps.push(run.stamp.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Every key outside what the runs (and writers) own is unchanged, keys
+/// that expired before their migration aside: those are noted as
+/// findings, not losses.
+fn untouched(
+    out: &mut Checked,
+    pre: &Digest,
+    post: &Digest,
+    pre_at: Instant,
+    expired: &[String],
+    writer_users: &BTreeSet<(String, String)>,
+    owned: &Owned,
+) -> InvariantEntry {
     let elapsed = pre_at.elapsed().as_millis() as i64;
     // Keys that expired on schedule, or that a fault expired before their
-    // migration: gone, never migrated. They are findings, not losses.
+    // migration: gone, never migrated.
     let gone_on_schedule = |k: &str| {
         !post.keys.contains_key(k)
-            && !migrated_legacy.contains(k)
+            && !owned.migrated_legacy.contains(k)
             && (expired.iter().any(|e| e == k) || pre.keys[k].ttl_ms.is_some_and(|t| t <= elapsed))
     };
     let vanished: Vec<String> = pre
@@ -200,7 +260,8 @@ pub async fn check(
             reason: "expired before it was migrated".into(),
         });
     }
-    let keep = |k: &str| !is_owned(k) && !vanished.iter().any(|v| v == k);
+    let stamps = &out.owned_stamps;
+    let keep = |k: &str| !owned.owns(k, stamps, writer_users) && !vanished.iter().any(|v| v == k);
     let diff = compare(&pre.filtered(keep), &post.filtered(keep), elapsed + 1_000);
     let mut untouched = diff_invariant(
         "untouched",
@@ -213,8 +274,7 @@ pub async fn check(
             vanished.len()
         ));
     }
-    push(&mut out, "scenario", untouched);
-    Ok(out)
+    untouched
 }
 
 fn note(findings: &mut Vec<Found>, f: Found) {
@@ -224,7 +284,7 @@ fn note(findings: &mut Vec<Found>, f: Found) {
 }
 
 /// verify's "reappeared" samples, as findings.
-fn reappeared(inv: &keyshift_engine::run::invariant::InvariantResult, findings: &mut Vec<Found>) {
+fn reappeared(inv: &InvariantResult, findings: &mut Vec<Found>) {
     for s in inv.samples.iter().filter(|s| s.contains("reappeared")) {
         if let Some((key, _)) = s.split_once(": legacy key reappeared") {
             note(
@@ -239,17 +299,11 @@ fn reappeared(inv: &keyshift_engine::run::invariant::InvariantResult, findings: 
     }
 }
 
-fn grid_outcome(
-    key: String,
-    o: Outcome,
-    findings: &mut Vec<Found>,
-    owned: &mut BTreeSet<String>,
-    migrated: &mut BTreeSet<String>,
-) {
+fn grid_outcome(key: String, o: Outcome, findings: &mut Vec<Found>, owned: &mut Owned) {
     let (kind, reason) = match o {
         Outcome::Migrated { .. } => {
-            migrated.insert(key.clone());
-            owned.insert(key);
+            owned.migrated_legacy.insert(key.clone());
+            owned.keys.insert(key);
             return;
         }
         Outcome::Quarantined { reason, detail } => {
@@ -266,16 +320,15 @@ fn order_placed_outcome(
     key: String,
     o: OrderPlacedOutcome,
     findings: &mut Vec<Found>,
-    owned: &mut BTreeSet<String>,
-    migrated: &mut BTreeSet<String>,
+    owned: &mut Owned,
 ) {
     let (kind, reason) = match o {
         OrderPlacedOutcome::Moved { .. } | OrderPlacedOutcome::DroppedEqual { .. } => {
             if let Some(k) = OrderPlacedKey::parse(&key, &DEFAULT_EXCHANGES) {
-                owned.insert(k.target_key());
+                owned.keys.insert(k.target_key());
             }
-            migrated.insert(key.clone());
-            owned.insert(key);
+            owned.migrated_legacy.insert(key.clone());
+            owned.keys.insert(key);
             return;
         }
         OrderPlacedOutcome::Conflict {
@@ -294,10 +347,7 @@ fn order_placed_outcome(
 }
 
 fn missing_run(phase: &str) -> InvariantEntry {
-    let mut r = keyshift_engine::run::invariant::InvariantResult::new(
-        "counts",
-        "the migration recorded a run in the journal",
-    );
+    let mut r = InvariantResult::new("counts", "the migration recorded a run in the journal");
     r.mismatch(|| format!("no {phase} run is recorded on the server"));
     InvariantEntry::from_result(r)
 }

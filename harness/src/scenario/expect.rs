@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::checks::{Found, PhaseInvariant};
 use super::invoke::InvocationRecord;
-use super::model::{Scenario, Timing};
+use super::model::{FindingSpec, MessageSpec, Scenario, Timing};
 use crate::report::Status;
 
 /// One expectation and whether it was met.
@@ -27,6 +27,25 @@ pub fn evaluate(
     invariants: &[PhaseInvariant],
     findings: &[Found],
 ) -> Vec<ExpectCheck> {
+    let mut out = runs_as_expected(s, runs);
+    for id in &held_ids(s, invariants) {
+        out.push(holds(id, invariants));
+    }
+    for id in &s.expect.fail {
+        out.push(fails(id, invariants));
+    }
+    for spec in &s.expect.findings {
+        out.push(found(spec, findings));
+    }
+    for m in &s.expect.messages {
+        out.push(said(m, runs));
+    }
+    out
+}
+
+/// Each run's exit, and whether each of its faults struck; then whether
+/// every run took place.
+fn runs_as_expected(s: &Scenario, runs: &[InvocationRecord]) -> Vec<ExpectCheck> {
     let mut out = Vec::new();
     for (spec, r) in s.runs.iter().zip(runs) {
         let what = format!("run {} exits {}", r.n, spec.exit.describe());
@@ -59,96 +78,108 @@ pub fn evaluate(
             format!("{} of {} ran", runs.len(), s.runs.len()),
         ));
     }
+    out
+}
+
+/// The invariants that must hold: those the scenario names, or else every
+/// one checked that it does not expect to fail.
+fn held_ids(s: &Scenario, invariants: &[PhaseInvariant]) -> Vec<String> {
+    if let Some(h) = &s.expect.hold {
+        return h.clone();
+    }
     let fail = &s.expect.fail;
-    let hold: Vec<String> = match &s.expect.hold {
-        Some(h) => h.clone(),
+    let mut ids: Vec<String> = invariants
+        .iter()
+        .filter(|i| i.entry.status != Status::NotRun && !fail.contains(&i.entry.id))
+        .map(|i| i.entry.id.clone())
+        .collect();
+    ids.dedup();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Invariant `id` was checked, and passed in every phase.
+fn holds(id: &str, invariants: &[PhaseInvariant]) -> ExpectCheck {
+    let of_id: Vec<&PhaseInvariant> = invariants.iter().filter(|i| i.entry.id == id).collect();
+    let failing: Vec<String> = of_id
+        .iter()
+        .filter(|i| i.entry.status != Status::Pass)
+        .map(|i| describe(i))
+        .collect();
+    let met = !of_id.is_empty() && failing.is_empty();
+    let detail = if of_id.is_empty() {
+        "not checked".to_owned()
+    } else if failing.is_empty() {
+        "holds".to_owned()
+    } else {
+        failing.join("; ")
+    };
+    line(format!("invariant {id} holds"), met, detail)
+}
+
+/// Invariant `id` failed in some phase.
+fn fails(id: &str, invariants: &[PhaseInvariant]) -> ExpectCheck {
+    let failed = invariants
+        .iter()
+        .find(|i| i.entry.id == id && i.entry.status == Status::Fail);
+    line(
+        format!("invariant {id} fails"),
+        failed.is_some(),
+        failed.map_or("it did not fail".to_owned(), describe),
+    )
+}
+
+/// A finding of the expected kind on the key, its reason containing the
+/// expected text; otherwise what was reported on that key, if anything.
+fn found(spec: &FindingSpec, findings: &[Found]) -> ExpectCheck {
+    let hit = findings.iter().find(|f| {
+        f.kind == spec.kind
+            && f.key == spec.key
+            && spec.reason.as_deref().is_none_or(|r| f.reason.contains(r))
+    });
+    let what = format!(
+        "finding {:?} {}{}",
+        spec.kind,
+        spec.key,
+        spec.reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    let detail = match hit {
+        Some(f) => f.reason.clone(),
         None => {
-            let mut ids: Vec<String> = invariants
+            let same_key: Vec<String> = findings
                 .iter()
-                .filter(|i| i.entry.status != Status::NotRun && !fail.contains(&i.entry.id))
-                .map(|i| i.entry.id.clone())
+                .filter(|f| f.key == spec.key)
+                .map(|f| format!("{:?}: {}", f.kind, f.reason))
                 .collect();
-            ids.dedup();
-            ids.sort();
-            ids.dedup();
-            ids
+            if same_key.is_empty() {
+                "not reported".to_owned()
+            } else {
+                format!("reported otherwise: {}", same_key.join("; "))
+            }
         }
     };
-    for id in &hold {
-        let of_id: Vec<&PhaseInvariant> = invariants.iter().filter(|i| &i.entry.id == id).collect();
-        let failing: Vec<String> = of_id
-            .iter()
-            .filter(|i| i.entry.status != Status::Pass)
-            .map(|i| describe(i))
-            .collect();
-        let met = !of_id.is_empty() && failing.is_empty();
-        let detail = if of_id.is_empty() {
-            "not checked".to_owned()
-        } else if failing.is_empty() {
-            "holds".to_owned()
+    line(what, hit.is_some(), detail)
+}
+
+/// The named run printed the text, on stdout or stderr.
+fn said(m: &MessageSpec, runs: &[InvocationRecord]) -> ExpectCheck {
+    let said = runs
+        .iter()
+        .find(|r| r.n == m.invocation)
+        .is_some_and(|r| r.stdout.contains(&m.contains) || r.stderr.contains(&m.contains));
+    line(
+        format!("run {} says {:?}", m.invocation, m.contains),
+        said,
+        if said {
+            "said".into()
         } else {
-            failing.join("; ")
-        };
-        out.push(line(format!("invariant {id} holds"), met, detail));
-    }
-    for id in fail {
-        let failed = invariants
-            .iter()
-            .find(|i| &i.entry.id == id && i.entry.status == Status::Fail);
-        out.push(line(
-            format!("invariant {id} fails"),
-            failed.is_some(),
-            failed.map_or("it did not fail".to_owned(), describe),
-        ));
-    }
-    for spec in &s.expect.findings {
-        let hit = findings.iter().find(|f| {
-            f.kind == spec.kind
-                && f.key == spec.key
-                && spec.reason.as_deref().is_none_or(|r| f.reason.contains(r))
-        });
-        let what = format!(
-            "finding {:?} {}{}",
-            spec.kind,
-            spec.key,
-            spec.reason
-                .as_deref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default()
-        );
-        let detail = match hit {
-            Some(f) => f.reason.clone(),
-            None => {
-                let same_key: Vec<String> = findings
-                    .iter()
-                    .filter(|f| f.key == spec.key)
-                    .map(|f| format!("{:?}: {}", f.kind, f.reason))
-                    .collect();
-                if same_key.is_empty() {
-                    "not reported".to_owned()
-                } else {
-                    format!("reported otherwise: {}", same_key.join("; "))
-                }
-            }
-        };
-        out.push(line(what, hit.is_some(), detail));
-    }
-    for m in &s.expect.messages {
-        let said = runs
-            .iter()
-            .find(|r| r.n == m.invocation)
-            .is_some_and(|r| r.stdout.contains(&m.contains) || r.stderr.contains(&m.contains));
-        out.push(line(
-            format!("run {} says {:?}", m.invocation, m.contains),
-            said,
-            if said {
-                "said".into()
-            } else {
-                "not in its output".into()
-            },
-        ));
-    }
-    out
+            "not in its output".into()
+        },
+    )
 }
 
 fn describe(i: &PhaseInvariant) -> String {

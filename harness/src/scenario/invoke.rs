@@ -1,9 +1,9 @@
 //! One migrator invocation of a scenario: the real `keyshift migrate` as a
 //! child process, watched through the run's journal, with the invocation's
-//! faults applied at their timing.
+//! faults (`strike`) applied at their timing.
 
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use keyshift_engine::connection::RedisConn;
@@ -11,10 +11,12 @@ use keyshift_engine::grid_positions::store::standalone::{connect, RESPONSE_TIMEO
 use keyshift_engine::run::journal::{latest_run_of, outcomes_key, RunState};
 use keyshift_engine::run::lock::{LOCK_KEY, TTL_ENV};
 use serde::Serialize;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 
 use super::model::{Fault, FaultName, Invocation, Timing};
-use crate::backend::{Deployment, RedisServer};
+use super::strike::{client_ids, strike};
+use crate::backend::Deployment;
 
 /// A short runner lock, so a rerun after a killed runner waits seconds,
 /// not the default 30 s (an invocation may set its own).
@@ -28,8 +30,6 @@ const HUNG_AFTER: Duration = Duration::from_secs(120);
 /// How long a rerun keeps retrying while a dead runner's lock turns it away.
 const LOCK_WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(1);
-/// Bytes of maxmemory above used memory for the maxmemory fault.
-const MAXMEMORY_HEADROOM: u64 = 16 * 1024;
 /// Output kept in the report per stream.
 const TAIL_CHARS: usize = 4000;
 
@@ -60,6 +60,17 @@ pub struct FaultRecord {
     pub note: String,
 }
 
+impl FaultRecord {
+    fn new(fault: &Fault, journaled_at_fault: Option<usize>, note: String) -> Self {
+        FaultRecord {
+            kind: fault.kind.as_str(),
+            timing: fault.timing(),
+            journaled_at_fault,
+            note,
+        }
+    }
+}
+
 /// The migrate command line (without the binary), as the report shows it.
 pub fn migrate_args(inv: &Invocation, url: &str) -> Vec<String> {
     let mut args = vec![
@@ -73,25 +84,31 @@ pub fn migrate_args(inv: &Invocation, url: &str) -> Vec<String> {
     args
 }
 
-/// Runs invocation `n`, retrying while a dead runner's lock turns it away
+/// One invocation to run: the migrator binary, the invocation's place in
+/// the scenario, and the faults that strike it.
+pub struct Job<'a> {
+    pub exe: &'a Path,
+    /// 1-based.
+    pub n: usize,
+    pub inv: &'a Invocation,
+    pub faults: &'a [&'a Fault],
+    /// Legacy keys of the invocation's migration: what a progress timing
+    /// is a fraction of.
+    pub legacy_total: usize,
+}
+
+/// Runs the invocation, retrying while a dead runner's lock turns it away
 /// (unless exit 5 is what the scenario expects).
-pub async fn run(
-    exe: &Path,
-    server: &mut Deployment,
-    n: usize,
-    inv: &Invocation,
-    faults: &[&Fault],
-    legacy_total: usize,
-) -> anyhow::Result<InvocationRecord> {
+pub async fn run(job: &Job<'_>, server: &mut Deployment) -> anyhow::Result<InvocationRecord> {
     let started = Instant::now();
     let mut lock_waits = 0;
     loop {
-        let mut record = attempt(exe, server, n, inv, faults, legacy_total).await?;
+        let mut record = attempt(job, server).await?;
         // Exit 5 before any fault struck: the previous (killed or aborted)
         // runner's lock had not expired yet. An operator waits and reruns.
         // (A runner that lost its own lock says so instead, and is not retried.)
         let turned_away = record.exit == Some(5)
-            && !inv.exit.accepts(Some(5))
+            && !job.inv.exit.accepts(Some(5))
             && record.stderr.contains("another run holds the lock")
             && record.faults.iter().all(|f| f.journaled_at_fault.is_none());
         if turned_away && started.elapsed() < LOCK_WAIT {
@@ -110,131 +127,235 @@ pub async fn run(
     }
 }
 
-async fn attempt(
-    exe: &Path,
-    server: &mut Deployment,
-    n: usize,
-    inv: &Invocation,
-    faults: &[&Fault],
-    legacy_total: usize,
-) -> anyhow::Result<InvocationRecord> {
+async fn attempt(job: &Job<'_>, server: &mut Deployment) -> anyhow::Result<InvocationRecord> {
     let url = server.url();
-    let args = migrate_args(inv, &url);
-    let lock_ttl = inv.lock_ttl_ms.unwrap_or(LOCK_TTL_MS);
-    let frozen = faults
-        .iter()
-        .any(|f| matches!(f.kind, FaultName::Pause | FaultName::NetworkCut));
     let mut watch = connect(&url).await?;
     // Connections open before the migrator starts are not its own.
     let before: Vec<i64> = client_ids(&mut watch).await?;
-    let mut cmd = Command::new(exe);
-    cmd.args(&args)
-        .env(TTL_ENV, lock_ttl.to_string())
-        .env_remove("REDIS_URL")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut env_prefix = format!("{TTL_ENV}={lock_ttl} ");
-    if frozen {
-        cmd.env(RESPONSE_TIMEOUT_ENV, FROZEN_RESPONSE_TIMEOUT_MS);
-        env_prefix.push_str(&format!(
-            "{RESPONSE_TIMEOUT_ENV}={FROZEN_RESPONSE_TIMEOUT_MS} "
-        ));
-    } else {
-        cmd.env_remove(RESPONSE_TIMEOUT_ENV);
-    }
-    let command = format!("{env_prefix}keyshift {}", args.join(" "));
-    let started = Instant::now();
-    let mut child = cmd.spawn()?;
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    let read_out = tokio::spawn(read_all(stdout));
-    let read_err = tokio::spawn(read_all(stderr));
-
-    let mut pending: Vec<&Fault> = faults.to_vec();
-    let mut live = LiveRun::default();
-    let mut records = Vec::new();
-    let mut killed = false;
-    let mut hung = false;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        if started.elapsed() > HUNG_AFTER {
-            hung = true;
-            let _ = child.kill().await;
-            break None;
-        }
-        let mut due = Vec::new();
-        if !pending.is_empty() {
-            let journaled = live.progress(&watch, inv).await;
-            let mut i = 0;
-            while i < pending.len() {
-                if is_due(pending[i], started.elapsed(), journaled, legacy_total) {
-                    due.push((pending.remove(i), journaled));
-                } else {
-                    i += 1;
-                }
-            }
-        }
-        for (fault, journaled) in due {
-            let note = strike(fault, server, &mut watch, &mut child, &before).await?;
-            killed |= fault.kind == FaultName::Sigkill;
-            records.push(FaultRecord {
-                kind: fault.kind.as_str(),
-                timing: fault.timing(),
-                journaled_at_fault: journaled,
-                note,
-            });
-        }
-        tokio::time::sleep(POLL).await;
+    let mut migrator = Migrator::spawn(job, &url)?;
+    let mut target = Target {
+        deployment: server,
+        watch,
+        before,
     };
-    let (at_exit, pending): (Vec<&Fault>, Vec<&Fault>) = pending
-        .into_iter()
-        .partition(|f| f.timing() == Timing::AtExit);
-    for fault in at_exit {
-        let journaled = journaled(&watch, inv).await;
-        let note = strike(fault, server, &mut watch, &mut child, &before).await?;
-        records.push(FaultRecord {
-            kind: fault.kind.as_str(),
-            timing: fault.timing(),
-            journaled_at_fault: journaled,
-            note,
-        });
-    }
-    for fault in pending {
-        records.push(FaultRecord {
-            kind: fault.kind.as_str(),
-            timing: fault.timing(),
-            journaled_at_fault: None,
-            note: "never struck: the invocation ended first".into(),
-        });
-    }
-    if killed {
-        // Where a SIGKILL landed: a run already recorded done was not interrupted.
-        let conn = connect(&server.url()).await?;
-        if let Ok(Some(run)) = latest_run_of(&conn, inv.migration.as_str()).await {
-            if run.state == RunState::Done {
-                for r in records.iter_mut().filter(|r| r.kind == "sigkill") {
-                    r.note = "landed after the run was recorded done".into();
-                }
-            }
-        }
+    let mut strikes = Strikes {
+        pending: job.faults.to_vec(),
+        records: Vec::new(),
+        killed: false,
+    };
+    let status = strikes
+        .while_running(job, &mut migrator, &mut target)
+        .await?;
+    strikes
+        .after_exit(job, &mut target, &mut migrator.child)
+        .await?;
+    if strikes.killed {
+        sigkill_after_done(target.deployment, job.inv, &mut strikes.records).await?;
     }
     Ok(InvocationRecord {
-        n,
-        command,
+        n: job.n,
+        command: migrator.command,
         exit: status.and_then(|s| s.code()),
-        expected: inv.exit.describe(),
+        expected: job.inv.exit.describe(),
         lock_waits: 0,
         elapsed_ms: 0,
-        faults: records,
-        hung,
-        stdout: tail(&read_out.await.unwrap_or_default()),
-        stderr: tail(&read_err.await.unwrap_or_default()),
+        faults: strikes.records,
+        hung: status.is_none(),
+        stdout: tail(&migrator.stdout.await.unwrap_or_default()),
+        stderr: tail(&migrator.stderr.await.unwrap_or_default()),
     })
+}
+
+/// The migrator child process, its command line as the report shows it,
+/// and its output being read.
+struct Migrator {
+    child: Child,
+    command: String,
+    started: Instant,
+    stdout: JoinHandle<String>,
+    stderr: JoinHandle<String>,
+}
+
+impl Migrator {
+    /// Starts `keyshift migrate` for `job` on `url`, with the invocation's
+    /// runner lock TTL, and a short response timeout when a fault freezes
+    /// the server.
+    fn spawn(job: &Job<'_>, url: &str) -> anyhow::Result<Migrator> {
+        let args = migrate_args(job.inv, url);
+        let lock_ttl = job.inv.lock_ttl_ms.unwrap_or(LOCK_TTL_MS);
+        let frozen = job
+            .faults
+            .iter()
+            .any(|f| matches!(f.kind, FaultName::Pause | FaultName::NetworkCut));
+        let mut cmd = Command::new(job.exe);
+        cmd.args(&args)
+            .env(TTL_ENV, lock_ttl.to_string())
+            .env_remove("REDIS_URL")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut env_prefix = format!("{TTL_ENV}={lock_ttl} ");
+        if frozen {
+            cmd.env(RESPONSE_TIMEOUT_ENV, FROZEN_RESPONSE_TIMEOUT_MS);
+            env_prefix.push_str(&format!(
+                "{RESPONSE_TIMEOUT_ENV}={FROZEN_RESPONSE_TIMEOUT_MS} "
+            ));
+        } else {
+            cmd.env_remove(RESPONSE_TIMEOUT_ENV);
+        }
+        let command = format!("{env_prefix}keyshift {}", args.join(" "));
+        let started = Instant::now();
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        Ok(Migrator {
+            child,
+            command,
+            started,
+            stdout: tokio::spawn(read_all(stdout)),
+            stderr: tokio::spawn(read_all(stderr)),
+        })
+    }
+}
+
+/// What a fault strikes: the server (or cluster), and the harness's own
+/// connection watching it.
+struct Target<'a> {
+    deployment: &'a mut Deployment,
+    watch: RedisConn,
+    /// Client ids connected before the migrator started: not its own.
+    before: Vec<i64>,
+}
+
+/// An attempt's faults: those still to strike, and what became of the
+/// others.
+struct Strikes<'f> {
+    pending: Vec<&'f Fault>,
+    records: Vec<FaultRecord>,
+    /// A SIGKILL struck the migrator.
+    killed: bool,
+}
+
+impl<'f> Strikes<'f> {
+    /// Polls until the migrator exits, striking each fault once it is due;
+    /// a migrator still running after [`HUNG_AFTER`] is killed. Returns
+    /// its exit status, `None` when it hung.
+    async fn while_running(
+        &mut self,
+        job: &Job<'_>,
+        migrator: &mut Migrator,
+        target: &mut Target<'_>,
+    ) -> anyhow::Result<Option<ExitStatus>> {
+        let mut live = LiveRun::default();
+        loop {
+            if let Some(status) = migrator.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if migrator.started.elapsed() > HUNG_AFTER {
+                let _ = migrator.child.kill().await;
+                return Ok(None);
+            }
+            let due = self
+                .take_due(job, migrator.started, &mut live, &target.watch)
+                .await;
+            for (fault, journaled) in due {
+                self.strike(fault, journaled, target, &mut migrator.child)
+                    .await?;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The pending faults due now, each with the outcomes journaled when
+    /// it was found due.
+    async fn take_due(
+        &mut self,
+        job: &Job<'_>,
+        started: Instant,
+        live: &mut LiveRun,
+        watch: &RedisConn,
+    ) -> Vec<(&'f Fault, Option<usize>)> {
+        let mut due = Vec::new();
+        if self.pending.is_empty() {
+            return due;
+        }
+        let journaled = live.progress(watch, job.inv).await;
+        let mut i = 0;
+        while i < self.pending.len() {
+            if is_due(
+                self.pending[i],
+                started.elapsed(),
+                journaled,
+                job.legacy_total,
+            ) {
+                due.push((self.pending.remove(i), journaled));
+            } else {
+                i += 1;
+            }
+        }
+        due
+    }
+
+    async fn strike(
+        &mut self,
+        fault: &Fault,
+        journaled: Option<usize>,
+        target: &mut Target<'_>,
+        child: &mut Child,
+    ) -> anyhow::Result<()> {
+        let note = strike(
+            fault,
+            target.deployment,
+            &mut target.watch,
+            child,
+            &target.before,
+        )
+        .await?;
+        self.killed |= fault.kind == FaultName::Sigkill;
+        self.records.push(FaultRecord::new(fault, journaled, note));
+        Ok(())
+    }
+
+    /// Once the migrator has exited: the at-exit faults strike, and the
+    /// others never will.
+    async fn after_exit(
+        &mut self,
+        job: &Job<'_>,
+        target: &mut Target<'_>,
+        child: &mut Child,
+    ) -> anyhow::Result<()> {
+        let (at_exit, never): (Vec<&Fault>, Vec<&Fault>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|f| f.timing() == Timing::AtExit);
+        for fault in at_exit {
+            let journaled = journaled(&target.watch, job.inv).await;
+            self.strike(fault, journaled, target, child).await?;
+        }
+        for fault in never {
+            let note = "never struck: the invocation ended first".into();
+            self.records.push(FaultRecord::new(fault, None, note));
+        }
+        Ok(())
+    }
+}
+
+/// Where a SIGKILL landed: a run already recorded done was not interrupted.
+async fn sigkill_after_done(
+    server: &Deployment,
+    inv: &Invocation,
+    records: &mut [FaultRecord],
+) -> anyhow::Result<()> {
+    let conn = connect(&server.url()).await?;
+    if let Ok(Some(run)) = latest_run_of(&conn, inv.migration.as_str()).await {
+        if run.state == RunState::Done {
+            for r in records.iter_mut().filter(|r| r.kind == "sigkill") {
+                r.note = "landed after the run was recorded done".into();
+            }
+        }
+    }
+    Ok(())
 }
 
 fn is_due(f: &Fault, elapsed: Duration, journaled: Option<usize>, total: usize) -> bool {
@@ -288,155 +409,6 @@ async fn journaled(conn: &RedisConn, inv: &Invocation) -> Option<usize> {
         .ok()
 }
 
-async fn client_ids(conn: &mut RedisConn) -> redis::RedisResult<Vec<i64>> {
-    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(conn).await?;
-    Ok(parse_client_ids(&list))
-}
-
-/// The `id=` of every line of CLIENT LIST.
-pub fn parse_client_ids(list: &str) -> Vec<i64> {
-    list.lines()
-        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-        .filter_map(|id| id.parse().ok())
-        .collect()
-}
-
-/// Applies one fault; returns what happened.
-async fn strike(
-    fault: &Fault,
-    deployment: &mut Deployment,
-    watch: &mut RedisConn,
-    child: &mut tokio::process::Child,
-    before: &[i64],
-) -> anyhow::Result<String> {
-    // Server faults strike one server; the scenario model refuses them on
-    // a cluster, and this says so should one get through.
-    let on_cluster = || {
-        anyhow::anyhow!(
-            "the {} fault strikes one server; a cluster scenario cannot use it",
-            fault.kind.as_str()
-        )
-    };
-    Ok(match fault.kind {
-        FaultName::Sigkill => {
-            child.kill().await?;
-            "SIGKILL of the migrator".into()
-        }
-        FaultName::Pause => {
-            let server = deployment.server_mut().ok_or_else(on_cluster)?;
-            let ms = fault.duration_ms.unwrap_or(0);
-            server.pause().await?;
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            server.unpause().await?;
-            format!("server frozen {ms} ms ({})", freeze_how(server))
-        }
-        FaultName::CrashRestart => {
-            let server = deployment.server_mut().ok_or_else(on_cluster)?;
-            server.crash_and_restart().await?;
-            *watch = connect(&server.url()).await?;
-            "server killed (SIGKILL) and started again on its AOF".into()
-        }
-        FaultName::ShutdownRestart => {
-            let server = deployment.server_mut().ok_or_else(on_cluster)?;
-            server.shutdown_and_restart().await?;
-            *watch = connect(&server.url()).await?;
-            "server shut down (SHUTDOWN SAVE) and started again on its RDB".into()
-        }
-        FaultName::DropConnections => {
-            if deployment.is_cluster() {
-                return Err(on_cluster());
-            }
-            let mine: i64 = redis::cmd("CLIENT").arg("ID").query_async(watch).await?;
-            let now = client_ids(watch).await?;
-            let mut killed = 0;
-            for id in now.iter().filter(|id| !before.contains(id) && **id != mine) {
-                let n: i64 = redis::cmd("CLIENT")
-                    .arg("KILL")
-                    .arg("ID")
-                    .arg(*id)
-                    .query_async(watch)
-                    .await
-                    .unwrap_or(0);
-                killed += n;
-            }
-            format!("CLIENT KILL of {killed} migrator connection(s)")
-        }
-        FaultName::NetworkCut => {
-            let server = deployment.server_mut().ok_or_else(on_cluster)?;
-            let ms = fault.duration_ms.unwrap_or(0);
-            server.disconnect_network().await?;
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            server.reconnect_network().await?;
-            *watch = connect(&server.url()).await?;
-            format!("container disconnected from its network for {ms} ms")
-        }
-        FaultName::Maxmemory => {
-            if deployment.is_cluster() {
-                return Err(on_cluster());
-            }
-            let info: String = redis::cmd("INFO").arg("memory").query_async(watch).await?;
-            let used = info_field(&info, "used_memory").unwrap_or(0);
-            let limit = used + MAXMEMORY_HEADROOM;
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("maxmemory")
-                .arg(limit)
-                .query_async::<()>(watch)
-                .await?;
-            format!("maxmemory set to {limit} bytes ({used} used)")
-        }
-        FaultName::ExpireKeys => {
-            let mut expiring = 0;
-            for key in &fault.keys {
-                let n: i64 = redis::cmd("PEXPIRE")
-                    .arg(key)
-                    .arg(1)
-                    .query_async(watch)
-                    .await?;
-                expiring += n;
-            }
-            format!("{expiring} of {} key(s) set to expire in 1 ms (the others were already migrated or gone)", fault.keys.len())
-        }
-        FaultName::LegacyWrite => {
-            let value = fault.value.as_deref().unwrap_or_default();
-            for key in &fault.keys {
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(value)
-                    .query_async::<()>(watch)
-                    .await?;
-            }
-            format!("a rogue legacy writer SET {} key(s)", fault.keys.len())
-        }
-    })
-}
-
-fn freeze_how(server: &RedisServer) -> &'static str {
-    match server.kind() {
-        crate::backend::BackendKind::Docker => "docker pause",
-        _ => "SIGSTOP, then SIGCONT",
-    }
-}
-
-/// A numeric field of INFO output.
-pub fn info_field(info: &str, name: &str) -> Option<u64> {
-    info.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Lifts a maxmemory fault: no limit, as the backend started.
-pub async fn lift_maxmemory(server: &Deployment) -> anyhow::Result<()> {
-    let mut conn = connect(&server.url()).await?;
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(0)
-        .query_async::<()>(&mut conn)
-        .await?;
-    Ok(())
-}
-
 async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> String {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
@@ -459,22 +431,6 @@ fn tail(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::scenario::model::ExitSpec;
-
-    #[test]
-    fn client_ids_come_from_every_line() {
-        let list =
-            "id=3 addr=127.0.0.1:5000 laddr=x fd=8 name= age=1\nid=17 addr=127.0.0.1:5001 fd=9\n";
-        assert_eq!(parse_client_ids(list), vec![3, 17]);
-        assert!(parse_client_ids("").is_empty());
-    }
-
-    #[test]
-    fn info_fields_parse() {
-        let info = "# Memory\r\nused_memory:1234\r\nused_memory_human:1.2K\r\nmaxmemory:0\r\n";
-        assert_eq!(info_field(info, "used_memory"), Some(1234));
-        assert_eq!(info_field(info, "maxmemory"), Some(0));
-        assert_eq!(info_field(info, "nope"), None);
-    }
 
     #[test]
     fn progress_timing_needs_the_journal() {

@@ -3,7 +3,8 @@
 //!
 //! - `model`: the scenario file format, parsed and validated (pure).
 //! - `dataset`: a scenario's keyspace (generator, fixtures, inline keys, bulk arrays).
-//! - `invoke`: one `keyshift migrate` child process and the faults that strike it.
+//! - `invoke`: one `keyshift migrate` child process, watched while faults strike it.
+//! - `strike`: the faults themselves (migrator, server, data).
 //! - `checks`: verify, untouched digest, findings and rollback after the runs.
 //! - `expect`: whether the scenario met its expectation (pure).
 //! - `runner`: one scenario end to end; `report`: its report.json, report.md, junit.xml.
@@ -15,6 +16,7 @@ pub mod invoke;
 pub mod model;
 pub mod report;
 pub mod runner;
+pub mod strike;
 
 use crate::cli::{ScenarioAction, ScenarioArgs};
 use crate::exit::Outcome;
@@ -81,11 +83,7 @@ pub async fn command(args: &ScenarioArgs) -> anyhow::Result<Outcome> {
                 selected.len() - failed - skipped,
                 report::ScenarioReport::dir(&opts.report_dir, "").display()
             );
-            Ok(if failed == 0 {
-                Outcome::Done
-            } else {
-                Outcome::InvariantFailed
-            })
+            Ok(Outcome::passed_if(failed == 0))
         }
     }
 }

@@ -361,80 +361,109 @@ impl Scenario {
         }
     }
 
+    /// The error naming `field` of this scenario's file.
+    fn refuse(&self, field: &str, message: &str) -> Result<(), ScenarioError> {
+        Err(self.invalid(field, message.to_owned()))
+    }
+
     fn validate(&self) -> Result<(), ScenarioError> {
-        let err = |field: &str, message: &str| Err(self.invalid(field, message.to_owned()));
+        self.validate_header()?;
+        self.validate_dataset()?;
+        for (i, f) in self.faults.iter().enumerate() {
+            self.validate_fault(i, f)?;
+        }
+        for (i, r) in self.runs.iter().enumerate() {
+            self.validate_run(i, r)?;
+        }
+        self.validate_expect()?;
+        if self.writers.hot_users > 0 && self.writers.count == 0 {
+            return self.refuse("writers.hot_users", "hot users need writers (count > 0)");
+        }
+        Ok(())
+    }
+
+    fn validate_header(&self) -> Result<(), ScenarioError> {
         let name_ok = !self.name.is_empty()
             && self
                 .name
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !name_ok {
-            return err(
+            return self.refuse(
                 "name",
                 "use lowercase letters, digits and '-' (it names the report directory)",
             );
         }
         if self.replays.trim().is_empty() {
-            return err("replays", "say in one sentence what failure this replays");
+            return self.refuse("replays", "say in one sentence what failure this replays");
         }
         if self.runs.is_empty() {
-            return err(
+            return self.refuse(
                 "run",
                 "at least one [[run]] (a migrator invocation) is needed",
             );
         }
+        Ok(())
+    }
+
+    fn validate_dataset(&self) -> Result<(), ScenarioError> {
         self.generator()?;
         let d = &self.dataset;
         if d.generator.is_none() && d.fixtures.is_empty() && d.keys.is_empty() && d.bulk.is_empty()
         {
-            return err("dataset", "empty: give a generator, fixtures, keys or bulk");
+            return self.refuse("dataset", "empty: give a generator, fixtures, keys or bulk");
         }
         for (i, b) in d.bulk.iter().enumerate() {
             if b.positions == 0 || b.positions > 100_000 {
-                return err(
+                return self.refuse(
                     &format!("dataset.bulk[{i}].positions"),
                     "between 1 and 100000",
                 );
             }
         }
-        for (i, f) in self.faults.iter().enumerate() {
-            self.validate_fault(i, f)?;
+        Ok(())
+    }
+
+    /// `[[run]]` number `i` (0-based): its exit codes, and the only
+    /// arguments a scenario may add.
+    fn validate_run(&self, i: usize, r: &Invocation) -> Result<(), ScenarioError> {
+        let field = format!("run[{i}]");
+        let codes = r.exit.codes();
+        let killed = matches!(r.exit, ExitSpec::Killed(_));
+        if (codes.is_empty() && !killed) || codes.iter().any(|c| !(0..=5).contains(c)) {
+            return self.refuse(
+                &format!("{field}.exit"),
+                "exit codes are 0..=5 (DESIGN §6), or \"killed\"",
+            );
         }
-        for (i, r) in self.runs.iter().enumerate() {
-            let field = format!("run[{i}]");
-            let codes = r.exit.codes();
-            let killed = matches!(r.exit, ExitSpec::Killed(_));
-            if (codes.is_empty() && !killed) || codes.iter().any(|c| !(0..=5).contains(c)) {
-                return err(
-                    &format!("{field}.exit"),
-                    "exit codes are 0..=5 (DESIGN §6), or \"killed\"",
-                );
-            }
-            let sigkilled = self.faults_of(i + 1).any(|f| f.kind == FaultName::Sigkill);
-            if killed != sigkilled {
-                return err(
-                    &format!("{field}.exit"),
-                    "\"killed\" is the exit of exactly the runs a sigkill fault strikes",
-                );
-            }
-            let mut args = r.args.iter();
-            while let Some(a) = args.next() {
-                match a.as_str() {
-                    "--skip-closed" => {}
-                    "--exchange" if args.next().is_some() => {}
-                    _ => {
-                        return err(
-                            &format!("{field}.args"),
-                            &format!("{a:?}: only --skip-closed and --exchange EX are allowed"),
-                        )
-                    }
+        let sigkilled = self.faults_of(i + 1).any(|f| f.kind == FaultName::Sigkill);
+        if killed != sigkilled {
+            return self.refuse(
+                &format!("{field}.exit"),
+                "\"killed\" is the exit of exactly the runs a sigkill fault strikes",
+            );
+        }
+        let mut args = r.args.iter();
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--skip-closed" => {}
+                "--exchange" if args.next().is_some() => {}
+                _ => {
+                    return self.refuse(
+                        &format!("{field}.args"),
+                        &format!("{a:?}: only --skip-closed and --exchange EX are allowed"),
+                    )
                 }
             }
         }
+        Ok(())
+    }
+
+    fn validate_expect(&self) -> Result<(), ScenarioError> {
         let e = &self.expect;
         for id in e.hold.iter().flatten().chain(&e.fail) {
             if !INVARIANTS.contains(&id.as_str()) {
-                return err(
+                return self.refuse(
                     "expect.hold/fail",
                     &format!("unknown invariant {id:?}; known: {INVARIANTS:?}"),
                 );
@@ -445,28 +474,25 @@ impl Scenario {
             .iter()
             .find(|f| e.hold.iter().flatten().any(|h| h == *f))
         {
-            return err(
+            return self.refuse(
                 "expect.fail",
                 &format!("{both:?} cannot both hold and fail"),
             );
         }
         for (i, m) in e.messages.iter().enumerate() {
             if m.invocation == 0 || m.invocation > self.runs.len() || m.contains.is_empty() {
-                return err(
+                return self.refuse(
                     &format!("expect.message[{i}]"),
                     "needs an invocation in 1..=runs and a non-empty `contains`",
                 );
             }
-        }
-        if self.writers.hot_users > 0 && self.writers.count == 0 {
-            return err("writers.hot_users", "hot users need writers (count > 0)");
         }
         Ok(())
     }
 
     fn validate_fault(&self, i: usize, f: &Fault) -> Result<(), ScenarioError> {
         let field = |name: &str| format!("fault[{i}].{name}");
-        let bad = |name: &str, message: &str| Err(self.invalid(&field(name), message.to_owned()));
+        let bad = |name: &str, message: &str| self.refuse(&field(name), message);
         let timings = [f.at_progress.is_some(), f.after_ms.is_some(), f.at_exit];
         if timings.iter().filter(|t| **t).count() != 1 {
             return bad(

@@ -17,8 +17,9 @@ use super::expect::evaluate;
 use super::invoke;
 use super::model::{FaultName, MigrationName, Scenario};
 use super::report::{ScenarioReport, Verdict, SCHEMA_VERSION};
+use super::strike;
 use crate::backend::{BackendKind, Deployment};
-use crate::digest::digest;
+use crate::digest::{digest, Digest};
 use crate::gate::checks::redis_version;
 use crate::report::InvariantEntry;
 use crate::seed;
@@ -100,53 +101,107 @@ async fn run_into(
     opts: &RunOptions,
     report: &mut ScenarioReport,
 ) -> anyhow::Result<()> {
-    if let Some(why) = skip_reason(s, opts.backend) {
-        report.verdict = Verdict::Skipped;
-        report.note = Some(why);
+    if skipped(report, skip_reason(s, opts.backend)) {
         return Ok(());
     }
     let data = dataset::build(s)?;
     report.seed = data.seed;
     report.keys_seeded = data.keyspace.len();
-    let needs_aof = s.server.aof || s.faults.iter().any(|f| f.kind == FaultName::CrashRestart);
-    let args: &[&str] = if needs_aof { &AOF_ARGS } else { &[] };
-    let mut server = Deployment::start(opts.backend, s.server.cluster, args).await?;
+    let mut server = start_server(s, opts.backend).await?;
     report.backend = server.kind().to_string();
     report.replay = replay_command(s, opts, server.kind());
-    if let Some(why) = skip_reason(s, server.kind()) {
-        report.verdict = Verdict::Skipped;
-        report.note = Some(why);
+    if skipped(report, skip_reason(s, server.kind())) {
         return Ok(());
     }
-    // Seeded and digested over the harness's own per-primary connections
-    // (one for a single server); INFO asked of one node.
+    let (pre, pre_at) = seed_and_digest(&server, &data, report).await?;
+    let writers = match s.writers.any() {
+        true => Some(start_writers(s, &data, &server).await?),
+        false => None,
+    };
+    let ran = invoke_all(s, opts, &mut server, &data, report).await?;
+    let (history, writer_users) = stop_writers(s, writers).await;
+    let used: BTreeSet<MigrationName> = ran.migrations.iter().copied().collect();
+    let mut checked =
+        checks::check(&server, &used, &pre, pre_at, &ran.expired, &writer_users).await?;
+    checked.push("scenario", no_lost_writes(&server, history.as_ref()).await?);
+    if s.expect.rollback {
+        let (entry, commands) =
+            checks::rollback(&opts.exe, &server, &ran.migrations, &pre, pre_at, &checked).await?;
+        checked.push("scenario", entry);
+        report.rollback_commands = commands;
+    }
+    conclude(s, report, checked);
+    Ok(())
+}
+
+/// Marks the report skipped when there is a reason to; says whether it did.
+fn skipped(report: &mut ScenarioReport, why: Option<String>) -> bool {
+    let Some(why) = why else {
+        return false;
+    };
+    report.verdict = Verdict::Skipped;
+    report.note = Some(why);
+    true
+}
+
+/// A fresh server (or cluster), with AOF when the scenario or a crash
+/// restart needs it.
+async fn start_server(s: &Scenario, backend: BackendKind) -> anyhow::Result<Deployment> {
+    let needs_aof = s.server.aof || s.faults.iter().any(|f| f.kind == FaultName::CrashRestart);
+    let args: &[&str] = if needs_aof { &AOF_ARGS } else { &[] };
+    Ok(Deployment::start(backend, s.server.cluster, args).await?)
+}
+
+/// Seeds the dataset and digests it (returning when the digest began),
+/// over the harness's own per-primary connections (one for a single
+/// server); INFO asked of one node.
+async fn seed_and_digest(
+    server: &Deployment,
+    data: &dataset::Dataset,
+    report: &mut ScenarioReport,
+) -> anyhow::Result<(Digest, Instant)> {
     let primaries = server.primaries().await?;
     let node = RedisConn::from(server.nodes()[0].connection().await?);
     report.redis_version = redis_version(&node).await;
     seed::load(&primaries, &data.keyspace).await?;
     let pre_at = Instant::now();
     let pre = digest(&primaries, |k| !is_journal_key(k)).await?;
-    drop((primaries, node));
-    let writers = match s.writers.any() {
-        true => Some(start_writers(s, &data, &server).await?),
-        false => None,
-    };
+    Ok((pre, pre_at))
+}
 
-    let mut migrations: Vec<MigrationName> = Vec::new();
-    let mut expired: Vec<String> = Vec::new();
+/// What the invocations did that the checks need to know.
+struct Ran {
+    /// Each migration run, in the order first run.
+    migrations: Vec<MigrationName>,
+    /// Keys an expire-keys fault set to expire.
+    expired: Vec<String>,
+}
+
+/// Runs every `[[run]]` in turn with its faults.
+async fn invoke_all(
+    s: &Scenario,
+    opts: &RunOptions,
+    server: &mut Deployment,
+    data: &dataset::Dataset,
+    report: &mut ScenarioReport,
+) -> anyhow::Result<Ran> {
+    let mut ran = Ran {
+        migrations: Vec::new(),
+        expired: Vec::new(),
+    };
     let mut memory_capped = false;
     for (i, inv) in s.runs.iter().enumerate() {
         let n = i + 1;
         if memory_capped {
             // The operator's fix before the rerun: raise the limit.
-            invoke::lift_maxmemory(&server).await?;
+            strike::lift_maxmemory(server).await?;
         }
-        if !migrations.contains(&inv.migration) {
-            migrations.push(inv.migration);
+        if !ran.migrations.contains(&inv.migration) {
+            ran.migrations.push(inv.migration);
         }
         let faults: Vec<_> = s.faults_of(n).collect();
         memory_capped = faults.iter().any(|f| f.kind == FaultName::Maxmemory);
-        expired.extend(
+        ran.expired.extend(
             faults
                 .iter()
                 .filter(|f| f.kind == FaultName::ExpireKeys)
@@ -154,23 +209,41 @@ async fn run_into(
         );
         let total = data.legacy_keys(inv.migration);
         report.legacy_keys = report.legacy_keys.max(total);
-        let record = invoke::run(&opts.exe, &mut server, n, inv, &faults, total).await?;
-        report.invocations.push(record);
+        let job = invoke::Job {
+            exe: &opts.exe,
+            n,
+            inv,
+            faults: &faults,
+            legacy_total: total,
+        };
+        report.invocations.push(invoke::run(&job, server).await?);
     }
     if memory_capped {
-        invoke::lift_maxmemory(&server).await?;
+        strike::lift_maxmemory(server).await?;
     }
+    Ok(ran)
+}
 
-    let (history, writer_users) = match writers {
+/// Stops the writers, if any, once the scenario's `after_run_ms` is up;
+/// returns their history and the (exchange, user id) pairs they own.
+async fn stop_writers(
+    s: &Scenario,
+    writers: Option<(writers::Writers, BTreeSet<(String, String)>)>,
+) -> (Option<writers::History>, BTreeSet<(String, String)>) {
+    match writers {
         Some((w, users)) => {
             tokio::time::sleep(std::time::Duration::from_millis(s.writers.after_run_ms)).await;
             (Some(w.stop().await), users)
         }
         None => (None, BTreeSet::new()),
-    };
-    let used: BTreeSet<MigrationName> = migrations.iter().copied().collect();
-    let mut checked = checks::check(&server, &used, &pre, pre_at, &expired, &writer_users).await?;
-    let lost_writes = match &history {
+    }
+}
+
+async fn no_lost_writes(
+    server: &Deployment,
+    history: Option<&writers::History>,
+) -> anyhow::Result<InvariantEntry> {
+    Ok(match history {
         Some(h) => {
             let conn = connect(&server.url()).await?;
             writers::no_lost_writes(&conn, h).await
@@ -180,20 +253,11 @@ async fn run_into(
             writers::DESCRIPTION,
             "no writers in this scenario",
         ),
-    };
-    checked.invariants.push(checks::PhaseInvariant {
-        phase: "scenario".into(),
-        entry: lost_writes,
-    });
-    if s.expect.rollback {
-        let (entry, commands) =
-            checks::rollback(&opts.exe, &server, &migrations, &pre, pre_at, &checked).await?;
-        checked.invariants.push(checks::PhaseInvariant {
-            phase: "scenario".into(),
-            entry,
-        });
-        report.rollback_commands = commands;
-    }
+    })
+}
+
+/// The expectations judged against what the checks found: the verdict.
+fn conclude(s: &Scenario, report: &mut ScenarioReport, checked: checks::Checked) {
     report.expectations = evaluate(
         s,
         &report.invocations,
@@ -207,7 +271,6 @@ async fn run_into(
     } else {
         Verdict::Failed
     };
-    Ok(())
 }
 
 /// Starts the scenario's writers on hot users of its dataset; returns them

@@ -173,151 +173,228 @@ pub(crate) fn positions_json(
     out
 }
 
+/// One position written in OKX's field order. The random draws happen in
+/// a fixed order (the numbers first, then field by field), so a seed
+/// gives the same text every time.
 fn position_into(out: &mut String, rng: &mut impl RngExt, p: PosSpec) {
-    let mk = &MARKETS[p.market];
-    let qty: f64 = if rng.random_bool(0.8) {
-        rng.random_range(1..=300) as f64
-    } else {
-        rng.random_range(1..=999) as f64 / 10.0
-    };
-    let qty = if p.closed { 0.0 } else { qty };
-    let dir = if p.short { -1.0 } else { 1.0 };
-    let lever = LEVERS[rng.random_range(0..LEVERS.len())];
-    let isolated = rng.random_bool(0.4);
-    let mark = mk.px * (1.0 + rng.random_range(-0.01..0.01));
-    let avg = mk.px * (1.0 + rng.random_range(-0.08..0.08));
-    let last = mark * (1.0 + rng.random_range(-0.0005..0.0005));
-    let (notional_usd, upl, im) = if mk.inverse {
-        let n = qty * mk.ct_val;
-        (
-            n,
-            (1.0 / avg - 1.0 / mark) * n * dir,
-            n / lever as f64 / mark,
-        )
-    } else {
-        let n = qty * mk.ct_val * mark;
-        (n, (mark - avg) * qty * mk.ct_val * dir, n / lever as f64)
-    };
-    let ccy_dp = if mk.inverse { 8 } else { 4 };
-    let c_time: u64 = rng.random_range(1_704_067_200_000..1_748_736_000_000);
-    let u_time = c_time + rng.random_range(1_000..30 * 86_400_000);
-
+    let d = Draw::new(rng, p);
     let mut o = Obj(out, false);
-    o.s("instType", mk.inst_type);
-    if !p.drop_inst_id {
-        o.s("instId", mk.inst_id);
-    }
-    let (pos_side, pos) = match (p.net_mode, p.short) {
-        // Net mode: signed pos; a few legacy entries carry no posSide at all.
-        (true, _) => (rng.random_bool(0.97).then_some("net"), qty * dir),
-        // Long/short mode: pos is positive on both sides; "any case".
-        (false, false) => (
-            Some(if rng.random_bool(0.97) {
-                "long"
-            } else {
-                "LONG"
-            }),
-            qty,
-        ),
-        (false, true) => (
-            Some(if rng.random_bool(0.97) {
-                "short"
-            } else {
-                "Short"
-            }),
-            qty,
-        ),
-    };
-    if let Some(ps) = pos_side {
-        o.s("posSide", ps);
-    }
-    o.n("pos", pos, if pos.fract() == 0.0 { 0 } else { 1 });
-    o.s("posId", &id18(rng));
-    o.s("mgnMode", if isolated { "isolated" } else { "cross" });
-    if p.closed {
-        for k in ["avgPx", "upl", "uplRatio"] {
-            o.s(k, if k == "avgPx" { "" } else { "0" });
-        }
-    } else {
-        o.n("avgPx", avg, mk.dp);
-    }
-    o.n("markPx", mark, mk.dp);
-    if !p.closed {
-        o.n("upl", upl, ccy_dp);
-        o.n("uplRatio", if im > 0.0 { upl / im } else { 0.0 }, 6);
-    }
-    o.s("lever", &lever.to_string());
-    let liq = avg * (1.0 - dir * (1.0 / lever as f64 - 0.005));
-    if p.closed || (!isolated && rng.random_bool(0.2)) || liq <= 0.0 {
-        o.s("liqPx", "");
-    } else {
-        o.n("liqPx", liq, mk.dp);
-    }
-    if isolated {
-        o.n("margin", im, ccy_dp);
-    } else {
-        o.s("margin", "");
-    }
-    if p.closed {
-        o.s("mgnRatio", "");
-    } else {
-        o.n("mgnRatio", rng.random_range(2.0..400.0), 2);
-    }
-    o.n("mmr", im * lever as f64 * 0.004, ccy_dp);
-    if isolated {
-        o.s("imr", "");
-    } else {
-        o.n("imr", im, ccy_dp);
-    }
-    o.n("notionalUsd", notional_usd, 2);
-    o.n("last", last, mk.dp);
-    o.s("ccy", mk.ccy);
-    o.s(
-        "adl",
-        if p.closed {
-            "0"
+    d.identity_and_size(&mut o, rng);
+    d.prices(&mut o, rng);
+    d.margin_and_accounting(&mut o, rng);
+    d.optional_fields(&mut o, rng);
+    o.finish();
+}
+
+/// The numbers behind one position, drawn before any field is written.
+struct Draw {
+    p: PosSpec,
+    mk: &'static Market,
+    qty: f64,
+    /// -1 for a short position, 1 for a long one.
+    dir: f64,
+    lever: u32,
+    isolated: bool,
+    mark: f64,
+    avg: f64,
+    last: f64,
+    notional_usd: f64,
+    upl: f64,
+    /// Initial margin, in the margin currency.
+    im: f64,
+    /// Decimals of amounts in the margin currency.
+    ccy_dp: u32,
+    c_time: u64,
+    u_time: u64,
+}
+
+impl Draw {
+    fn new(rng: &mut impl RngExt, p: PosSpec) -> Draw {
+        let mk = &MARKETS[p.market];
+        let qty: f64 = if rng.random_bool(0.8) {
+            rng.random_range(1..=300) as f64
         } else {
-            ["1", "2", "3", "4", "5"][rng.random_range(0..5)]
-        },
-    );
-    o.n("realizedPnl", rng.random_range(-50.0..80.0), ccy_dp);
-    o.n("fundingFee", rng.random_range(-3.0..1.0), ccy_dp);
-    o.s("cTime", &c_time.to_string());
-    o.s("uTime", &u_time.to_string());
-    if rng.random_bool(0.1) && !p.closed {
-        let sl = avg * (1.0 - dir * 0.05);
-        let mut text = String::with_capacity(200);
-        text.push('[');
-        let mut algo = Obj(&mut text, false);
-        algo.s("algoId", &id18(rng));
-        algo.n("slTriggerPx", sl, mk.dp);
-        algo.s("slTriggerPxType", "last");
-        algo.s("tpTriggerPx", "");
-        algo.s("tpTriggerPxType", "");
-        algo.s("closeFraction", "1");
-        algo.finish();
-        text.push(']');
-        o.raw("closeOrderAlgo", &text);
-    } else {
-        o.raw("closeOrderAlgo", "[]");
+            rng.random_range(1..=999) as f64 / 10.0
+        };
+        let qty = if p.closed { 0.0 } else { qty };
+        let dir = if p.short { -1.0 } else { 1.0 };
+        let lever = LEVERS[rng.random_range(0..LEVERS.len())];
+        let isolated = rng.random_bool(0.4);
+        let mark = mk.px * (1.0 + rng.random_range(-0.01..0.01));
+        let avg = mk.px * (1.0 + rng.random_range(-0.08..0.08));
+        let last = mark * (1.0 + rng.random_range(-0.0005..0.0005));
+        let (notional_usd, upl, im) = if mk.inverse {
+            let n = qty * mk.ct_val;
+            (
+                n,
+                (1.0 / avg - 1.0 / mark) * n * dir,
+                n / lever as f64 / mark,
+            )
+        } else {
+            let n = qty * mk.ct_val * mark;
+            (n, (mark - avg) * qty * mk.ct_val * dir, n / lever as f64)
+        };
+        let c_time: u64 = rng.random_range(1_704_067_200_000..1_748_736_000_000);
+        let u_time = c_time + rng.random_range(1_000..30 * 86_400_000);
+        Draw {
+            p,
+            mk,
+            qty,
+            dir,
+            lever,
+            isolated,
+            mark,
+            avg,
+            last,
+            notional_usd,
+            upl,
+            im,
+            ccy_dp: if mk.inverse { 8 } else { 4 },
+            c_time,
+            u_time,
+        }
     }
-    if rng.random_bool(0.05) {
-        o.raw("extra", r#"{"b":1,"a":2}"#);
+
+    /// instType, instId (unless dropped), posSide, pos, posId, mgnMode.
+    fn identity_and_size(&self, o: &mut Obj, rng: &mut impl RngExt) {
+        let (p, mk, qty) = (self.p, self.mk, self.qty);
+        o.s("instType", mk.inst_type);
+        if !p.drop_inst_id {
+            o.s("instId", mk.inst_id);
+        }
+        let (pos_side, pos) = match (p.net_mode, p.short) {
+            // Net mode: signed pos; a few legacy entries carry no posSide at all.
+            (true, _) => (rng.random_bool(0.97).then_some("net"), qty * self.dir),
+            // Long/short mode: pos is positive on both sides; "any case".
+            (false, false) => (
+                Some(if rng.random_bool(0.97) {
+                    "long"
+                } else {
+                    "LONG"
+                }),
+                qty,
+            ),
+            (false, true) => (
+                Some(if rng.random_bool(0.97) {
+                    "short"
+                } else {
+                    "Short"
+                }),
+                qty,
+            ),
+        };
+        if let Some(ps) = pos_side {
+            o.s("posSide", ps);
+        }
+        o.n("pos", pos, if pos.fract() == 0.0 { 0 } else { 1 });
+        o.s("posId", &id18(rng));
+        o.s("mgnMode", if self.isolated { "isolated" } else { "cross" });
     }
-    if rng.random_bool(0.15) {
-        o.raw(
-            "reduceOnly",
-            if rng.random_bool(0.5) {
-                "true"
+
+    /// avgPx, markPx, upl, uplRatio, lever, liqPx: empty or zero where a
+    /// closed position has none.
+    fn prices(&self, o: &mut Obj, rng: &mut impl RngExt) {
+        let (closed, dp) = (self.p.closed, self.mk.dp);
+        if closed {
+            for k in ["avgPx", "upl", "uplRatio"] {
+                o.s(k, if k == "avgPx" { "" } else { "0" });
+            }
+        } else {
+            o.n("avgPx", self.avg, dp);
+        }
+        o.n("markPx", self.mark, dp);
+        if !closed {
+            o.n("upl", self.upl, self.ccy_dp);
+            let ratio = if self.im > 0.0 {
+                self.upl / self.im
             } else {
-                "false"
+                0.0
+            };
+            o.n("uplRatio", ratio, 6);
+        }
+        o.s("lever", &self.lever.to_string());
+        let liq = self.avg * (1.0 - self.dir * (1.0 / self.lever as f64 - 0.005));
+        if closed || (!self.isolated && rng.random_bool(0.2)) || liq <= 0.0 {
+            o.s("liqPx", "");
+        } else {
+            o.n("liqPx", liq, dp);
+        }
+    }
+
+    /// margin, mgnRatio, mmr, imr, notionalUsd, last, ccy, adl,
+    /// realizedPnl, fundingFee, cTime, uTime.
+    fn margin_and_accounting(&self, o: &mut Obj, rng: &mut impl RngExt) {
+        let (closed, ccy_dp, im) = (self.p.closed, self.ccy_dp, self.im);
+        if self.isolated {
+            o.n("margin", im, ccy_dp);
+        } else {
+            o.s("margin", "");
+        }
+        if closed {
+            o.s("mgnRatio", "");
+        } else {
+            o.n("mgnRatio", rng.random_range(2.0..400.0), 2);
+        }
+        o.n("mmr", im * self.lever as f64 * 0.004, ccy_dp);
+        if self.isolated {
+            o.s("imr", "");
+        } else {
+            o.n("imr", im, ccy_dp);
+        }
+        o.n("notionalUsd", self.notional_usd, 2);
+        o.n("last", self.last, self.mk.dp);
+        o.s("ccy", self.mk.ccy);
+        o.s(
+            "adl",
+            if closed {
+                "0"
+            } else {
+                ["1", "2", "3", "4", "5"][rng.random_range(0..5)]
             },
         );
+        o.n("realizedPnl", rng.random_range(-50.0..80.0), ccy_dp);
+        o.n("fundingFee", rng.random_range(-3.0..1.0), ccy_dp);
+        o.s("cTime", &self.c_time.to_string());
+        o.s("uTime", &self.u_time.to_string());
     }
-    if rng.random_bool(0.15) {
-        o.raw("feeRate", FEE_RATES[rng.random_range(0..FEE_RATES.len())]);
+
+    /// closeOrderAlgo (now and then a stop-loss), and the occasional
+    /// extra, reduceOnly and feeRate.
+    fn optional_fields(&self, o: &mut Obj, rng: &mut impl RngExt) {
+        if rng.random_bool(0.1) && !self.p.closed {
+            let sl = self.avg * (1.0 - self.dir * 0.05);
+            let mut text = String::with_capacity(200);
+            text.push('[');
+            let mut algo = Obj(&mut text, false);
+            algo.s("algoId", &id18(rng));
+            algo.n("slTriggerPx", sl, self.mk.dp);
+            algo.s("slTriggerPxType", "last");
+            algo.s("tpTriggerPx", "");
+            algo.s("tpTriggerPxType", "");
+            algo.s("closeFraction", "1");
+            algo.finish();
+            text.push(']');
+            o.raw("closeOrderAlgo", &text);
+        } else {
+            o.raw("closeOrderAlgo", "[]");
+        }
+        if rng.random_bool(0.05) {
+            o.raw("extra", r#"{"b":1,"a":2}"#);
+        }
+        if rng.random_bool(0.15) {
+            o.raw(
+                "reduceOnly",
+                if rng.random_bool(0.5) {
+                    "true"
+                } else {
+                    "false"
+                },
+            );
+        }
+        if rng.random_bool(0.15) {
+            o.raw("feeRate", FEE_RATES[rng.random_range(0..FEE_RATES.len())]);
+        }
     }
-    o.finish();
 }
 
 #[cfg(test)]
