@@ -6,7 +6,9 @@
 //! - `auto`: docker when an engine answers, else process. With
 //!   `KEYSHIFT_REQUIRE_DOCKER=1` (CI) there is no fallback.
 //!
-//! Every server stops and is removed when its [`RedisServer`] is dropped.
+//! Every server stops and is removed when its [`RedisServer`] is dropped;
+//! after Ctrl-C or SIGTERM, [`until_interrupted`] lets those drops run and
+//! then sweeps whatever container of this process is left.
 //! `faults` pauses, crashes, restarts and cuts off a running server.
 //!
 //! The docker backend goes through testcontainers (containers, the image
@@ -24,6 +26,7 @@ mod docker;
 mod docker_api;
 mod faults;
 mod image;
+mod interrupt;
 mod process;
 mod setup;
 
@@ -41,6 +44,7 @@ pub use cluster_tls::ClusterTls;
 pub use docker_api::{docker_engine, remove_leftovers, DockerEngine};
 pub use faults::FaultKind;
 pub use image::{build_from_host_redis, IMAGE};
+pub use interrupt::{until_interrupted, Interrupted};
 pub use setup::ServerSetup;
 
 /// Environment variable that forbids `auto` from falling back to the process
