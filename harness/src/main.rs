@@ -4,7 +4,9 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use keyshift_harness::{cli::Cli, exit, run};
+use keyshift_harness::backend::until_interrupted;
+use keyshift_harness::cli::{Cli, Command};
+use keyshift_harness::{exit, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -14,7 +16,24 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
+    // The commands that start disposable servers remove them on Ctrl-C or
+    // SIGTERM too; the others keep the default (the signal ends them).
+    let starts_servers = matches!(
+        cli.command,
+        Command::Gate(_) | Command::Scenario(_) | Command::Bench(_)
+    );
+    let result = if starts_servers {
+        match runtime.block_on(until_interrupted(run(cli))) {
+            Ok(result) => result,
+            Err(interrupted) => {
+                eprintln!("keyshift: {interrupted}");
+                return ExitCode::from(interrupted.exit_code());
+            }
+        }
+    } else {
+        runtime.block_on(run(cli))
+    };
+    match result {
         Ok(outcome) => outcome.code(),
         Err(err) => {
             eprintln!("error: {}", exit::describe(&err));

@@ -28,15 +28,14 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::cluster_tls::ClusterTls;
-use super::docker::{docker, failure_text, LABEL};
-use super::{BackendError, BackendKind, RedisServer, ServerSetup};
+use super::docker_api::Network;
+use super::{BackendError, BackendKind, Inner, RedisServer, ServerSetup};
 
 /// Primaries in a harness cluster.
 pub const PRIMARIES: usize = 3;
 /// Hash slots in every Redis Cluster.
 pub const SLOTS: u16 = 16384;
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
-const DOCKER_TIMEOUT: Duration = Duration::from_secs(60);
 /// The data and bus ports inside a container.
 const CONTAINER_PORT: u16 = 6379;
 const CONTAINER_BUS_PORT: u16 = 16379;
@@ -103,74 +102,11 @@ pub fn parse_cluster_slots(value: &redis::Value) -> Result<Vec<(u16, u16, String
     Ok(map)
 }
 
-/// A private docker network, removed on drop (after the containers on it:
-/// [`RedisCluster`] drops its nodes first).
-struct Network {
-    name: String,
-}
-
-impl Network {
-    async fn create() -> Result<Network, BackendError> {
-        // pid and clock: unique among concurrent runs on this engine.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!("keyshift-cluster-{}-{nanos:08x}", std::process::id());
-        let label = format!("{LABEL}=1");
-        let out = docker(
-            &["network", "create", "--label", &label, &name],
-            &[],
-            DOCKER_TIMEOUT,
-        )
-        .await?;
-        if !out.status.success() {
-            return Err(BackendError::ClusterForm {
-                reason: format!("docker network create {name}: {}", failure_text(&out)),
-            });
-        }
-        Ok(Network { name })
-    }
-
-    /// The container's address on this network.
-    async fn ip_of(&self, container: &str) -> Result<String, BackendError> {
-        let format = format!(
-            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
-            self.name
-        );
-        let out = docker(&["inspect", "-f", &format, container], &[], DOCKER_TIMEOUT).await?;
-        let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if out.status.success() && !ip.is_empty() {
-            Ok(ip)
-        } else {
-            Err(BackendError::ClusterForm {
-                reason: format!(
-                    "no address of {container} on {}: {}",
-                    self.name,
-                    failure_text(&out)
-                ),
-            })
-        }
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        let removed = std::process::Command::new("docker")
-            .args(["network", "rm", &self.name])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .output();
-        match removed {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => tracing::warn!(
-                "could not remove network {}: {}",
-                self.name,
-                failure_text(&out)
-            ),
-            Err(e) => tracing::warn!("could not remove network {}: {e}", self.name),
-        }
+/// A docker node's address on its cluster's network.
+async fn network_ip(node: &RedisServer) -> Result<String, BackendError> {
+    match &node.inner {
+        Inner::Docker(server) => server.network_ip().await,
+        Inner::Process(_) => Ok("127.0.0.1".into()),
     }
 }
 
@@ -309,9 +245,7 @@ impl RedisCluster {
             tls_ports: Vec::new(),
             peers: Vec::new(),
         };
-        let mut names = Vec::with_capacity(PRIMARIES);
         for i in 0..PRIMARIES {
-            let name = format!("{net}-{i}");
             let mut args = vec![
                 "--cluster-enabled",
                 "yes",
@@ -324,25 +258,19 @@ impl RedisCluster {
             ];
             args.extend_from_slice(extra_args);
             let mut setup = ServerSetup::new().args(&args);
-            setup.docker_args = vec![
-                "--network".into(),
-                net.clone(),
-                "--name".into(),
-                name.clone(),
-            ];
+            setup.docker_network = Some(net.clone());
+            setup.container_name = Some(format!("{net}-{i}"));
             cluster
                 .nodes
                 .push(RedisServer::start_setup(BackendKind::Docker, &setup).await?);
-            names.push(name);
         }
-        let network = cluster.network.as_ref().expect("set above");
         let mut bus = Vec::with_capacity(PRIMARIES);
-        for (node, name) in cluster.nodes.iter().zip(&names) {
+        for node in &cluster.nodes {
             // Clients reach the node at its published port on the host.
             let mut con = node.connection().await?;
             config_set(&mut con, node, "cluster-announce-port", node.port()).await?;
             bus.push(BusAddress {
-                ip: network.ip_of(name).await?,
+                ip: network_ip(node).await?,
                 port: CONTAINER_PORT,
                 bus_port: CONTAINER_BUS_PORT,
             });

@@ -1,109 +1,42 @@
-//! The docker backend, driven through the `docker` CLI (it negotiates the
-//! API version with old and new engines alike; see the note in `mod.rs`).
+//! The docker backend: one container of the local image per server, driven
+//! through testcontainers (and its bollard client where testcontainers has
+//! no call), never a `docker` process; see `docker_api` for the engine side.
+//!
+//! The host port is chosen before the container is created and published
+//! on 127.0.0.1 only: it stays the same across a crash, a restart or a
+//! network cut (a port docker picks itself would change on each start).
 
-use std::process::{Output, Stdio};
+use std::fmt::Display;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use bollard::models::{HostConfig, NetworkConnectRequest, NetworkDisconnectRequest, PortBinding};
+use bollard::query_parameters::KillContainerOptionsBuilder;
+use futures_util::StreamExt;
+use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
+use tokio::io::AsyncBufReadExt;
 
-use super::process::find_on_path;
+use super::docker_api::{
+    blocking, client, note_container_started, pid_label, remove_labelled, LABEL,
+};
 use super::{tail_lines, wait_ready, BackendError, ServerSetup};
 
-const ENGINE_TIMEOUT: Duration = Duration::from_secs(15);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+const START_TIMEOUT: Duration = Duration::from_secs(120);
 const READY_LOG_TIMEOUT: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 const READY_LINE: &str = "Ready to accept connections";
+const REDIS_PORT: u16 = 6379;
 /// The image's WORKDIR and redis-server's `dir`: setup files go here.
 const WORKDIR: &str = "/data";
-/// Every container the harness starts carries this label, so leftovers of a
-/// killed run can be removed with
-/// `docker rm -f $(docker ps -aq --filter label=keyshift.harness)`.
-pub(super) const LABEL: &str = "keyshift.harness";
-
-/// Where the docker CLI will connect, for error messages.
-pub(super) fn docker_host() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
-}
-
-/// Run `docker ARGS` (with extra env) and capture its output; a timeout or a
-/// missing CLI is an error, a non-zero exit is not (the caller decides).
-pub(super) async fn docker(
-    args: &[&str],
-    envs: &[(&str, &str)],
-    timeout: Duration,
-) -> Result<Output, BackendError> {
-    if find_on_path("docker").is_none() {
-        return Err(BackendError::DockerCliNotFound);
-    }
-    let mut cmd = Command::new("docker");
-    cmd.args(args)
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    match tokio::time::timeout(timeout, cmd.output()).await {
-        Ok(Ok(out)) => Ok(out),
-        Ok(Err(e)) => Err(BackendError::io(
-            format!("running docker {}", args.join(" ")),
-            e,
-        )),
-        Err(_) => Err(BackendError::io(
-            format!("running docker {}", args.join(" ")),
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {timeout:?}"),
-            ),
-        )),
-    }
-}
-
-/// The trimmed stderr (else stdout) of a failed command.
-pub(super) fn failure_text(out: &Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    if err.is_empty() {
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    } else {
-        err
-    }
-}
-
-/// Ok when the docker CLI is installed and its engine answers.
-pub(super) async fn engine_check() -> Result<(), BackendError> {
-    let unavailable = |reason: String| BackendError::DockerUnavailable {
-        host: docker_host(),
-        reason,
-    };
-    let out = match docker(
-        &["version", "--format", "{{.Server.APIVersion}}"],
-        &[],
-        ENGINE_TIMEOUT,
-    )
-    .await
-    {
-        Ok(out) => out,
-        Err(BackendError::Io { source, .. }) => return Err(unavailable(source.to_string())),
-        Err(e) => return Err(e),
-    };
-    let api = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if out.status.success() && !api.is_empty() {
-        Ok(())
-    } else {
-        Err(unavailable(tail_lines(&failure_text(&out), 3)))
-    }
-}
-
-/// The host port in `docker port` output such as `127.0.0.1:49153`
-/// (one mapping per line; IPv6 lines look like `[::]:49153`).
-fn parse_host_port(output: &str) -> Option<u16> {
-    output
-        .lines()
-        .filter_map(|line| line.trim().rsplit_once(':'))
-        .find_map(|(_, port)| port.parse().ok())
-}
+/// The network a container is attached to unless its setup names one.
+const DEFAULT_NETWORK: &str = "bridge";
+/// Host ports tried before giving up: another process may take the free
+/// port between choosing it and the engine binding it.
+const PORT_ATTEMPTS: usize = 3;
+/// Log lines kept in a start error.
+const LOG_TAIL_LINES: usize = 30;
 
 /// The container's command: redis-server with the fixed settings, then the caller's.
 fn container_command<S: AsRef<str>>(extra: &[S]) -> Vec<String> {
@@ -123,119 +56,197 @@ fn container_command<S: AsRef<str>>(extra: &[S]) -> Vec<String> {
     cmd
 }
 
-/// `docker cp` of a large snapshot takes a while: the usual command
-/// timeout plus a second per 20 MB.
-fn copy_timeout(source: &str) -> Duration {
-    let bytes = std::fs::metadata(source).map_or(0, |m| m.len());
-    COMMAND_TIMEOUT + Duration::from_secs(bytes / 20_000_000)
+/// `name:tag` of an image reference; a reference without a tag is `latest`
+/// (a registry's `host:port/` is not a tag).
+fn split_image(image: &str) -> (&str, &str) {
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => (image, "latest"),
+    }
+}
+
+/// Each (host port, container port) published on 127.0.0.1 only, replacing
+/// testcontainers' default of every exposed port on a random port of every
+/// interface.
+fn publish_on_loopback(ports: Vec<(u16, u16)>) -> impl Fn(&mut HostConfig) + Send + Sync + 'static {
+    move |host: &mut HostConfig| {
+        let bindings = ports.iter().map(|&(host_port, container_port)| {
+            let binding = PortBinding {
+                host_ip: Some("127.0.0.1".into()),
+                host_port: Some(host_port.to_string()),
+            };
+            (format!("{container_port}/tcp"), Some(vec![binding]))
+        });
+        host.publish_all_ports = Some(false);
+        host.port_bindings = Some(bindings.collect());
+    }
+}
+
+/// A label value no other container of this process carries: what a
+/// failed start removes by.
+fn instance_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// What the engine is asked to create: the setup files are copied in
+/// before redis-server starts, so it reads its configuration or dump.rdb.
+fn container_request(
+    image: &str,
+    setup: &ServerSetup,
+    port: u16,
+    instance: &str,
+) -> ContainerRequest<GenericImage> {
+    let (name, tag) = split_image(image);
+    let (pid_key, pid) = pid_label();
+    let mut ports = vec![(port, REDIS_PORT)];
+    ports.extend(&setup.published_ports);
+    let mut image = GenericImage::new(name, tag).with_wait_for(WaitFor::Nothing);
+    for &(_, container_port) in &ports {
+        image = image.with_exposed_port(container_port.tcp());
+    }
+    let mut request = image
+        .with_cmd(container_command(&setup.args))
+        .with_label(LABEL, "1")
+        .with_label(pid_key, pid)
+        .with_label(format!("{LABEL}.instance"), instance)
+        .with_startup_timeout(START_TIMEOUT)
+        .with_host_config_modifier(publish_on_loopback(ports));
+    for (source, name) in &setup.files {
+        request = request.with_copy_to(format!("{WORKDIR}/{name}"), source.clone());
+    }
+    if let Some(network) = &setup.docker_network {
+        request = request.with_network(network);
+    }
+    if let Some(name) = &setup.container_name {
+        request = request.with_container_name(name);
+    }
+    request
+}
+
+/// The engine refused the host port (taken since it was chosen).
+fn port_taken(reason: &str) -> bool {
+    reason.contains("port is already allocated") || reason.contains("address already in use")
+}
+
+/// One try at creating and starting a container. testcontainers owns the
+/// container only once it has started: one the engine created but could
+/// not start, or whose start was cancelled (Ctrl-C drops the run mid-start),
+/// is removed when the attempt drops unfinished.
+struct StartAttempt {
+    /// The `LABEL.instance` value of the attempt's container.
+    instance: String,
+    finished: bool,
+}
+
+impl StartAttempt {
+    fn new() -> StartAttempt {
+        StartAttempt {
+            instance: instance_id(),
+            finished: false,
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for StartAttempt {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let instance = std::mem::take(&mut self.instance);
+        let removed = blocking(move |docker| async move {
+            remove_labelled(&docker, &format!("{LABEL}.instance"), &instance).await
+        });
+        if let Err(e) = removed {
+            tracing::warn!("could not remove a container that did not start: {e}");
+        }
+    }
 }
 
 pub(super) struct DockerServer {
+    // Some until drop: testcontainers removes the container when it drops.
+    // Boxed: it carries the whole request it was made from.
+    container: Option<Box<ContainerAsync<GenericImage>>>,
     id: String,
     port: u16,
+    network: String,
 }
 
 impl DockerServer {
-    /// `docker create`, then `docker cp` of each setup file into the
-    /// working dir, then `docker start`: the files are there before
-    /// redis-server reads its configuration or its dump.rdb.
+    /// Create (with the setup files copied in), start, then wait for
+    /// redis-server's ready line and a PONG on the published port.
     pub(super) async fn start(
         image: &str,
         setup: &ServerSetup,
     ) -> Result<DockerServer, BackendError> {
-        let label = format!("{LABEL}=1");
-        let pid_label = format!("{LABEL}.pid={}", std::process::id());
-        let mut args = vec![
-            "create",
-            "--label",
-            &label,
-            "--label",
-            &pid_label,
-            "-p",
-            "127.0.0.1::6379",
-        ];
-        args.extend(setup.docker_args.iter().map(String::as_str));
-        args.push(image);
-        let command = container_command(&setup.args);
-        args.extend(command.iter().map(String::as_str));
-        let out = docker(&args, &[], COMMAND_TIMEOUT).await?;
-        let start_failed = |reason: String| BackendError::ContainerStart {
-            image: image.to_string(),
-            reason,
-        };
-        if !out.status.success() {
-            return Err(start_failed(failure_text(&out)));
-        }
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if id.is_empty() {
-            return Err(start_failed("docker create printed no container id".into()));
-        }
-        // From here on, Drop removes the container whatever happens next.
-        let mut server = DockerServer { id, port: 0 };
-        for (source, name) in &setup.files {
-            let target = format!("{}:{WORKDIR}/{name}", server.id);
-            let source = source.display().to_string();
-            let out = docker(&["cp", &source, &target], &[], copy_timeout(&source)).await?;
-            if !out.status.success() {
-                return Err(start_failed(format!(
-                    "docker cp {source} {target}: {}",
-                    failure_text(&out)
-                )));
+        note_container_started();
+        let mut attempt = 1;
+        let server = loop {
+            let port = super::process::free_port()?;
+            match Self::create_and_start(image, setup, port).await {
+                Ok(server) => break server,
+                Err(reason) if port_taken(&reason) && attempt < PORT_ATTEMPTS => {
+                    tracing::info!(
+                        "host port {port} was taken before the container got it: {reason}"
+                    );
+                    attempt += 1;
+                }
+                Err(reason) => {
+                    return Err(BackendError::ContainerStart {
+                        image: image.to_string(),
+                        reason,
+                    })
+                }
             }
-        }
-        let out = docker(&["start", &server.id], &[], COMMAND_TIMEOUT).await?;
-        if !out.status.success() {
-            return Err(start_failed(format!(
-                "docker start: {}",
-                failure_text(&out)
-            )));
-        }
-
+        };
         // First the log: a server that exits at once (an RDB it cannot
-        // load) has no port to read, and its log says why.
+        // load) never answers PING, and its log says why.
         server
             .wait_for_ready_line(setup.ready_timeout.unwrap_or(READY_LOG_TIMEOUT))
             .await?;
-        let out = docker(&["port", &server.id, "6379/tcp"], &[], COMMAND_TIMEOUT).await?;
-        let mapping = String::from_utf8_lossy(&out.stdout).to_string();
-        server.port = parse_host_port(&mapping).ok_or_else(|| {
-            start_failed(format!(
-                "no host port for 6379/tcp in `docker port` output {mapping:?} ({})",
-                failure_text(&out)
-            ))
-        })?;
-
-        let url = format!("redis://127.0.0.1:{}", server.port);
-        if let Err(BackendError::NotReady {
-            url,
-            waited,
-            last_error,
-            ..
-        }) = wait_ready(&url, PING_TIMEOUT).await
-        {
-            return Err(BackendError::NotReady {
-                url,
-                waited,
-                last_error,
-                log_tail: server.logs_tail().await,
-            });
-        }
+        server.wait_answering(PING_TIMEOUT).await?;
         Ok(server)
+    }
+
+    /// A started container, or why not.
+    async fn create_and_start(
+        image: &str,
+        setup: &ServerSetup,
+        port: u16,
+    ) -> Result<DockerServer, String> {
+        let mut attempt = StartAttempt::new();
+        let container = container_request(image, setup, port, &attempt.instance)
+            .start()
+            .await
+            .map_err(|e| e.to_string())?;
+        attempt.succeeded();
+        Ok(DockerServer {
+            id: container.id().to_string(),
+            container: Some(Box::new(container)),
+            port,
+            network: setup
+                .docker_network
+                .clone()
+                .unwrap_or_else(|| DEFAULT_NETWORK.to_string()),
+        })
+    }
+
+    fn container(&self) -> &ContainerAsync<GenericImage> {
+        self.container.as_ref().expect("taken only by drop")
     }
 
     /// Follow the container's log until redis says it is ready; the stream
     /// ends early when the container exits.
     async fn wait_for_ready_line(&self, timeout: Duration) -> Result<(), BackendError> {
-        let mut child = Command::new("docker")
-            .args(["logs", "-f", &self.id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| BackendError::io("running docker logs -f", e))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut lines = BufReader::new(stdout).lines();
+        let mut lines = self.container().stdout(true).lines();
         let found = tokio::time::timeout(timeout, async {
             while let Ok(Some(line)) = lines.next_line().await {
                 if line.contains(READY_LINE) {
@@ -246,8 +257,6 @@ impl DockerServer {
         })
         .await
         .unwrap_or(false);
-        let _ = child.start_kill();
-        let _ = child.wait().await;
         if found {
             Ok(())
         } else {
@@ -259,14 +268,35 @@ impl DockerServer {
         }
     }
 
+    /// The last lines of the container's stdout, then of its stderr.
     async fn logs_tail(&self) -> String {
-        match docker(&["logs", "--tail", "30", &self.id], &[], COMMAND_TIMEOUT).await {
-            Ok(out) => format!(
+        let container = self.container();
+        match tokio::try_join!(container.stdout_to_vec(), container.stderr_to_vec()) {
+            Ok((out, err)) => format!(
                 "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                tail_lines(&String::from_utf8_lossy(&out), LOG_TAIL_LINES),
+                tail_lines(&String::from_utf8_lossy(&err), LOG_TAIL_LINES)
             ),
             Err(e) => format!("(could not read the logs: {e})"),
+        }
+    }
+
+    /// Wait until Redis answers PING on the published port; a failure
+    /// carries the container's log.
+    async fn wait_answering(&self, timeout: Duration) -> Result<(), BackendError> {
+        match wait_ready(&format!("redis://127.0.0.1:{}", self.port), timeout).await {
+            Err(BackendError::NotReady {
+                url,
+                waited,
+                last_error,
+                ..
+            }) => Err(BackendError::NotReady {
+                url,
+                waited,
+                last_error,
+                log_tail: self.logs_tail().await,
+            }),
+            other => other,
         }
     }
 
@@ -274,53 +304,114 @@ impl DockerServer {
         self.port
     }
 
-    /// `docker ARGS... ID`; a non-zero exit is an error carrying its output.
-    pub(super) async fn container_cmd(&self, args: &[&str]) -> Result<(), BackendError> {
-        let mut all = args.to_vec();
-        all.push(&self.id);
-        let out = docker(&all, &[], COMMAND_TIMEOUT).await?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(BackendError::ContainerStart {
-                image: self.id.clone(),
-                reason: format!("docker {}: {}", args.join(" "), failure_text(&out)),
-            })
+    /// An error of a fault injected into this container.
+    fn failed(&self, action: &str, e: impl Display) -> BackendError {
+        BackendError::ContainerStart {
+            image: self.id.clone(),
+            reason: format!("{action}: {e}"),
         }
     }
 
-    /// After `docker start` or a network reconnect the published port may
-    /// be a new one: read it again and wait until Redis answers there.
-    pub(super) async fn refresh_port(&mut self) -> Result<(), BackendError> {
-        let out = docker(&["port", &self.id, "6379/tcp"], &[], COMMAND_TIMEOUT).await?;
-        let mapping = String::from_utf8_lossy(&out.stdout).to_string();
-        self.port = parse_host_port(&mapping).ok_or_else(|| BackendError::ContainerStart {
-            image: self.id.clone(),
-            reason: format!("no host port for 6379/tcp after a restart: {mapping:?}"),
-        })?;
-        let url = format!("redis://127.0.0.1:{}", self.port);
-        wait_ready(&url, READY_LOG_TIMEOUT).await
+    /// Freezes every process of the container (the cgroup freezer).
+    pub(super) async fn pause(&self) -> Result<(), BackendError> {
+        let paused = self.container().pause().await;
+        paused.map_err(|e| self.failed("pause", e))
+    }
+
+    pub(super) async fn unpause(&self) -> Result<(), BackendError> {
+        let thawed = self.container().unpause().await;
+        thawed.map_err(|e| self.failed("unpause", e))
+    }
+
+    /// SIGKILL to redis-server; the engine answers once it has exited.
+    pub(super) async fn kill(&self) -> Result<(), BackendError> {
+        let options = KillContainerOptionsBuilder::new().signal("KILL").build();
+        let docker = client().await?;
+        let killed = docker.kill_container(&self.id, Some(options)).await;
+        killed.map_err(|e| self.failed("kill", e))
+    }
+
+    /// Waits until redis-server has exited on its own (after SHUTDOWN).
+    pub(super) async fn wait_exit(&self) -> Result<(), BackendError> {
+        let docker = client().await?;
+        let mut waiting = docker.wait_container(&self.id, None);
+        match waiting.next().await {
+            // A non-zero exit is an exit all the same.
+            Some(Ok(_)) | Some(Err(bollard::errors::Error::DockerContainerWaitError { .. })) => {
+                Ok(())
+            }
+            Some(Err(e)) => Err(self.failed("wait", e)),
+            None => Err(self.failed("wait", "the engine closed the wait")),
+        }
+    }
+
+    /// Starts the stopped container again on its own data and waits until
+    /// Redis answers on the same host port.
+    pub(super) async fn start_again(&self) -> Result<(), BackendError> {
+        let started = self.container().start().await;
+        started.map_err(|e| self.failed("start", e))?;
+        self.wait_answering(READY_LOG_TIMEOUT).await
+    }
+
+    /// Detaches the container from its network: the published port goes
+    /// with it and connections through it break.
+    pub(super) async fn disconnect_network(&self) -> Result<(), BackendError> {
+        let request = NetworkDisconnectRequest {
+            container: self.id.clone(),
+            force: Some(false),
+        };
+        let docker = client().await?;
+        let cut = docker.disconnect_network(&self.network, request).await;
+        cut.map_err(|e| self.failed(&format!("disconnect from {}", self.network), e))
+    }
+
+    /// Attaches the container to its network again and waits until Redis
+    /// answers on its (unchanged) host port.
+    pub(super) async fn reconnect_network(&self) -> Result<(), BackendError> {
+        let request = NetworkConnectRequest {
+            container: self.id.clone(),
+            endpoint_config: None,
+        };
+        let docker = client().await?;
+        let joined = docker.connect_network(&self.network, request).await;
+        joined.map_err(|e| self.failed(&format!("connect to {}", self.network), e))?;
+        self.wait_answering(READY_LOG_TIMEOUT).await
+    }
+
+    /// The container's address on its network (what cluster peers MEET).
+    pub(super) async fn network_ip(&self) -> Result<String, BackendError> {
+        let ip = self.container().get_bridge_ip_address().await;
+        ip.map(|ip| ip.to_string())
+            .map_err(|e| self.failed(&format!("address on {}", self.network), e))
     }
 }
 
 impl Drop for DockerServer {
     fn drop(&mut self) {
-        // Synchronous on purpose: the container (and its port) is gone when
-        // drop returns. `-v` removes its anonymous volumes too.
-        let removed = std::process::Command::new("docker")
-            .args(["rm", "-f", "-v", &self.id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output();
-        match removed {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => tracing::warn!(
-                "could not remove container {}: {}",
+        let Some(container) = self.container.take() else {
+            return;
+        };
+        // testcontainers removes the container (force, with its volumes)
+        // before its drop returns, but hands the removal to the tokio
+        // runtime it finds: a server dropped outside one gets one here.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            drop(container);
+            return;
+        }
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => {
+                let _entered = runtime.enter();
+                drop(container);
+            }
+            Err(e) => tracing::warn!(
+                "container {} is left running: no runtime to remove it ({e}); \
+                 remove it with docker rm -f {}",
                 self.id,
-                failure_text(&out)
+                self.id
             ),
-            Err(e) => tracing::warn!("could not remove container {}: {e}", self.id),
         }
     }
 }
@@ -330,20 +421,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_docker_port_output() {
-        assert_eq!(parse_host_port("127.0.0.1:49153\n"), Some(49153));
-        assert_eq!(parse_host_port("0.0.0.0:1234\n[::]:1234\n"), Some(1234));
-        assert_eq!(parse_host_port("[::]:555"), Some(555));
-        assert_eq!(parse_host_port(""), None);
-        assert_eq!(parse_host_port("Error: No public port"), None);
-    }
-
-    #[test]
     fn command_keeps_fixed_settings_then_extra_args() {
         let cmd = container_command(&["--maxmemory", "10mb"]);
         assert_eq!(cmd[0], "redis-server");
         assert!(cmd.windows(2).any(|w| w == ["--protected-mode", "no"]));
         assert!(cmd.windows(2).any(|w| w == ["--save", ""]));
         assert_eq!(&cmd[cmd.len() - 2..], ["--maxmemory", "10mb"]);
+    }
+
+    #[test]
+    fn image_references_split_into_name_and_tag() {
+        assert_eq!(
+            split_image("keyshift/redis:local"),
+            ("keyshift/redis", "local")
+        );
+        assert_eq!(split_image("redis"), ("redis", "latest"));
+        assert_eq!(
+            split_image("registry:5000/redis"),
+            ("registry:5000/redis", "latest")
+        );
+        assert_eq!(
+            split_image("registry:5000/redis:7"),
+            ("registry:5000/redis", "7")
+        );
+    }
+
+    #[test]
+    fn redis_port_is_published_on_loopback_only() {
+        let mut host = HostConfig {
+            publish_all_ports: Some(true),
+            ..Default::default()
+        };
+        publish_on_loopback(vec![(40123, 6379), (40124, 6380)])(&mut host);
+        assert_eq!(host.publish_all_ports, Some(false));
+        let bindings = host.port_bindings.unwrap();
+        assert_eq!(bindings.len(), 2);
+        for (container, host_port) in [("6379/tcp", "40123"), ("6380/tcp", "40124")] {
+            let binding = &bindings[container].as_ref().unwrap()[0];
+            assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
+            assert_eq!(binding.host_port.as_deref(), Some(host_port));
+        }
+    }
+
+    #[test]
+    fn a_taken_port_is_recognised() {
+        assert!(port_taken(
+            "Bind for 127.0.0.1:40123 failed: port is already allocated"
+        ));
+        assert!(!port_taken("No such image: keyshift/redis:local"));
     }
 }

@@ -10,8 +10,6 @@ use super::{BackendError, BackendKind, Inner, RedisServer};
 
 /// How long a server told to SHUTDOWN may take to save and exit.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-/// The network a container of the docker backend is attached to.
-const NETWORK: &str = "bridge";
 
 /// A fault a backend may or may not be able to inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,26 +29,26 @@ impl RedisServer {
         }
     }
 
-    /// Freezes the server: `docker pause` (the cgroup freezer) or SIGSTOP
+    /// Freezes the server: a container pause (the cgroup freezer) or SIGSTOP
     /// of the child process, the same thing seen from a client: the TCP
     /// connections stay open and every command waits for an answer.
     pub async fn pause(&self) -> Result<(), BackendError> {
         match &self.inner {
             Inner::Process(p) => signal(p.pid(), "STOP"),
-            Inner::Docker(d) => d.container_cmd(&["pause"]).await,
+            Inner::Docker(d) => d.pause().await,
         }
     }
 
-    /// Thaws a paused server (`docker unpause` or SIGCONT).
+    /// Thaws a paused server (container unpause or SIGCONT).
     pub async fn unpause(&self) -> Result<(), BackendError> {
         match &self.inner {
             Inner::Process(p) => signal(p.pid(), "CONT"),
-            Inner::Docker(d) => d.container_cmd(&["unpause"]).await,
+            Inner::Docker(d) => d.unpause().await,
         }
     }
 
-    /// Crashes the server (SIGKILL: `kill -9` of the child, `docker kill`
-    /// of the container) and starts it again on the same data: with
+    /// Crashes the server (SIGKILL: `kill -9` of the child, a container
+    /// kill with KILL) and starts it again on the same data and port: with
     /// `appendonly yes` the AOF brings back every acknowledged write. Its
     /// clients' connections are gone.
     pub async fn crash_and_restart(&mut self) -> Result<(), BackendError> {
@@ -60,17 +58,15 @@ impl RedisServer {
                 p.restart().await
             }
             Inner::Docker(d) => {
-                d.container_cmd(&["kill", "--signal", "KILL"]).await?;
-                d.container_cmd(&["start"]).await?;
-                d.refresh_port().await
+                d.kill().await?;
+                d.start_again().await
             }
         }
     }
 
     /// Shuts the server down gracefully (`SHUTDOWN SAVE`: an RDB snapshot
     /// of everything written so far, even with `save ""`), then starts it
-    /// again on the same port (process; docker publishes whatever port it
-    /// gives the restarted container) and data dir, loading that snapshot.
+    /// again on the same port and data dir, loading that snapshot.
     pub async fn shutdown_and_restart(&mut self) -> Result<(), BackendError> {
         let mut conn = self.connection().await?;
         // The server closes the connection instead of answering.
@@ -85,9 +81,8 @@ impl RedisServer {
                 p.restart().await
             }
             Inner::Docker(d) => {
-                d.container_cmd(&["wait"]).await?;
-                d.container_cmd(&["start"]).await?;
-                d.refresh_port().await
+                d.wait_exit().await?;
+                d.start_again().await
             }
         }
     }
@@ -96,19 +91,16 @@ impl RedisServer {
     /// goes away with it and established connections through it break.
     pub async fn disconnect_network(&self) -> Result<(), BackendError> {
         match &self.inner {
-            Inner::Docker(d) => d.container_cmd(&["network", "disconnect", NETWORK]).await,
+            Inner::Docker(d) => d.disconnect_network().await,
             Inner::Process(_) => Err(docker_only("a network disconnect")),
         }
     }
 
-    /// Connects the container to its network again (the published port
-    /// may change: [`RedisServer::url`] answers the new one).
+    /// Connects the container to its network again; the published port
+    /// is the one it had.
     pub async fn reconnect_network(&mut self) -> Result<(), BackendError> {
         match &mut self.inner {
-            Inner::Docker(d) => {
-                d.container_cmd(&["network", "connect", NETWORK]).await?;
-                d.refresh_port().await
-            }
+            Inner::Docker(d) => d.reconnect_network().await,
             Inner::Process(_) => Err(docker_only("a network reconnect")),
         }
     }

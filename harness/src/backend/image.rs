@@ -1,17 +1,20 @@
 //! The local Redis image: no registry is reachable, so when the image is
 //! missing it is built from the host's `redis-server` (DESIGN §5): a
 //! `FROM scratch` Dockerfile (docker/redis-image/Dockerfile), the binary and
-//! every library `ldd` lists at their absolute paths, empty /data and /tmp,
-//! built with the legacy builder (`DOCKER_BUILDKIT=0 docker build`).
+//! every library `ldd` lists at their absolute paths, empty /data and /tmp.
+//! testcontainers sends that context to the engine's build API (BuildKit
+//! needs nothing from a registry for `FROM scratch`); no `docker build`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use testcontainers::runners::AsyncBuilder;
+use testcontainers::GenericBuildableImage;
 use tokio::sync::Mutex;
 
-use super::docker::{docker, failure_text};
+use super::docker_api::client;
 use super::process::find_on_path;
-use super::{tail_lines, BackendError};
+use super::BackendError;
 
 /// The image the docker backend runs (built locally when missing).
 pub const IMAGE: &str = "keyshift/redis:local";
@@ -24,7 +27,6 @@ const DOCKERFILE: &str = include_str!("../../../docker/redis-image/Dockerfile");
 /// Where the binary goes in the image (on the Dockerfile's PATH).
 const BINARY_IN_IMAGE: &str = "/usr/local/bin/redis-server";
 const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
-const INSPECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One build at a time in this process; across processes (nextest, parallel
 /// `cargo test` runs) a lock file in the temp dir, and a failed build is fine
@@ -50,21 +52,34 @@ pub(super) async fn ensure_image() -> Result<String, BackendError> {
     if image_is_current(host.as_ref()).await? {
         return Ok(IMAGE.to_string());
     }
-    let (binary, version) = host.ok_or_else(|| BackendError::ImageBuild {
-        image: IMAGE.into(),
+    let (binary, version) = host.ok_or_else(|| no_host_redis(IMAGE))?;
+    tracing::info!("building {IMAGE} from {}", binary.display());
+    build(IMAGE, &binary, &version).await?;
+    Ok(IMAGE.to_string())
+}
+
+/// Builds `image` (`name:tag`) from the host's redis-server the way a
+/// missing `keyshift/redis:local` is built, whatever images exist: a test
+/// checks the build under a name of its own.
+#[doc(hidden)]
+pub async fn build_from_host_redis(image: &str) -> Result<(), BackendError> {
+    let (binary, version) = host_redis().await.ok_or_else(|| no_host_redis(image))?;
+    build(image, &binary, &version).await
+}
+
+fn no_host_redis(image: &str) -> BackendError {
+    BackendError::ImageBuild {
+        image: image.into(),
         reason:
             "no redis-server on PATH to build it from: install it (apt-get install -y redis-server)"
                 .into(),
-    })?;
-    tracing::info!("building {IMAGE} from {}", binary.display());
-    build(&binary, &version).await?;
-    Ok(IMAGE.to_string())
+    }
 }
 
 /// The image exists and was built from the host's redis-server (any image
 /// will do when the host has none).
 async fn image_is_current(host: Option<&(PathBuf, String)>) -> Result<bool, BackendError> {
-    Ok(match (inspect_version_label().await?, host) {
+    Ok(match (inspect_version_label(IMAGE).await?, host) {
         (None, _) => false,
         (Some(_), None) => true,
         (Some(built_from), Some((_, version))) if &built_from == version => true,
@@ -135,19 +150,25 @@ fn lock_is_stale(path: &Path) -> bool {
     }
 }
 
-/// The label of the local image, or None when the image does not exist.
-async fn inspect_version_label() -> Result<Option<String>, BackendError> {
-    let format = format!("{{{{index .Config.Labels \"{VERSION_LABEL}\"}}}}");
-    let out = docker(
-        &["image", "inspect", "--format", &format, IMAGE],
-        &[],
-        INSPECT_TIMEOUT,
-    )
-    .await?;
-    Ok(out
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
+/// The version label of `image`, or None when the image does not exist.
+async fn inspect_version_label(image: &str) -> Result<Option<String>, BackendError> {
+    let docker = client().await?;
+    match docker.inspect_image(image).await {
+        Ok(image) => Ok(Some(
+            image
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|mut labels| labels.remove(VERSION_LABEL))
+                .unwrap_or_default(),
+        )),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(BackendError::ImageBuild {
+            image: image.into(),
+            reason: format!("inspecting it: {e}"),
+        }),
+    }
 }
 
 /// The host's redis-server and its `--version` line.
@@ -162,64 +183,67 @@ async fn host_redis() -> Option<(PathBuf, String)> {
     (out.status.success() && !version.is_empty()).then_some((binary, version))
 }
 
-async fn build(binary: &Path, version: &str) -> Result<(), BackendError> {
-    let ldd = tokio::process::Command::new("ldd")
-        .arg(binary)
-        .output()
-        .await
-        .map_err(|e| BackendError::Ldd {
-            binary: binary.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    let stdout = String::from_utf8_lossy(&ldd.stdout);
-    let static_binary = String::from_utf8_lossy(&ldd.stderr).contains("not a dynamic executable");
-    let libraries = match parse_ldd(&stdout) {
-        Ok(_) if static_binary => Vec::new(),
-        Ok(libs) if ldd.status.success() => libs,
-        Ok(_) => {
-            return Err(BackendError::Ldd {
-                binary: binary.display().to_string(),
-                reason: failure_text(&ldd),
-            })
-        }
-        Err(reason) => {
-            return Err(BackendError::Ldd {
-                binary: binary.display().to_string(),
-                reason,
-            })
-        }
-    };
-
+async fn build(image: &str, binary: &Path, version: &str) -> Result<(), BackendError> {
+    let libraries = libraries_of(binary).await?;
     let context = tempfile::Builder::new()
         .prefix("keyshift-redis-image-")
         .tempdir()
         .map_err(|e| BackendError::io("creating the image build context", e))?;
     let (root, bin) = (context.path().to_path_buf(), binary.to_path_buf());
-    tokio::task::spawn_blocking(move || prepare_context(&root, &bin, &libraries))
+    let dockerfile = labelled_dockerfile(version);
+    tokio::task::spawn_blocking(move || prepare_context(&root, &bin, &libraries, &dockerfile))
         .await
         .expect("preparing the build context panicked")
         .map_err(|e| BackendError::io("preparing the image build context", e))?;
 
-    let label = format!("{VERSION_LABEL}={version}");
-    let ctx = context.path().display().to_string();
-    let out = docker(
-        &["build", "--label", &label, "-t", IMAGE, &ctx],
-        &[("DOCKER_BUILDKIT", "0")],
-        BUILD_TIMEOUT,
-    )
-    .await?;
-    if out.status.success() {
-        tracing::info!("built {IMAGE} from {}", binary.display());
-        return Ok(());
-    }
+    let (name, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
+    let buildable = GenericBuildableImage::new(name, tag)
+        .with_dockerfile(context.path().join("Dockerfile"))
+        .with_file(context.path().join("rootfs"), "rootfs");
+    let reason = match tokio::time::timeout(BUILD_TIMEOUT, buildable.build_image()).await {
+        Ok(Ok(_)) => {
+            tracing::info!("built {image} from {}", binary.display());
+            return Ok(());
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no result within {BUILD_TIMEOUT:?}"),
+    };
     // Another process may have built it meanwhile (a stale-lock race).
-    if inspect_version_label().await?.as_deref() == Some(version) {
+    if inspect_version_label(image).await?.as_deref() == Some(version) {
         return Ok(());
     }
     Err(BackendError::ImageBuild {
-        image: IMAGE.into(),
-        reason: tail_lines(&failure_text(&out), 15),
+        image: image.into(),
+        reason,
     })
+}
+
+/// The shipped Dockerfile plus the label naming the redis-server it holds.
+fn labelled_dockerfile(version: &str) -> String {
+    let quoted = version.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("{DOCKERFILE}LABEL {VERSION_LABEL}=\"{quoted}\"\n")
+}
+
+/// Every library `ldd` lists for `binary` (none for a static one).
+async fn libraries_of(binary: &Path) -> Result<Vec<PathBuf>, BackendError> {
+    let failed = |reason: String| BackendError::Ldd {
+        binary: binary.display().to_string(),
+        reason,
+    };
+    let ldd = tokio::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let stdout = String::from_utf8_lossy(&ldd.stdout);
+    let stderr = String::from_utf8_lossy(&ldd.stderr);
+    match parse_ldd(&stdout) {
+        Ok(_) if stderr.contains("not a dynamic executable") => Ok(Vec::new()),
+        Ok(libs) if ldd.status.success() => Ok(libs),
+        Ok(_) if stderr.trim().is_empty() => Err(failed(stdout.trim().to_string())),
+        Ok(_) => Err(failed(stderr.trim().to_string())),
+        Err(reason) => Err(failed(reason)),
+    }
 }
 
 /// The absolute paths of the libraries in `ldd` output, the dynamic loader
@@ -265,7 +289,12 @@ fn under_root(root: &Path, absolute: &Path) -> PathBuf {
 
 /// Write the Dockerfile and rootfs/: the binary (symlinks followed, like
 /// `cp -L`, named redis-server), each library at its path, empty /data, /tmp.
-fn prepare_context(context: &Path, binary: &Path, libraries: &[PathBuf]) -> std::io::Result<()> {
+fn prepare_context(
+    context: &Path,
+    binary: &Path,
+    libraries: &[PathBuf],
+    dockerfile: &str,
+) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let rootfs = context.join("rootfs");
     let copy = |from: &Path, to: &Path| -> std::io::Result<()> {
@@ -284,7 +313,7 @@ fn prepare_context(context: &Path, binary: &Path, libraries: &[PathBuf]) -> std:
     std::fs::create_dir_all(rootfs.join("data"))?;
     std::fs::create_dir_all(rootfs.join("tmp"))?;
     std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
-    std::fs::write(context.join("Dockerfile"), DOCKERFILE)
+    std::fs::write(context.join("Dockerfile"), dockerfile)
 }
 
 #[cfg(test)]
@@ -361,7 +390,7 @@ mod tests {
         std::fs::write(&lib, b"lib").unwrap();
 
         let ctx = tempfile::tempdir().unwrap();
-        prepare_context(ctx.path(), &link, std::slice::from_ref(&lib)).unwrap();
+        prepare_context(ctx.path(), &link, std::slice::from_ref(&lib), DOCKERFILE).unwrap();
         let rootfs = ctx.path().join("rootfs");
         let bin = under_root(&rootfs, Path::new(BINARY_IN_IMAGE));
         assert!(!std::fs::symlink_metadata(&bin)

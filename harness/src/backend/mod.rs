@@ -6,14 +6,16 @@
 //! - `auto`: docker when an engine answers, else process. With
 //!   `KEYSHIFT_REQUIRE_DOCKER=1` (CI) there is no fallback.
 //!
-//! Every server stops and is removed when its [`RedisServer`] is dropped.
+//! Every server stops and is removed when its [`RedisServer`] is dropped;
+//! after Ctrl-C or SIGTERM, [`until_interrupted`] lets those drops run and
+//! then sweeps whatever container of this process is left.
 //! `faults` pauses, crashes, restarts and cuts off a running server.
 //!
-//! The docker backend drives the `docker` CLI rather than testcontainers:
-//! testcontainers 0.28 speaks Docker API 1.53 through bollard without version
-//! negotiation, so any engine older than Docker 29 rejects every call
-//! ("client version 1.53 is too new"); the CLI negotiates, and building the
-//! image needs the CLI anyway.
+//! The docker backend goes through testcontainers (containers, the image
+//! build) and its bollard client (kill, wait, networks); it starts no
+//! `docker` process.
+//! It works with engines older than the API version bollard names (Docker
+//! 20.10, API 1.41): see `docker_api`.
 
 mod cluster;
 mod cluster_deployment;
@@ -21,8 +23,10 @@ mod cluster_nodes;
 mod cluster_reshard;
 mod cluster_tls;
 mod docker;
+mod docker_api;
 mod faults;
 mod image;
+mod interrupt;
 mod process;
 mod setup;
 
@@ -37,8 +41,10 @@ pub use cluster_deployment::Deployment;
 pub use cluster_nodes::{is_cluster_url, key_slot, Nodes, Primaries, Primary};
 pub use cluster_reshard::SlotMove;
 pub use cluster_tls::ClusterTls;
+pub use docker_api::{docker_engine, remove_leftovers, DockerEngine};
 pub use faults::FaultKind;
-pub use image::IMAGE;
+pub use image::{build_from_host_redis, IMAGE};
+pub use interrupt::{until_interrupted, Interrupted};
 pub use setup::ServerSetup;
 
 /// Environment variable that forbids `auto` from falling back to the process
@@ -107,15 +113,13 @@ pub enum BackendError {
         last_error: String,
         log_tail: String,
     },
-    #[error("no docker CLI on PATH: install Docker (https://docs.docker.com/engine/install/) or use --backend process")]
-    DockerCliNotFound,
     #[error("Docker engine not reachable at {host} ({reason}): start it or use --backend process")]
     DockerUnavailable { host: String, reason: String },
     #[error("Docker engine not reachable at {host} ({reason}) and {REQUIRE_DOCKER_ENV}=1 forbids the process fallback: start Docker, or unset {REQUIRE_DOCKER_ENV}")]
     DockerRequired { host: String, reason: String },
     #[error("`ldd {binary}` failed: {reason}; the local image needs a dynamically linked redis-server whose libraries ldd can list")]
     Ldd { binary: String, reason: String },
-    #[error("building image {image} failed: {reason}; check `docker build` works offline (legacy builder), or set KEYSHIFT_REDIS_IMAGE to an image that has redis-server")]
+    #[error("building image {image} failed: {reason}; check the engine can build a FROM scratch image offline, or set KEYSHIFT_REDIS_IMAGE to an image that has redis-server")]
     ImageBuild { image: String, reason: String },
     #[error("starting a container of {image} failed: {reason}")]
     ContainerStart { image: String, reason: String },
@@ -192,9 +196,9 @@ pub async fn process_redis_version() -> Option<String> {
     process::redis_server_version().await
 }
 
-/// True when a docker CLI is on PATH and its engine answers.
+/// True when a Docker engine answers.
 pub async fn docker_available() -> bool {
-    docker::engine_check().await.is_ok()
+    docker_api::engine_check().await.is_ok()
 }
 
 enum Inner {
@@ -243,12 +247,12 @@ impl RedisServer {
         match kind {
             BackendKind::Process => Self::start_process(setup).await,
             BackendKind::Docker => {
-                if let Err(e) = docker::engine_check().await {
+                if let Err(e) = docker_api::engine_check().await {
                     return Err(required_if_needed(e));
                 }
                 Self::start_docker(setup).await
             }
-            BackendKind::Auto => match docker::engine_check().await {
+            BackendKind::Auto => match docker_api::engine_check().await {
                 Ok(()) => Self::start_docker(setup).await,
                 Err(e) if docker_required() => Err(required_if_needed(e)),
                 Err(docker_err) => {
@@ -309,11 +313,11 @@ impl RedisServer {
 pub(crate) async fn resolve_kind(kind: BackendKind) -> Result<BackendKind, BackendError> {
     match kind {
         BackendKind::Process => Ok(BackendKind::Process),
-        BackendKind::Docker => match docker::engine_check().await {
+        BackendKind::Docker => match docker_api::engine_check().await {
             Ok(()) => Ok(BackendKind::Docker),
             Err(e) => Err(required_if_needed(e)),
         },
-        BackendKind::Auto => match docker::engine_check().await {
+        BackendKind::Auto => match docker_api::engine_check().await {
             Ok(()) => Ok(BackendKind::Docker),
             Err(e) if docker_required() => Err(required_if_needed(e)),
             Err(e) => {

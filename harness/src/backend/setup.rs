@@ -22,10 +22,15 @@ pub struct ServerSetup {
     /// How long the server may take to answer PING (a large RDB loads for
     /// a while); `None`: the backend's default.
     pub ready_timeout: Option<Duration>,
-    /// Docker only: arguments to `docker create` before the image (a
-    /// cluster node's `--network` and `--name`); the process backend
-    /// ignores them.
-    pub docker_args: Vec<String>,
+    /// Docker only: an existing network the container joins instead of
+    /// the default bridge (a cluster's own); the process backend ignores it.
+    pub docker_network: Option<String>,
+    /// Docker only: the container's name (a cluster node's, so it reads
+    /// as its cluster's); the process backend ignores it.
+    pub container_name: Option<String>,
+    /// Docker only: (host port, container port) published on 127.0.0.1
+    /// beside Redis's own port (a TLS port); the process backend ignores it.
+    pub published_ports: Vec<(u16, u16)>,
 }
 
 impl ServerSetup {
@@ -43,6 +48,12 @@ impl ServerSetup {
     /// Places the host file `source` in the working dir as `name`.
     pub fn file(mut self, source: impl Into<PathBuf>, name: impl Into<String>) -> Self {
         self.files.push((source.into(), name.into()));
+        self
+    }
+
+    /// Docker: also publishes `container_port` on 127.0.0.1:`host_port`.
+    pub fn publish(mut self, host_port: u16, container_port: u16) -> Self {
+        self.published_ports.push((host_port, container_port));
         self
     }
 

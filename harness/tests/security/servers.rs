@@ -109,9 +109,7 @@ impl Secured {
             }
             // Docker publishes the container's TLS port on the chosen host port.
             let listen = if kind == BackendKind::Docker {
-                setup
-                    .docker_args
-                    .extend(["-p".to_owned(), format!("127.0.0.1:{port}:6380")]);
+                setup = setup.publish(port, 6380);
                 6380
             } else {
                 port
