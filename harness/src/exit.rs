@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use keyshift_engine::EngineError;
 
 use crate::backend::BackendError;
-use crate::HarnessError;
+use crate::error::HarnessError;
 
 /// How a command ended when it did not fail outright.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

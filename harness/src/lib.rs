@@ -20,6 +20,7 @@ pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod digest;
+pub mod error;
 pub mod exit;
 pub mod floor;
 pub mod gate;
@@ -28,18 +29,10 @@ pub mod scenario;
 pub mod seed;
 pub mod writers;
 
+pub use error::HarnessError;
+
 use cli::{Cli, Command, Migration};
 use commands::migrate::MigrateArgs;
-
-/// Failures of the harness itself (not of Redis or the engine).
-#[derive(Debug, thiserror::Error)]
-pub enum HarnessError {
-    /// A write nobody confirmed.
-    #[error("refused: {0}")]
-    Refused(String),
-    #[error("usage: {0}")]
-    Usage(String),
-}
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default: warnings).
 pub fn init_tracing() {

@@ -11,8 +11,8 @@ use keyshift_engine::validate::key_count;
 
 use super::validate::load_schema;
 use super::{confirm_write, locked_unless_dry_run, progress_bar};
+use crate::error::HarnessError;
 use crate::exit::Outcome;
-use crate::HarnessError;
 
 pub async fn run(
     url: &str,

@@ -15,7 +15,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use indicatif::{ProgressBar, ProgressStyle};
 use keyshift_engine::keys::DEFAULT_EXCHANGES;
 
-use crate::HarnessError;
+use crate::error::HarnessError;
 
 /// DESIGN §6: writing without `--force` asks for `yes` on a terminal and
 /// refuses elsewhere.

@@ -16,8 +16,8 @@ use keyshift_engine::redact_url;
 
 use super::migrate::MigrateArgs;
 use super::{confirm_write, exchanges, locked_unless_dry_run, print_report, progress_bar, render};
+use crate::error::HarnessError;
 use crate::exit::Outcome;
-use crate::HarnessError;
 
 pub async fn migrate(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
     if args.skip_closed {

@@ -9,8 +9,8 @@ use keyshift_engine::keys::schema::Schema;
 use keyshift_engine::validate::{key_count, validate, ValidateOptions, ValidateReport};
 
 use super::{print_report, progress_bar};
+use crate::error::HarnessError;
 use crate::exit::Outcome;
-use crate::HarnessError;
 
 /// The built-in schema, or the one in `--schema FILE` (a bad file is a
 /// usage error: exit 2).

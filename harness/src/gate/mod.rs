@@ -23,11 +23,11 @@ use crate::backend::{BackendKind, Deployment, RedisServer};
 use crate::cli::GateArgs;
 use crate::commands::exchanges;
 use crate::digest::{digest, Digest};
+use crate::error::HarnessError;
 use crate::exit::Outcome;
+use crate::report::SnapshotReport;
 use crate::report::{self, GateReport, PhaseReport};
 use crate::seed::{self, generate, load_fixture_dir, GenConfig, Generated, Keyspace};
-use crate::HarnessError;
-use rdb::SnapshotReport;
 
 pub use engines::{Engines, Production};
 

@@ -18,7 +18,7 @@ use keyshift_engine::grid_positions::verify::verify_grid_positions;
 use keyshift_engine::run::invariant::InvariantResult;
 use keyshift_engine::run::journal::{Outcome, RunRecord};
 
-use super::{checks, not_journal, rdb, rollback, Engines, Gate, Source};
+use super::{checks, not_journal, rdb, Engines, Gate, Source};
 use crate::backend::Deployment;
 use crate::commands::{locked, progress_bar};
 use crate::digest::{compare, digest, Digest};
@@ -37,9 +37,16 @@ pub(super) struct Pre {
     pub snapshot_legacy: Keyspace,
 }
 
+/// The pre-migration digest and when and how fast it was taken.
+pub struct Before<'a> {
+    pub digest: &'a Digest,
+    pub taken: Instant,
+    pub took: Duration,
+}
+
 impl Pre {
-    pub fn before(&self) -> rollback::Before<'_> {
-        rollback::Before {
+    pub fn before(&self) -> Before<'_> {
+        Before {
             digest: &self.digest,
             taken: self.at,
             took: self.took,

@@ -22,8 +22,9 @@ use serde::Serialize;
 
 use crate::backend::{BackendError, BackendKind, ServerSetup};
 use crate::digest::Digest;
+use crate::error::HarnessError;
+use crate::report::SnapshotReport;
 use crate::seed::{KeyEntry, KeyValue, Keyspace};
-use crate::HarnessError;
 
 /// "REDIS" and four ASCII digits: the RDB format version.
 const MAGIC: &[u8] = b"REDIS";
@@ -35,23 +36,6 @@ pub struct Snapshot {
     pub file: PathBuf,
     pub rdb_version: u32,
     pub bytes: u64,
-}
-
-/// What the report says about the snapshot the gate ran on.
-#[derive(Debug, Clone, Serialize)]
-pub struct SnapshotReport {
-    pub file: String,
-    pub rdb_version: u32,
-    pub bytes: u64,
-    /// Keys the server held once it had loaded the file (journal aside).
-    pub keys_loaded: usize,
-    /// Of those, `{exchange}:positions:{uid}` keys, and their distinct users.
-    pub legacy_position_keys: usize,
-    pub legacy_users: usize,
-    /// Keys the snapshot holds in databases other than 0, by database:
-    /// loaded, but neither migrated nor checked (the gate runs on db 0).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub other_databases: BTreeMap<u32, u64>,
 }
 
 /// The RDB format version in a file's first bytes.

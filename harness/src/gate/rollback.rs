@@ -22,7 +22,7 @@ use keyshift_engine::keys::BackupKey;
 use keyshift_engine::run::invariant::InvariantResult;
 use keyshift_engine::run::journal::{is_journal_key, Outcome, RunRecord};
 
-use super::phase2::{migrate_options, Pre};
+use super::phase2::{migrate_options, Before, Pre};
 use super::{checks, not_journal, Engines, Gate, Source};
 use crate::commands::locked;
 use crate::digest::{compare, digest, Digest};
@@ -37,13 +37,6 @@ const HOT_USERS: usize = 30;
 const TTL_TOLERANCE_MS: i64 = 1_000;
 
 const ROLLBACK_DESCRIPTION: &str = "migrate then rollback gives the pre-migration keyspace (backups and journal aside), TTLs within 1 s";
-
-/// The pre-migration digest and when and how fast it was taken.
-pub struct Before<'a> {
-    pub digest: &'a Digest,
-    pub taken: Instant,
-    pub took: Duration,
-}
 
 /// Writers to run through the second migration: the first is checked
 /// strictly on every user (and rollback refuses over data changed since a

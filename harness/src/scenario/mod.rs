@@ -19,8 +19,8 @@ pub mod runner;
 pub mod strike;
 
 use crate::cli::{ScenarioAction, ScenarioArgs};
+use crate::error::HarnessError;
 use crate::exit::Outcome;
-use crate::HarnessError;
 use model::{load_dir, ScenarioError};
 use report::Verdict;
 use runner::RunOptions;
