@@ -11,6 +11,8 @@ use keyshift_engine::run::invariant::InvariantResult;
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use serde::{Deserialize, Serialize};
 
+use crate::error::HarnessError;
+
 mod kill_matrix;
 pub use kill_matrix::{
     kill_matrix_markdown, kill_matrix_suite, write_kill_matrix, KillMatrix, KillRow,
@@ -176,6 +178,21 @@ impl GateReport {
             .flat_map(|p| &p.invariants)
             .all(|i| i.status != Status::Fail);
     }
+}
+
+/// Makes sure the report can be written to `dir` before anything runs: a
+/// path that is a file, or a folder that cannot be created or written,
+/// is a usage error found in a moment, not after the whole gate.
+pub fn prepare_dir(dir: &Path) -> Result<(), HarnessError> {
+    let usage = |why: String| HarnessError::Usage(format!("--report-dir {}: {why}", dir.display()));
+    if dir.exists() && !dir.is_dir() {
+        return Err(usage("is a file, not a directory: name a directory".into()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| usage(format!("cannot create it ({e})")))?;
+    let probe = dir.join(".keyshift-write-probe");
+    std::fs::write(&probe, b"").map_err(|e| usage(format!("cannot write in it ({e})")))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
 }
 
 pub fn write_all(report: &GateReport, dir: &Path) -> std::io::Result<()> {

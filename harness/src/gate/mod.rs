@@ -48,6 +48,7 @@ pub async fn run(args: &GateArgs) -> anyhow::Result<Outcome> {
 /// `args.seed`, which are ignored. Only the default rates replay from the
 /// command line, so the report's replay command is exact only for those.
 pub async fn run_with(args: &GateArgs, gen: GenConfig) -> anyhow::Result<Outcome> {
+    report::prepare_dir(&args.report_dir)?;
     let report = evaluate(&Production, args, gen).await?;
     report::write_all(&report, &args.report_dir)?;
     print!("{}", summary(&report, &args.report_dir));
@@ -287,7 +288,11 @@ impl<'a, E: Engines> Gate<'a, E> {
 
 fn load_fixtures(args: &GateArgs) -> anyhow::Result<Option<Keyspace>> {
     if args.fixtures.is_dir() {
-        return Ok(Some(load_fixture_dir(&args.fixtures)?));
+        // A fixture the gate cannot read is the caller's to fix: usage,
+        // named by file and entry, before any server starts.
+        let fixtures = load_fixture_dir(&args.fixtures)
+            .map_err(|e| HarnessError::Usage(format!("--fixtures: {e}")))?;
+        return Ok(Some(fixtures));
     }
     if args.fixtures.as_os_str() == "fixtures" {
         // The default directory is optional outside a checkout.
