@@ -141,7 +141,7 @@ impl GridPositionsStore for MutantGrid {
         self.inner.journal_conn()
     }
 
-    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
+    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
         self.inner.scan(cursor, pattern, count).await
     }
 

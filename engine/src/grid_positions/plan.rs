@@ -65,16 +65,48 @@ pub enum ValueShape {
 /// Why a legacy key is left untouched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QuarantineReason {
-    NotAString { redis_type: String },
-    NotJson { detail: String },
-    NotArrayOrObject { found: &'static str },
-    PositionNotObject { index: usize },
-    DuplicateField { index: usize, field: String },
-    MissingInstId { index: usize },
-    InvalidInstId { index: usize, detail: &'static str },
-    ObjectKeyNotInstId { key: String, inst_id: String },
-    ReservedField { index: usize, field: String },
-    Collision { member: String },
+    NotAString {
+        redis_type: String,
+    },
+    NotJson {
+        detail: String,
+    },
+    NotArrayOrObject {
+        found: &'static str,
+    },
+    PositionNotObject {
+        index: usize,
+    },
+    /// A position that starts as an object but is not readable JSON, e.g.
+    /// a string holding a lone surrogate (`\ud800`).
+    PositionUnreadable {
+        index: usize,
+        detail: String,
+    },
+    DuplicateField {
+        index: usize,
+        field: String,
+    },
+    MissingInstId {
+        index: usize,
+    },
+    InvalidInstId {
+        index: usize,
+        detail: &'static str,
+    },
+    ObjectKeyNotInstId {
+        key: String,
+        inst_id: String,
+    },
+    ReservedField {
+        index: usize,
+        field: String,
+    },
+    Collision {
+        member: String,
+    },
+    /// The key's name is not UTF-8; it is reported with its bytes escaped.
+    KeyNotUtf8,
 }
 
 impl QuarantineReason {
@@ -85,12 +117,14 @@ impl QuarantineReason {
             Self::NotJson { .. } => "not_json",
             Self::NotArrayOrObject { .. } => "not_array_or_object",
             Self::PositionNotObject { .. } => "position_not_object",
+            Self::PositionUnreadable { .. } => "position_unreadable",
             Self::DuplicateField { .. } => "duplicate_field",
             Self::MissingInstId { .. } => "missing_inst_id",
             Self::InvalidInstId { .. } => "invalid_inst_id",
             Self::ObjectKeyNotInstId { .. } => "object_key_not_inst_id",
             Self::ReservedField { .. } => "reserved_field",
             Self::Collision { .. } => "collision",
+            Self::KeyNotUtf8 => "key_not_utf8",
         }
     }
 }
@@ -109,6 +143,9 @@ impl fmt::Display for QuarantineReason {
                 )
             }
             Self::PositionNotObject { index } => write!(f, "position #{index} is not an object"),
+            Self::PositionUnreadable { index, detail } => {
+                write!(f, "position #{index} is not readable JSON ({detail})")
+            }
             Self::DuplicateField { index, field } => {
                 write!(f, "position #{index} has field {field:?} twice")
             }
@@ -129,6 +166,7 @@ impl fmt::Display for QuarantineReason {
             Self::Collision { member } => {
                 write!(f, "two positions map to the same key suffix {member:?}")
             }
+            Self::KeyNotUtf8 => f.write_str("the key name is not UTF-8; migrate it by hand"),
         }
     }
 }
@@ -238,7 +276,10 @@ fn plan_position(
     let raw_fields = match parse_object(item.get()) {
         Ok(Ok(f)) => f,
         Ok(Err(field)) => return Err(QuarantineReason::DuplicateField { index, field }),
-        Err(_) => return Err(QuarantineReason::PositionNotObject { index }),
+        Err(e) => {
+            let detail = e.to_string();
+            return Err(QuarantineReason::PositionUnreadable { index, detail });
+        }
     };
     let mut fields = Vec::with_capacity(raw_fields.len() + 2);
     let (mut inst_id, mut pos_side, mut pos) = (None, None, None);
@@ -250,7 +291,10 @@ fn plan_position(
         let text = raw.get();
         let is_string = text.starts_with('"');
         let value = if is_string {
-            string_value(text).ok_or(QuarantineReason::PositionNotObject { index })?
+            string_value(text).ok_or_else(|| QuarantineReason::PositionUnreadable {
+                index,
+                detail: format!("field {name:?} holds a string that does not decode"),
+            })?
         } else {
             compact_json(text)
         };

@@ -119,6 +119,27 @@ fn plan_quarantines_malformed_values() {
     assert_eq!(quarantine_tag(b"null"), "not_array_or_object");
     assert_eq!(quarantine_tag(b"[1]"), "position_not_object");
     assert_eq!(quarantine_tag(br#"{"A":[]}"#), "position_not_object");
+}
+
+/// Regression: a lone surrogate inside a string was reported as "position
+/// #0 is not an object"; the report must say what is wrong.
+#[test]
+fn a_lone_surrogate_is_reported_as_unreadable_not_as_a_non_object() {
+    for value in [
+        &br#"[{"instId":"BTC-USDT-SWAP","pos":"1","note":"\ud800"}]"#[..],
+        &br#"[{"instId":"BTC\ud800","pos":"1"}]"#[..],
+    ] {
+        let UserPlan::Quarantine { reason, .. } = plan_value(value, PlanOptions::default()) else {
+            panic!("planned: {}", String::from_utf8_lossy(value));
+        };
+        assert_eq!(reason.tag(), "position_unreadable", "{reason}");
+        assert!(
+            reason
+                .to_string()
+                .contains("position #0 is not readable JSON"),
+            "{reason}"
+        );
+    }
     assert_eq!(quarantine_tag(br#"[{"pos":"1"}]"#), "missing_inst_id");
     assert_eq!(quarantine_tag(br#"[{"instId":7}]"#), "invalid_inst_id");
     assert_eq!(quarantine_tag(br#"[{"instId":""}]"#), "invalid_inst_id");

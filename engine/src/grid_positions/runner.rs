@@ -15,7 +15,9 @@ use crate::grid_positions::plan::{
 use crate::grid_positions::store::{
     GridPositionsStore, PositionWrite, RunContext, UserWrite, WriteOutcome,
 };
-use crate::keys::{escape_glob, LegacyPositionsKey, BACKUP_TTL_SECS};
+use crate::keys::{
+    escape_glob, escape_key, not_legacy_reason, LegacyPositionsKey, BACKUP_TTL_SECS,
+};
 use crate::run;
 use crate::run::journal::{self, outcomes_key, Outcome, RunRecord, RunStart};
 use crate::run::runner::{
@@ -110,6 +112,10 @@ pub struct MigrationReport {
     pub samples: Vec<KeySample>,
     pub quarantined: Vec<Finding>,
     pub conflicts: Vec<Finding>,
+    /// Keys the SCAN matched that are not legacy keys (backups aside), and
+    /// why: listed up to a hundred, counted in `skipped_keys`.
+    pub skipped: Vec<Finding>,
+    pub skipped_keys: usize,
     pub elapsed_ms: u128,
 }
 
@@ -170,6 +176,8 @@ pub async fn migrate_grid_positions<S: GridPositionsStore>(
         samples: tally.samples,
         quarantined: tally.quarantined,
         conflicts: tally.conflicts,
+        skipped: tally.skipped,
+        skipped_keys: tally.skipped_total,
         elapsed_ms: started.elapsed().as_millis(),
     })
 }
@@ -251,28 +259,26 @@ struct Phase2Batches<'a, S> {
 type Pending = (LegacyPositionsKey, String);
 
 impl<S: GridPositionsStore> BatchSteps for Phase2Batches<'_, S> {
-    type Key = String;
+    type Key = Vec<u8>;
     type Counts = Counts;
     type Sample = KeySample;
     type Finding = Finding;
 
-    async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>)> {
+    async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
         self.store.scan(cursor, &self.pattern, count).await
     }
 
-    async fn process(&self, scanned: Vec<String>) -> Result<BatchTally> {
+    async fn process(&self, scanned: Vec<Vec<u8>>) -> Result<BatchTally> {
         let mut tally = BatchTally::default();
-        let mut pending: Vec<Pending> = scanned
-            .into_iter()
-            .filter_map(|k| LegacyPositionsKey::parse(&k, &self.opts.exchanges).map(|p| (p, k)))
-            .collect();
-        for (legacy, _) in &pending {
-            tally.counts(&legacy.exchange);
-        }
+        let mut journal = Vec::new();
+        let mut pending = self.parse_keys(scanned, &mut tally, &mut journal);
+        let conn = self.store.journal_conn();
+        let (outcomes_key, dry_run) = (&self.ctx.outcomes_key, self.opts.dry_run);
+        record_findings(conn, outcomes_key, dry_run, &journal).await?;
+        journal.clear();
         let mut attempt = 0;
         while !pending.is_empty() {
             attempt += 1;
-            let mut journal = Vec::new();
             let (planned, writes) = self
                 .plan_round(&mut pending, &mut tally, &mut journal)
                 .await?;
@@ -292,14 +298,58 @@ impl<S: GridPositionsStore> BatchSteps for Phase2Batches<'_, S> {
                 let retry = settle(&mut tally, &mut journal, user, write, outcome, round);
                 pending.extend(retry);
             }
-            let conn = self.store.journal_conn();
-            record_findings(conn, &self.ctx.outcomes_key, self.opts.dry_run, &journal).await?;
+            record_findings(conn, outcomes_key, dry_run, &journal).await?;
+            journal.clear();
         }
         Ok(tally)
     }
 }
 
 impl<S: GridPositionsStore> Phase2Batches<'_, S> {
+    /// The scanned legacy keys of this run's exchanges. A legacy name that
+    /// is not UTF-8 is quarantined, shown escaped; any other key the
+    /// pattern matched is listed as skipped, with why.
+    fn parse_keys(
+        &self,
+        scanned: Vec<Vec<u8>>,
+        tally: &mut BatchTally,
+        journal: &mut Vec<(String, String)>,
+    ) -> Vec<Pending> {
+        let exchanges = &self.opts.exchanges;
+        let mut pending = Vec::new();
+        for raw in scanned {
+            let key = match String::from_utf8(raw) {
+                Ok(key) => key,
+                Err(e) => {
+                    let shown = escape_key(e.as_bytes());
+                    let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                    match LegacyPositionsKey::parse(&lossy, exchanges) {
+                        Some(legacy) => {
+                            let counts = tally.counts(&legacy.exchange);
+                            let reason = QuarantineReason::KeyNotUtf8;
+                            let finding = quarantine(counts, journal, shown, reason, 0);
+                            tally.quarantined.push(finding);
+                        }
+                        None => tally.skip(skipped(shown, "the key name is not UTF-8".into())),
+                    }
+                    continue;
+                }
+            };
+            match LegacyPositionsKey::parse(&key, exchanges) {
+                Some(legacy) => {
+                    tally.counts(&legacy.exchange);
+                    pending.push((legacy, key));
+                }
+                None => {
+                    if let Some(why) = not_legacy_reason(&key, exchanges) {
+                        tally.skip(skipped(key, why));
+                    }
+                }
+            }
+        }
+        pending
+    }
+
     /// Reads every pending key once and plans it: a write for each user to
     /// migrate, a quarantine (tallied and journaled) for the rest.
     async fn plan_round(
@@ -475,6 +525,14 @@ fn conflict(
     Finding {
         key: legacy_key,
         reason: "conflict".into(),
+        detail,
+    }
+}
+
+fn skipped(key: String, detail: String) -> Finding {
+    Finding {
+        key,
+        reason: "not_a_legacy_key".into(),
         detail,
     }
 }

@@ -92,6 +92,40 @@ impl BackupKey {
     }
 }
 
+/// Why a key that the Phase 2 SCAN pattern (`*:positions:*`) matched is
+/// not a legacy positions key, for the report; `None` for a legacy key and
+/// for a backup (a run leaves one per user: listing them is noise).
+pub fn not_legacy_reason<S: AsRef<str>>(key: &str, exchanges: &[S]) -> Option<String> {
+    if LegacyPositionsKey::parse(key, exchanges).is_some()
+        || BackupKey::parse(key, exchanges).is_some()
+    {
+        return None;
+    }
+    let Some((exchange, user_id)) = key.split_once(":positions:") else {
+        return Some("not of the form {exchange}:positions:{user_id}".into());
+    };
+    let configured = |e: &str| exchanges.iter().any(|x| x.as_ref() == e);
+    Some(if !configured(exchange) {
+        if exchanges
+            .iter()
+            .any(|x| x.as_ref().eq_ignore_ascii_case(exchange))
+        {
+            format!("exchange {exchange:?} is not lower case, as keys are")
+        } else {
+            format!("{exchange:?} is not a configured exchange")
+        }
+    } else if user_id.is_empty() {
+        "the user id is empty".into()
+    } else {
+        "the user id holds ':', which makes the key ambiguous".into()
+    })
+}
+
+/// A key name that is not UTF-8, shown with its bytes escaped (`\xff`).
+pub fn escape_key(name: &[u8]) -> String {
+    name.escape_ascii().to_string()
+}
+
 /// `YYYYMMDD_HHMMSS`.
 pub fn is_backup_stamp(s: &str) -> bool {
     let b = s.as_bytes();
@@ -287,6 +321,25 @@ mod tests {
         assert_eq!(b.legacy.user_id, "42");
         assert_eq!(b.stamp, "20250101_000000");
         assert!(BackupKey::parse("okx:positions:42:backup:today", &EX).is_none());
+    }
+
+    #[test]
+    fn keys_the_scan_matched_but_are_not_legacy_say_why() {
+        let ex = ["okx", "binance"];
+        assert_eq!(not_legacy_reason("okx:positions:7", &ex), None);
+        assert_eq!(
+            not_legacy_reason("okx:positions:7:backup:20261128_010203", &ex),
+            None
+        );
+        let why = |k| not_legacy_reason(k, &ex).unwrap();
+        assert!(why("okx:positions:a:b").contains("holds ':'"));
+        assert!(why("okx:positions:").contains("empty"));
+        assert!(why("OKX:positions:upper").contains("not lower case"));
+        assert!(why("kraken:positions:1").contains("not a configured exchange"));
+        assert_eq!(
+            escape_key(b"okx:positions:\xff\xfebin"),
+            r"okx:positions:\xff\xfebin"
+        );
     }
 
     #[test]

@@ -31,7 +31,14 @@ pub struct Tally<C, S, F> {
     pub samples: Vec<S>,
     pub quarantined: Vec<F>,
     pub conflicts: Vec<F>,
+    /// Keys the SCAN matched that are not the migration's (a report lists
+    /// the first [`MAX_SKIPPED_LISTED`]); `skipped_total` counts them all.
+    pub skipped: Vec<F>,
+    pub skipped_total: usize,
 }
+
+/// How many skipped keys a report lists by name.
+pub const MAX_SKIPPED_LISTED: usize = 100;
 
 impl<C, S, F> Default for Tally<C, S, F> {
     fn default() -> Self {
@@ -40,6 +47,8 @@ impl<C, S, F> Default for Tally<C, S, F> {
             samples: Vec::new(),
             quarantined: Vec::new(),
             conflicts: Vec::new(),
+            skipped: Vec::new(),
+            skipped_total: 0,
         }
     }
 }
@@ -59,6 +68,17 @@ impl<C: Counts, S, F: Keyed> Tally<C, S, F> {
         self.samples.extend(batch.samples.into_iter().take(room));
         self.quarantined.extend(batch.quarantined);
         self.conflicts.extend(batch.conflicts);
+        self.skipped_total += batch.skipped_total;
+        let room = MAX_SKIPPED_LISTED.saturating_sub(self.skipped.len());
+        self.skipped.extend(batch.skipped.into_iter().take(room));
+    }
+
+    /// A key the SCAN matched that is not the migration's, and why.
+    pub fn skip(&mut self, finding: F) {
+        self.skipped_total += 1;
+        if self.skipped.len() < MAX_SKIPPED_LISTED {
+            self.skipped.push(finding);
+        }
     }
 
     /// The counts of every exchange summed, with the findings sorted by key
@@ -66,6 +86,7 @@ impl<C: Counts, S, F: Keyed> Tally<C, S, F> {
     pub fn totals(&mut self) -> C {
         self.quarantined.sort_by(|a, b| a.key().cmp(b.key()));
         self.conflicts.sort_by(|a, b| a.key().cmp(b.key()));
+        self.skipped.sort_by(|a, b| a.key().cmp(b.key()));
         let mut totals = C::default();
         self.per_exchange.values().for_each(|c| totals.add(c));
         totals

@@ -114,6 +114,14 @@ pub fn render(r: &MigrationReport) -> String {
             format!("{}: {} — {}", f.key, f.reason, f.detail)
         });
     }
+    let skipped = format!(
+        "Skipped, not legacy keys (left untouched; {} in all, the report lists {})",
+        r.skipped_keys,
+        r.skipped.len()
+    );
+    render::findings(&mut out, &skipped, &r.skipped, |f| {
+        format!("{}: {}", f.key, f.detail)
+    });
     render::footer(&mut out, r.elapsed_ms, r.needs_review());
     out
 }

@@ -215,6 +215,8 @@ fn counts_judge_outcomes_against_the_snapshot() {
         samples: Vec::new(),
         quarantined: Vec::new(),
         conflicts: Vec::new(),
+        skipped: Vec::new(),
+        skipped_keys: 0,
         elapsed_ms: 0,
     };
     let migrated = |positions| Outcome::Migrated {

@@ -101,7 +101,8 @@ pub struct RunContext {
 pub trait GridPositionsStore {
     /// One SCAN step over the keys matching `pattern` (already glob-escaped);
     /// through a cluster connection it visits every primary.
-    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
+    /// Key names are raw bytes: one that is not UTF-8 is reported, not lost.
+    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
         let during = "scanning for legacy keys";
         scan::scan_step(self.journal_conn(), cursor, Some(pattern), count, during).await
     }
