@@ -51,6 +51,12 @@ pub enum Command {
         /// Do not migrate closed positions (pos 0); each is counted in the report.
         #[arg(long)]
         skip_closed: bool,
+        /// grid-positions: quarantine (leave untouched, report) a user holding
+        /// more positions than this [default: 5000]. A user is one atomic
+        /// step, and a larger step would block Redis for more than tens of
+        /// milliseconds; raise it only in a quiet window.
+        #[arg(long, value_name = "N")]
+        max_positions_per_user: Option<usize>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,

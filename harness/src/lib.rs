@@ -53,6 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<exit::Outcome> {
             dry_run,
             force,
             skip_closed,
+            max_positions_per_user,
             json,
         } => {
             let args = MigrateArgs {
@@ -61,6 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<exit::Outcome> {
                 dry_run,
                 force,
                 skip_closed,
+                max_positions_per_user,
                 json,
             };
             match migration {

@@ -107,6 +107,12 @@ pub enum QuarantineReason {
     },
     /// The key's name is not UTF-8; it is reported with its bytes escaped.
     KeyNotUtf8,
+    /// More positions than one bounded step may write (the runner's
+    /// `max_positions_per_user`); not a planning rule of DESIGN §2.
+    TooManyPositions {
+        positions: usize,
+        max: usize,
+    },
 }
 
 impl QuarantineReason {
@@ -125,6 +131,7 @@ impl QuarantineReason {
             Self::ReservedField { .. } => "reserved_field",
             Self::Collision { .. } => "collision",
             Self::KeyNotUtf8 => "key_not_utf8",
+            Self::TooManyPositions { .. } => "too_many_positions",
         }
     }
 }
@@ -167,6 +174,12 @@ impl fmt::Display for QuarantineReason {
                 write!(f, "two positions map to the same key suffix {member:?}")
             }
             Self::KeyNotUtf8 => f.write_str("the key name is not UTF-8; migrate it by hand"),
+            Self::TooManyPositions { positions, max } => write!(
+                f,
+                "holds {positions} positions, more than --max-positions-per-user {max}: one \
+                 atomic step for it would block Redis too long; migrate it in a quiet window \
+                 with a higher --max-positions-per-user"
+            ),
         }
     }
 }

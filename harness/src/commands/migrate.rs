@@ -19,6 +19,7 @@ pub struct MigrateArgs<'a> {
     pub dry_run: bool,
     pub force: bool,
     pub skip_closed: bool,
+    pub max_positions_per_user: Option<usize>,
     pub json: bool,
 }
 
@@ -39,6 +40,9 @@ pub async fn run(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
     let mut opts = MigrateOptions::new(exchanges(args.exchange));
     opts.dry_run = args.dry_run;
     opts.skip_closed = args.skip_closed;
+    if let Some(max) = args.max_positions_per_user {
+        opts.max_positions_per_user = max;
+    }
     let bar = progress_bar(store.key_count().await?, "migrate grid-positions");
     let tick = |n: usize| bar.inc(n as u64);
     let migrate = migrate_grid_positions(&store, &opts, &tick);

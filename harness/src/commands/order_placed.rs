@@ -26,6 +26,12 @@ pub async fn migrate(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
         )
         .into());
     }
+    if args.max_positions_per_user.is_some() {
+        return Err(HarnessError::Usage(
+            "--max-positions-per-user applies to grid-positions only".into(),
+        )
+        .into());
+    }
     let conn = connect(args.url).await?;
     let store = AnyOrderPlaced::open(conn.clone()).await?;
     let what = format!("migrate {MIGRATION} on {}", redact_url(args.url));
