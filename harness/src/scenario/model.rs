@@ -232,7 +232,7 @@ impl ExitSpec {
 pub struct Invocation {
     #[serde(default = "grid")]
     pub migration: MigrationName,
-    /// Extra flags: `--skip-closed`, `--exchange EX`.
+    /// Extra flags: `--skip-closed`, `--exchange EX`, `--max-positions-per-user N`.
     #[serde(default)]
     pub args: Vec<String>,
     pub exit: ExitSpec,
@@ -447,11 +447,14 @@ impl Scenario {
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--skip-closed" => {}
-                "--exchange" if args.next().is_some() => {}
+                "--exchange" | "--max-positions-per-user" if args.next().is_some() => {}
                 _ => {
                     return self.refuse(
                         &format!("{field}.args"),
-                        &format!("{a:?}: only --skip-closed and --exchange EX are allowed"),
+                        &format!(
+                            "{a:?}: only --skip-closed, --exchange EX and \
+                             --max-positions-per-user N are allowed"
+                        ),
                     )
                 }
             }
