@@ -422,8 +422,8 @@ fn too_many(plan: &MigratePlan, max: usize) -> bool {
     plan.positions.len() + plan.skipped_closed > max
 }
 
-/// The writes that migrate one user as `plan` says.
-fn user_write(
+/// The writes that migrate one user as `plan` says (`stamp`: the run's).
+pub fn user_write(
     legacy: &LegacyPositionsKey,
     key: &str,
     value: Vec<u8>,

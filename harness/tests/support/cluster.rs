@@ -5,7 +5,8 @@
 use keyshift_engine::connection::scan::scan_step;
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::grid_positions::plan::{plan_value, PlanOptions, UserPlan};
-use keyshift_engine::grid_positions::store::{PositionWrite, RunContext, UserWrite};
+use keyshift_engine::grid_positions::runner::user_write;
+use keyshift_engine::grid_positions::store::{RunContext, UserWrite};
 use keyshift_engine::keys::LegacyPositionsKey;
 use keyshift_engine::run::journal::{outcomes_key, RunRecord, RunState};
 use keyshift_engine::EngineError;
@@ -67,31 +68,11 @@ pub fn run_record(run_id: &str, state: RunState) -> RunRecord {
     }
 }
 
-/// What a run plans for okx user `uid` whose legacy key holds `value`:
-/// built here from the planner's output, as the engine's migrate loop
-/// builds it (it has no public function for one user).
+/// What a run plans for okx user `uid` whose legacy key holds `value`.
 pub fn write_for(uid: &str, value: &[u8]) -> UserWrite {
     let legacy = LegacyPositionsKey::new("okx", uid);
     let UserPlan::Migrate(plan) = plan_value(value, PlanOptions::default()) else {
         panic!("plans");
     };
-    UserWrite {
-        legacy_key: legacy.key(),
-        expected: value.to_vec(),
-        backup_key: legacy.backup_key(STAMP),
-        index_key: legacy.index_key(),
-        positions: plan
-            .positions
-            .into_iter()
-            .map(|p| {
-                let member = p.index_member();
-                PositionWrite {
-                    key: legacy.position_key(&member),
-                    member,
-                    fields: p.fields,
-                }
-            })
-            .collect(),
-        skipped_closed: 0,
-    }
+    user_write(&legacy, &legacy.key(), value.to_vec(), plan, STAMP)
 }
