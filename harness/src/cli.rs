@@ -240,7 +240,13 @@ pub struct ScenarioRunArgs {
     /// say so) on process.
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     pub backend: BackendKind,
-    /// Reports go to REPORT_DIR/scenarios/NAME/.
+    /// Reports go to REPORT_DIR/scenarios/NAME/ (with --repeat, each run's
+    /// to REPORT_DIR/run-K/scenarios/NAME/).
     #[arg(long, default_value = "reports")]
     pub report_dir: PathBuf,
+    /// Run each scenario N times, one after another, and say how many runs
+    /// passed: a scenario that passes only sometimes is flaky, and fails.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
 }
