@@ -184,7 +184,7 @@ impl<'s> Tally<'s> {
         if index && actual != "none" {
             self.reappeared.count += 1;
             if self.reappeared.samples.len() < self.samples {
-                self.reappeared.samples.push(lossy(key));
+                self.reappeared.samples.push(shown(key));
             }
         }
     }
@@ -201,7 +201,7 @@ impl<'s> Tally<'s> {
         else {
             self.unknown.count += 1;
             if self.unknown.samples.len() < self.samples {
-                self.unknown.samples.push(lossy(key));
+                self.unknown.samples.push(shown(key));
             }
             return None;
         };
@@ -224,7 +224,7 @@ impl<'s> Tally<'s> {
             p.type_mismatches += 1;
             if p.mismatch_samples.len() < self.samples {
                 p.mismatch_samples.push(TypeMismatch {
-                    key: lossy(key),
+                    key: shown(key),
                     actual: actual.to_owned(),
                 });
             }
@@ -235,7 +235,7 @@ impl<'s> Tally<'s> {
         let p = &mut self.patterns[pattern];
         p.count += 1;
         if p.samples.len() < self.samples {
-            p.samples.push(lossy(key));
+            p.samples.push(shown(key));
         }
     }
 
@@ -260,8 +260,13 @@ impl<'s> Tally<'s> {
     }
 }
 
-pub(crate) fn lossy(key: &[u8]) -> String {
-    String::from_utf8_lossy(key).into_owned()
+/// A key's name for a report: as it is, or, when it is not UTF-8, with
+/// its bytes escaped (`\xff`), so the operator can find it exactly.
+pub(crate) fn shown(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(name) => name.to_owned(),
+        Err(_) => crate::keys::escape_key(key),
+    }
 }
 
 /// One SCAN step over every key (no MATCH: each key is classified here).
@@ -352,6 +357,15 @@ pub async fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_shown_escaped_not_mangled() {
+        assert_eq!(
+            shown(b"okx:positions:\xff\xfebin"),
+            r"okx:positions:\xff\xfebin"
+        );
+        assert_eq!(shown("okx:positions:é".as_bytes()), "okx:positions:é");
+    }
 
     fn run(keys: &[(&[u8], &str)]) -> ValidateReport {
         let schema = Schema::builtin();

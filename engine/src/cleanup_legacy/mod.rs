@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::error::{EngineError, Result as EngineResult};
 use crate::keys::schema::{RedisType, Schema};
-use crate::validate::{lossy, scan_step, types_of, SeenKeys, TypeMismatch};
+use crate::validate::{scan_step, shown, types_of, SeenKeys, TypeMismatch};
 
 /// KEYS[1] a key a cleanup pattern classified, ARGV[1] its pattern's type
 /// (`any`: every type). Returns 1 when unlinked, 0 when the key is gone,
@@ -188,7 +188,7 @@ impl<'s> Cleanup<'s> {
                 r.deleted += 1;
                 p.deleted += 1;
                 if r.samples.len() < self.opts.samples {
-                    r.samples.push(lossy(&c.key));
+                    r.samples.push(shown(&c.key));
                 }
             }
             KeyOutcome::Vanished => r.vanished += 1,
@@ -197,7 +197,7 @@ impl<'s> Cleanup<'s> {
                 p.wrong_type += 1;
                 if r.wrong_type_samples.len() < self.opts.samples {
                     r.wrong_type_samples.push(TypeMismatch {
-                        key: lossy(&c.key),
+                        key: shown(&c.key),
                         actual,
                     });
                 }
@@ -284,7 +284,7 @@ fn parse_reply(v: Value) -> KeyOutcome {
     match v {
         Value::Int(1) => KeyOutcome::Deleted,
         Value::Int(_) | Value::Nil => KeyOutcome::Vanished,
-        Value::BulkString(t) => KeyOutcome::WrongType(lossy(&t)),
+        Value::BulkString(t) => KeyOutcome::WrongType(shown(&t)),
         Value::SimpleString(t) => KeyOutcome::WrongType(t),
         other => KeyOutcome::WrongType(format!("unexpected reply {other:?}")),
     }
@@ -303,7 +303,7 @@ mod tests {
         let mut c = Cleanup::new(&schema, &CleanupOptions::default()).unwrap();
         c.select(keys(keys_in))
             .into_iter()
-            .map(|c| lossy(&c.key))
+            .map(|c| shown(&c.key))
             .collect()
     }
 
