@@ -173,6 +173,10 @@ async fn a_key_name_that_is_not_utf8_is_quarantined_untouched() {
     let report = migrate(&r).await;
     assert_eq!(report.totals.keys_quarantined, 1);
     assert_eq!(report.quarantined[0].reason, "key_not_utf8");
+    assert_eq!(
+        report.quarantined[0].key,
+        r"okx:user:\xff:symbol:BTC:order_placed"
+    );
     assert_unchanged(&before, &keyspace(&mut r).await);
 }
 

@@ -55,7 +55,7 @@ pub enum QuarantineReason {
     NotAHash {
         redis_type: String,
     },
-    /// The key's name is not UTF-8; it is reported by its lossy name.
+    /// The key's name is not UTF-8; it is reported with its bytes escaped.
     KeyNotUtf8,
 }
 

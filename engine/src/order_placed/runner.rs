@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::connection::RedisConn;
 use crate::error::Result;
-use crate::keys::OrderPlacedKey;
+use crate::keys::{escape_key, OrderPlacedKey};
 use crate::run;
 use crate::run::journal::{self, outcomes_key, OrderPlacedOutcome, RunRecord, RunStart};
 use crate::run::runner::{
@@ -260,7 +260,7 @@ impl<S: OrderPlacedStore> BatchSteps for Phase1Batches<'_, S> {
 
 impl<S: OrderPlacedStore> Phase1Batches<'_, S> {
     /// The scanned keys of this run's exchanges; a name that is not UTF-8
-    /// is quarantined (shown lossily), not lost.
+    /// is quarantined (shown with its bytes escaped), not lost.
     fn parse_keys(
         &self,
         scanned: Vec<Vec<u8>>,
@@ -281,7 +281,8 @@ impl<S: OrderPlacedStore> Phase1Batches<'_, S> {
                     if let Some(k) = OrderPlacedKey::parse(&lossy, &self.opts.exchanges) {
                         let counts = tally.counts(&k.exchange);
                         let reason = QuarantineReason::KeyNotUtf8;
-                        let f = quarantine(counts, journal, lossy, &k, reason);
+                        let shown = escape_key(e.as_bytes());
+                        let f = quarantine(counts, journal, shown, &k, reason);
                         tally.quarantined.push(f);
                     }
                 }
