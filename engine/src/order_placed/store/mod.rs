@@ -1,9 +1,9 @@
 //! The one seam between the Phase 1 runner and a Redis deployment, as
 //! [`crate::grid_positions::store`] is for Phase 2: the runner speaks only this trait.
 
-use crate::connection::scan;
+use crate::connection::scan::{self, TypedRead};
 use crate::connection::RedisConn;
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 
 use crate::order_placed::plan::{Fields, KeyRead};
 
@@ -77,7 +77,7 @@ pub trait OrderPlacedStore {
     }
     /// Reads each key: absent, a hash with its fields, or another type.
     async fn read_keys(&self, keys: &[String]) -> Result<Vec<KeyRead>> {
-        standalone::read_order_placed(self.journal_conn(), keys).await
+        read_order_placed(self.journal_conn(), keys).await
     }
     /// Applies each write atomically, recording `moved` / `dropped_equal`
     /// in `outcomes_key` in the same step; outcomes in input order.
@@ -90,4 +90,27 @@ pub trait OrderPlacedStore {
     async fn key_count(&self) -> Result<u64> {
         scan::key_count(self.journal_conn()).await
     }
+}
+
+/// Reads each key as absent, a hash with its fields, or another type (one
+/// pipeline of single-key reads: the same on a cluster).
+async fn read_order_placed(conn: &RedisConn, keys: &[String]) -> Result<Vec<KeyRead>> {
+    let during = "reading order-placed hashes";
+    let reads = scan::read_expecting(conn, keys, "HGETALL", during).await?;
+    reads
+        .into_iter()
+        .map(|read| match read {
+            TypedRead::Value(v) => Ok(KeyRead::hash(
+                redis::from_redis_value::<Fields>(v).map_err(|e| EngineError::Redis {
+                    during: "decoding an order-placed hash",
+                    source: e.into(),
+                })?,
+            )),
+            // A key deleted or turned into a hash in between reads as
+            // absent or as "hash": either way the plan it gives is
+            // re-checked before any write.
+            TypedRead::OtherType(t) if t == "none" => Ok(KeyRead::Absent),
+            TypedRead::OtherType(redis_type) => Ok(KeyRead::Other { redis_type }),
+        })
+        .collect()
 }

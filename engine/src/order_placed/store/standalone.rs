@@ -13,11 +13,9 @@
 use crate::connection::RedisConn;
 use redis::Value;
 
-use crate::connection::scan::{self, TypedRead};
 use crate::error::{EngineError, Result};
 
 use super::{KeyRollback, KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};
-use crate::order_placed::plan::{Fields, KeyRead};
 
 const MOVE_ORDER_PLACED: &str = include_str!("../lua/move_order_placed.lua");
 const ROLLBACK_ORDER_PLACED: &str = include_str!("../lua/rollback_order_placed.lua");
@@ -120,29 +118,6 @@ impl OrderPlacedStore for StandaloneOrderPlaced {
         .map_err(EngineError::redis("moving order-placed keys"))?;
         replies.into_iter().map(parse_outcome).collect()
     }
-}
-
-/// Reads each key as absent, a hash with its fields, or another type (one
-/// pipeline of single-key reads: the same on a cluster).
-pub(super) async fn read_order_placed(conn: &RedisConn, keys: &[String]) -> Result<Vec<KeyRead>> {
-    let during = "reading order-placed hashes";
-    let reads = scan::read_expecting(conn, keys, "HGETALL", during).await?;
-    reads
-        .into_iter()
-        .map(|read| match read {
-            TypedRead::Value(v) => Ok(KeyRead::hash(
-                redis::from_redis_value::<Fields>(v).map_err(|e| EngineError::Redis {
-                    during: "decoding an order-placed hash",
-                    source: e.into(),
-                })?,
-            )),
-            // A key deleted or turned into a hash in between reads as
-            // absent or as "hash": either way the plan it gives is
-            // re-checked before any write.
-            TypedRead::OtherType(t) if t == "none" => Ok(KeyRead::Absent),
-            TypedRead::OtherType(redis_type) => Ok(KeyRead::Other { redis_type }),
-        })
-        .collect()
 }
 
 fn parse_outcome(reply: Value) -> Result<WriteOutcome> {
