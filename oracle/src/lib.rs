@@ -1,0 +1,20 @@
+//! keyshift-oracle: judges a migration by what is in Redis, written afresh
+//! from DESIGN §1–§4 and sharing no code with any engine (Cargo shows it:
+//! this crate does not depend on keyshift-engine).
+//!
+//! Judging is pure: the caller reads a before-image and an after-image
+//! ([`image`]) and [`grid::judge`] turns them into each invariant's verdict
+//! ([`verdict`]). [`legacy`] is DESIGN §2's rule for one legacy value,
+//! [`keys`] DESIGN §1's key names, and [`json`] a JSON reader that keeps
+//! each value's source text, which the rules need.
+
+pub mod grid;
+pub mod image;
+pub mod json;
+pub mod keys;
+pub mod legacy;
+pub mod verdict;
+
+pub use grid::{judge as judge_grid_positions, GridOptions, BACKUP_TTL_MS};
+pub use image::{sha256_hex, Before, Entry, Image, Value};
+pub use verdict::{Judgement, Status, Tally, Verdict};
