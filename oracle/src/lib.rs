@@ -5,14 +5,17 @@
 //! Judging is pure: the caller reads a before-image and an after-image
 //! ([`image`]) and [`grid::judge`] turns them into each invariant's verdict
 //! ([`verdict`]). [`legacy`] is DESIGN §2's rule for one legacy value,
-//! [`keys`] DESIGN §1's key names, and [`json`] a JSON reader that keeps
+//! [`keys`] DESIGN §1's key names, [`order_placed`] Phase 1's judge,
+//! [`compare`] the idempotent and rollback comparisons, and [`json`] a JSON reader that keeps
 //! each value's source text, which the rules need.
 
+pub mod compare;
 pub mod grid;
 pub mod image;
 pub mod json;
 pub mod keys;
 pub mod legacy;
+pub mod order_placed;
 pub mod verdict;
 
 pub use grid::{judge as judge_grid_positions, GridOptions, BACKUP_TTL_MS};
