@@ -171,7 +171,7 @@ def side_of(pos_side, pos):
 
 
 def plan_position(index, raw):
-    """(instId, side, [(field, value)], closed) of one position object."""
+    """(instId, side, [(field, value)]) of one position object."""
     if not raw.startswith("{"):
         raise Quarantine(f"position #{index} is not an object")
     members, _ = _members(raw, 0, f"position #{index}")
@@ -200,13 +200,13 @@ def plan_position(index, raw):
     # without the ':' separator, or the key could not be read back.
     if not is_string or not inst or ":" in inst:
         raise Quarantine(f"position #{index} has an unusable instId {inst!r}")
-    pos_value = None if pos is None else parse_number(pos)
-    return inst, side_of(pos_side, pos_value), fields, pos_value == 0.0
+    # Closed positions (pos 0) migrate like any other: DESIGN §2 is lossless.
+    return inst, side_of(pos_side, None if pos is None else parse_number(pos)), fields
 
 
 def plan_value(value):
-    """The positions one legacy value holds, each (instId, side, fields,
-    closed), or Quarantine. An empty array or object holds none."""
+    """The positions one legacy value holds, each (instId, side, fields), or
+    Quarantine. An empty array or object holds none."""
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -225,7 +225,7 @@ def plan_value(value):
         raise Quarantine(f"not JSON: trailing characters at {end}")
     planned, members = [], set()
     for index, (object_key, raw) in enumerate(entries):
-        inst, side, fields, closed = plan_position(index, raw)
+        inst, side, fields = plan_position(index, raw)
         if object_key is not None and object_key != inst:
             raise Quarantine(f"object key {object_key!r} is not its position's instId {inst!r}")
         member = f"{inst}:{side}"
@@ -233,7 +233,7 @@ def plan_value(value):
         if member in members:
             raise Quarantine(f"two positions map to {member!r}")
         members.add(member)
-        planned.append((inst, side, fields, closed))
+        planned.append((inst, side, fields))
     return planned
 
 
@@ -358,7 +358,7 @@ def migrate_user(pipe, key, ex, user, stamp, migrated_at):
     backup = f"{key}:backup:{stamp}"
     hashes = [
         (f"positions:{user}:{ex}:{inst}:{side}", f"{inst}:{side}", fields)
-        for inst, side, fields, _ in positions
+        for inst, side, fields in positions
     ]
     targets = [backup, index] + [h for h, _, _ in hashes]
     # Never write over a key that is already there: its data is not ours.
