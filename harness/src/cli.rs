@@ -172,6 +172,19 @@ pub struct GateArgs {
     /// Where report.json, report.md and junit.xml go.
     #[arg(long, default_value = "reports")]
     pub report_dir: PathBuf,
+    /// Judge any migration command instead of keyshift's engine: CMD runs
+    /// through `sh -c` with REDIS_URL, KEYSHIFT_MIGRATION and
+    /// KEYSHIFT_EXCHANGES set to the disposable server; the oracle judges
+    /// the keyspace it leaves against the keyspace as seeded (docs/engines.md).
+    #[arg(long, value_name = "CMD", conflicts_with = "cluster")]
+    pub engine: Option<String>,
+    /// With --engine: the command that rolls CMD's migration back; judged
+    /// by the rollback invariant.
+    #[arg(long, value_name = "CMD", requires = "engine")]
+    pub rollback_engine: Option<String>,
+    /// With --engine: which migration CMD performs.
+    #[arg(long, value_enum, default_value_t = Migration::GridPositions, requires = "engine")]
+    pub migration: Migration,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,8 @@
 //! - `bench`: `keyshift bench`: data-API latency (HDR) and Phase 2 throughput against its floor.
 //! - `floor`: the end state of Phase 2 as raw RESP: the write floor a migration is
 //!   measured against, and the reads of it, the floor `verify` is measured against.
+//! - `observe`: reads before- and after-images of a keyspace for the oracle
+//!   (keyshift-oracle), which judges them.
 //! - `digest`: a type-aware digest of a keyspace, for "untouched" and "rollback".
 //! - `writers`: writer tasks during a migration, their history, and the `no-lost-writes` check.
 pub mod backend;
@@ -24,6 +26,7 @@ pub mod error;
 pub mod exit;
 pub mod floor;
 pub mod gate;
+pub mod observe;
 pub mod report;
 pub mod scenario;
 pub mod seed;

@@ -7,7 +7,7 @@ mod support;
 use std::path::Path;
 
 use keyshift_harness::backend::BackendKind;
-use keyshift_harness::cli::GateArgs;
+use keyshift_harness::cli::{GateArgs, Migration};
 use keyshift_harness::exit::Outcome;
 use keyshift_harness::gate;
 use keyshift_harness::seed::{generate, GenConfig};
@@ -122,6 +122,9 @@ proptest! {
             rdb: None,
             cluster: false,
             report_dir: reports.path().to_path_buf(),
+            engine: None,
+            rollback_engine: None,
+            migration: Migration::GridPositions,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use keyshift_harness::backend::BackendKind;
-use keyshift_harness::cli::GateArgs;
+use keyshift_harness::cli::{GateArgs, Migration};
 use keyshift_harness::gate::{evaluate, Engines, Production};
 use keyshift_harness::report::{KillMatrix, KillRow};
 use keyshift_harness::seed::GenConfig;
@@ -70,6 +70,9 @@ impl MatrixConfig {
             cluster: false,
             // evaluate() writes no report; this only shows in its replay line.
             report_dir: PathBuf::from("reports"),
+            engine: None,
+            rollback_engine: None,
+            migration: Migration::GridPositions,
         }
     }
 }

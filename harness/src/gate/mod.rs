@@ -8,6 +8,7 @@
 
 pub mod checks;
 pub mod engines;
+pub mod external;
 mod phase1;
 mod phase2;
 pub mod rdb;
@@ -49,7 +50,10 @@ pub async fn run(args: &GateArgs) -> anyhow::Result<Outcome> {
 /// command line, so the report's replay command is exact only for those.
 pub async fn run_with(args: &GateArgs, gen: GenConfig) -> anyhow::Result<Outcome> {
     report::prepare_dir(&args.report_dir)?;
-    let report = evaluate(&Production, args, gen).await?;
+    let report = match &args.engine {
+        Some(engine) => external::evaluate(args, gen, engine).await?,
+        None => evaluate(&Production, args, gen).await?,
+    };
     report::write_all(&report, &args.report_dir)?;
     print!("{}", summary(&report, &args.report_dir));
     Ok(Outcome::passed_if(report.passed))
