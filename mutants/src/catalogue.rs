@@ -1,6 +1,8 @@
 //! The mutants: one bug class each, as a real engine could get it wrong,
 //! with the invariants (`phase/invariant`, as the gate report names them)
-//! that must catch it. The dataset that exposes each is named too: the
+//! that must catch it. Most alter the planned write at the store seam; the
+//! `planner-*` ones and `order-placed-equal-ignores-values` are bugs inside
+//! the plan itself (`planner`), so the run's own record agrees with them. The dataset that exposes each is named too: the
 //! generated keyspace (long/short accounts, closed positions, object-shaped
 //! values, legacy TTLs, order-placed hashes with TTLs, writers) and
 //! `mutants/fixtures/` (glob-metacharacter and prefix-neighbour users).
@@ -21,10 +23,15 @@ pub enum Mutant {
     LegacyTtlNotCarried,
     IndexMissingMember,
     OrderPlacedTtlDropped,
+    PlannerSignOnlySide,
+    PlannerClosedSkippedUncounted,
+    PlannerNumbersThroughF64,
+    PlannerObjectsNotUnderstood,
+    OrderPlacedEqualIgnoresValues,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 13] = [
+    pub const ALL: [Mutant; 18] = [
         Mutant::SignOnlySide,
         Mutant::FixedFieldList,
         Mutant::ClosedSkippedSilently,
@@ -38,6 +45,11 @@ impl Mutant {
         Mutant::LegacyTtlNotCarried,
         Mutant::IndexMissingMember,
         Mutant::OrderPlacedTtlDropped,
+        Mutant::PlannerSignOnlySide,
+        Mutant::PlannerClosedSkippedUncounted,
+        Mutant::PlannerNumbersThroughF64,
+        Mutant::PlannerObjectsNotUnderstood,
+        Mutant::OrderPlacedEqualIgnoresValues,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +67,11 @@ impl Mutant {
             Mutant::LegacyTtlNotCarried => "legacy-ttl-not-carried",
             Mutant::IndexMissingMember => "index-missing-member",
             Mutant::OrderPlacedTtlDropped => "order-placed-ttl-dropped",
+            Mutant::PlannerSignOnlySide => "planner-sign-only-side",
+            Mutant::PlannerClosedSkippedUncounted => "planner-closed-skipped-uncounted",
+            Mutant::PlannerNumbersThroughF64 => "planner-numbers-through-f64",
+            Mutant::PlannerObjectsNotUnderstood => "planner-objects-not-understood",
+            Mutant::OrderPlacedEqualIgnoresValues => "order-placed-equal-ignores-values",
         }
     }
 
@@ -78,6 +95,11 @@ impl Mutant {
             Mutant::LegacyTtlNotCarried => "Phase 2 does not carry a legacy key's TTL over to the new hashes and index.",
             Mutant::IndexMissingMember => "Phase 2's index loop skips one member: each user's first position hash is missing from its index set.",
             Mutant::OrderPlacedTtlDropped => "Phase 1 moves an order-placed hash but drops its TTL (copy without PEXPIRE).",
+            Mutant::PlannerSignOnlySide => "Phase 2's planner takes the side from the sign of `pos` only, ignoring `posSide`: a long/short-mode short (positive pos) is planned, written and journaled as long.",
+            Mutant::PlannerClosedSkippedUncounted => "Phase 2's planner leaves closed positions (pos 0) out without --skip-closed and without counting them as skipped: the journal's counts agree with the loss.",
+            Mutant::PlannerNumbersThroughF64 => "Phase 2's planner re-prints a field holding a JSON number through f64: 3.50 becomes 3.5, 1e5 100000, 1.0 1, 2.5e-5 0.000025, and an integer beyond 2^53 loses digits (mutants/fixtures user mx-num; the generator's feeRate).",
+            Mutant::PlannerObjectsNotUnderstood => "Phase 2's planner reads only arrays: an object-shaped value (positions keyed by instId) plans as holding no position, so the user is backed up and deleted with no hash, and journaled as migrated with 0 positions.",
+            Mutant::OrderPlacedEqualIgnoresValues => "Phase 1's planner decides \"target equal\" by a digest of the field names only: a target with the same levels but other flags is planned as equal, the legacy key to be dropped (mutants/fixtures user mx-op; the move script's own re-check then refuses the drop).",
         }
     }
 
@@ -98,6 +120,14 @@ impl Mutant {
             Mutant::LegacyTtlNotCarried => &["grid-positions/ttl"],
             Mutant::IndexMissingMember => &["grid-positions/index"],
             Mutant::OrderPlacedTtlDropped => &["order-placed/ttl"],
+            Mutant::PlannerSignOnlySide | Mutant::PlannerNumbersThroughF64 => {
+                &["grid-positions/fields"]
+            }
+            Mutant::PlannerClosedSkippedUncounted => &["grid-positions/counts"],
+            Mutant::PlannerObjectsNotUnderstood => {
+                &["grid-positions/counts", "grid-positions/fields"]
+            }
+            Mutant::OrderPlacedEqualIgnoresValues => &["order-placed/counts"],
         }
     }
 

@@ -1,5 +1,6 @@
-//! The pure part of the Phase 2 mutants: each turns one user's correctly
-//! planned write into the write the buggy engine would have planned.
+//! The pure part of the Phase 2 mutants at the store seam: each turns one
+//! user's correctly planned write into the write the buggy engine would
+//! have planned.
 
 use keyshift_engine::grid_positions::store::{PositionWrite, UserWrite};
 

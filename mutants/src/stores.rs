@@ -1,18 +1,21 @@
 //! The mutant engines at the seam: wrappers of the production stores that
 //! alter the planned write, the write's result, or the rollback the way
-//! each bug would. The runners (`migrate_grid_positions`, rollback,
-//! `migrate_order_placed`) are the shipped ones, unchanged.
+//! each bug would, and, for the planner mutants, the broken planner the
+//! runners' options take in the shipped one's place. The runners
+//! (`migrate_grid_positions`, rollback, `migrate_order_placed`) are the
+//! shipped ones, unchanged.
 
 use std::time::Duration;
 
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::error::{EngineError, Result};
+use keyshift_engine::grid_positions::plan::{plan_value, Planner};
 use keyshift_engine::grid_positions::store::cluster::GridStore;
 use keyshift_engine::grid_positions::store::{
     GridPositionsStore, LegacyRead, RollbackOutcome, RunContext, UserRollback, UserWrite,
     WriteOutcome,
 };
-use keyshift_engine::order_placed::plan::KeyRead;
+use keyshift_engine::order_placed::plan::{plan_key, KeyPlanner, KeyRead};
 use keyshift_engine::order_placed::store::{
     KeyRollback, KeyWrite, OrderPlacedStore, WriteOutcome as KeyOutcome,
 };
@@ -20,7 +23,7 @@ use keyshift_engine::order_placed::AnyOrderPlaced;
 use keyshift_harness::gate::{Engines, Production};
 
 use crate::catalogue::Mutant;
-use crate::{glob, mutate};
+use crate::{glob, mutate, planner};
 
 /// How long the read-then-delete mutant waits between the runner's read
 /// and its own: the gap a slow client leaves, wide enough for writers to
@@ -49,6 +52,23 @@ impl Engines for MutantEngines {
             conn: conn.clone(),
             mutant: self.0,
         })
+    }
+
+    fn grid_planner(&self) -> Planner {
+        match self.0 {
+            Mutant::PlannerSignOnlySide => planner::sign_only_side,
+            Mutant::PlannerClosedSkippedUncounted => planner::closed_skipped_uncounted,
+            Mutant::PlannerNumbersThroughF64 => planner::numbers_through_f64,
+            Mutant::PlannerObjectsNotUnderstood => planner::objects_not_understood,
+            _ => plan_value,
+        }
+    }
+
+    fn order_placed_planner(&self) -> KeyPlanner {
+        match self.0 {
+            Mutant::OrderPlacedEqualIgnoresValues => planner::equal_ignoring_values,
+            _ => plan_key,
+        }
     }
 }
 

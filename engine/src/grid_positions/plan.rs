@@ -196,6 +196,11 @@ pub enum UserPlan {
     },
 }
 
+/// A planner of legacy values. [`plan_value`] is the one that ships; the
+/// runner takes its planner from its options so that the gate can be shown
+/// a deliberately broken one (keyshift-mutants).
+pub type Planner = fn(&[u8], PlanOptions) -> UserPlan;
+
 /// Plans one legacy string value.
 pub fn plan_value(value: &[u8], opts: PlanOptions) -> UserPlan {
     let quarantine = |reason, positions| UserPlan::Quarantine { reason, positions };

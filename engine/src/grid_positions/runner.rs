@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::connection::RedisConn;
 use crate::error::Result;
 use crate::grid_positions::plan::{
-    plan_value, MigratePlan, PlanOptions, QuarantineReason, UserPlan,
+    plan_value, MigratePlan, PlanOptions, Planner, QuarantineReason, UserPlan,
 };
 use crate::grid_positions::store::{
     GridPositionsStore, PositionWrite, RunContext, UserWrite, WriteOutcome,
@@ -44,6 +44,10 @@ pub struct MigrateOptions {
     /// step, and the server does nothing else while it runs (about 5.5 µs
     /// a position in the standalone script, Redis 7.0).
     pub max_positions_per_user: usize,
+    /// Plans each legacy value: [`plan_value`]. Every command keeps it;
+    /// it is an option only so the gate can run a deliberately broken
+    /// planner through the very same runner (keyshift-mutants).
+    pub planner: Planner,
 }
 
 impl MigrateOptions {
@@ -61,6 +65,7 @@ impl MigrateOptions {
             max_retries: 5,
             samples: 5,
             max_positions_per_user: Self::DEFAULT_MAX_POSITIONS_PER_USER,
+            planner: plan_value,
         }
     }
 }
@@ -395,7 +400,7 @@ impl<S: GridPositionsStore> Phase2Batches<'_, S> {
             if n % 32 == 31 {
                 tokio::task::yield_now().await;
             }
-            match plan_value(&value, plan_opts) {
+            match (self.opts.planner)(&value, plan_opts) {
                 UserPlan::Quarantine { reason, positions } => {
                     let finding = quarantine(counts, journal, key, reason, positions);
                     tally.quarantined.push(finding);

@@ -152,6 +152,11 @@ impl fmt::Display for FieldDiff {
     }
 }
 
+/// A planner of legacy order-placed keys. [`plan_key`] is the one that
+/// ships; the runner takes its planner from its options so that the gate
+/// can be shown a deliberately broken one (keyshift-mutants).
+pub type KeyPlanner = fn(&KeyRead, &KeyRead) -> KeyPlan;
+
 /// DESIGN §2 Phase 1 for one legacy key and its target.
 pub fn plan_key(legacy: &KeyRead, target: &KeyRead) -> KeyPlan {
     let legacy = match legacy {

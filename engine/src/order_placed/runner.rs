@@ -17,7 +17,9 @@ use crate::run::runner::{
     close_run, journal_entry, record_findings, run_batches, short_read, BatchSteps, Batching, Tally,
 };
 
-use super::plan::{fields_digest, plan_key, ConflictReason, KeyPlan, KeyRead, QuarantineReason};
+use super::plan::{
+    fields_digest, plan_key, ConflictReason, KeyPlan, KeyPlanner, KeyRead, QuarantineReason,
+};
 use super::store::{KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome};
 use super::MIGRATION;
 
@@ -34,6 +36,11 @@ pub struct OrderPlacedOptions {
     pub max_retries: usize,
     /// How many sample old -> new mappings a report keeps.
     pub samples: usize,
+    /// Plans each legacy key against its target: [`plan_key`]. Every
+    /// command keeps it; it is an option only so the gate can run a
+    /// deliberately broken planner through the very same runner
+    /// (keyshift-mutants).
+    pub planner: KeyPlanner,
 }
 
 impl OrderPlacedOptions {
@@ -45,6 +52,7 @@ impl OrderPlacedOptions {
             in_flight: 4,
             max_retries: 5,
             samples: 5,
+            planner: plan_key,
         }
     }
 }
@@ -311,7 +319,7 @@ impl<S: OrderPlacedStore> Phase1Batches<'_, S> {
                 return Err(short_read("reading order-placed keys"));
             };
             let counts = tally.counts(&k.exchange);
-            let kind = match plan_key(&legacy, &target) {
+            let kind = match (self.opts.planner)(&legacy, &target) {
                 KeyPlan::Vanished => {
                     counts.keys_vanished += 1;
                     continue;

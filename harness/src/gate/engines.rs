@@ -5,15 +5,19 @@
 
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::error::Result;
+use keyshift_engine::grid_positions::plan::{plan_value, Planner};
 use keyshift_engine::grid_positions::store::cluster::GridStore;
 use keyshift_engine::grid_positions::store::standalone::StandaloneStore;
 use keyshift_engine::grid_positions::store::GridPositionsStore;
+use keyshift_engine::order_placed::plan::{plan_key, KeyPlanner};
 use keyshift_engine::order_placed::store::OrderPlacedStore;
 use keyshift_engine::order_placed::AnyOrderPlaced;
 
 /// The stores of one gate run: Phase 2 (grid-positions, migrate and
 /// rollback) and Phase 1 (order-placed). Each is opened on the gate's
-/// seeded server; `conn` is the gate's own connection to it.
+/// seeded server; `conn` is the gate's own connection to it. The runners
+/// plan with the shipped planners unless an engine set names others: a
+/// bug inside the plan cannot be reached from a store.
 #[allow(async_fn_in_trait)]
 pub trait Engines {
     type Grid: GridPositionsStore;
@@ -21,6 +25,16 @@ pub trait Engines {
 
     async fn grid(&self, url: &str, conn: &RedisConn) -> Result<Self::Grid>;
     async fn order_placed(&self, url: &str, conn: &RedisConn) -> Result<Self::OrderPlaced>;
+
+    /// What Phase 2's runner plans each legacy value with.
+    fn grid_planner(&self) -> Planner {
+        plan_value
+    }
+
+    /// What Phase 1's runner plans each legacy key with.
+    fn order_placed_planner(&self) -> KeyPlanner {
+        plan_key
+    }
 }
 
 /// What `keyshift gate` runs: the engines that ship.

@@ -17,7 +17,9 @@ mod rollback;
 use std::time::Instant;
 
 use keyshift_engine::connection::RedisConn;
+use keyshift_engine::grid_positions::plan::Planner;
 use keyshift_engine::grid_positions::store::standalone::connect;
+use keyshift_engine::order_placed::plan::KeyPlanner;
 use keyshift_engine::run::journal::is_journal_key;
 
 use crate::backend::{BackendKind, Deployment, RedisServer};
@@ -183,6 +185,9 @@ struct Gate<'a, E: Engines> {
     redis_version: String,
     grid: E::Grid,
     order_placed: E::OrderPlaced,
+    /// The planners the engines' runners plan with.
+    grid_planner: Planner,
+    order_placed_planner: KeyPlanner,
 }
 
 impl<'a, E: Engines> Gate<'a, E> {
@@ -212,6 +217,8 @@ impl<'a, E: Engines> Gate<'a, E> {
             redis_version,
             grid,
             order_placed,
+            grid_planner: engines.grid_planner(),
+            order_placed_planner: engines.order_placed_planner(),
         })
     }
 
@@ -228,6 +235,7 @@ impl<'a, E: Engines> Gate<'a, E> {
             &self.conn,
             seeded,
             &self.exchanges,
+            self.order_placed_planner,
             loaded,
             loaded_at,
         )

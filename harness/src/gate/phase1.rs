@@ -10,6 +10,7 @@ use keyshift_engine::cleanup_legacy::{cleanup_legacy, Cleanup, CleanupOptions};
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::keys::schema::Schema;
 use keyshift_engine::keys::OrderPlacedKey;
+use keyshift_engine::order_placed::plan::KeyPlanner;
 use keyshift_engine::order_placed::store::OrderPlacedStore;
 use keyshift_engine::order_placed::{
     migrate_order_placed, verify::latest_run, verify_order_placed, OrderPlacedOptions,
@@ -24,16 +25,19 @@ use crate::report::{InvariantEntry, PhaseReport};
 
 /// Phase 1 through `store`, checked on `conn` (the same server); `seeded`
 /// names the keys the server was given (the model's, or a snapshot's as
-/// loaded); `pre` is the digest taken before it, at `pre_at`.
+/// loaded); the runner plans with `planner`; `pre` is the digest taken
+/// before it, at `pre_at`.
 pub async fn order_placed<S: OrderPlacedStore>(
     store: &S,
     conn: &RedisConn,
     seeded: &[&str],
     exchanges: &[String],
+    planner: KeyPlanner,
     pre: &Digest,
     pre_at: Instant,
 ) -> anyhow::Result<PhaseReport> {
     let mut opts = OrderPlacedOptions::new(exchanges.to_vec());
+    opts.planner = planner;
     opts.dry_run = true;
     let plan = migrate_order_placed(store, &opts, &|_| {}).await?;
     opts.dry_run = false;

@@ -71,14 +71,15 @@ struct Restored {
     digest: Digest,
 }
 
-/// Phase 2's options: every default exchange.
-pub(super) fn migrate_options(exchanges: &[String], dry_run: bool) -> MigrateOptions {
-    let mut opts = MigrateOptions::new(exchanges.to_vec());
-    opts.dry_run = dry_run;
-    opts
-}
-
 impl<E: Engines> Gate<'_, E> {
+    /// Phase 2's options: every default exchange, the engines' planner.
+    pub(super) fn migrate_options(&self, dry_run: bool) -> MigrateOptions {
+        let mut opts = MigrateOptions::new(self.exchanges.clone());
+        opts.dry_run = dry_run;
+        opts.planner = self.grid_planner;
+        opts
+    }
+
     pub(super) async fn before_phase2(&self) -> anyhow::Result<Pre> {
         let at = Instant::now();
         let digest = digest(&self.conn, not_journal).await?;
@@ -111,7 +112,7 @@ impl<E: Engines> Gate<'_, E> {
     async fn dry_run(&self) -> anyhow::Result<(MigrationReport, InvariantEntry)> {
         let plan_at = Instant::now();
         let before_plan = digest(&self.conn, |_| true).await?;
-        let opts = migrate_options(&self.exchanges, true);
+        let opts = self.migrate_options(true);
         let plan = migrate_grid_positions(&self.grid, &opts, &|_| {}).await?;
         let after_plan = digest(&self.conn, |_| true).await?;
         let entry = checks::diff_invariant(
@@ -125,7 +126,7 @@ impl<E: Engines> Gate<'_, E> {
     async fn migrate(&self) -> anyhow::Result<MigrationReport> {
         let bar = progress_bar(self.grid.key_count().await?, "gate: migrate grid-positions");
         let tick = |n: usize| bar.inc(n as u64);
-        let opts = migrate_options(&self.exchanges, false);
+        let opts = self.migrate_options(false);
         let migration = locked(
             &self.conn,
             "gate: migrate grid-positions",

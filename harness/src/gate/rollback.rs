@@ -22,7 +22,7 @@ use keyshift_engine::keys::BackupKey;
 use keyshift_engine::run::invariant::InvariantResult;
 use keyshift_engine::run::journal::{is_journal_key, Outcome, RunRecord};
 
-use super::phase2::{migrate_options, Before, Pre};
+use super::phase2::{Before, Pre};
 use super::{checks, not_journal, Engines, Gate, Source};
 use crate::commands::locked;
 use crate::digest::{compare, digest, Digest};
@@ -112,7 +112,7 @@ impl<E: Engines> Gate<'_, E> {
             },
             writes: HOT_USERS * 2,
         };
-        let opts = migrate_options(&self.exchanges, false);
+        let opts = self.migrate_options(false);
         rollback_then_migrate_again(&self.grid, &self.conn, pre.before(), &opts, &writers).await
     }
 }
