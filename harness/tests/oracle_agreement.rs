@@ -25,6 +25,9 @@ fn design_lists(reason: &QuarantineReason) -> bool {
     )
 }
 
+/// One position as both sides plan it: instId, side, fields.
+type Planned = (String, String, Vec<(String, String)>);
+
 fn agree(value: &[u8], skip_closed: bool) -> Result<(), String> {
     let engine = plan_value(value, PlanOptions { skip_closed });
     let oracle = expect(value, skip_closed);
@@ -37,7 +40,7 @@ fn agree(value: &[u8], skip_closed: bool) -> Result<(), String> {
                 skipped_closed,
             },
         ) => {
-            let engine_side: Vec<(String, String, Vec<(String, String)>)> = plan
+            let engine_side: Vec<Planned> = plan
                 .positions
                 .iter()
                 .map(|p| {
@@ -48,7 +51,7 @@ fn agree(value: &[u8], skip_closed: bool) -> Result<(), String> {
                     )
                 })
                 .collect();
-            let oracle_side: Vec<(String, String, Vec<(String, String)>)> = positions
+            let oracle_side: Vec<Planned> = positions
                 .iter()
                 .map(|p| (p.inst_id.clone(), p.side.to_owned(), p.fields.clone()))
                 .collect();
@@ -87,7 +90,7 @@ fn planner_and_oracle_agree_on_every_generated_and_fixture_value() {
         ..GenConfig::default()
     });
     let fixtures =
-        load_fixture_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures"))
+        load_fixture_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures"))
             .expect("fixtures load");
     for entry in generated.keyspace.entries.iter().chain(&fixtures.entries) {
         if entry.key.contains(":positions:") && !entry.key.contains(":backup:") {

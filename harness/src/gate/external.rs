@@ -124,6 +124,30 @@ fn entry(j: Judgement) -> InvariantEntry {
     }
 }
 
+/// Adds the oracle's judgement of an invariant to the gate's entry for
+/// it: its counts, its samples (marked as the oracle's), and its failure.
+pub fn fold_judgement(entry: &mut InvariantEntry, j: &Judgement) {
+    entry.processed += j.checked;
+    entry.matching += j.checked - j.failed;
+    entry.mismatched += j.failed;
+    entry.extra += j.extra;
+    let room = 8usize.saturating_sub(entry.samples.len());
+    entry
+        .samples
+        .extend(j.samples.iter().take(room).map(|s| format!("oracle: {s}")));
+    match j.status {
+        Verdict::Fail => entry.status = Status::Fail,
+        Verdict::Pass if entry.status == Status::NotRun => entry.status = Status::Pass,
+        _ => {}
+    }
+    if j.expired > 0 {
+        entry.note = Some(format!(
+            "{} expected keys had expired by the read, as the legacy key would have",
+            j.expired
+        ));
+    }
+}
+
 /// The command's own invariant: it ran to an end DESIGN §6 calls done.
 fn exit_invariant(id: &str, run: &CommandRun) -> InvariantEntry {
     let mut e = InvariantEntry::not_run(id, "the command exits 0 or 3 (DESIGN §6: done)", "");
