@@ -306,7 +306,7 @@ fn grid_outcome(key: String, o: Outcome, findings: &mut Vec<Found>, owned: &mut 
             owned.keys.insert(key);
             return;
         }
-        Outcome::Quarantined { reason, detail } => {
+        Outcome::Quarantined { reason, detail, .. } => {
             (FindingKind::Quarantined, format!("{reason}: {detail}"))
         }
         Outcome::Conflict { key: existing } => {
