@@ -152,7 +152,9 @@ pub enum OrderPlacedOutcome {
     Quarantined { reason: String, detail: String },
 }
 
-/// The latest run of `migration`, if one is recorded.
+/// The latest run of `migration`, if one is recorded: the one a new run
+/// resumes. Not the run to verify or roll back: a later run that found
+/// nothing to do hides an earlier one; those look at [`runs_of`].
 pub async fn latest_run_of<C: ConnectionLike + Clone + Send>(
     conn: &C,
     migration: &str,
@@ -163,21 +165,49 @@ pub async fn latest_run_of<C: ConnectionLike + Clone + Send>(
     }
 }
 
-/// Every run of `migration`, newest first.
+/// Every run of `migration`, oldest first, each with its state (running,
+/// done, failed, or rolled back: [`RunState::RolledBack`], with what the
+/// rollback did in [`RunRecord::rollback`]).
 pub async fn runs_of<C: ConnectionLike + Clone + Send>(
     conn: &C,
     migration: &str,
 ) -> Result<Vec<RunRecord>> {
     let ids = run_ids(conn, migration, -1).await?;
     let mut runs = Vec::with_capacity(ids.len());
-    for id in ids {
-        runs.push(read_run(conn, &id).await?);
+    for id in ids.iter().rev() {
+        runs.push(read_run(conn, id).await?);
     }
     Ok(runs)
 }
 
+/// Whether run `run_id` journaled at least one outcome for which `wrote`
+/// holds (it migrated something), reading its outcomes in batches until
+/// the first one. `T` is the migration's outcome type.
+pub async fn wrote_anything<T, C>(
+    conn: &C,
+    run_id: &str,
+    wrote: impl Fn(&T) -> bool,
+) -> Result<bool>
+where
+    T: DeserializeOwned,
+    C: ConnectionLike + Clone + Send,
+{
+    let mut cursor = 0;
+    loop {
+        let (next, batch) = scan_outcomes::<T, C>(conn, run_id, cursor, 500).await?;
+        if batch.iter().any(|(_, o)| wrote(o)) {
+            return Ok(true);
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(false);
+        }
+    }
+}
+
 /// The ids of the runs of `migration`, newest first, down to rank `last`
-/// (-1: all).
+/// (-1: all). ZREVRANGE, the one range command the shipped ACL users
+/// (docs/acl/) may run.
 async fn run_ids<C: ConnectionLike + Clone + Send>(
     conn: &C,
     migration: &str,

@@ -144,8 +144,7 @@ async fn check_migration(
     owned: &mut Owned,
 ) -> anyhow::Result<()> {
     let phase = m.as_str();
-    let mut runs = runs_of(conn, phase).await?;
-    runs.reverse();
+    let runs = runs_of(conn, phase).await?;
     if runs.is_empty() {
         out.push(phase, missing_run(phase));
     }
