@@ -20,7 +20,7 @@ use keyshift_engine::grid_positions::store::cluster::{undo_attempts, ClusterStor
 use keyshift_engine::grid_positions::store::{GridPositionsStore, UserWrite, WriteOutcome};
 use keyshift_engine::grid_positions::verify::verify_grid_positions;
 use keyshift_engine::keys::{is_migrating_sentinel, migrating_sentinel, LegacyPositionsKey};
-use keyshift_engine::run::journal::RunState;
+use keyshift_engine::run::journal::{Outcome, RunState};
 use keyshift_harness::backend::RedisCluster;
 use support::cluster::{ctx, run_record, write_for, AT};
 
@@ -155,6 +155,27 @@ async fn migrated(store: &ClusterStore, conn: &RedisConn, uid: &str, insts: &[&s
         .unwrap();
     assert_eq!(out, [WriteOutcome::Migrated { pttl_ms: -1 }]);
     user
+}
+
+/// Regression (issue 15): the cluster's per-user steps journal the SHA-256
+/// of the legacy value they read (and backed up), as one server does.
+#[tokio::test]
+async fn cluster_journal_records_the_digest_of_the_value_read() {
+    use sha2::{Digest, Sha256};
+    let (_cluster, conn) = cluster().await;
+    let store = ClusterStore::new(conn.clone());
+    let user = migrated(&store, &conn, "9", &["A", "B"]).await;
+    let json: String = cmd(&conn, &["HGET", &ctx(RUN).outcomes_key, &user.legacy_key]).await;
+    let Outcome::Migrated { digest, .. } = serde_json::from_str(&json).unwrap() else {
+        panic!("not migrated: {json}");
+    };
+    let backup: Vec<u8> = cmd(&conn, &["GET", &user.backup_key]).await;
+    assert_eq!(backup, user.expected);
+    let sha: String = Sha256::digest(&backup)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(digest, sha);
 }
 
 #[tokio::test]

@@ -529,3 +529,75 @@ async fn script_path_and_transaction_path_agree() {
     assert_eq!(reports[0], reports[1]);
     assert!(reports[0].0.keys_migrated > 250);
 }
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Regression (issue 15): the journal kept no record of the value a
+/// migration read, so a backup changed afterwards could not be told from
+/// the original. Each outcome now names the SHA-256 of the bytes read:
+/// on the batch transaction's path and on the per-user script's alike.
+#[rstest]
+#[case::transaction(false)]
+#[case::script(true)]
+#[tokio::test]
+async fn journal_records_the_digest_of_the_value_read(#[case] scripts_only: bool) {
+    use keyshift_engine::grid_positions::runner::{migrate_grid_positions, MigrateOptions};
+    use keyshift_engine::run::journal::{outcomes_key, Outcome};
+
+    let value = "[ {\"instId\":\"Ü-1\", \"pos\" : \"1\"} ]\n";
+    let r = redis_with(&[("okx:positions:d", value), ("okx:positions:junk", "junk")]).await;
+    r.cmd::<i64>(&["HSET", "okx:positions:h", "a", "1"]).await;
+    let store = r.store().await;
+    let store = if scripts_only {
+        store.scripts_only()
+    } else {
+        store
+    };
+    migrate_grid_positions(&store, &MigrateOptions::new(support::exchanges()), &|_| {})
+        .await
+        .unwrap();
+    let run = latest_run(&r.conn).await.unwrap();
+    let journal: BTreeMap<String, String> = r.cmd(&["HGETALL", &outcomes_key(&run.run_id)]).await;
+    let outcome = |key: &str| -> Outcome { serde_json::from_str(&journal[key]).unwrap() };
+
+    let Outcome::Migrated { digest, .. } = outcome("okx:positions:d") else {
+        panic!("not migrated: {journal:?}");
+    };
+    let backup: Vec<u8> = r
+        .cmd(&["GET", &format!("okx:positions:d:backup:{}", run.stamp)])
+        .await;
+    assert_eq!(digest, sha256_hex(&backup));
+    assert_eq!(digest, sha256_hex(value.as_bytes()));
+    assert!(
+        matches!(outcome("okx:positions:junk"), Outcome::Quarantined { digest: Some(d), .. } if d == sha256_hex(b"junk"))
+    );
+    assert!(matches!(
+        outcome("okx:positions:h"),
+        Outcome::Quarantined { digest: None, .. }
+    ));
+}
+
+/// Regression (issue 15): a backup with one space appended still passed
+/// the backup invariant, which looked only at its TTL.
+#[tokio::test]
+async fn verify_fails_a_backup_that_is_not_the_value_read() {
+    let r = redis_with(&[("okx:positions:s", r#"[{"instId":"A","pos":"1"}]"#)]).await;
+    r.migrate().await;
+    let run = latest_run(&r.conn).await.unwrap();
+    let backup = format!("okx:positions:s:backup:{}", run.stamp);
+    r.cmd::<i64>(&["APPEND", &backup, " "]).await;
+    let report = verify_grid_positions(&r.conn, &run, &|_| {}).await.unwrap();
+    let failed: BTreeSet<&str> = failed_invariants(&report);
+    assert_eq!(failed, BTreeSet::from(["backup"]), "{report:#?}");
+    let backup_result = &report.invariants[3];
+    assert!(
+        backup_result.samples[0].contains("not byte-identical"),
+        "{backup_result:#?}"
+    );
+}

@@ -19,7 +19,7 @@ use crate::keys::{
     escape_glob, escape_key, not_legacy_reason, LegacyPositionsKey, BACKUP_TTL_SECS,
 };
 use crate::run;
-use crate::run::journal::{self, outcomes_key, Outcome, RunRecord, RunStart};
+use crate::run::journal::{self, outcomes_key, sha256_hex, Outcome, RunRecord, RunStart};
 use crate::run::runner::{
     close_run, journal_entry, record_findings, run_batches, BatchSteps, Batching, Tally,
 };
@@ -339,7 +339,7 @@ impl<S: GridPositionsStore> Phase2Batches<'_, S> {
                         Some(legacy) => {
                             let counts = tally.counts(&legacy.exchange);
                             let reason = QuarantineReason::KeyNotUtf8;
-                            let finding = quarantine(counts, journal, shown, reason, 0);
+                            let finding = quarantine(counts, journal, shown, reason, 0, None);
                             tally.quarantined.push(finding);
                         }
                         None => tally.skip(skipped(shown, "the key name is not UTF-8".into())),
@@ -390,7 +390,7 @@ impl<S: GridPositionsStore> Phase2Batches<'_, S> {
                 (other, _) => {
                     let redis_type = other.to_owned();
                     let reason = QuarantineReason::NotAString { redis_type };
-                    let finding = quarantine(counts, journal, key, reason, 0);
+                    let finding = quarantine(counts, journal, key, reason, 0, None);
                     tally.quarantined.push(finding);
                     continue;
                 }
@@ -402,14 +402,16 @@ impl<S: GridPositionsStore> Phase2Batches<'_, S> {
             }
             match (self.opts.planner)(&value, plan_opts) {
                 UserPlan::Quarantine { reason, positions } => {
-                    let finding = quarantine(counts, journal, key, reason, positions);
+                    let digest = Some(sha256_hex(&value));
+                    let finding = quarantine(counts, journal, key, reason, positions, digest);
                     tally.quarantined.push(finding);
                 }
                 UserPlan::Migrate(plan) if too_many(&plan, self.opts.max_positions_per_user) => {
                     let positions = plan.positions.len() + plan.skipped_closed;
                     let max = self.opts.max_positions_per_user;
                     let reason = QuarantineReason::TooManyPositions { positions, max };
-                    let finding = quarantine(counts, journal, key, reason, positions);
+                    let digest = Some(sha256_hex(&value));
+                    let finding = quarantine(counts, journal, key, reason, positions, digest);
                     tally.quarantined.push(finding);
                 }
                 UserPlan::Migrate(plan) => {
@@ -510,12 +512,15 @@ fn settle(
     None
 }
 
+/// Tallies and journals a key left in place; `digest` is the SHA-256 of
+/// the value read, when a string was read.
 fn quarantine(
     counts: &mut Counts,
     journal: &mut Vec<(String, String)>,
     key: String,
     reason: QuarantineReason,
     positions: usize,
+    digest: Option<String>,
 ) -> Finding {
     counts.legacy_keys_found += 1;
     counts.keys_quarantined += 1;
@@ -524,6 +529,7 @@ fn quarantine(
     let outcome = Outcome::Quarantined {
         reason: reason.tag().to_owned(),
         detail: reason.to_string(),
+        digest,
     };
     journal.push(journal_entry(&key, &outcome));
     Finding {

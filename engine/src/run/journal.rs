@@ -5,10 +5,20 @@
 //! - `keyshift:runs:{migration}`: sorted set of run ids, scored by start (ms).
 //! - `keyshift:run:{run_id}`: the run record, JSON ([`RunRecord`]).
 //! - `keyshift:run:{run_id}:users`: hash, legacy key -> outcome JSON ([`Outcome`]).
+//!
+//! Digests. A `grid-positions` outcome records `digest`: the SHA-256 of the
+//! exact bytes of the legacy value, as the migration read them (and, for a
+//! migrated key, as it wrote them into the backup), as 64 lowercase hex
+//! digits: plain `sha256(value)`, no salt, no key name, no framing. Anyone
+//! can re-compute it over a backup's bytes and compare; an entry written
+//! before the field existed has `""` (migrated) or none (quarantined).
+//! Phase 1's `digest` ([`OrderPlacedOutcome`]) is another thing: a digest
+//! of a hash's fields, see `order_placed::plan::fields_digest`.
 
 use redis::aio::ConnectionLike;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::error::{EngineError, Result};
 
@@ -29,6 +39,18 @@ pub fn outcomes_key(run_id: &str) -> String {
 /// True for every key the journal owns; digests leave these aside.
 pub fn is_journal_key(key: &str) -> bool {
     key.starts_with(JOURNAL_PREFIX)
+}
+
+/// SHA-256 of `bytes` as 64 lowercase hex digits: the `digest` of a
+/// `grid-positions` outcome (see the module doc).
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in Sha256::digest(bytes) {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,10 +99,20 @@ pub enum Outcome {
         pttl: i64,
         /// Server time of the write, ms since the epoch.
         at: i64,
+        /// SHA-256 (lowercase hex) of the legacy value the migration read
+        /// and backed up (see the module doc); `""` in entries journaled
+        /// before it was recorded.
+        #[serde(default)]
+        digest: String,
     },
     Quarantined {
         reason: String,
         detail: String,
+        /// SHA-256 (lowercase hex) of the value left in place, when the
+        /// key held a string that was read; none for another type, a name
+        /// that is not UTF-8, or an entry journaled before it was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
     },
     Conflict {
         key: String,
@@ -120,7 +152,9 @@ pub enum OrderPlacedOutcome {
     Quarantined { reason: String, detail: String },
 }
 
-/// The latest run of `migration`, if one is recorded.
+/// The latest run of `migration`, if one is recorded: the one a new run
+/// resumes. Not the run to verify or roll back: a later run that found
+/// nothing to do hides an earlier one; those look at [`runs_of`].
 pub async fn latest_run_of<C: ConnectionLike + Clone + Send>(
     conn: &C,
     migration: &str,
@@ -131,21 +165,49 @@ pub async fn latest_run_of<C: ConnectionLike + Clone + Send>(
     }
 }
 
-/// Every run of `migration`, newest first.
+/// Every run of `migration`, oldest first, each with its state (running,
+/// done, failed, or rolled back: [`RunState::RolledBack`], with what the
+/// rollback did in [`RunRecord::rollback`]).
 pub async fn runs_of<C: ConnectionLike + Clone + Send>(
     conn: &C,
     migration: &str,
 ) -> Result<Vec<RunRecord>> {
     let ids = run_ids(conn, migration, -1).await?;
     let mut runs = Vec::with_capacity(ids.len());
-    for id in ids {
-        runs.push(read_run(conn, &id).await?);
+    for id in ids.iter().rev() {
+        runs.push(read_run(conn, id).await?);
     }
     Ok(runs)
 }
 
+/// Whether run `run_id` journaled at least one outcome for which `wrote`
+/// holds (it migrated something), reading its outcomes in batches until
+/// the first one. `T` is the migration's outcome type.
+pub async fn wrote_anything<T, C>(
+    conn: &C,
+    run_id: &str,
+    wrote: impl Fn(&T) -> bool,
+) -> Result<bool>
+where
+    T: DeserializeOwned,
+    C: ConnectionLike + Clone + Send,
+{
+    let mut cursor = 0;
+    loop {
+        let (next, batch) = scan_outcomes::<T, C>(conn, run_id, cursor, 500).await?;
+        if batch.iter().any(|(_, o)| wrote(o)) {
+            return Ok(true);
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(false);
+        }
+    }
+}
+
 /// The ids of the runs of `migration`, newest first, down to rank `last`
-/// (-1: all).
+/// (-1: all). ZREVRANGE, the one range command the shipped ACL users
+/// (docs/acl/) may run.
 async fn run_ids<C: ConnectionLike + Clone + Send>(
     conn: &C,
     migration: &str,
@@ -360,16 +422,45 @@ mod tests {
     fn outcome_json_matches_what_the_lua_writer_produces() {
         // The standalone writer encodes this in Lua with cjson; the field
         // names must stay in step with `Outcome`.
-        let lua = r#"{"state":"migrated","positions":3,"skipped":1,"pttl":-1,"at":1700000000000}"#;
-        let parsed: Outcome = serde_json::from_str(lua).unwrap();
+        let digest = sha256_hex(b"[]");
+        let lua = format!(
+            r#"{{"state":"migrated","positions":3,"skipped":1,"pttl":-1,"at":1700000000000,"digest":"{digest}"}}"#
+        );
+        let parsed: Outcome = serde_json::from_str(&lua).unwrap();
+        let migrated = Outcome::Migrated {
+            positions: 3,
+            skipped: 1,
+            pttl: -1,
+            at: 1_700_000_000_000,
+            digest,
+        };
+        assert_eq!(parsed, migrated);
+        assert_eq!(serde_json::to_string(&migrated).unwrap(), lua);
+    }
+
+    #[test]
+    fn outcomes_journaled_before_the_digest_still_read() {
+        let old = r#"{"state":"migrated","positions":3,"skipped":1,"pttl":-1,"at":17}"#;
+        assert!(matches!(
+            serde_json::from_str(old).unwrap(),
+            Outcome::Migrated { digest, .. } if digest.is_empty()
+        ));
+        let old = r#"{"state":"quarantined","reason":"not_json","detail":"x"}"#;
+        assert!(matches!(
+            serde_json::from_str(old).unwrap(),
+            Outcome::Quarantined { digest: None, .. }
+        ));
+    }
+
+    #[test]
+    fn the_digest_is_plain_sha256_in_lowercase_hex() {
         assert_eq!(
-            parsed,
-            Outcome::Migrated {
-                positions: 3,
-                skipped: 1,
-                pttl: -1,
-                at: 1_700_000_000_000
-            }
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 

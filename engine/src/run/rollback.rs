@@ -97,7 +97,8 @@ pub async fn find_run_of<C: ConnectionLike + Clone + Send>(
     stamp_noun: &str,
     none: impl FnOnce() -> EngineError,
 ) -> Result<RunRecord> {
-    let runs = runs_of(conn, migration).await?;
+    let mut runs = runs_of(conn, migration).await?;
+    runs.reverse();
     let run = match stamp {
         Some(s) => runs.into_iter().find(|r| r.stamp == s).ok_or_else(|| {
             EngineError::Refused(format!(

@@ -29,7 +29,8 @@ pub async fn run(url: &str, json: bool) -> anyhow::Result<Outcome> {
     let lock: Option<String> = redis::cmd("GET").arg(LOCK_KEY).query_async(&mut c).await?;
     let pttl: i64 = redis::cmd("PTTL").arg(LOCK_KEY).query_async(&mut c).await?;
     let mut runs = Vec::new();
-    for run in runs_of(&conn, MIGRATION).await? {
+    // Newest first.
+    for run in runs_of(&conn, MIGRATION).await?.into_iter().rev() {
         let settled: u64 = redis::cmd("HLEN")
             .arg(outcomes_key(&run.run_id))
             .query_async(&mut c)

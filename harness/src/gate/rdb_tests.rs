@@ -224,10 +224,12 @@ fn counts_judge_outcomes_against_the_snapshot() {
         skipped: 0,
         pttl: -1,
         at: 0,
+        digest: String::new(),
     };
     let quarantined = Outcome::Quarantined {
         reason: "not_json".into(),
         detail: String::new(),
+        digest: None,
     };
     let run = |outcomes: BTreeMap<String, Outcome>, found| {
         let mut r = InvariantResult::new("counts", "");

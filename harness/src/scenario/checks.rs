@@ -144,8 +144,7 @@ async fn check_migration(
     owned: &mut Owned,
 ) -> anyhow::Result<()> {
     let phase = m.as_str();
-    let mut runs = runs_of(conn, phase).await?;
-    runs.reverse();
+    let runs = runs_of(conn, phase).await?;
     if runs.is_empty() {
         out.push(phase, missing_run(phase));
     }
@@ -306,7 +305,7 @@ fn grid_outcome(key: String, o: Outcome, findings: &mut Vec<Found>, owned: &mut 
             owned.keys.insert(key);
             return;
         }
-        Outcome::Quarantined { reason, detail } => {
+        Outcome::Quarantined { reason, detail, .. } => {
             (FindingKind::Quarantined, format!("{reason}: {detail}"))
         }
         Outcome::Conflict { key: existing } => {

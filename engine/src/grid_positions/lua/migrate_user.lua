@@ -5,6 +5,7 @@
 -- KEYS[4] index set    KEYS[5..] position hashes
 -- ARGV[1] the legacy value the plan was made from
 -- ARGV[2] backup TTL (s)   ARGV[3] positions skipped as closed
+-- ARGV[4] SHA-256 of ARGV[1], lowercase hex (the journal's digest)
 -- then, per position hash: index member, field count n, n field/value
 -- pairs (metadata included).
 --
@@ -26,7 +27,7 @@ end
 
 local pttl = redis.call('PTTL', legacy)
 local members = {}
-local a = 4
+local a = 5
 for k = 5, #KEYS do
   members[#members + 1] = ARGV[a]
   local first = a + 2
@@ -51,6 +52,6 @@ redis.call('DEL', legacy)
 local now = redis.call('TIME')
 local at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('HSET', KEYS[2], legacy, string.format(
-  '{"state":"migrated","positions":%d,"skipped":%d,"pttl":%d,"at":%d}',
-  #members, tonumber(ARGV[3]), pttl, at))
+  '{"state":"migrated","positions":%d,"skipped":%d,"pttl":%d,"at":%d,"digest":"%s"}',
+  #members, tonumber(ARGV[3]), pttl, at, ARGV[4]))
 return {'migrated', pttl}

@@ -26,9 +26,10 @@ pub struct LegacyRead {
 #[derive(Debug, Clone)]
 pub struct UserWrite {
     pub legacy_key: String,
-    /// The legacy value the plan was made from; the write happens only if
-    /// the key still holds exactly this, so a concurrent writer never loses
-    /// an update.
+    /// The legacy value the plan was made from, the bytes the runner read;
+    /// the write happens only if the key still holds exactly this, so a
+    /// concurrent writer never loses an update. The backup holds these
+    /// bytes, and the journal's outcome their SHA-256 (`digest`).
     pub expected: Vec<u8>,
     pub backup_key: String,
     pub index_key: String,

@@ -1,7 +1,8 @@
 //! `verify grid-positions`: checks the counts, index, fields, backup and ttl
 //! invariants of DESIGN §4 on a live server after a migration, using the
 //! run's backups (found through the journal) as the record of what was
-//! there. Reads only.
+//! there, each held to the digest the run journaled when it read the
+//! legacy value. Reads only.
 //!
 //! [`verify_grid_positions_scoped`] leaves a set of legacy keys out of the
 //! per-user comparisons (index, fields, ttl): users that live writers
@@ -20,7 +21,7 @@ use crate::keys::{is_migrating_sentinel, LegacyPositionsKey, BACKUP_TTL_SECS};
 use crate::run::invariant::InvariantResult;
 pub use crate::run::invariant::{VerifyReport, TTL_TOLERANCE_MS};
 pub use crate::run::journal::read_run;
-use crate::run::journal::{outcomes_key, scan_outcomes, Outcome, RunRecord};
+use crate::run::journal::{outcomes_key, scan_outcomes, sha256_hex, Outcome, RunRecord};
 
 mod judge;
 mod orphans;
@@ -94,7 +95,7 @@ pub async fn verify_grid_positions_scoped<C: ConnectionLike + Clone + Send>(
             "every index member has its hash; every position hash is in its index",
         ),
         fields: InvariantResult::new("fields", "each hash equals its legacy object plus migrated_at/migrated_from"),
-        backup: InvariantResult::new("backup", "each migrated legacy key has one backup of this run with TTL in (0, 7 days]"),
+        backup: InvariantResult::new("backup", "each migrated legacy key has one backup of this run, byte-identical to the value read (the journaled digest), with TTL in (0, 7 days]"),
         ttl: InvariantResult::new("ttl", "legacy TTLs carried over to every new key within tolerance"),
     };
     let mut v = Verifier {
@@ -176,6 +177,8 @@ struct Migrated {
     /// The legacy TTL (ms) and the server time (ms) it was read at.
     pttl: i64,
     at: i64,
+    /// SHA-256 of the legacy value as read (`""`: journaled before digests).
+    digest: String,
 }
 
 /// What round trip 1 read for one migrated user.
@@ -246,10 +249,11 @@ impl Verifier<'_> {
                     skipped,
                     pttl,
                     at,
-                } => Some((legacy_key, positions, skipped, pttl, at)),
+                    digest,
+                } => Some((legacy_key, positions, skipped, pttl, at, digest)),
                 Outcome::Quarantined { .. } | Outcome::Conflict { .. } => None,
             })
-            .map(|(legacy_key, positions, skipped, pttl, at)| {
+            .map(|(legacy_key, positions, skipped, pttl, at, digest)| {
                 let legacy =
                     LegacyPositionsKey::parse(&legacy_key, &run.exchanges).ok_or_else(|| {
                         EngineError::BadJournal {
@@ -264,6 +268,7 @@ impl Verifier<'_> {
                     skipped,
                     pttl,
                     at,
+                    digest,
                 })
             })
             .collect()
@@ -291,16 +296,12 @@ impl Verifier<'_> {
                 .mismatch(|| format!("{legacy_key}: backup {backup_key} is missing"));
             return None;
         };
-        checks.backup.check(
-            if read.backup_ttl > 0 && read.backup_ttl <= (BACKUP_TTL_SECS * 1000) as i64 {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{backup_key}: TTL {} ms is not in (0, 7 days]",
-                    read.backup_ttl
-                ))
-            },
-        );
+        checks.backup.check(check_backup(
+            &backup_key,
+            backup,
+            read.backup_ttl,
+            &user.digest,
+        ));
         let plan = match plan_value(backup, self.opts) {
             UserPlan::Migrate(p) => p,
             UserPlan::Quarantine { reason, .. } => {
@@ -351,6 +352,22 @@ impl Verifier<'_> {
                 "{legacy_key}: backup holds {planned} positions (+{closed} closed skipped), journal says {positions} (+{skipped})"
             ))
         });
+    }
+}
+
+/// A backup holds the bytes the run read (their digest, when journaled)
+/// and expires within 7 days.
+fn check_backup(backup_key: &str, backup: &[u8], ttl: i64, digest: &str) -> Result<(), String> {
+    if !digest.is_empty() && sha256_hex(backup) != digest {
+        return Err(format!(
+            "{backup_key}: not byte-identical to the value the run read (SHA-256 {}, journaled {digest})",
+            sha256_hex(backup)
+        ));
+    }
+    if ttl > 0 && ttl <= (BACKUP_TTL_SECS * 1000) as i64 {
+        Ok(())
+    } else {
+        Err(format!("{backup_key}: TTL {ttl} ms is not in (0, 7 days]"))
     }
 }
 

@@ -15,7 +15,7 @@ use crate::grid_positions::store::{
     WriteOutcome,
 };
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
-use crate::run::journal::Outcome;
+use crate::run::journal::{sha256_hex, Outcome};
 
 const MIGRATE_USER: &str = include_str!("../../lua/migrate_user.lua");
 const ROLLBACK_USER: &str = include_str!("../../lua/rollback_user.lua");
@@ -287,7 +287,8 @@ fn migrate_user_args(pipe: &mut redis::Pipeline, ctx: &RunContext, user: &UserWr
     }
     pipe.arg(&user.expected)
         .arg(ctx.backup_ttl_secs)
-        .arg(user.skipped_closed);
+        .arg(user.skipped_closed)
+        .arg(sha256_hex(&user.expected));
     for p in &user.positions {
         // The metadata travels with the fields so the script sets each
         // hash with one HSET.
@@ -332,7 +333,8 @@ pub(in crate::grid_positions::store) fn arg_hash_pairs(
 }
 
 /// The journal's `migrated` outcome of `u`, as JSON: its legacy TTL
-/// `pttl` (ms) as read at server time `at` (ms).
+/// `pttl` (ms) as read at server time `at` (ms), and the digest of the
+/// legacy value as the runner read it, the bytes the backup holds.
 pub(in crate::grid_positions::store) fn migrated_outcome(
     u: &UserWrite,
     pttl: i64,
@@ -343,6 +345,7 @@ pub(in crate::grid_positions::store) fn migrated_outcome(
         skipped: u.skipped_closed,
         pttl,
         at,
+        digest: sha256_hex(&u.expected),
     };
     serde_json::to_string(&outcome).expect("outcome serialises")
 }
