@@ -123,14 +123,37 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check a migration's invariants on a live server (read-only).
+    /// Check a migration's invariants on a live server (read-only), judged
+    /// by the oracle: against every run not rolled back (their backups and
+    /// journaled digests), or against a snapshot taken before.
     Verify {
         migration: Migration,
         #[command(flatten)]
         redis: RedisArgs,
+        /// A `keyshift snapshot` of the keyspace taken before the
+        /// migration: judge against it, with no journal needed
+        /// (grid-positions).
+        #[arg(long, value_name = "FILE")]
+        before: Option<PathBuf>,
+        /// Judge only this run (an id `keyshift status` lists).
+        #[arg(long, value_name = "ID", conflicts_with = "before")]
+        run: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Write a bytes-exact before-image of a migration's key families (SCAN,
+    /// streaming) for `verify --before FILE`.
+    Snapshot {
+        migration: Migration,
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// The file to write (JSON lines).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Only this exchange's keys (default: all five).
+        #[arg(long)]
+        exchange: Option<String>,
     },
     /// Seed a disposable Redis, migrate, check every invariant, write reports.
     Gate(GateArgs),

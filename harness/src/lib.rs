@@ -15,6 +15,7 @@
 //!   measured against, and the reads of it, the floor `verify` is measured against.
 //! - `observe`: reads before- and after-images of a keyspace for the oracle
 //!   (keyshift-oracle), which judges them.
+//! - `snapshot`: `keyshift snapshot`'s file, a bytes-exact before-image.
 //! - `digest`: a type-aware digest of a keyspace, for "untouched" and "rollback".
 //! - `writers`: writer tasks during a migration, their history, and the `no-lost-writes` check.
 pub mod backend;
@@ -30,6 +31,7 @@ pub mod observe;
 pub mod report;
 pub mod scenario;
 pub mod seed;
+pub mod snapshot;
 pub mod writers;
 
 pub use error::HarnessError;
@@ -76,11 +78,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<exit::Outcome> {
         Command::Verify {
             migration,
             redis,
+            before,
+            run,
             json,
         } => match migration {
-            Migration::GridPositions => commands::verify::run(&redis.url, json).await,
+            Migration::GridPositions => {
+                commands::verify::run(commands::verify::VerifyArgs {
+                    url: &redis.url,
+                    before: before.as_deref(),
+                    run: run.as_deref(),
+                    json,
+                })
+                .await
+            }
+            Migration::OrderPlaced if before.is_some() || run.is_some() => Err(HarnessError::Usage(
+                "verify order-placed takes neither --before nor --run yet: it judges the newest run"
+                    .into(),
+            )
+            .into()),
             Migration::OrderPlaced => commands::order_placed::verify(&redis.url, json).await,
         },
+        Command::Snapshot {
+            migration,
+            redis,
+            out,
+            exchange,
+        } => commands::snapshot::run(&redis.url, migration, exchange.as_deref(), &out).await,
         Command::Rollback {
             migration,
             redis,

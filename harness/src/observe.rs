@@ -4,7 +4,7 @@
 //! typed and bytes-exact, with each key's PTTL and the server time of the
 //! read.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::keys::escape_glob;
@@ -25,6 +25,18 @@ pub fn grid_patterns(exchanges: &[String]) -> Vec<String> {
     patterns
 }
 
+/// The SCAN patterns of order-placed's families: legacy hashes and their
+/// `orders:` targets.
+pub fn order_placed_patterns(exchanges: &[String]) -> Vec<String> {
+    let mut patterns = Vec::new();
+    for ex in exchanges {
+        let ex = escape_glob(ex);
+        patterns.push(format!("{ex}:user:*:symbol:*:order_placed"));
+        patterns.push(format!("orders:{ex}:user:*:symbol:*:order_placed"));
+    }
+    patterns
+}
+
 /// Every key on the server: for disposable servers only (the gate's).
 pub async fn read_all(conn: &RedisConn) -> anyhow::Result<Image> {
     read_matching(conn, &[None]).await
@@ -38,7 +50,23 @@ pub async fn read_families(conn: &RedisConn, patterns: &[String]) -> anyhow::Res
 
 async fn read_matching(conn: &RedisConn, patterns: &[Option<&str>]) -> anyhow::Result<Image> {
     let mut image = Image::default();
-    let mut seen: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for_each_key(conn, patterns, &mut |key, entry| {
+        image.insert(key, entry);
+        Ok(())
+    })
+    .await?;
+    image.read_until_ms = server_time_ms(conn).await?;
+    Ok(image)
+}
+
+/// Streams every key matching one of `patterns` (`None`: every key) into
+/// `sink`, one batch in memory at a time. Patterns should be disjoint: a
+/// key two of them match is read twice.
+pub async fn for_each_key(
+    conn: &RedisConn,
+    patterns: &[Option<&str>],
+    sink: &mut dyn FnMut(Vec<u8>, Entry) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     for pattern in patterns {
         let mut cursor = 0u64;
         loop {
@@ -51,12 +79,14 @@ async fn read_matching(conn: &RedisConn, patterns: &[Option<&str>]) -> anyhow::R
             args.push(b"1000".to_vec());
             let reply = conn.scan_raw(cursor, &args).await?;
             let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)?;
-            let fresh: Vec<Vec<u8>> = keys
-                .into_iter()
-                .filter(|k| seen.insert(k.clone()))
-                .collect();
-            for chunk in fresh.chunks(BATCH) {
-                read_into(conn, chunk, &mut image).await?;
+            // SCAN may return a key twice; a duplicate is read twice and
+            // the sink sees the later read.
+            for chunk in keys.chunks(BATCH) {
+                let mut batch = Image::default();
+                read_into(conn, chunk, &mut batch).await?;
+                for (key, entry) in batch.keys {
+                    sink(key, entry)?;
+                }
             }
             cursor = next;
             if cursor == 0 {
@@ -64,8 +94,7 @@ async fn read_matching(conn: &RedisConn, patterns: &[Option<&str>]) -> anyhow::R
             }
         }
     }
-    image.read_until_ms = server_time_ms(conn).await?;
-    Ok(image)
+    Ok(())
 }
 
 /// Exactly these keys (absent ones are left out of the image).

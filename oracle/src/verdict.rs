@@ -92,6 +92,18 @@ impl Judgement {
         }
     }
 
+    /// Adds another judgement of the same invariant (one chunk of users
+    /// judged at a time); settle with [`Judgement::finish`] after.
+    pub fn absorb(&mut self, other: &Judgement) {
+        self.checked += other.checked;
+        self.failed += other.failed;
+        self.extra += other.extra;
+        self.expired += other.expired;
+        let room = MAX_SAMPLES.saturating_sub(self.samples.len());
+        self.samples
+            .extend(other.samples.iter().take(room).cloned());
+    }
+
     /// Settles the status; `if_empty` is the reason when nothing was
     /// examined.
     pub fn finish(mut self, if_empty: &str) -> Self {
@@ -149,7 +161,39 @@ pub struct Verdict {
     pub ambiguous: Vec<String>,
 }
 
+impl Tally {
+    pub fn absorb(&mut self, o: &Tally) {
+        self.legacy_keys += o.legacy_keys;
+        self.positions_found += o.positions_found;
+        self.migrated_keys += o.migrated_keys;
+        self.positions_migrated += o.positions_migrated;
+        self.skipped_closed += o.skipped_closed;
+        self.quarantined_keys += o.quarantined_keys;
+        self.ambiguous_keys += o.ambiguous_keys;
+        self.expired_keys += o.expired_keys;
+    }
+}
+
 impl Verdict {
+    /// Adds the verdict on another chunk of the same keyspace: each
+    /// invariant's counts and samples, re-settled.
+    pub fn absorb(&mut self, other: &Verdict) {
+        for j in &other.invariants {
+            match self.invariants.iter_mut().find(|m| m.id == j.id) {
+                Some(mine) => {
+                    mine.absorb(j);
+                    let why = mine.not_run_reason.take().or(j.not_run_reason.clone());
+                    *mine = mine.clone().finish(why.as_deref().unwrap_or(""));
+                }
+                None => self.invariants.push(j.clone()),
+            }
+        }
+        self.tally.absorb(&other.tally);
+        let room = MAX_SAMPLES.saturating_sub(self.ambiguous.len());
+        self.ambiguous
+            .extend(other.ambiguous.iter().take(room).cloned());
+    }
+
     /// Every invariant passed; one that did not run is not a pass.
     pub fn passed(&self) -> bool {
         self.invariants.iter().all(|j| j.status == Status::Pass)

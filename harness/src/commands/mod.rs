@@ -6,6 +6,7 @@ pub mod migrate;
 pub mod order_placed;
 mod render;
 pub mod rollback;
+pub mod snapshot;
 pub mod status;
 pub mod validate;
 pub mod verify;

@@ -1,35 +1,421 @@
-//! `keyshift verify grid-positions`.
+//! `keyshift verify grid-positions`: the keyspace judged by the oracle
+//! (keyshift-oracle), which shares no code with the engine that migrated
+//! it. Reads only.
+//!
+//! The before-image is `--before FILE` (a `keyshift snapshot` taken before
+//! the migration), or else the runs' backups: every run of the migration
+//! that was not rolled back (or `--run ID`), each backup held to the
+//! SHA-256 its run journaled when it read the legacy value, and to 7 days
+//! from when it was written. Users are judged 500 at a time, reading just
+//! the keys the oracle expects them to have; then one SCAN over
+//! `positions:*` finds migrated-looking hashes no run accounts for.
 
-use keyshift_engine::grid_positions::latest_run;
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use keyshift_engine::connection::RedisConn;
+use keyshift_engine::grid_positions::runner::MIGRATION;
 use keyshift_engine::grid_positions::store::standalone::connect;
-use keyshift_engine::grid_positions::verify::{verify_grid_positions, VerifyReport};
+use keyshift_engine::run::journal::{runs_of, Outcome, RunRecord, RunState};
+use keyshift_oracle::grid::{expected_keys, orphan};
+use keyshift_oracle::keys::{classify, GridKey};
+use keyshift_oracle::{Before, Entry, GridOptions, Image, Judgement, Status, Value, Verdict};
+use serde::Serialize;
 
-use super::{print_report, progress_bar, render};
-use crate::exit::Outcome;
+use super::{print_report, progress_bar};
+use crate::error::HarnessError;
+use crate::exit::Outcome as Exit;
+use crate::gate::checks::read_outcomes;
+use crate::observe::{grid_patterns, read_families, read_keys};
+use crate::snapshot;
 
-pub async fn run(url: &str, json: bool) -> anyhow::Result<Outcome> {
-    let conn = connect(url).await?;
-    let run = latest_run(&conn).await?;
-    let bar = progress_bar(run_size(&run), "verify grid-positions");
-    let report = verify_grid_positions(&conn, &run, &|n| bar.inc(n as u64)).await?;
-    bar.finish_and_clear();
-    print_report(&report, json, render)?;
-    Ok(Outcome::passed_if(report.passed()))
+/// Legacy keys judged per round of reads.
+const CHUNK: usize = 500;
+
+/// The invariants verify requires: each must pass (not run fails).
+pub const REQUIRED: [&str; 5] = ["counts", "index", "fields", "backup", "ttl"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunLine {
+    pub run_id: String,
+    pub stamp: String,
+    pub state: String,
+    /// Judged, or why not.
+    pub judged: bool,
+    pub note: String,
 }
 
-fn run_size(run: &keyshift_engine::run::journal::RunRecord) -> u64 {
-    run.counts
-        .as_ref()
-        .and_then(|c| c.get("keys_migrated"))
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0)
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub migration: &'static str,
+    /// What the keyspace was judged against.
+    pub before: String,
+    pub runs: Vec<RunLine>,
+    pub verdict: Verdict,
+    pub required: Vec<&'static str>,
+    pub passed: bool,
+}
+
+pub struct VerifyArgs<'a> {
+    pub url: &'a str,
+    pub before: Option<&'a Path>,
+    pub run: Option<&'a str>,
+    pub json: bool,
+}
+
+pub async fn run(args: VerifyArgs<'_>) -> anyhow::Result<Exit> {
+    let conn = connect(args.url).await?;
+    let report = match args.before {
+        Some(file) => against_snapshot(&conn, file).await?,
+        None => against_runs(&conn, args.run).await?,
+    };
+    print_report(&report, args.json, render)?;
+    Ok(Exit::passed_if(report.passed))
+}
+
+fn settle(mut report: VerifyReport) -> VerifyReport {
+    report.passed = REQUIRED.iter().all(|id| {
+        report
+            .verdict
+            .get(id)
+            .is_some_and(|j| j.status == Status::Pass)
+    });
+    report
+}
+
+/// `--before FILE`: the snapshot against the families as they are now.
+pub async fn against_snapshot(conn: &RedisConn, file: &Path) -> anyhow::Result<VerifyReport> {
+    let (header, image) = snapshot::read(file)?;
+    if header.migration != MIGRATION {
+        return Err(HarnessError::Usage(format!(
+            "--before {}: a snapshot of {}, not {MIGRATION}",
+            file.display(),
+            header.migration
+        ))
+        .into());
+    }
+    let after = read_families(conn, &grid_patterns(&header.exchanges)).await?;
+    let before = Before {
+        image,
+        complete: false,
+        ..Before::default()
+    };
+    let verdict =
+        keyshift_oracle::judge_grid_positions(&before, &after, &options(&header.exchanges, false));
+    Ok(settle(VerifyReport {
+        migration: MIGRATION,
+        before: format!("snapshot {}", file.display()),
+        runs: Vec::new(),
+        verdict,
+        required: REQUIRED.to_vec(),
+        passed: false,
+    }))
+}
+
+fn options(exchanges: &[String], skip_closed: bool) -> GridOptions {
+    let mut opts = GridOptions::new(exchanges.to_vec());
+    opts.skip_closed = skip_closed;
+    opts.max_positions_per_user = Some(
+        keyshift_engine::grid_positions::runner::MigrateOptions::DEFAULT_MAX_POSITIONS_PER_USER,
+    );
+    opts
+}
+
+/// Which runs verify judges: `--run ID`, or every run not rolled back.
+fn pick_runs(runs: &[RunRecord], only: Option<&str>) -> anyhow::Result<Vec<RunLine>> {
+    if let Some(id) = only {
+        if !runs.iter().any(|r| r.run_id == id) {
+            return Err(HarnessError::Usage(format!(
+                "--run {id}: no {MIGRATION} run with that id (`keyshift status` lists them)"
+            ))
+            .into());
+        }
+    }
+    Ok(runs
+        .iter()
+        .map(|r| {
+            let rolled_back = r.state == RunState::RolledBack;
+            let picked = only.is_none_or(|id| id == r.run_id);
+            let (judged, note) = match (picked, rolled_back) {
+                (false, _) => (false, "left out by --run".to_owned()),
+                (true, true) => (
+                    false,
+                    "rolled back: its users are back in the legacy layout".to_owned(),
+                ),
+                (true, false) => (true, String::new()),
+            };
+            RunLine {
+                run_id: r.run_id.clone(),
+                stamp: r.stamp.clone(),
+                state: serde_json::to_value(r.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                judged,
+                note,
+            }
+        })
+        .collect())
+}
+
+/// Every legacy key's latest outcome across the judged runs (a newer run
+/// that met the key again has the last word), with its run.
+async fn latest_outcomes<'r>(
+    conn: &RedisConn,
+    runs: &'r [RunRecord],
+    lines: &[RunLine],
+) -> anyhow::Result<BTreeMap<String, (&'r RunRecord, Outcome)>> {
+    let mut latest = BTreeMap::new();
+    for (run, line) in runs.iter().zip(lines) {
+        if !line.judged {
+            continue;
+        }
+        let outcomes: BTreeMap<String, Outcome> = read_outcomes(conn, &run.run_id).await?;
+        for (key, outcome) in outcomes {
+            if !matches!(outcome, Outcome::Conflict { .. }) {
+                latest.insert(key, (run, outcome));
+            }
+        }
+    }
+    Ok(latest)
+}
+
+/// Without `--before`: the runs' backups as the before-image.
+pub async fn against_runs(conn: &RedisConn, only: Option<&str>) -> anyhow::Result<VerifyReport> {
+    let runs = runs_of(conn, MIGRATION).await?;
+    if runs.is_empty() {
+        return Err(keyshift_engine::EngineError::NoRun.into());
+    }
+    let lines = pick_runs(&runs, only)?;
+    let latest = latest_outcomes(conn, &runs, &lines).await?;
+    let exchanges: Vec<String> = {
+        let mut all: Vec<String> = runs.iter().flat_map(|r| r.exchanges.clone()).collect();
+        all.sort();
+        all.dedup();
+        all
+    };
+    let skip_closed = runs.iter().any(|r| r.skip_closed);
+    let opts = options(&exchanges, skip_closed);
+    let bar = progress_bar(latest.len() as u64, "verify grid-positions");
+    let entries: Vec<(&String, &(&RunRecord, Outcome))> = latest.iter().collect();
+    let mut verdict: Option<Verdict> = None;
+    let mut accounted: HashSet<Vec<u8>> = HashSet::new();
+    for chunk in entries.chunks(CHUNK) {
+        let (before, after) = chunk_images(conn, chunk, &opts, &mut accounted).await?;
+        let v = keyshift_oracle::judge_grid_positions(&before, &after, &opts);
+        match &mut verdict {
+            Some(all) => all.absorb(&v),
+            None => verdict = Some(v),
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let mut verdict = verdict.unwrap_or_else(|| {
+        keyshift_oracle::judge_grid_positions(&Before::default(), &Image::default(), &opts)
+    });
+    sweep_orphans(conn, &exchanges, &accounted, &mut verdict).await?;
+    let judged = lines.iter().filter(|l| l.judged).count();
+    Ok(settle(VerifyReport {
+        migration: MIGRATION,
+        before: format!(
+            "the backups of {judged} run(s), each held to the digest its run journaled"
+        ),
+        runs: lines,
+        verdict,
+        required: REQUIRED.to_vec(),
+        passed: false,
+    }))
+}
+
+type Chunk<'a, 'r> = [(&'a String, &'a (&'r RunRecord, Outcome))];
+
+/// One chunk's before-image (from backups and the journal) and the keys
+/// of those users as they are now.
+async fn chunk_images(
+    conn: &RedisConn,
+    chunk: &Chunk<'_, '_>,
+    opts: &GridOptions,
+    accounted: &mut HashSet<Vec<u8>>,
+) -> anyhow::Result<(Before, Image)> {
+    let mut before = Before::default();
+    let backup_keys: Vec<Vec<u8>> = chunk
+        .iter()
+        .filter(|(_, (_, o))| matches!(o, Outcome::Migrated { .. }))
+        .map(|(key, (run, _))| format!("{key}:backup:{}", run.stamp).into_bytes())
+        .collect();
+    let backups = read_keys(conn, &backup_keys).await?;
+    let mut wanted: Vec<Vec<u8>> = Vec::new();
+    for (key, (run, outcome)) in chunk {
+        let legacy = key.as_bytes().to_vec();
+        wanted.push(legacy.clone());
+        match outcome {
+            Outcome::Migrated {
+                pttl, at, digest, ..
+            } => {
+                let backup_key = format!("{key}:backup:{}", run.stamp);
+                wanted.push(backup_key.clone().into_bytes());
+                let value = match backups.get(&backup_key).map(|e| &e.value) {
+                    Some(Value::String(bytes)) => {
+                        wanted.extend(
+                            expected_keys(key, bytes, opts)
+                                .into_iter()
+                                .map(String::into_bytes),
+                        );
+                        Value::String(bytes.clone())
+                    }
+                    // Missing or not a string: the oracle finds it lost.
+                    _ => Value::StringDigest(digest.clone()),
+                };
+                before.stamps.insert(legacy.clone(), run.stamp.clone());
+                if !digest.is_empty() {
+                    before
+                        .recorded_digests
+                        .insert(legacy.clone(), digest.clone());
+                }
+                before.image.insert(
+                    legacy,
+                    Entry {
+                        value,
+                        pttl_ms: *pttl,
+                        read_at_ms: *at,
+                    },
+                );
+            }
+            Outcome::Quarantined {
+                digest: Some(d), ..
+            } => {
+                // What it held is known by its digest; its TTL is not
+                // journaled, so it is taken as it is now (or none).
+                before.image.insert(
+                    legacy,
+                    Entry {
+                        value: Value::StringDigest(d.clone()),
+                        pttl_ms: -1,
+                        read_at_ms: 0,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+    let mut after = read_keys(conn, &wanted).await?;
+    // The index's members name hashes too (maybe ones not expected).
+    let members: Vec<Vec<u8>> = after
+        .keys
+        .iter()
+        .filter_map(|(k, e)| match (classify(k, &opts.exchanges), &e.value) {
+            (GridKey::Index { user, exchange }, Value::Set(ms)) => Some(
+                ms.iter()
+                    .map(|m| {
+                        let mut key = format!("positions:{user}:{exchange}:").into_bytes();
+                        key.extend_from_slice(m);
+                        key
+                    })
+                    .filter(|k| !after.keys.contains_key(k))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let more = read_keys(conn, &members).await?;
+    after.keys.extend(more.keys);
+    after.read_until_ms = after.read_until_ms.max(more.read_until_ms);
+    // A quarantined key still there keeps the TTL it has now.
+    for (key, entry) in before.image.keys.iter_mut() {
+        if matches!(entry.value, Value::StringDigest(_)) && !before.stamps.contains_key(key) {
+            if let Some(now) = after.keys.get(key) {
+                entry.pttl_ms = now.pttl_ms;
+                entry.read_at_ms = now.read_at_ms;
+            }
+        }
+    }
+    accounted.extend(wanted);
+    accounted.extend(members);
+    Ok((before, after))
+}
+
+/// Migrated-looking hashes under `positions:*` that no judged run
+/// accounts for.
+async fn sweep_orphans(
+    conn: &RedisConn,
+    exchanges: &[String],
+    accounted: &HashSet<Vec<u8>>,
+    verdict: &mut Verdict,
+) -> anyhow::Result<()> {
+    let mut index = Judgement::new("index", "");
+    let mut candidates: Vec<Vec<u8>> = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let args = [
+            b"MATCH".to_vec(),
+            b"positions:*".to_vec(),
+            b"COUNT".to_vec(),
+            b"1000".to_vec(),
+        ];
+        let reply = conn.scan_raw(cursor, &args).await?;
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)?;
+        candidates.extend(keys.into_iter().filter(|k| {
+            !accounted.contains(k) && matches!(classify(k, exchanges), GridKey::Hash { .. })
+        }));
+        if candidates.len() >= CHUNK || next == 0 {
+            let image = read_keys(conn, &candidates).await?;
+            for (k, e) in &image.keys {
+                orphan(k, e, &mut index);
+            }
+            candidates.clear();
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    if let Some(mine) = verdict.invariants.iter_mut().find(|j| j.id == "index") {
+        mine.absorb(&index);
+        let why = mine.not_run_reason.take();
+        *mine = mine.clone().finish(why.as_deref().unwrap_or(""));
+    }
+    Ok(())
 }
 
 pub fn render(r: &VerifyReport) -> String {
-    let mut out = format!(
-        "verify grid-positions — run {} (stamp {})\n",
-        r.run_id, r.stamp
-    );
-    render::invariants(&mut out, r);
+    let mut out = format!("verify {} — against {}\n", r.migration, r.before);
+    for run in &r.runs {
+        out.push_str(&format!(
+            "run {} (stamp {}, {}){}\n",
+            run.run_id,
+            run.stamp,
+            run.state,
+            if run.judged {
+                String::new()
+            } else {
+                format!(": not judged, {}", run.note)
+            }
+        ));
+    }
+    let t = &r.verdict.tally;
+    out.push_str(&format!(
+        "legacy keys {}: migrated {}, quarantined {}, ambiguous {}, expired {}; positions {} (skipped closed {})\n",
+        t.legacy_keys, t.migrated_keys, t.quarantined_keys, t.ambiguous_keys, t.expired_keys,
+        t.positions_found, t.skipped_closed
+    ));
+    for j in &r.verdict.invariants {
+        out.push_str(&j.summary_line());
+        out.push('\n');
+        for s in &j.samples {
+            out.push_str(&format!("    {s}\n"));
+        }
+    }
+    for a in &r.verdict.ambiguous {
+        out.push_str(&format!("  ambiguous input: {a}\n"));
+    }
+    if r.runs.iter().all(|l| !l.judged) && !r.runs.is_empty() {
+        out.push_str("Nothing to verify: no run of this migration stands (each was rolled back or left out).\n");
+    }
+    out.push_str(if r.passed {
+        "All required invariants hold.\n"
+    } else {
+        "Not every required invariant holds (one failed or did not run): see above.\n"
+    });
     out
 }

@@ -130,7 +130,7 @@ fn finish(c: Checks, before: &Before) -> Verdict {
     let untouched_why = if before.complete {
         "the before-image holds no key outside the migration"
     } else {
-        "the before-image holds legacy keys only (pass --before FILE for the rest)"
+        "the before-image holds the legacy keys only; the gate judges the rest"
     };
     Verdict {
         migration: "grid-positions",
@@ -144,6 +144,40 @@ fn finish(c: Checks, before: &Before) -> Verdict {
         ],
         tally: c.tally,
         ambiguous: c.ambiguous,
+    }
+}
+
+/// The keys a migration of `legacy` (holding `value`) writes, by the
+/// oracle's own reading of DESIGN §2: each position hash and the index.
+/// A verifier reads these (and the index's members) to judge one user
+/// without scanning for them.
+pub fn expected_keys(legacy: &str, value: &[u8], opts: &GridOptions) -> Vec<String> {
+    let Some((exchange, user)) = legacy.split_once(":positions:") else {
+        return Vec::new();
+    };
+    let mut keys = vec![crate::keys::index_key(user, exchange)];
+    if let crate::legacy::Expectation::Migrate { positions, .. } =
+        crate::legacy::expect(value, opts.skip_closed)
+    {
+        keys.extend(
+            positions
+                .iter()
+                .map(|p| crate::keys::hash_key(user, exchange, &p.member())),
+        );
+    }
+    keys
+}
+
+/// A hash or index no run accounts for that carries the migration's
+/// metadata: judged as an orphan by the index invariant.
+pub fn orphan(key: &[u8], entry: &Entry, j: &mut Judgement) {
+    if migrated_looking(&entry.value) {
+        j.extra(|| {
+            format!(
+                "{}: a migrated-looking key for a user no run migrated",
+                show(key)
+            )
+        });
     }
 }
 
@@ -254,13 +288,10 @@ fn sweep(
     }
 }
 
-/// A hash carrying the migration's metadata, or an index set.
+/// A hash carrying the migration's metadata. (An index set cannot tell
+/// who wrote it: the application writes them for new users too.)
 fn migrated_looking(value: &Value) -> bool {
-    match value {
-        Value::Hash(h) => h.contains_key(MIGRATED_FROM.as_bytes()),
-        Value::Set(_) => true,
-        _ => false,
-    }
+    matches!(value, Value::Hash(h) if h.contains_key(MIGRATED_FROM.as_bytes()))
 }
 
 mod user;

@@ -106,6 +106,18 @@ impl<'a> UserJudge<'a> {
             }
         }
         let legacy = self.legacy;
+        // A run's journal says it migrated this key: a legacy key there now
+        // came back after the run.
+        let journaled = self.before.stamps.contains_key(legacy.as_bytes());
+        if journaled && matches!(ending, Ending::Untouched | Ending::Changed(_)) {
+            c.counts.fail(|| {
+                format!(
+                    "{legacy}: legacy key reappeared after the run migrated it: a writer \
+                     still uses the old layout"
+                )
+            });
+            return;
+        }
         match (&expectation, &ending) {
             (
                 _,
