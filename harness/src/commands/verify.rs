@@ -45,15 +45,60 @@ pub struct RunLine {
     pub note: String,
 }
 
+/// One invariant in `--json`: the oracle's judgement, with the fields
+/// scripts read from earlier versions (`passed`, `processed`, `matching`,
+/// `mismatched`) kept.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvariantLine {
+    pub id: &'static str,
+    pub description: &'static str,
+    /// `pass`, `fail` or `not run`.
+    pub status: &'static str,
+    pub passed: bool,
+    pub processed: u64,
+    pub matching: u64,
+    pub mismatched: u64,
+    pub extra: u64,
+    pub expired: u64,
+    pub samples: Vec<String>,
+    pub not_run_reason: Option<String>,
+}
+
+impl From<&Judgement> for InvariantLine {
+    fn from(j: &Judgement) -> Self {
+        Self {
+            id: j.id,
+            description: j.description,
+            status: j.status.as_str(),
+            passed: j.status == Status::Pass,
+            processed: j.checked,
+            matching: j.checked - j.failed,
+            mismatched: j.failed,
+            extra: j.extra,
+            expired: j.expired,
+            samples: j.samples.clone(),
+            not_run_reason: j.not_run_reason.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
     pub migration: &'static str,
     /// What the keyspace was judged against.
     pub before: String,
+    /// The newest run judged, and its backup stamp.
+    pub run_id: Option<String>,
+    pub stamp: Option<String>,
     pub runs: Vec<RunLine>,
-    pub verdict: Verdict,
-    pub required: Vec<&'static str>,
+    /// The required invariants (and any other that ran).
+    pub invariants: Vec<InvariantLine>,
+    pub tally: keyshift_oracle::Tally,
+    /// A few inputs DESIGN does not decide, and what became of them.
+    pub ambiguous: Vec<String>,
     pub passed: bool,
+    #[serde(skip)]
+    pub verdict: Verdict,
 }
 
 pub struct VerifyArgs<'a> {
@@ -71,6 +116,27 @@ pub async fn run(args: VerifyArgs<'_>) -> anyhow::Result<Exit> {
     };
     print_report(&report, args.json, render)?;
     Ok(Exit::passed_if(report.passed))
+}
+
+fn report(before: String, runs: Vec<RunLine>, verdict: Verdict) -> VerifyReport {
+    let newest = runs.iter().rev().find(|l| l.judged);
+    settle(VerifyReport {
+        migration: MIGRATION,
+        before,
+        run_id: newest.map(|l| l.run_id.clone()),
+        stamp: newest.map(|l| l.stamp.clone()),
+        invariants: verdict
+            .invariants
+            .iter()
+            .filter(|j| REQUIRED.contains(&j.id) || j.status != Status::NotRun)
+            .map(InvariantLine::from)
+            .collect(),
+        tally: verdict.tally.clone(),
+        ambiguous: verdict.ambiguous.clone(),
+        runs,
+        verdict,
+        passed: false,
+    })
 }
 
 fn settle(mut report: VerifyReport) -> VerifyReport {
@@ -102,14 +168,11 @@ pub async fn against_snapshot(conn: &RedisConn, file: &Path) -> anyhow::Result<V
     };
     let verdict =
         keyshift_oracle::judge_grid_positions(&before, &after, &options(&header.exchanges, false));
-    Ok(settle(VerifyReport {
-        migration: MIGRATION,
-        before: format!("snapshot {}", file.display()),
-        runs: Vec::new(),
+    Ok(report(
+        format!("snapshot {}", file.display()),
+        Vec::new(),
         verdict,
-        required: REQUIRED.to_vec(),
-        passed: false,
-    }))
+    ))
 }
 
 fn options(exchanges: &[String], skip_closed: bool) -> GridOptions {
@@ -215,16 +278,11 @@ pub async fn against_runs(conn: &RedisConn, only: Option<&str>) -> anyhow::Resul
     });
     sweep_orphans(conn, &exchanges, &accounted, &mut verdict).await?;
     let judged = lines.iter().filter(|l| l.judged).count();
-    Ok(settle(VerifyReport {
-        migration: MIGRATION,
-        before: format!(
-            "the backups of {judged} run(s), each held to the digest its run journaled"
-        ),
-        runs: lines,
+    Ok(report(
+        format!("the backups of {judged} run(s), each held to the digest its run journaled"),
+        lines,
         verdict,
-        required: REQUIRED.to_vec(),
-        passed: false,
-    }))
+    ))
 }
 
 type Chunk<'a, 'r> = [(&'a String, &'a (&'r RunRecord, Outcome))];
@@ -413,7 +471,7 @@ pub fn render(r: &VerifyReport) -> String {
         out.push_str("Nothing to verify: no run of this migration stands (each was rolled back or left out).\n");
     }
     out.push_str(if r.passed {
-        "All required invariants hold.\n"
+        "All invariants hold.\n"
     } else {
         "Not every required invariant holds (one failed or did not run): see above.\n"
     });
