@@ -120,7 +120,7 @@ impl Judgement {
 
     pub fn summary_line(&self) -> String {
         let mut line = format!(
-            "{:<7} {:<10} checked {} failed {} extra {}",
+            "{} {:<10} checked {} failed {} extra {}",
             self.status.as_str().to_uppercase(),
             self.id,
             self.checked,

@@ -112,8 +112,8 @@ impl<'a> UserJudge<'a> {
         if journaled && matches!(ending, Ending::Untouched | Ending::Changed(_)) {
             c.counts.fail(|| {
                 format!(
-                    "{legacy}: legacy key reappeared after the run migrated it: a writer \
-                     still uses the old layout"
+                    "{legacy}: legacy key reappeared after its migration: a writer still \
+                     uses the old layout"
                 )
             });
             return;
