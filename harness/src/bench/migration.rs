@@ -55,6 +55,12 @@ pub struct MigrationRow {
     pub verify_ratio: f64,
     pub verify_exit: i32,
     pub verify_peak_rss_mb: f64,
+    /// The engine's own verify of the same run (the one `verify` used
+    /// before the oracle: it re-plans backups with the planner), timed
+    /// in-process right after: the "no slower than before" yardstick.
+    pub engine_verify_s: f64,
+    /// verify_s / engine_verify_s.
+    pub verify_vs_engine_verify: f64,
     pub cpu: CpuSeconds,
 }
 
@@ -103,6 +109,7 @@ pub async fn measure(
     let (read_floor, read_floor_server) = with_server_cpu(&mut conn, read_load).await?;
     let verify_args = ["verify", "grid-positions", "--redis", &url, "--json"];
     let (verify, verify_server) = with_server_cpu(&mut conn, child(&verify_args)).await?;
+    let engine_verify = engine_verify(&url).await?;
     // The next size starts on an empty server; this keyspace is done.
     redis::cmd("FLUSHALL")
         .arg("ASYNC")
@@ -125,8 +132,19 @@ pub async fn measure(
         migrate,
         read_floor,
         verify,
+        engine_verify,
     }
     .row(cpu))
+}
+
+/// Times the engine's own verify of the newest run, in this process.
+async fn engine_verify(url: &str) -> anyhow::Result<Duration> {
+    use keyshift_engine::grid_positions::{latest_run, verify::verify_grid_positions};
+    let conn = keyshift_engine::grid_positions::store::standalone::connect(url).await?;
+    let started = std::time::Instant::now();
+    let run = latest_run(&conn).await?;
+    verify_grid_positions(&conn, &run, &|_| {}).await?;
+    Ok(started.elapsed())
 }
 
 /// The keyspace of one size: the gate's generator, from the seed.
@@ -251,6 +269,7 @@ struct Measured {
     migrate: ChildRun,
     read_floor: Duration,
     verify: ChildRun,
+    engine_verify: Duration,
 }
 
 impl Measured {
@@ -280,6 +299,8 @@ impl Measured {
             verify_ratio: ratio(verify.wall, read_floor),
             verify_exit: verify.code,
             verify_peak_rss_mb: mb(verify.peak_rss_kb),
+            engine_verify_s: secs(self.engine_verify),
+            verify_vs_engine_verify: ratio(verify.wall, self.engine_verify),
             cpu,
         }
     }

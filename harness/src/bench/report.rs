@@ -255,10 +255,12 @@ fn render_migration(out: &mut String, m: &MigrationSection) {
     for r in &m.rows {
         let _ = writeln!(
             out,
-            "- {} users: migrate took {:.2}x the write floor, verify {:.2}x the read floor; peak RSS migrate {:.1} MB, verify {:.1} MB{}.",
+            "- {} users: migrate took {:.2}x the write floor, verify {:.2}x the read floor ({:.2}x the engine's own verify of the same run, {:.2} s); peak RSS migrate {:.1} MB, verify {:.1} MB{}.",
             r.users,
             r.ratio,
             r.verify_ratio,
+            r.verify_vs_engine_verify,
+            r.engine_verify_s,
             r.migrate_peak_rss_mb,
             r.verify_peak_rss_mb,
             if r.verify_exit == 0 {
