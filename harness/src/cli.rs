@@ -66,7 +66,7 @@ pub enum Command {
         migration: Migration,
         #[command(flatten)]
         redis: RedisArgs,
-        /// Roll back the run whose backups carry this stamp (YYYYMMDD_HHMMSS); default: the latest run.
+        /// Roll back only the run whose backups carry this stamp (YYYYMMDD_HHMMSS); default: every run not rolled back that migrated something, newest first.
         #[arg(long)]
         backup_stamp: Option<String>,
         /// List what would be restored and deleted, and any data changed since; write nothing.

@@ -43,7 +43,22 @@ pub struct SnapshotReport {
 pub enum Status {
     Pass,
     Fail,
+    /// Examined nothing (DESIGN §4: never a pass); the note says why.
     NotRun,
+}
+
+impl Status {
+    /// An engine result's status: `not run` when it examined nothing and
+    /// was not declared fine without ([`InvariantResult::not_run`]).
+    pub fn of(r: &InvariantResult) -> Self {
+        if r.is_not_run() {
+            Status::NotRun
+        } else if r.passed {
+            Status::Pass
+        } else {
+            Status::Fail
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +68,9 @@ pub struct InvariantEntry {
     pub description: String,
     /// Why an invariant was not run, or what it was checked against.
     pub note: Option<String>,
+    /// Not running fails the gate (and its junit testcase); otherwise a
+    /// `not_run` invariant is skipped.
+    pub required: bool,
     pub processed: u64,
     pub matching: u64,
     pub mismatched: u64,
@@ -61,12 +79,16 @@ pub struct InvariantEntry {
 }
 
 impl InvariantEntry {
+    /// The entry of an engine result, with its status (pass, fail or not
+    /// run) and, as the note, why it did not run or why examining nothing
+    /// was fine. Not required: see [`Self::required`].
     pub fn from_result(r: InvariantResult) -> Self {
         Self {
-            status: if r.passed { Status::Pass } else { Status::Fail },
+            status: Status::of(&r),
+            note: r.not_run.or(r.nothing_to_check),
+            required: false,
             id: r.id,
             description: r.description,
-            note: None,
             processed: r.processed,
             matching: r.matching,
             mismatched: r.mismatched,
@@ -75,16 +97,42 @@ impl InvariantEntry {
         }
     }
 
-    /// Adds a second check of the same invariant (e.g. after re-migrating).
+    /// Marks the invariant required: a gate whose required invariant did
+    /// not run fails (DESIGN §4).
+    pub fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+
+    /// Adds a second check of the same invariant (e.g. after re-migrating):
+    /// a failure of either fails it; else one that ran and passed passes
+    /// it; it stays `not run` only if neither ran.
     pub fn absorb(&mut self, r: InvariantResult) {
         self.processed += r.processed;
         self.matching += r.matching;
         self.mismatched += r.mismatched;
         self.extra += r.extra;
         let room = keyshift_engine::run::invariant::MAX_SAMPLES.saturating_sub(self.samples.len());
+        let other = Status::of(&r);
+        let status = match (self.status, other) {
+            (Status::Fail, _) | (_, Status::Fail) => Status::Fail,
+            (Status::Pass, _) | (_, Status::Pass) => Status::Pass,
+            (Status::NotRun, Status::NotRun) => Status::NotRun,
+        };
+        if self.status == Status::NotRun && status != Status::NotRun {
+            // The note said why it did not run; now it did.
+            self.note = r.nothing_to_check;
+        }
+        self.status = status;
         self.samples.extend(r.samples.into_iter().take(room));
-        if !r.passed {
-            self.status = Status::Fail;
+    }
+
+    /// Fails the gate: failed, or required and not run.
+    pub fn fails_gate(&self) -> bool {
+        match self.status {
+            Status::Pass => false,
+            Status::Fail => true,
+            Status::NotRun => self.required,
         }
     }
 
@@ -94,6 +142,7 @@ impl InvariantEntry {
             status: Status::NotRun,
             description: description.to_owned(),
             note: Some(why.to_owned()),
+            required: false,
             processed: 0,
             matching: 0,
             mismatched: 0,
@@ -171,12 +220,13 @@ pub struct GateReport {
 }
 
 impl GateReport {
+    /// Passed when no invariant failed and every required one ran.
     pub fn compute_passed(&mut self) {
-        self.passed = self
+        self.passed = !self
             .phases
             .iter()
             .flat_map(|p| &p.invariants)
-            .all(|i| i.status != Status::Fail);
+            .any(InvariantEntry::fails_gate);
     }
 }
 
@@ -262,6 +312,7 @@ pub fn markdown(r: &GateReport) -> String {
             let status = match i.status {
                 Status::Pass => "pass",
                 Status::Fail => "**FAIL**",
+                Status::NotRun if i.required => "**NOT RUN** (required)",
                 Status::NotRun => "not run",
             };
             let _ = writeln!(
@@ -305,6 +356,14 @@ pub fn junit(r: &GateReport) -> String {
         for i in &phase.invariants {
             let status = match i.status {
                 Status::Pass => TestCaseStatus::success(),
+                Status::NotRun if i.required => {
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    s.set_message(format!(
+                        "required, not run: {}",
+                        i.note.as_deref().unwrap_or("examined nothing")
+                    ));
+                    s
+                }
                 Status::NotRun => {
                     let mut s = TestCaseStatus::skipped();
                     if let Some(note) = &i.note {
@@ -329,4 +388,92 @@ pub fn junit(r: &GateReport) -> String {
         report.add_test_suite(suite);
     }
     report.to_string().expect("junit serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(invariants: Vec<InvariantEntry>) -> PhaseReport {
+        PhaseReport {
+            name: "grid-positions".into(),
+            summary: String::new(),
+            for_review: Vec::new(),
+            details: serde_json::Value::Null,
+            invariants,
+        }
+    }
+
+    fn gate(invariants: Vec<InvariantEntry>) -> GateReport {
+        let mut r = GateReport {
+            schema_version: SCHEMA_VERSION,
+            keyshift_version: "test",
+            started_at: String::new(),
+            elapsed_ms: 0,
+            backend: "process".into(),
+            redis_version: String::new(),
+            seed: 0,
+            users: 0,
+            fixtures: None,
+            keys_seeded: 0,
+            truth: serde_json::Value::Null,
+            snapshot: None,
+            phases: vec![phase(invariants)],
+            passed: false,
+            replay: String::new(),
+        };
+        r.compute_passed();
+        r
+    }
+
+    fn not_run(id: &str) -> InvariantResult {
+        let mut r = InvariantResult::new(id, "d");
+        r.not_run("run r1 migrated no legacy key");
+        r
+    }
+
+    #[test]
+    fn a_result_that_examined_nothing_is_reported_not_run_with_why() {
+        let e = InvariantEntry::from_result(not_run("fields"));
+        assert_eq!(e.status, Status::NotRun);
+        assert_eq!(e.note.as_deref(), Some("run r1 migrated no legacy key"));
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["status"], "not_run");
+        let report = gate(vec![e]);
+        assert!(report.passed, "not required: skipped");
+        assert!(markdown(&report).contains("| fields | not run |"));
+        assert!(junit(&report).contains("skipped"));
+    }
+
+    #[test]
+    fn a_required_invariant_that_did_not_run_fails_the_gate_and_its_testcase() {
+        let e = InvariantEntry::from_result(not_run("fields")).required();
+        let report = gate(vec![e]);
+        assert!(!report.passed);
+        assert!(markdown(&report).contains("**NOT RUN** (required)"));
+        let xml = junit(&report);
+        assert!(xml.contains("<failure"), "{xml}");
+        assert!(
+            xml.contains("required, not run: run r1 migrated no legacy key"),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn absorbing_a_run_that_examined_nothing_keeps_the_verdict_of_one_that_did() {
+        let mut ran = InvariantResult::new("fields", "d");
+        ran.ok();
+        let mut e = InvariantEntry::from_result(not_run("fields"));
+        e.absorb(ran.clone());
+        assert_eq!((e.status, e.note.as_deref()), (Status::Pass, None));
+        e.absorb(not_run("fields"));
+        assert_eq!(e.status, Status::Pass);
+        let mut failed = InvariantResult::new("fields", "d");
+        failed.mismatch(|| "x".into());
+        e.absorb(failed);
+        assert_eq!(e.status, Status::Fail);
+        let mut both = InvariantEntry::from_result(not_run("ttl"));
+        both.absorb(not_run("ttl"));
+        assert_eq!(both.status, Status::NotRun);
+    }
 }

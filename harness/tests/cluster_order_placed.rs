@@ -14,7 +14,7 @@ use keyshift_engine::error::{EngineError, Result};
 use keyshift_engine::grid_positions::rollback::{RollbackOptions, RollbackReport};
 use keyshift_engine::grid_positions::store::standalone::connect;
 use keyshift_engine::order_placed::plan::KeyRead;
-use keyshift_engine::order_placed::rollback::{find_run, rollback_order_placed};
+use keyshift_engine::order_placed::rollback::{find_runs, rollback_order_placed_runs};
 use keyshift_engine::order_placed::store::{
     KeyRollback, KeyWrite, OrderPlacedStore, WriteKind, WriteOutcome,
 };
@@ -106,15 +106,19 @@ impl Cluster {
             .expect("a recorded run")
     }
 
-    /// Rolls back the latest run, as `rollback order-placed [--force]`.
+    /// Rolls back as `rollback order-placed [--force]` does: every run
+    /// that moved or dropped a key (in these tests, one).
     async fn try_rollback(&self, force: bool) -> Result<RollbackReport> {
-        let run = find_run(&self.conn, None).await.unwrap();
+        let runs = find_runs(&self.conn, None).await.unwrap();
         let opts = RollbackOptions {
             backup_stamp: None,
             dry_run: false,
             force,
         };
-        rollback_order_placed(&self.store().await, &self.conn, &run, &opts).await
+        let store = self.store().await;
+        let mut reports = rollback_order_placed_runs(&store, &self.conn, &runs, &opts).await?;
+        assert_eq!(reports.len(), 1, "one run to roll back: {reports:?}");
+        Ok(reports.remove(0))
     }
 
     async fn rollback(&self, force: bool) -> RollbackReport {

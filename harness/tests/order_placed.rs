@@ -444,7 +444,7 @@ async fn cli_refuses_to_write_without_force_off_a_terminal() {
 /// The restored key must expire exactly when the legacy key would have.
 #[tokio::test]
 async fn rollback_restores_a_dropped_keys_expiry_exactly() {
-    use keyshift_engine::order_placed::rollback::{find_run, rollback_order_placed};
+    use keyshift_engine::order_placed::rollback::{find_runs, rollback_order_placed};
     use keyshift_engine::run::journal::{outcomes_key, OrderPlacedOutcome};
     use keyshift_engine::run::rollback::RollbackOptions;
 
@@ -454,7 +454,7 @@ async fn rollback_restores_a_dropped_keys_expiry_exactly() {
     r.cmd::<i64>(&["PEXPIRE", LEGACY, "600000"]).await;
     let legacy_expiry: i64 = r.cmd(&["PEXPIRETIME", LEGACY]).await;
     assert_eq!(migrate(&r).await.totals.keys_dropped_equal, 1);
-    let run = find_run(&r.conn, None).await.unwrap();
+    let run = find_runs(&r.conn, None).await.unwrap().remove(0);
     let json: String = r.cmd(&["HGET", &outcomes_key(&run.run_id), LEGACY]).await;
     let OrderPlacedOutcome::DroppedEqual { pttl, at, .. } = serde_json::from_str(&json).unwrap()
     else {

@@ -4,7 +4,7 @@
 mod support;
 
 use keyshift_engine::grid_positions::latest_run;
-use keyshift_engine::run::journal::{is_journal_key, run_key, runs_key, RunState};
+use keyshift_engine::run::journal::{is_journal_key, run_key, runs_key, runs_of, RunState};
 use keyshift_harness::digest::{compare, digest, Digest};
 use keyshift_harness::seed::{generate, load, GenConfig};
 use support::cli::keyshift_on;
@@ -221,6 +221,127 @@ async fn a_rolled_back_run_is_not_rolled_back_twice_and_stamps_pick_runs() {
         "{status}"
     );
     assert!(status.json()["lock"].is_null());
+}
+
+async fn position_keys(r: &TestRedis) -> Vec<String> {
+    let mut keys = r.keys().await;
+    keys.retain(|k| k.starts_with("positions:"));
+    keys
+}
+
+/// Regression (issue 15): a second `migrate` that found nothing left
+/// recorded an empty run, and `rollback` picked that one ("users 0"),
+/// leaving every user of the first run migrated.
+#[tokio::test]
+async fn rollback_does_not_pick_an_empty_newest_run() {
+    let value = r#"[{"instId":"A","pos":"1"}]"#;
+    let r = redis_with(&[("okx:positions:1", value), ("okx:positions:2", value)]).await;
+    let first = keyshift_on(&r, &["migrate", "grid-positions", "--force"]).await;
+    assert_eq!(first.code, Some(0), "{first}");
+    let second = keyshift_on(&r, &["migrate", "grid-positions", "--force"]).await;
+    assert_eq!(second.code, Some(0), "{second}");
+    let runs = runs_of(&r.conn, "grid-positions").await.unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let (real, empty) = (&runs[0].run_id, &runs[1].run_id);
+
+    let dry = keyshift_on(&r, &["rollback", "grid-positions", "--dry-run"]).await;
+    assert_eq!(dry.code, Some(0), "{dry}");
+    assert!(dry.stdout.contains(real.as_str()), "{dry}");
+    assert!(!dry.stdout.contains(empty.as_str()), "{dry}");
+    assert!(dry.stdout.contains("users 2: would restore 2"), "{dry}");
+
+    let ran = keyshift_on(&r, &["rollback", "grid-positions", "--force"]).await;
+    assert_eq!(ran.code, Some(0), "{ran}");
+    for key in ["okx:positions:1", "okx:positions:2"] {
+        assert_eq!(r.cmd::<String>(&["GET", key]).await, value, "{key}");
+    }
+    assert_eq!(position_keys(&r).await, Vec::<String>::new());
+    let runs = runs_of(&r.conn, "grid-positions").await.unwrap();
+    assert_eq!(runs[0].state, RunState::RolledBack);
+    assert_eq!(runs[1].state, RunState::Done, "the empty run is left alone");
+
+    let again = keyshift_on(&r, &["rollback", "grid-positions", "--force"]).await;
+    assert_eq!(again.code, Some(2), "{again}");
+    assert!(again.stderr.contains("already rolled back"), "{again}");
+}
+
+/// The same for Phase 1: an empty newest run never hides the one that
+/// moved the keys.
+#[tokio::test]
+async fn rollback_order_placed_does_not_pick_an_empty_newest_run() {
+    let r = redis().await;
+    let legacy = "okx:user:7:symbol:BTC-USDT:order_placed";
+    r.cmd::<i64>(&["HSET", legacy, "1", "1"]).await;
+    for _ in 0..2 {
+        let ran = keyshift_on(&r, &["migrate", "order-placed", "--force"]).await;
+        assert_eq!(ran.code, Some(0), "{ran}");
+    }
+    let ran = keyshift_on(&r, &["rollback", "order-placed", "--force"]).await;
+    assert_eq!(ran.code, Some(0), "{ran}");
+    assert!(ran.stdout.contains("users 1: restored 1"), "{ran}");
+    assert_eq!(r.cmd::<String>(&["HGET", legacy, "1"]).await, "1");
+}
+
+/// Two runs that each migrated users (a writer still on the old layout
+/// made a legacy key after the first): rollback undoes both, newest first.
+#[tokio::test]
+async fn rollback_undoes_every_run_that_migrated_newest_first() {
+    let value = r#"[{"instId":"A","pos":"1"}]"#;
+    let r = redis_with(&[("okx:positions:1", value)]).await;
+    keyshift_on(&r, &["migrate", "grid-positions", "--force"]).await;
+    r.set("okx:positions:2", value).await;
+    keyshift_on(&r, &["migrate", "grid-positions", "--force"]).await;
+    let runs = runs_of(&r.conn, "grid-positions").await.unwrap();
+    assert_eq!(runs.len(), 2);
+
+    let ran = keyshift_on(&r, &["rollback", "grid-positions", "--force"]).await;
+    assert_eq!(ran.code, Some(0), "{ran}");
+    let newest_first = format!(
+        "rolled back 2 runs, newest first: {}, {}",
+        runs[1].run_id, runs[0].run_id
+    );
+    assert!(ran.stdout.contains(&newest_first), "{ran}");
+    for key in ["okx:positions:1", "okx:positions:2"] {
+        assert_eq!(r.cmd::<String>(&["GET", key]).await, value, "{key}");
+    }
+    assert_eq!(position_keys(&r).await, Vec::<String>::new());
+    let runs = runs_of(&r.conn, "grid-positions").await.unwrap();
+    assert!(runs.iter().all(|run| run.state == RunState::RolledBack));
+}
+
+/// A change since the older of two runs refuses the whole rollback (the
+/// operator confirmed, but did not force it) before the newer run is
+/// undone: nothing is left half rolled back.
+#[tokio::test]
+async fn a_rollback_of_several_runs_refuses_before_writing_anything() {
+    use keyshift_engine::grid_positions::rollback::{
+        find_runs, rollback_grid_positions_runs, RollbackOptions,
+    };
+    use keyshift_engine::EngineError;
+
+    let value = r#"[{"instId":"A","pos":"1"}]"#;
+    let r = redis_with(&[("okx:positions:1", value)]).await;
+    keyshift_on(&r, &["migrate", "grid-positions", "--force"]).await;
+    r.set("okx:positions:2", value).await;
+    keyshift_on(&r, &["migrate", "grid-positions", "--force"]).await;
+    r.cmd::<i64>(&["HSET", "positions:1:okx:A:long", "pos", "7"])
+        .await;
+    let keys_before = r.keys().await;
+
+    let dry = keyshift_on(&r, &["rollback", "grid-positions", "--dry-run"]).await;
+    assert_eq!(dry.code, Some(0), "{dry}");
+    assert!(dry.stdout.contains("would roll back 2 runs"), "{dry}");
+    assert!(dry.stdout.contains("positions:1:okx:A:long"), "{dry}");
+
+    let runs = find_runs(&r.conn, None).await.unwrap();
+    assert_eq!(runs.len(), 2);
+    let store = r.store().await;
+    let refused = rollback_grid_positions_runs(&store, &r.conn, &runs, &RollbackOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, EngineError::Refused(_)), "{refused}");
+    assert!(refused.to_string().contains(&runs[1].run_id), "{refused}");
+    assert_eq!(r.keys().await, keys_before, "nothing written");
 }
 
 /// An interrupted run as a crash on a cluster could leave it: a hash and a

@@ -16,21 +16,26 @@ use crate::grid_positions::store::{GridPositionsStore, RollbackOutcome, UserRoll
 use crate::grid_positions::MIGRATION;
 use crate::keys::{migrating_sentinel, LegacyPositionsKey, META_MIGRATED_AT, META_MIGRATED_FROM};
 use crate::run::journal::{Outcome, RunRecord};
-use crate::run::rollback::{expiry, find_run_of, pop_server_time_ms, roll_back, RollbackSteps};
+use crate::run::rollback::{
+    expiry, find_runs_of, pop_server_time_ms, roll_back, roll_back_runs, RollbackSteps,
+};
 pub use crate::run::rollback::{rollback_journal_key, RollbackOptions, RollbackReport};
 use crate::run::Finding;
 
-/// The run a rollback applies to.
-pub async fn find_run<C: ConnectionLike + Clone + Send>(
+/// The runs a rollback applies to, newest first: the one stamped `stamp`,
+/// else every run not rolled back that migrated a user
+/// ([`find_runs_of`]).
+pub async fn find_runs<C: ConnectionLike + Clone + Send>(
     conn: &C,
     stamp: Option<&str>,
-) -> Result<RunRecord> {
-    find_run_of(conn, MIGRATION, stamp, "backup stamp", || {
+) -> Result<Vec<RunRecord>> {
+    find_runs_of(conn, MIGRATION, stamp, "backup stamp", wrote, || {
         EngineError::NoRun
     })
     .await
 }
 
+/// Rolls back one run.
 pub async fn rollback_grid_positions<S, C>(
     store: &S,
     conn: &C,
@@ -41,7 +46,37 @@ where
     S: GridPositionsStore,
     C: ConnectionLike + Clone + Send,
 {
-    roll_back(&Phase2Rollback { store, conn, run }, conn, run, opts).await
+    let steps = Phase2Rollback {
+        store,
+        conn,
+        run: run.clone(),
+    };
+    roll_back(&steps, conn, run, opts).await
+}
+
+/// Rolls back `runs` in the order given (newest first, as [`find_runs`]
+/// gives them), one report each; see [`roll_back_runs`].
+pub async fn rollback_grid_positions_runs<S, C>(
+    store: &S,
+    conn: &C,
+    runs: &[RunRecord],
+    opts: &RollbackOptions,
+) -> Result<Vec<RollbackReport>>
+where
+    S: GridPositionsStore,
+    C: ConnectionLike + Clone + Send,
+{
+    let steps = |run: &RunRecord| Phase2Rollback {
+        store,
+        conn,
+        run: run.clone(),
+    };
+    roll_back_runs(steps, conn, runs, opts).await
+}
+
+/// What a run wrote for a user: its hashes, index and backup.
+fn wrote(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Migrated { .. })
 }
 
 /// Phase 2's part of the shared rollback: a user is restored from its
@@ -49,7 +84,7 @@ where
 struct Phase2Rollback<'a, S, C> {
     store: &'a S,
     conn: &'a C,
-    run: &'a RunRecord,
+    run: RunRecord,
 }
 
 impl<S, C> RollbackSteps for Phase2Rollback<'_, S, C>
@@ -62,7 +97,7 @@ where
     type Plan = UserRollback;
 
     fn wrote(outcome: &Outcome) -> bool {
-        matches!(outcome, Outcome::Migrated { .. })
+        wrote(outcome)
     }
 
     async fn plan(
@@ -78,7 +113,7 @@ where
                 _ => None,
             })
             .collect();
-        plan_batch(self.conn, self.run, journal_key, &migrated, report).await
+        plan_batch(self.conn, &self.run, journal_key, &migrated, report).await
     }
 
     async fn undo(

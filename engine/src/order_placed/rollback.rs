@@ -12,8 +12,8 @@ use crate::error::{EngineError, Result};
 use crate::keys::OrderPlacedKey;
 use crate::run::journal::{OrderPlacedOutcome, RunRecord};
 use crate::run::rollback::{
-    expiry, find_run_of, pop_server_time_ms, roll_back, RollbackOptions, RollbackReport,
-    RollbackSteps,
+    expiry, find_runs_of, pop_server_time_ms, roll_back, roll_back_runs, RollbackOptions,
+    RollbackReport, RollbackSteps,
 };
 use crate::run::Finding;
 
@@ -21,17 +21,20 @@ use super::plan::fields_digest;
 use super::store::{KeyRollback, OrderPlacedStore};
 use super::MIGRATION;
 
-/// The order-placed run a rollback applies to.
-pub async fn find_run<C: ConnectionLike + Clone + Send>(
+/// The order-placed runs a rollback applies to, newest first: the one
+/// stamped `stamp`, else every run not rolled back that moved or dropped
+/// a key ([`find_runs_of`]).
+pub async fn find_runs<C: ConnectionLike + Clone + Send>(
     conn: &C,
     stamp: Option<&str>,
-) -> Result<RunRecord> {
-    find_run_of(conn, MIGRATION, stamp, "stamp", || {
+) -> Result<Vec<RunRecord>> {
+    find_runs_of(conn, MIGRATION, stamp, "stamp", wrote, || {
         EngineError::Refused("no order-placed run is recorded on this server".into())
     })
     .await
 }
 
+/// Rolls back one run.
 pub async fn rollback_order_placed<S, C>(
     store: &S,
     conn: &C,
@@ -42,7 +45,40 @@ where
     S: OrderPlacedStore,
     C: ConnectionLike + Clone + Send,
 {
-    roll_back(&Phase1Rollback { store, conn, run }, conn, run, opts).await
+    let steps = Phase1Rollback {
+        store,
+        conn,
+        run: run.clone(),
+    };
+    roll_back(&steps, conn, run, opts).await
+}
+
+/// Rolls back `runs` in the order given (newest first, as [`find_runs`]
+/// gives them), one report each; see [`roll_back_runs`].
+pub async fn rollback_order_placed_runs<S, C>(
+    store: &S,
+    conn: &C,
+    runs: &[RunRecord],
+    opts: &RollbackOptions,
+) -> Result<Vec<RollbackReport>>
+where
+    S: OrderPlacedStore,
+    C: ConnectionLike + Clone + Send,
+{
+    let steps = |run: &RunRecord| Phase1Rollback {
+        store,
+        conn,
+        run: run.clone(),
+    };
+    roll_back_runs(steps, conn, runs, opts).await
+}
+
+/// What a run wrote for a key: moved it, or dropped it for an equal target.
+fn wrote(outcome: &OrderPlacedOutcome) -> bool {
+    matches!(
+        outcome,
+        OrderPlacedOutcome::Moved { .. } | OrderPlacedOutcome::DroppedEqual { .. }
+    )
 }
 
 /// Phase 1's part of the shared rollback: a moved key is renamed back, a
@@ -50,7 +86,7 @@ where
 struct Phase1Rollback<'a, S, C> {
     store: &'a S,
     conn: &'a C,
-    run: &'a RunRecord,
+    run: RunRecord,
 }
 
 impl<S, C> RollbackSteps for Phase1Rollback<'_, S, C>
@@ -63,10 +99,7 @@ where
     type Plan = KeyRollback;
 
     fn wrote(outcome: &OrderPlacedOutcome) -> bool {
-        matches!(
-            outcome,
-            OrderPlacedOutcome::Moved { .. } | OrderPlacedOutcome::DroppedEqual { .. }
-        )
+        wrote(outcome)
     }
 
     async fn plan(
@@ -75,7 +108,7 @@ where
         written: &[(String, OrderPlacedOutcome)],
         report: &mut RollbackReport,
     ) -> Result<Vec<KeyRollback>> {
-        plan_batch(self.conn, self.run, journal_key, written, report).await
+        plan_batch(self.conn, &self.run, journal_key, written, report).await
     }
 
     async fn undo(

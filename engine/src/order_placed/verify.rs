@@ -2,7 +2,8 @@
 //! for a Phase 1 run, on a live server. The journal is the record of what
 //! was there: each moved or dropped key's outcome holds the digest of its
 //! legacy hash and its TTL. Reads only. "untouched" is the gate's check (it
-//! needs a digest of the keyspace from before the run).
+//! needs a digest of the keyspace from before the run). An invariant the
+//! run gave nothing to examine reports `not run` with the reason.
 
 use std::collections::HashMap;
 
@@ -73,12 +74,30 @@ pub async fn verify_order_placed<C: ConnectionLike + Clone + Send>(
         }),
     }
     sweep_legacy(conn, run, &mut checks.counts).await?;
+    explain_not_run(run, &tally, &mut checks);
     Ok(VerifyReport {
         migration: MIGRATION,
         run_id: run.run_id.clone(),
         stamp: run.stamp.clone(),
         invariants: vec![checks.counts, checks.fields, checks.ttl],
     })
+}
+
+/// Says why fields or ttl examined nothing: the run moved (or dropped)
+/// no key for them to compare.
+fn explain_not_run(run: &RunRecord, tally: &Counts, checks: &mut Checks) {
+    let id = &run.run_id;
+    let (moved, dropped) = (tally.keys_moved, tally.keys_dropped_equal);
+    checks.fields.not_run(format!(
+        "run {id} moved no key and dropped none: no target to compare"
+    ));
+    checks.ttl.not_run(match (moved, dropped) {
+        (0, 0) => format!("run {id} moved no key: no TTL to carry over"),
+        (0, _) => format!(
+            "run {id} moved no key: its {dropped} dropped keys left their equal targets' own TTLs"
+        ),
+        _ => format!("none of the {moved} moved keys' targets is a hash to read (see fields)"),
+    });
 }
 
 fn compare_counts(recorded: &serde_json::Value, journal: &Counts) -> Result<(), String> {

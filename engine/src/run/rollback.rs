@@ -1,8 +1,13 @@
-//! The rollback both migrations share: find the run, read what it wrote
+//! The rollback both migrations share: find the runs, read what each wrote
 //! from its journal in batches, plan each key's undo while listing what
 //! changed since the migration, refuse to write over such changes unless
 //! forced, undo in chunks, and mark the run rolled back. How one key is
 //! read, judged and undone is the migration's own ([`RollbackSteps`]).
+//!
+//! Which runs ([`find_runs_of`]): every run of the migration that was not
+//! rolled back and wrote something, newest first, the way verify judges
+//! them; a later run that found nothing to do never hides an earlier one.
+//! `--backup-stamp` names one run instead.
 
 use std::time::Instant;
 
@@ -11,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
-use crate::run::journal::{self, runs_of, RunRecord, RunState};
+use crate::run::journal::{self, runs_of, wrote_anything, RunRecord, RunState};
 use crate::run::Finding;
 
 /// Keys planned, and then undone, per round trip.
@@ -19,7 +24,8 @@ const BATCH: usize = 500;
 
 #[derive(Debug, Clone, Default)]
 pub struct RollbackOptions {
-    /// Roll back the run whose backups carry this stamp (default: the latest run).
+    /// Roll back only the run whose backups carry this stamp (default:
+    /// every run not rolled back that wrote something, newest first).
     pub backup_stamp: Option<String>,
     pub dry_run: bool,
     /// Roll back even over data changed since the migration.
@@ -73,7 +79,8 @@ impl RollbackReport {
     fn refuse_changes(&self, opts: &RollbackOptions) -> Result<()> {
         if !self.changed.is_empty() && !opts.force && !opts.dry_run {
             return Err(EngineError::Refused(format!(
-                "{} change(s) since the migration would be lost, e.g. {}; review them (--dry-run lists them) and pass --force to roll back anyway",
+                "run {}: {} change(s) since the migration would be lost, e.g. {}; review them (--dry-run lists them) and pass --force to roll back anyway",
+                self.run_id,
                 self.changed.len(),
                 self.changed[0].detail
             )));
@@ -87,33 +94,61 @@ pub fn rollback_journal_key(run_id: &str) -> String {
     format!("keyshift:run:{run_id}:rollback")
 }
 
-/// The run of `migration` a rollback applies to: the one stamped `stamp`
-/// (`stamp_noun` names the stamp in the refusal), else the latest (`none`:
-/// the error when there is none); never one already rolled back.
-pub async fn find_run_of<C: ConnectionLike + Clone + Send>(
+/// The runs of `migration` a rollback applies to, newest first: the one
+/// stamped `stamp` (`stamp_noun` names the stamp in the refusal), else
+/// every run not rolled back whose journal holds an outcome `wrote` says
+/// wrote something (`none`: the error when no run is recorded). Refused
+/// when that leaves none: never a run already rolled back.
+pub async fn find_runs_of<T, C>(
     conn: &C,
     migration: &str,
     stamp: Option<&str>,
     stamp_noun: &str,
+    wrote: impl Fn(&T) -> bool,
     none: impl FnOnce() -> EngineError,
-) -> Result<RunRecord> {
+) -> Result<Vec<RunRecord>>
+where
+    T: DeserializeOwned,
+    C: ConnectionLike + Clone + Send,
+{
     let mut runs = runs_of(conn, migration).await?;
     runs.reverse();
-    let run = match stamp {
-        Some(s) => runs.into_iter().find(|r| r.stamp == s).ok_or_else(|| {
+    if let Some(s) = stamp {
+        let run = runs.into_iter().find(|r| r.stamp == s).ok_or_else(|| {
             EngineError::Refused(format!(
                 "no {migration} run has {stamp_noun} {s}; `keyshift status` lists the runs"
             ))
-        })?,
-        None => runs.into_iter().next().ok_or_else(none)?,
-    };
-    if run.state == RunState::RolledBack {
-        return Err(EngineError::Refused(format!(
-            "run {} was already rolled back",
-            run.run_id
-        )));
+        })?;
+        if run.state == RunState::RolledBack {
+            return Err(EngineError::Refused(format!(
+                "run {} was already rolled back",
+                run.run_id
+            )));
+        }
+        return Ok(vec![run]);
     }
-    Ok(run)
+    let Some(latest) = runs.first().map(|r| r.run_id.clone()) else {
+        return Err(none());
+    };
+    let mut picked = Vec::new();
+    let mut rolled_back = 0;
+    for run in runs {
+        if run.state == RunState::RolledBack {
+            rolled_back += 1;
+        } else if wrote_anything(conn, &run.run_id, &wrote).await? {
+            picked.push(run);
+        }
+    }
+    if picked.is_empty() {
+        return Err(EngineError::Refused(if rolled_back > 0 {
+            format!(
+                "nothing to roll back: every {migration} run that wrote something was already rolled back (latest run {latest})"
+            )
+        } else {
+            format!("nothing to roll back: no {migration} run wrote anything (latest run {latest})")
+        }));
+    }
+    Ok(picked)
 }
 
 /// What one migration's rollback plugs into [`roll_back`].
@@ -147,6 +182,40 @@ pub trait RollbackSteps {
     ) -> Result<()>;
     /// What the run record keeps of a finished rollback.
     fn summary(report: &RollbackReport, at: &str) -> serde_json::Value;
+}
+
+/// Rolls `runs` back one after the other, in the order given (newest
+/// first, as [`find_runs_of`] gives them); `steps` makes each run's
+/// [`RollbackSteps`]. With more than one run and neither a dry run nor
+/// force, every run is first planned without writing, and any change
+/// since a migration refuses the whole rollback before anything is
+/// written. One report per run, in the same order.
+pub async fn roll_back_runs<R, C>(
+    steps: impl Fn(&RunRecord) -> R,
+    conn: &C,
+    runs: &[RunRecord],
+    opts: &RollbackOptions,
+) -> Result<Vec<RollbackReport>>
+where
+    R: RollbackSteps,
+    C: ConnectionLike + Clone + Send,
+{
+    if runs.len() > 1 && !opts.dry_run && !opts.force {
+        let dry = RollbackOptions {
+            dry_run: true,
+            ..opts.clone()
+        };
+        for run in runs {
+            roll_back(&steps(run), conn, run, &dry)
+                .await?
+                .refuse_changes(opts)?;
+        }
+    }
+    let mut reports = Vec::with_capacity(runs.len());
+    for run in runs {
+        reports.push(roll_back(&steps(run), conn, run, opts).await?);
+    }
+    Ok(reports)
 }
 
 /// Rolls `run` back. Pass 1 reads everything and finds changes; pass 2

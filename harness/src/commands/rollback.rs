@@ -3,17 +3,20 @@
 use std::fmt::Write as _;
 
 use keyshift_engine::grid_positions::rollback::{
-    find_run, rollback_grid_positions, RollbackOptions, RollbackReport,
+    find_runs, rollback_grid_positions_runs, RollbackOptions, RollbackReport,
 };
 use keyshift_engine::grid_positions::store::cluster::GridStore;
 use keyshift_engine::grid_positions::store::standalone::connect;
 use keyshift_engine::order_placed::{self, AnyOrderPlaced};
 use keyshift_engine::redact_url;
+use keyshift_engine::run::journal::RunRecord;
 
 use super::{confirm_write, locked_unless_dry_run};
 use crate::cli::Migration;
 use crate::exit::Outcome;
 
+/// Rolls back every run of the migration not rolled back that wrote
+/// something, newest first (or only the run `backup_stamp` names).
 pub async fn run(
     migration: Migration,
     url: &str,
@@ -27,53 +30,60 @@ pub async fn run(
         dry_run,
         force,
     };
-    let report = match migration {
+    let reports = match migration {
         Migration::GridPositions => {
             let store = GridStore::open(url, conn.clone(), 1).await?;
-            let run = find_run(&conn, backup_stamp).await?;
-            let work = rollback_grid_positions(&store, &conn, &run, &opts);
-            confirmed(
-                &conn,
-                url,
-                &run.run_id,
-                &opts,
-                "rollback grid-positions",
-                work,
-            )
-            .await?
+            let runs = find_runs(&conn, backup_stamp).await?;
+            let work = rollback_grid_positions_runs(&store, &conn, &runs, &opts);
+            confirmed(&conn, url, &runs, &opts, "rollback grid-positions", work).await?
         }
         Migration::OrderPlaced => {
             let store = AnyOrderPlaced::open(conn.clone()).await?;
-            let run = order_placed::rollback::find_run(&conn, backup_stamp).await?;
-            let work = order_placed::rollback::rollback_order_placed(&store, &conn, &run, &opts);
-            confirmed(
-                &conn,
-                url,
-                &run.run_id,
-                &opts,
-                "rollback order-placed",
-                work,
-            )
-            .await?
+            let runs = order_placed::rollback::find_runs(&conn, backup_stamp).await?;
+            let work =
+                order_placed::rollback::rollback_order_placed_runs(&store, &conn, &runs, &opts);
+            confirmed(&conn, url, &runs, &opts, "rollback order-placed", work).await?
         }
     };
-    print!("{}", render(&report));
-    Ok(Outcome::review_if(!report.skipped.is_empty()))
+    if reports.len() > 1 {
+        let ids: Vec<&str> = reports.iter().map(|r| r.run_id.as_str()).collect();
+        let verb = if dry_run {
+            "would roll back"
+        } else {
+            "rolled back"
+        };
+        println!(
+            "{verb} {} runs, newest first: {}",
+            ids.len(),
+            ids.join(", ")
+        );
+    }
+    for report in &reports {
+        print!("{}", render(report));
+    }
+    Ok(Outcome::review_if(
+        reports.iter().any(|r| !r.skipped.is_empty()),
+    ))
 }
 
 /// A dry run just runs; a real one asks (or takes --force) and holds the lock.
 async fn confirmed(
     conn: &keyshift_engine::connection::RedisConn,
     url: &str,
-    run_id: &str,
+    runs: &[RunRecord],
     opts: &RollbackOptions,
     command: &str,
-    work: impl std::future::Future<Output = keyshift_engine::Result<RollbackReport>>,
-) -> anyhow::Result<RollbackReport> {
+    work: impl std::future::Future<Output = keyshift_engine::Result<Vec<RollbackReport>>>,
+) -> anyhow::Result<Vec<RollbackReport>> {
     if !opts.dry_run {
+        let ids: Vec<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
+        let what = match ids.as_slice() {
+            [one] => format!("run {one}"),
+            many => format!("{} runs ({})", many.len(), many.join(", ")),
+        };
         confirm_write(
             opts.force,
-            &format!("roll back run {run_id} on {}", redact_url(url)),
+            &format!("roll back {what} on {}", redact_url(url)),
         )?;
     }
     Ok(locked_unless_dry_run(conn, opts.dry_run, command, work).await?)

@@ -2,7 +2,8 @@
 //! invariants of DESIGN §4 on a live server after a migration, using the
 //! run's backups (found through the journal) as the record of what was
 //! there, each held to the digest the run journaled when it read the
-//! legacy value. Reads only.
+//! legacy value. Reads only. An invariant the run gave nothing to examine
+//! (a run that migrated no user) reports `not run` with the reason.
 //!
 //! [`verify_grid_positions_scoped`] leaves a set of legacy keys out of the
 //! per-user comparisons (index, fields, ttl): users that live writers
@@ -106,6 +107,7 @@ pub async fn verify_grid_positions_scoped<C: ConnectionLike + Clone + Send>(
         scope,
         totals: Totals::default(),
         left_out: 0,
+        seen: Seen::default(),
     };
     let mut cursor = 0u64;
     loop {
@@ -123,14 +125,17 @@ pub async fn verify_grid_positions_scoped<C: ConnectionLike + Clone + Send>(
         skipped,
         quarantined,
     } = v.totals;
-    checks.counts.check(if found == migrated + skipped + quarantined {
-        Ok(())
-    } else {
-        Err(format!(
-            "total: found {found} != migrated {migrated} + skipped {skipped} + quarantined {quarantined}"
-        ))
-    });
-    sweep_orphans(conn, &run.exchanges, &mut checks.index).await?;
+    if v.seen.outcomes > 0 {
+        checks.counts.check(if found == migrated + skipped + quarantined {
+            Ok(())
+        } else {
+            Err(format!(
+                "total: found {found} != migrated {migrated} + skipped {skipped} + quarantined {quarantined}"
+            ))
+        });
+    }
+    let swept = sweep_orphans(conn, &run.exchanges, &mut checks.index).await?;
+    v.explain_not_run(swept, &mut checks);
     let report = VerifyReport {
         migration: MIGRATION,
         run_id: run.run_id.clone(),
@@ -166,6 +171,18 @@ struct Verifier<'a> {
     totals: Totals,
     /// Migrated users the scope left out.
     left_out: usize,
+    seen: Seen,
+}
+
+/// What the run gave verify to examine: why an invariant did not run.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Outcomes journaled (any state).
+    outcomes: usize,
+    /// Users journaled as migrated.
+    migrated: usize,
+    /// Migrated users whose backup was read and planned.
+    planned: usize,
 }
 
 /// A user the journal records as migrated, as it records it.
@@ -221,7 +238,9 @@ impl Verifier<'_> {
         outcomes: Vec<(String, Outcome)>,
         checks: &mut Checks,
     ) -> Result<()> {
+        self.seen.outcomes += outcomes.len();
         let migrated = self.migrated_users(outcomes)?;
+        self.seen.migrated += migrated.len();
         // A batch of quarantines and conflicts only: nothing to read (and an
         // empty pipeline is an error to redis-rs).
         if migrated.is_empty() {
@@ -314,6 +333,7 @@ impl Verifier<'_> {
             }
         };
         self.count(&user, plan.positions.len(), plan.skipped_closed, checks);
+        self.seen.planned += 1;
         if self.scope.left_out.contains(legacy_key) {
             // Written since its migration: no-lost-writes checks this user.
             self.left_out += 1;
@@ -331,6 +351,57 @@ impl Verifier<'_> {
             pttl: user.pttl,
             at: user.at,
         })
+    }
+
+    /// Says why each invariant that examined nothing did not run; the
+    /// orphan sweep, which examined `swept` keys, answers for the index
+    /// when the run gave it no user.
+    fn explain_not_run(&self, swept: usize, checks: &mut Checks) {
+        let run = &self.run.run_id;
+        let seen = &self.seen;
+        if seen.outcomes == 0 {
+            checks.counts.not_run(format!(
+                "run {run} journaled no legacy key: nothing to count"
+            ));
+        }
+        let no_user = if seen.outcomes == 0 {
+            format!("run {run} journaled no legacy key")
+        } else {
+            format!(
+                "run {run} migrated no legacy key ({} journaled: quarantined or in conflict)",
+                seen.outcomes
+            )
+        };
+        let why = if seen.migrated == 0 {
+            no_user.clone()
+        } else if seen.planned == 0 {
+            format!(
+                "no backup of the {} migrated users could be planned (see backup)",
+                seen.migrated
+            )
+        } else if self.left_out == seen.planned {
+            format!(
+                "all {} migrated users left out: written by live writers, checked by no-lost-writes",
+                self.left_out
+            )
+        } else {
+            format!(
+                "the {} migrated users held no position (empty values, or closed positions skipped)",
+                seen.planned - self.left_out
+            )
+        };
+        checks.backup.not_run(no_user);
+        checks.fields.not_run(why.clone());
+        checks.ttl.not_run(why.clone());
+        if swept > 0 {
+            checks.index.nothing_to_check(format!(
+                "{why}; the orphan sweep found {swept} position keys, none orphaned"
+            ));
+        } else {
+            checks
+                .index
+                .not_run(format!("{why}; the orphan sweep found no position key"));
+        }
     }
 
     /// Adds a user's counts to the totals and checks them against its

@@ -13,11 +13,13 @@ use crate::run::invariant::InvariantResult;
 
 /// Orphan sweep by SCAN over every `positions:` key of the run's exchanges:
 /// each hash must be in its index and each index member must have a hash.
+/// Returns how many position hashes and index sets it examined.
 pub(super) async fn sweep_orphans<C: ConnectionLike + Clone + Send>(
     conn: &C,
     exchanges: &[String],
     index: &mut InvariantResult,
-) -> Result<()> {
+) -> Result<usize> {
+    let mut swept = 0;
     let mut cursor = 0u64;
     loop {
         let during = "sweeping for orphans";
@@ -32,6 +34,7 @@ pub(super) async fn sweep_orphans<C: ConnectionLike + Clone + Send>(
             .iter()
             .filter(|k| parse_index_key(k, exchanges).is_some())
             .collect();
+        swept += hashes.len() + index_keys.len();
         let mut pipe = redis::pipe();
         for h in &hashes {
             pipe.sismember(h.index_key(), h.index_member());
@@ -89,7 +92,7 @@ pub(super) async fn sweep_orphans<C: ConnectionLike + Clone + Send>(
         }
         cursor = next;
         if cursor == 0 {
-            return Ok(());
+            return Ok(swept);
         }
     }
 }
