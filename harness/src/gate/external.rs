@@ -121,6 +121,8 @@ fn entry(j: Judgement) -> InvariantEntry {
         mismatched: j.failed,
         extra: j.extra,
         samples: j.samples,
+        // Every invariant of an external engine's gate is required.
+        required: true,
     }
 }
 
@@ -152,6 +154,7 @@ pub fn fold_judgement(entry: &mut InvariantEntry, j: &Judgement) {
 fn exit_invariant(id: &str, run: &CommandRun) -> InvariantEntry {
     let mut e = InvariantEntry::not_run(id, "the command exits 0 or 3 (DESIGN §6: done)", "");
     e.note = None;
+    e.required = true;
     e.processed = 1;
     if run.finished() {
         e.status = Status::Pass;
