@@ -260,17 +260,37 @@ pub async fn against_runs(conn: &RedisConn, only: Option<&str>) -> anyhow::Resul
     let skip_closed = runs.iter().any(|r| r.skip_closed);
     let opts = options(&exchanges, skip_closed);
     let bar = progress_bar(latest.len() as u64, "verify grid-positions");
-    let entries: Vec<(&String, &(&RunRecord, Outcome))> = latest.iter().collect();
+    let entries: Vec<Owned> = latest
+        .into_iter()
+        .map(|(key, (run, outcome))| (key, run.stamp.clone(), outcome))
+        .collect();
     let mut verdict: Option<Verdict> = None;
-    let mut accounted: HashSet<Vec<u8>> = HashSet::new();
-    for chunk in entries.chunks(CHUNK) {
-        let (before, after) = chunk_images(conn, chunk, &opts, &mut accounted).await?;
-        let v = keyshift_oracle::judge_grid_positions(&before, &after, &opts);
+    let mut accounted: HashSet<u64> = HashSet::new();
+    // Each chunk is read and judged by a task of its own, a few at a time:
+    // round trips, decoding and judging overlap on every core.
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut chunks = entries.chunks(CHUNK).map(<[Owned]>::to_vec);
+    loop {
+        while in_flight.len() < READS_AHEAD {
+            let Some(chunk) = chunks.next() else { break };
+            let (conn, opts) = (conn.clone(), opts.clone());
+            in_flight.push_back(tokio::spawn(async move {
+                let (before, after, read) = chunk_images(&conn, &chunk, &opts).await?;
+                let verdict = keyshift_oracle::judge_grid_positions(&before, &after, &opts);
+                let read: Vec<u64> = read.iter().map(|k| fingerprint(k)).collect();
+                anyhow::Ok((verdict, read, chunk.len()))
+            }));
+        }
+        let Some(next) = in_flight.pop_front() else {
+            break;
+        };
+        let (v, read, n) = next.await??;
+        accounted.extend(read);
         match &mut verdict {
             Some(all) => all.absorb(&v),
             None => verdict = Some(v),
         }
-        bar.inc(chunk.len() as u64);
+        bar.inc(n as u64);
     }
     bar.finish_and_clear();
     let mut verdict = verdict.unwrap_or_else(|| {
@@ -285,32 +305,46 @@ pub async fn against_runs(conn: &RedisConn, only: Option<&str>) -> anyhow::Resul
     ))
 }
 
-type Chunk<'a, 'r> = [(&'a String, &'a (&'r RunRecord, Outcome))];
+/// A legacy key, the backup stamp of the run that last met it, and the
+/// outcome that run journaled.
+type Owned = (String, String, Outcome);
+
+/// Chunks read and judged at once.
+const READS_AHEAD: usize = 4;
+
+/// A key's 64-bit fingerprint: the orphan sweep asks only "was this key
+/// read for a known user?", and 8 bytes a key keep the set small at a
+/// million users (a collision could only hide one orphan).
+fn fingerprint(key: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
 
 /// One chunk's before-image (from backups and the journal) and the keys
 /// of those users as they are now.
 async fn chunk_images(
     conn: &RedisConn,
-    chunk: &Chunk<'_, '_>,
+    chunk: &[Owned],
     opts: &GridOptions,
-    accounted: &mut HashSet<Vec<u8>>,
-) -> anyhow::Result<(Before, Image)> {
+) -> anyhow::Result<(Before, Image, Vec<Vec<u8>>)> {
     let mut before = Before::default();
     let backup_keys: Vec<Vec<u8>> = chunk
         .iter()
-        .filter(|(_, (_, o))| matches!(o, Outcome::Migrated { .. }))
-        .map(|(key, (run, _))| format!("{key}:backup:{}", run.stamp).into_bytes())
+        .filter(|(_, _, o)| matches!(o, Outcome::Migrated { .. }))
+        .map(|(key, stamp, _)| format!("{key}:backup:{stamp}").into_bytes())
         .collect();
     let backups = read_keys(conn, &backup_keys).await?;
     let mut wanted: Vec<Vec<u8>> = Vec::new();
-    for (key, (run, outcome)) in chunk {
+    for (key, stamp, outcome) in chunk {
         let legacy = key.as_bytes().to_vec();
         wanted.push(legacy.clone());
         match outcome {
             Outcome::Migrated {
                 pttl, at, digest, ..
             } => {
-                let backup_key = format!("{key}:backup:{}", run.stamp);
+                let backup_key = format!("{key}:backup:{stamp}");
                 wanted.push(backup_key.clone().into_bytes());
                 let value = match backups.get(&backup_key).map(|e| &e.value) {
                     Some(Value::String(bytes)) => {
@@ -324,7 +358,7 @@ async fn chunk_images(
                     // Missing or not a string: the oracle finds it lost.
                     _ => Value::StringDigest(digest.clone()),
                 };
-                before.stamps.insert(legacy.clone(), run.stamp.clone());
+                before.stamps.insert(legacy.clone(), stamp.clone());
                 if !digest.is_empty() {
                     before
                         .recorded_digests
@@ -388,9 +422,9 @@ async fn chunk_images(
             }
         }
     }
-    accounted.extend(wanted);
-    accounted.extend(members);
-    Ok((before, after))
+    let mut read = wanted;
+    read.extend(members);
+    Ok((before, after, read))
 }
 
 /// Migrated-looking hashes under `positions:*` that no judged run
@@ -398,7 +432,7 @@ async fn chunk_images(
 async fn sweep_orphans(
     conn: &RedisConn,
     exchanges: &[String],
-    accounted: &HashSet<Vec<u8>>,
+    accounted: &HashSet<u64>,
     verdict: &mut Verdict,
 ) -> anyhow::Result<()> {
     let mut index = Judgement::new("index", "");
@@ -414,7 +448,8 @@ async fn sweep_orphans(
         let reply = conn.scan_raw(cursor, &args).await?;
         let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)?;
         candidates.extend(keys.into_iter().filter(|k| {
-            !accounted.contains(k) && matches!(classify(k, exchanges), GridKey::Hash { .. })
+            !accounted.contains(&fingerprint(k))
+                && matches!(classify(k, exchanges), GridKey::Hash { .. })
         }));
         if candidates.len() >= CHUNK || next == 0 {
             let image = read_keys(conn, &candidates).await?;
