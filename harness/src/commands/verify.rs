@@ -344,8 +344,8 @@ async fn chunk_images(
             Outcome::Migrated {
                 pttl, at, digest, ..
             } => {
+                // Already read above: merged into the after-image below.
                 let backup_key = format!("{key}:backup:{stamp}");
-                wanted.push(backup_key.clone().into_bytes());
                 let value = match backups.get(&backup_key).map(|e| &e.value) {
                     Some(Value::String(bytes)) => {
                         wanted.extend(
@@ -391,6 +391,9 @@ async fn chunk_images(
         }
     }
     let mut after = read_keys(conn, &wanted).await?;
+    after.keys.extend(backups.keys);
+    after.read_until_ms = after.read_until_ms.max(backups.read_until_ms);
+    wanted.extend(backup_keys);
     // The index's members name hashes too (maybe ones not expected).
     let members: Vec<Vec<u8>> = after
         .keys
