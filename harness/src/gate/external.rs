@@ -14,6 +14,7 @@ use keyshift_engine::connection::RedisConn;
 use keyshift_engine::grid_positions::store::standalone::connect;
 use keyshift_engine::run::journal::JOURNAL_PREFIX;
 use keyshift_oracle::compare::unchanged;
+use keyshift_oracle::grid::DEFAULT_TTL_TOLERANCE_MS as TTL_TOLERANCE_MS;
 use keyshift_oracle::keys::{classify, GridKey};
 use keyshift_oracle::{Before, GridOptions, Image, Judgement, Status as Verdict, Value};
 use tokio::io::AsyncReadExt;
@@ -133,7 +134,7 @@ pub fn fold_judgement(entry: &mut InvariantEntry, j: &Judgement) {
     entry.matching += j.checked - j.failed;
     entry.mismatched += j.failed;
     entry.extra += j.extra;
-    let room = 8usize.saturating_sub(entry.samples.len());
+    let room = keyshift_oracle::verdict::MAX_SAMPLES.saturating_sub(entry.samples.len());
     entry
         .samples
         .extend(j.samples.iter().take(room).map(|s| format!("oracle: {s}")));
@@ -307,8 +308,6 @@ pub async fn evaluate(args: &GateArgs, gen: GenConfig, engine: &str) -> anyhow::
         .all(|i| i.status == Status::Pass);
     Ok(report)
 }
-
-const TTL_TOLERANCE_MS: i64 = 2_000;
 
 /// Migrate then rollback gives the keyspace as seeded, backups and the
 /// runner's bookkeeping aside. A legacy value with no positions had no

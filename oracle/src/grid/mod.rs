@@ -18,6 +18,9 @@ use crate::verdict::{Judgement, Tally, Verdict};
 /// DESIGN §2: a backup lives 7 days.
 pub const BACKUP_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 
+/// How far a TTL may drift from the expected one by default.
+pub const DEFAULT_TTL_TOLERANCE_MS: i64 = 2_000;
+
 #[derive(Debug, Clone)]
 pub struct GridOptions {
     pub exchanges: Vec<String>,
@@ -40,7 +43,7 @@ impl GridOptions {
             exchanges,
             skip_closed: false,
             max_positions_per_user: None,
-            ttl_tolerance_ms: 2_000,
+            ttl_tolerance_ms: DEFAULT_TTL_TOLERANCE_MS,
             ignore_prefixes: Vec::new(),
         }
     }
