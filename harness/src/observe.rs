@@ -97,13 +97,14 @@ pub async fn for_each_key(
     Ok(())
 }
 
-/// Exactly these keys (absent ones are left out of the image).
+/// Exactly these keys (absent ones are left out of the image); the
+/// image's `read_until_ms` is the server time of the last read (0 when
+/// `keys` is empty: nothing was read).
 pub async fn read_keys(conn: &RedisConn, keys: &[Vec<u8>]) -> anyhow::Result<Image> {
     let mut image = Image::default();
     for chunk in keys.chunks(BATCH) {
         read_into(conn, chunk, &mut image).await?;
     }
-    image.read_until_ms = server_time_ms(conn).await?;
     Ok(image)
 }
 
@@ -113,69 +114,157 @@ pub async fn server_time_ms(conn: &RedisConn) -> anyhow::Result<i64> {
     Ok(secs * 1000 + micros / 1000)
 }
 
-/// Reads `keys` in two round trips: their types and TTLs, then values.
+/// The type a key's name gives it in the grid families (position hashes,
+/// index sets, legacy keys and backups): read in the same round trip as
+/// its TYPE and PTTL. `None`: TYPE first, then the read that fits.
+fn named_kind(key: &[u8]) -> Option<&'static str> {
+    if key.starts_with(b"positions:index:") {
+        Some("set")
+    } else if key.starts_with(b"positions:") {
+        Some("hash")
+    } else if key
+        .windows(b":positions:".len())
+        .any(|w| w == b":positions:")
+    {
+        Some("string")
+    } else {
+        None
+    }
+}
+
+/// The command that reads a key of `kind` whole (DUMP for the types the
+/// oracle only compares by digest).
+fn read_command(kind: &str) -> &'static str {
+    match kind {
+        "string" => "GET",
+        "hash" => "HGETALL",
+        "set" => "SMEMBERS",
+        _ => "DUMP",
+    }
+}
+
+/// Reads `keys` into `image`: each key's TYPE and PTTL, and, where its
+/// name says what it is, its value, in one round trip; a key whose name
+/// says nothing, or whose type is not the one named, is read in a second.
 async fn read_into(conn: &RedisConn, keys: &[Vec<u8>], image: &mut Image) -> anyhow::Result<()> {
     let mut c = conn.clone();
-    let mut meta = redis::pipe();
+    let mut first = redis::pipe();
+    first.ignore_errors();
     for k in keys {
-        meta.cmd("TYPE")
-            .arg(k.as_slice())
-            .cmd("PTTL")
-            .arg(k.as_slice());
+        first.cmd("TYPE").arg(k.as_slice());
+        first.cmd("PTTL").arg(k.as_slice());
+        if let Some(kind) = named_kind(k) {
+            first.cmd(read_command(kind)).arg(k.as_slice());
+        }
     }
-    let replies: Vec<Reply> = meta.query_async(&mut c).await?;
-    let mut values = redis::pipe();
-    let mut kinds = Vec::with_capacity(keys.len());
-    for (k, pair) in keys.iter().zip(replies.chunks(2)) {
-        let kind: String = redis::from_redis_value(pair[0].clone())?;
-        let pttl: i64 = redis::from_redis_value(pair[1].clone())?;
-        match kind.as_str() {
-            "string" => values.cmd("GET").arg(k.as_slice()),
-            "hash" => values.cmd("HGETALL").arg(k.as_slice()),
-            "set" => values.cmd("SMEMBERS").arg(k.as_slice()),
-            // Gone since SCAN saw it: nothing to read.
-            "none" => continue,
-            _ => values.cmd("DUMP").arg(k.as_slice()),
+    first.cmd("TIME");
+    let mut replies: Vec<Reply> = first.query_async(&mut c).await?;
+    let read_at_ms = time_ms(replies.pop())?;
+    image.read_until_ms = image.read_until_ms.max(read_at_ms);
+    let mut replies = replies.into_iter();
+    let mut next = || {
+        replies
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("a reply short"))
+    };
+    let mut again: Vec<(&Vec<u8>, String, i64)> = Vec::new();
+    for k in keys {
+        let kind: String = redis::from_redis_value(next()?)?;
+        let pttl: i64 = redis::from_redis_value(next()?)?;
+        let named = named_kind(k);
+        let value = match named {
+            Some(_) => Some(next()?),
+            None => None,
         };
-        kinds.push((k, kind, pttl));
+        match (named, value) {
+            // Gone since it was listed: nothing to read.
+            _ if kind == "none" => {}
+            (Some(n), Some(reply)) if n == kind && readable(&reply) => {
+                let entry = Entry {
+                    value: decode(&kind, reply)?,
+                    pttl_ms: pttl,
+                    read_at_ms,
+                };
+                image.insert(k.clone(), entry);
+            }
+            _ => again.push((k, kind, pttl)),
+        }
     }
-    if kinds.is_empty() {
+    if again.is_empty() {
         return Ok(());
+    }
+    let mut values = redis::pipe();
+    for (k, kind, _) in &again {
+        values.cmd(read_command(kind)).arg(k.as_slice());
     }
     values.cmd("TIME");
     let mut replies: Vec<Reply> = values.query_async(&mut c).await?;
-    let (secs, micros): (i64, i64) = redis::from_redis_value(replies.pop().expect("TIME"))?;
-    let read_at_ms = secs * 1000 + micros / 1000;
-    for ((key, kind, pttl), reply) in kinds.into_iter().zip(replies) {
+    let read_at_ms = time_ms(replies.pop())?;
+    image.read_until_ms = image.read_until_ms.max(read_at_ms);
+    for ((key, kind, pttl), reply) in again.into_iter().zip(replies) {
         if matches!(reply, Reply::Nil) {
             continue; // deleted between the two round trips
         }
-        let value = match kind.as_str() {
-            "string" => Value::String(redis::from_redis_value(reply)?),
-            "hash" => {
-                let fields: BTreeMap<Vec<u8>, Vec<u8>> = redis::from_redis_value(reply)?;
-                Value::Hash(fields)
-            }
-            "set" => {
-                let members: Vec<Vec<u8>> = redis::from_redis_value(reply)?;
-                Value::Set(members.into_iter().collect())
-            }
-            _ => {
-                let dump: Vec<u8> = redis::from_redis_value(reply)?;
-                Value::Other {
-                    digest: sha256_hex(&dump),
-                    kind,
-                }
-            }
+        let entry = Entry {
+            value: decode(&kind, reply)?,
+            pttl_ms: pttl,
+            read_at_ms,
         };
-        image.insert(
-            key.clone(),
-            Entry {
-                value,
-                pttl_ms: pttl,
-                read_at_ms,
-            },
-        );
+        image.insert(key.clone(), entry);
     }
     Ok(())
+}
+
+/// A value reply (not a nil of a key deleted meanwhile, nor an error).
+fn readable(reply: &Reply) -> bool {
+    !matches!(reply, Reply::Nil | Reply::ServerError(_))
+}
+
+fn time_ms(reply: Option<Reply>) -> anyhow::Result<i64> {
+    let reply = reply.ok_or_else(|| anyhow::anyhow!("no reply to TIME"))?;
+    let (secs, micros): (i64, i64) = redis::from_redis_value(reply)?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+/// A value of `kind` as the oracle holds it.
+fn decode(kind: &str, reply: Reply) -> anyhow::Result<Value> {
+    Ok(match kind {
+        "string" => Value::String(redis::from_redis_value(reply)?),
+        "hash" => {
+            let fields: BTreeMap<Vec<u8>, Vec<u8>> = redis::from_redis_value(reply)?;
+            Value::Hash(fields)
+        }
+        "set" => {
+            let members: Vec<Vec<u8>> = redis::from_redis_value(reply)?;
+            Value::Set(members.into_iter().collect())
+        }
+        _ => {
+            let dump: Vec<u8> = redis::from_redis_value(reply)?;
+            Value::Other {
+                digest: sha256_hex(&dump),
+                kind: kind.to_owned(),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_say_the_type_of_the_grid_families_only() {
+        assert_eq!(named_kind(b"positions:index:7:okx"), Some("set"));
+        assert_eq!(named_kind(b"positions:7:okx:BTC-USDT:long"), Some("hash"));
+        assert_eq!(named_kind(b"okx:positions:7"), Some("string"));
+        assert_eq!(
+            named_kind(b"okx:positions:7:backup:20261207_000000"),
+            Some("string")
+        );
+        assert_eq!(
+            named_kind(b"orders:okx:user:7:symbol:BTC:order_placed"),
+            None
+        );
+        assert_eq!(named_kind(b"session:7"), None);
+    }
 }

@@ -275,10 +275,17 @@ pub async fn against_runs(conn: &RedisConn, only: Option<&str>) -> anyhow::Resul
             let Some(chunk) = chunks.next() else { break };
             let (conn, opts) = (conn.clone(), opts.clone());
             in_flight.push_back(tokio::spawn(async move {
-                let (before, after, read) = chunk_images(&conn, &chunk, &opts).await?;
-                let verdict = keyshift_oracle::judge_grid_positions(&before, &after, &opts);
-                let read: Vec<u64> = read.iter().map(|k| fingerprint(k)).collect();
-                anyhow::Ok((verdict, read, chunk.len()))
+                let n = chunk.len();
+                let (before, after, read) = chunk_images(&conn, chunk, &opts).await?;
+                // Judging is CPU work: on a blocking thread it runs beside
+                // the client thread, which goes on decoding replies.
+                let judged = tokio::task::spawn_blocking(move || {
+                    let verdict = keyshift_oracle::judge_grid_positions(&before, &after, &opts);
+                    let read: Vec<u64> = read.iter().map(|k| fingerprint(k)).collect();
+                    (verdict, read)
+                });
+                let (verdict, read) = judged.await?;
+                anyhow::Ok((verdict, read, n))
             }));
         }
         let Some(next) = in_flight.pop_front() else {
@@ -326,16 +333,69 @@ fn fingerprint(key: &[u8]) -> u64 {
 /// of those users as they are now.
 async fn chunk_images(
     conn: &RedisConn,
-    chunk: &[Owned],
+    chunk: Vec<Owned>,
     opts: &GridOptions,
 ) -> anyhow::Result<(Before, Image, Vec<Vec<u8>>)> {
-    let mut before = Before::default();
     let backup_keys: Vec<Vec<u8>> = chunk
         .iter()
         .filter(|(_, _, o)| matches!(o, Outcome::Migrated { .. }))
         .map(|(key, stamp, _)| format!("{key}:backup:{stamp}").into_bytes())
         .collect();
     let backups = read_keys(conn, &backup_keys).await?;
+    // Parsing each backup for the keys it implies is CPU work too.
+    let planning = {
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || {
+            let (before, wanted) = plan_reads(&chunk, &backups, &opts);
+            (before, wanted, backups)
+        })
+    };
+    let (mut before, mut wanted, backups) = planning.await?;
+    let mut after = read_keys(conn, &wanted).await?;
+    after.keys.extend(backups.keys);
+    after.read_until_ms = after.read_until_ms.max(backups.read_until_ms);
+    wanted.extend(backup_keys);
+    // The index's members name hashes too (maybe ones not expected).
+    let members: Vec<Vec<u8>> = after
+        .keys
+        .iter()
+        .filter_map(|(k, e)| match (classify(k, &opts.exchanges), &e.value) {
+            (GridKey::Index { user, exchange }, Value::Set(ms)) => Some(
+                ms.iter()
+                    .map(|m| {
+                        let mut key = format!("positions:{user}:{exchange}:").into_bytes();
+                        key.extend_from_slice(m);
+                        key
+                    })
+                    .filter(|k| !after.keys.contains_key(k))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let more = read_keys(conn, &members).await?;
+    after.keys.extend(more.keys);
+    after.read_until_ms = after.read_until_ms.max(more.read_until_ms);
+    // A quarantined key still there keeps the TTL it has now.
+    for (key, entry) in before.image.keys.iter_mut() {
+        if matches!(entry.value, Value::StringDigest(_)) && !before.stamps.contains_key(key) {
+            if let Some(now) = after.keys.get(key) {
+                entry.pttl_ms = now.pttl_ms;
+                entry.read_at_ms = now.read_at_ms;
+            }
+        }
+    }
+    let mut read = wanted;
+    read.extend(members);
+    Ok((before, after, read))
+}
+
+/// A chunk's before-image, from its backups (`backups`, read already) and
+/// what the journal recorded, and the keys to read now: each legacy key
+/// and the keys the oracle expects of it.
+fn plan_reads(chunk: &[Owned], backups: &Image, opts: &GridOptions) -> (Before, Vec<Vec<u8>>) {
+    let mut before = Before::default();
     let mut wanted: Vec<Vec<u8>> = Vec::new();
     for (key, stamp, outcome) in chunk {
         let legacy = key.as_bytes().to_vec();
@@ -390,44 +450,7 @@ async fn chunk_images(
             _ => {}
         }
     }
-    let mut after = read_keys(conn, &wanted).await?;
-    after.keys.extend(backups.keys);
-    after.read_until_ms = after.read_until_ms.max(backups.read_until_ms);
-    wanted.extend(backup_keys);
-    // The index's members name hashes too (maybe ones not expected).
-    let members: Vec<Vec<u8>> = after
-        .keys
-        .iter()
-        .filter_map(|(k, e)| match (classify(k, &opts.exchanges), &e.value) {
-            (GridKey::Index { user, exchange }, Value::Set(ms)) => Some(
-                ms.iter()
-                    .map(|m| {
-                        let mut key = format!("positions:{user}:{exchange}:").into_bytes();
-                        key.extend_from_slice(m);
-                        key
-                    })
-                    .filter(|k| !after.keys.contains_key(k))
-                    .collect::<Vec<_>>(),
-            ),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    let more = read_keys(conn, &members).await?;
-    after.keys.extend(more.keys);
-    after.read_until_ms = after.read_until_ms.max(more.read_until_ms);
-    // A quarantined key still there keeps the TTL it has now.
-    for (key, entry) in before.image.keys.iter_mut() {
-        if matches!(entry.value, Value::StringDigest(_)) && !before.stamps.contains_key(key) {
-            if let Some(now) = after.keys.get(key) {
-                entry.pttl_ms = now.pttl_ms;
-                entry.read_at_ms = now.read_at_ms;
-            }
-        }
-    }
-    let mut read = wanted;
-    read.extend(members);
-    Ok((before, after, read))
+    (before, wanted)
 }
 
 /// Migrated-looking hashes under `positions:*` that no judged run
