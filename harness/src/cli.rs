@@ -285,4 +285,20 @@ pub struct ScenarioRunArgs {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
+    /// Strike a team's own migration command instead of keyshift's: CMD
+    /// runs through `sh -c` with REDIS_URL, KEYSHIFT_MIGRATION and
+    /// KEYSHIFT_EXCHANGES set, once per `[[run]]`, under the scenario's
+    /// faults (a SIGKILL kills its whole process group); the oracle judges
+    /// the keyspace after the last run against the keyspace as seeded
+    /// (docs/engines.md). Cluster scenarios are skipped.
+    #[arg(long, value_name = "CMD")]
+    pub engine: Option<String>,
+    /// With --engine: the command that rolls CMD's migration back, run
+    /// where a scenario expects a rollback.
+    #[arg(long, value_name = "CMD", requires = "engine")]
+    pub rollback_engine: Option<String>,
+    /// With --engine: which migration CMD performs; scenarios of the other
+    /// are skipped.
+    #[arg(long, value_enum, default_value_t = Migration::GridPositions, requires = "engine")]
+    pub migration: Migration,
 }

@@ -100,7 +100,7 @@ fn tail(bytes: &[u8]) -> Vec<String> {
     lines[from..].iter().map(|l| (*l).to_owned()).collect()
 }
 
-fn entry(j: Judgement) -> InvariantEntry {
+pub fn judgement_entry(j: Judgement) -> InvariantEntry {
     let mut note = j.not_run_reason.clone();
     if j.expired > 0 {
         note = Some(format!(
@@ -225,12 +225,12 @@ pub async fn evaluate(args: &GateArgs, gen: GenConfig, engine: &str) -> anyhow::
         }
     };
     let mut invariants = vec![exit_invariant("engine", &first)];
-    invariants.extend(verdict.invariants.iter().cloned().map(entry));
+    invariants.extend(verdict.invariants.iter().cloned().map(judgement_entry));
 
     let second = run_command(engine, &url, migration, &exchanges).await?;
     let again = read_all(&conn).await?;
     let nothing = |_: &[u8]| false;
-    invariants.push(entry(unchanged(
+    invariants.push(judgement_entry(unchanged(
         "idempotent",
         "a second run writes nothing",
         &after,
@@ -244,7 +244,7 @@ pub async fn evaluate(args: &GateArgs, gen: GenConfig, engine: &str) -> anyhow::
         let run = run_command(rollback, &url, migration, &exchanges).await?;
         invariants.push(exit_invariant("rollback-engine", &run));
         let restored = read_all(&conn).await?;
-        invariants.push(entry(rollback_judgement(
+        invariants.push(judgement_entry(rollback_judgement(
             &before.image,
             &restored,
             &exchanges,
@@ -313,7 +313,7 @@ pub async fn evaluate(args: &GateArgs, gen: GenConfig, engine: &str) -> anyhow::
 /// runner's bookkeeping aside. A legacy value with no positions had no
 /// new key to carry its TTL (DESIGN §2), so a rollback that restores it
 /// without one cannot be faulted for that alone.
-fn rollback_judgement(seeded: &Image, restored: &Image, exchanges: &[String]) -> Judgement {
+pub fn rollback_judgement(seeded: &Image, restored: &Image, exchanges: &[String]) -> Judgement {
     let mut seeded = seeded.clone();
     for (key, entry) in seeded.keys.iter_mut() {
         let empty = matches!(&entry.value, Value::String(v) if is_empty_container(v));
@@ -346,6 +346,6 @@ fn is_empty_container(v: &[u8]) -> bool {
     t == b"[]" || t == b"{}"
 }
 
-fn shell_quote(s: &str) -> String {
+pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }

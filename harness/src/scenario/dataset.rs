@@ -20,6 +20,11 @@ impl Dataset {
     /// Legacy keys of `migration` in the dataset: the journal's length when
     /// a run has settled every one (progress fractions are of this).
     pub fn legacy_keys(&self, migration: MigrationName) -> usize {
+        self.legacy_key_names(migration).len()
+    }
+
+    /// The names of those legacy keys.
+    pub fn legacy_key_names(&self, migration: MigrationName) -> Vec<String> {
         self.keyspace
             .entries
             .iter()
@@ -31,7 +36,8 @@ impl Dataset {
                     OrderPlacedKey::parse(&e.key, &DEFAULT_EXCHANGES).is_some()
                 }
             })
-            .count()
+            .map(|e| e.key.clone())
+            .collect()
     }
 }
 

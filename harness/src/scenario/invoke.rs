@@ -1,6 +1,8 @@
-//! One migrator invocation of a scenario: the real `keyshift migrate` as a
-//! child process, watched through the run's journal, with the invocation's
-//! faults (`strike`) applied at their timing.
+//! One migrator invocation of a scenario: the real `keyshift migrate` (or a
+//! team's own command, `--engine`) as a child process, watched through the
+//! run's journal (or, for a command keyshift knows nothing of, through the
+//! legacy keys it has removed), with the invocation's faults (`strike`)
+//! applied at their timing.
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -17,6 +19,8 @@ use tokio::task::JoinHandle;
 use super::model::{Fault, FaultName, Invocation, Timing};
 use super::strike::{client_ids, strike};
 use crate::backend::Deployment;
+use crate::commands::exchanges;
+use crate::gate::external::shell_quote;
 
 /// A short runner lock, so a rerun after a killed runner waits seconds,
 /// not the default 30 s (an invocation may set its own).
@@ -84,10 +88,22 @@ pub fn migrate_args(inv: &Invocation, url: &str) -> Vec<String> {
     args
 }
 
-/// One invocation to run: the migrator binary, the invocation's place in
-/// the scenario, and the faults that strike it.
+/// What runs as the migrator.
+#[derive(Debug, Clone, Copy)]
+pub enum Engine<'a> {
+    /// The keyshift binary: `keyshift migrate`.
+    Keyshift(&'a Path),
+    /// A team's command, run through `sh -c` in a process group of its own
+    /// (a SIGKILL fault kills the whole group: the shell and its children),
+    /// with REDIS_URL, KEYSHIFT_MIGRATION and KEYSHIFT_EXCHANGES set, as
+    /// `gate --engine` runs it.
+    External(&'a str),
+}
+
+/// One invocation to run: the migrator, the invocation's place in the
+/// scenario, and the faults that strike it.
 pub struct Job<'a> {
-    pub exe: &'a Path,
+    pub engine: Engine<'a>,
     /// 1-based.
     pub n: usize,
     pub inv: &'a Invocation,
@@ -95,6 +111,8 @@ pub struct Job<'a> {
     /// Legacy keys of the invocation's migration: what a progress timing
     /// is a fraction of.
     pub legacy_total: usize,
+    /// Their names: an external command's progress is how many are gone.
+    pub legacy_keys: &'a [String],
 }
 
 /// Runs the invocation, retrying while a dead runner's lock turns it away
@@ -146,10 +164,8 @@ async fn attempt(job: &Job<'_>, server: &mut Deployment) -> anyhow::Result<Invoc
     let status = strikes
         .while_running(job, &mut migrator, &mut target)
         .await?;
-    strikes
-        .after_exit(job, &mut target, &mut migrator.child)
-        .await?;
-    if strikes.killed {
+    strikes.after_exit(job, &mut target, &mut migrator).await?;
+    if strikes.killed && matches!(job.engine, Engine::Keyshift(_)) {
         sigkill_after_done(target.deployment, job.inv, &mut strikes.records).await?;
     }
     Ok(InvocationRecord {
@@ -170,6 +186,8 @@ async fn attempt(job: &Job<'_>, server: &mut Deployment) -> anyhow::Result<Invoc
 /// and its output being read.
 struct Migrator {
     child: Child,
+    /// It leads a process group of its own (an external command).
+    group: bool,
     command: String,
     started: Instant,
     stdout: JoinHandle<String>,
@@ -177,47 +195,89 @@ struct Migrator {
 }
 
 impl Migrator {
-    /// Starts `keyshift migrate` for `job` on `url`, with the invocation's
-    /// runner lock TTL, and a short response timeout when a fault freezes
-    /// the server.
     fn spawn(job: &Job<'_>, url: &str) -> anyhow::Result<Migrator> {
-        let args = migrate_args(job.inv, url);
-        let lock_ttl = job.inv.lock_ttl_ms.unwrap_or(LOCK_TTL_MS);
-        let frozen = job
-            .faults
-            .iter()
-            .any(|f| matches!(f.kind, FaultName::Pause | FaultName::NetworkCut));
-        let mut cmd = Command::new(job.exe);
-        cmd.args(&args)
-            .env(TTL_ENV, lock_ttl.to_string())
-            .env_remove("REDIS_URL")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
+        let (mut cmd, command) = match job.engine {
+            Engine::Keyshift(exe) => keyshift_command(job, exe, url),
+            Engine::External(engine) => external_command(job, engine, url),
+        };
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut env_prefix = format!("{TTL_ENV}={lock_ttl} ");
-        if frozen {
-            cmd.env(RESPONSE_TIMEOUT_ENV, FROZEN_RESPONSE_TIMEOUT_MS);
-            env_prefix.push_str(&format!(
-                "{RESPONSE_TIMEOUT_ENV}={FROZEN_RESPONSE_TIMEOUT_MS} "
-            ));
-        } else {
-            cmd.env_remove(RESPONSE_TIMEOUT_ENV);
-        }
-        let command = format!("{env_prefix}keyshift {}", args.join(" "));
         let started = Instant::now();
         let mut child = cmd.spawn()?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         Ok(Migrator {
             child,
+            group: matches!(job.engine, Engine::External(_)),
             command,
             started,
             stdout: tokio::spawn(read_all(stdout)),
             stderr: tokio::spawn(read_all(stderr)),
         })
     }
+
+    /// SIGKILL of the migrator: of its whole process group when it has one
+    /// (an external command's shell and whatever the shell started).
+    async fn kill(child: &mut Child, group: bool) -> anyhow::Result<()> {
+        match (group, child.id()) {
+            (true, Some(pid)) => {
+                let status = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .status()?;
+                anyhow::ensure!(status.success(), "kill -KILL -- -{pid} failed: {status}");
+                child.wait().await?;
+            }
+            _ => child.kill().await?,
+        }
+        Ok(())
+    }
+}
+
+/// `keyshift migrate` for `job` on `url`, with the invocation's runner lock
+/// TTL, and a short response timeout when a fault freezes the server; and
+/// its command line as the report shows it.
+fn keyshift_command(job: &Job<'_>, exe: &Path, url: &str) -> (Command, String) {
+    let args = migrate_args(job.inv, url);
+    let lock_ttl = job.inv.lock_ttl_ms.unwrap_or(LOCK_TTL_MS);
+    let frozen = job
+        .faults
+        .iter()
+        .any(|f| matches!(f.kind, FaultName::Pause | FaultName::NetworkCut));
+    let mut cmd = Command::new(exe);
+    cmd.args(&args)
+        .env(TTL_ENV, lock_ttl.to_string())
+        .env_remove("REDIS_URL")
+        .env_remove("RUST_LOG");
+    let mut env_prefix = format!("{TTL_ENV}={lock_ttl} ");
+    if frozen {
+        cmd.env(RESPONSE_TIMEOUT_ENV, FROZEN_RESPONSE_TIMEOUT_MS);
+        env_prefix.push_str(&format!(
+            "{RESPONSE_TIMEOUT_ENV}={FROZEN_RESPONSE_TIMEOUT_MS} "
+        ));
+    } else {
+        cmd.env_remove(RESPONSE_TIMEOUT_ENV);
+    }
+    (cmd, format!("{env_prefix}keyshift {}", args.join(" ")))
+}
+
+/// The team's command through `sh -c`, in a process group of its own.
+fn external_command(job: &Job<'_>, engine: &str, url: &str) -> (Command, String) {
+    let migration = job.inv.migration.as_str();
+    let exchanges = exchanges(None).join(" ");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(engine)
+        .env("REDIS_URL", url)
+        .env("KEYSHIFT_MIGRATION", migration)
+        .env("KEYSHIFT_EXCHANGES", &exchanges)
+        .process_group(0);
+    let command = format!(
+        "REDIS_URL={url} KEYSHIFT_MIGRATION={migration} KEYSHIFT_EXCHANGES='{exchanges}' sh -c {}",
+        shell_quote(engine)
+    );
+    (cmd, command)
 }
 
 /// What a fault strikes: the server (or cluster), and the harness's own
@@ -248,21 +308,20 @@ impl<'f> Strikes<'f> {
         migrator: &mut Migrator,
         target: &mut Target<'_>,
     ) -> anyhow::Result<Option<ExitStatus>> {
-        let mut live = LiveRun::default();
+        let mut live = Progress::of(job);
         loop {
             if let Some(status) = migrator.child.try_wait()? {
                 return Ok(Some(status));
             }
             if migrator.started.elapsed() > HUNG_AFTER {
-                let _ = migrator.child.kill().await;
+                let _ = Migrator::kill(&mut migrator.child, migrator.group).await;
                 return Ok(None);
             }
             let due = self
                 .take_due(job, migrator.started, &mut live, &target.watch)
                 .await;
             for (fault, journaled) in due {
-                self.strike(fault, journaled, target, &mut migrator.child)
-                    .await?;
+                self.strike(fault, journaled, target, migrator).await?;
             }
             tokio::time::sleep(POLL).await;
         }
@@ -274,14 +333,14 @@ impl<'f> Strikes<'f> {
         &mut self,
         job: &Job<'_>,
         started: Instant,
-        live: &mut LiveRun,
+        live: &mut Progress<'_>,
         watch: &RedisConn,
     ) -> Vec<(&'f Fault, Option<usize>)> {
         let mut due = Vec::new();
         if self.pending.is_empty() {
             return due;
         }
-        let journaled = live.progress(watch, job.inv).await;
+        let journaled = live.read(watch, job.inv).await;
         let mut i = 0;
         while i < self.pending.len() {
             if is_due(
@@ -303,16 +362,21 @@ impl<'f> Strikes<'f> {
         fault: &Fault,
         journaled: Option<usize>,
         target: &mut Target<'_>,
-        child: &mut Child,
+        migrator: &mut Migrator,
     ) -> anyhow::Result<()> {
-        let note = strike(
-            fault,
-            target.deployment,
-            &mut target.watch,
-            child,
-            &target.before,
-        )
-        .await?;
+        let note = if fault.kind == FaultName::Sigkill && migrator.group {
+            Migrator::kill(&mut migrator.child, true).await?;
+            "SIGKILL of the command's process group".into()
+        } else {
+            strike(
+                fault,
+                target.deployment,
+                &mut target.watch,
+                &mut migrator.child,
+                &target.before,
+            )
+            .await?
+        };
         self.killed |= fault.kind == FaultName::Sigkill;
         self.records.push(FaultRecord::new(fault, journaled, note));
         Ok(())
@@ -324,14 +388,17 @@ impl<'f> Strikes<'f> {
         &mut self,
         job: &Job<'_>,
         target: &mut Target<'_>,
-        child: &mut Child,
+        migrator: &mut Migrator,
     ) -> anyhow::Result<()> {
         let (at_exit, never): (Vec<&Fault>, Vec<&Fault>) = std::mem::take(&mut self.pending)
             .into_iter()
             .partition(|f| f.timing() == Timing::AtExit);
         for fault in at_exit {
-            let journaled = journaled(&target.watch, job.inv).await;
-            self.strike(fault, journaled, target, child).await?;
+            let journaled = match job.engine {
+                Engine::Keyshift(_) => journaled(&target.watch, job.inv).await,
+                Engine::External(_) => legacy_gone(&target.watch, job.legacy_keys).await,
+            };
+            self.strike(fault, journaled, target, migrator).await?;
         }
         for fault in never {
             let note = "never struck: the invocation ended first".into();
@@ -369,32 +436,58 @@ fn is_due(f: &Fault, elapsed: Duration, journaled: Option<usize>, total: usize) 
     }
 }
 
-/// The run this invocation is writing, once its record says `running`;
-/// then only its journal length is polled (one round trip), so a fault
-/// lands close to its progress target even through docker's proxy.
-#[derive(Default)]
-struct LiveRun {
-    id: Option<String>,
+/// How far the invocation has got, as a count of legacy keys.
+enum Progress<'a> {
+    /// keyshift's run: its journal's length once its record says `running`
+    /// (`id` then holds the run); then only the length is polled (one
+    /// round trip), so a fault lands close to its target even through
+    /// docker's proxy.
+    Journal { id: Option<String> },
+    /// A command keyshift knows nothing of: how many of the migration's
+    /// legacy keys are gone.
+    LegacyGone(&'a [String]),
 }
 
-impl LiveRun {
-    async fn progress(&mut self, conn: &RedisConn, inv: &Invocation) -> Option<usize> {
+impl<'a> Progress<'a> {
+    fn of(job: &Job<'a>) -> Self {
+        match job.engine {
+            Engine::Keyshift(_) => Progress::Journal { id: None },
+            Engine::External(_) => Progress::LegacyGone(job.legacy_keys),
+        }
+    }
+
+    async fn read(&mut self, conn: &RedisConn, inv: &Invocation) -> Option<usize> {
+        let id = match self {
+            Progress::LegacyGone(keys) => return legacy_gone(conn, keys).await,
+            Progress::Journal { id } => id,
+        };
         let mut c = conn.clone();
-        if self.id.is_none() {
+        if id.is_none() {
             let run = latest_run_of(&c, inv.migration.as_str()).await.ok()??;
             // A finished run of an earlier invocation is not this one's.
             if run.state != RunState::Running {
                 return None;
             }
-            self.id = Some(run.run_id);
+            *id = Some(run.run_id);
         }
-        let id = self.id.as_ref()?;
+        let id = id.as_ref()?;
         redis::cmd("HLEN")
             .arg(outcomes_key(id))
             .query_async(&mut c)
             .await
             .ok()
     }
+}
+
+/// How many of `keys` no longer exist: one pipeline of EXISTS (`None`
+/// when the server does not answer).
+async fn legacy_gone(conn: &RedisConn, keys: &[String]) -> Option<usize> {
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.cmd("EXISTS").arg(k);
+    }
+    let exists: Vec<i64> = pipe.query_async(&mut conn.clone()).await.ok()?;
+    Some(exists.iter().filter(|&&e| e == 0).count())
 }
 
 /// Outcomes journaled by the latest run of the invocation's migration

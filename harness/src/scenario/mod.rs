@@ -7,11 +7,14 @@
 //! - `strike`: the faults themselves (migrator, server, data).
 //! - `checks`: verify, untouched digest, findings and rollback after the runs.
 //! - `expect`: whether the scenario met its expectation (pure).
+//! - `external`: a team's own command (`--engine`) in the migrator's place,
+//!   judged by the oracle against the keyspace as seeded.
 //! - `runner`: one scenario end to end; `report`: its report.json, report.md, junit.xml.
 
 pub mod checks;
 pub mod dataset;
 pub mod expect;
+pub mod external;
 pub mod invoke;
 pub mod model;
 pub mod report;
@@ -62,6 +65,14 @@ pub async fn command(args: &ScenarioArgs) -> anyhow::Result<Outcome> {
                 report_dir: run.report_dir.clone(),
                 dir: args.dir.clone(),
                 exe: runner::migrator_exe()?,
+                engine: run.engine.as_ref().map(|cmd| external::ExternalEngine {
+                    migrate: cmd.clone(),
+                    rollback: run.rollback_engine.clone(),
+                    migration: match run.migration {
+                        crate::cli::Migration::GridPositions => model::MigrationName::GridPositions,
+                        crate::cli::Migration::OrderPlaced => model::MigrationName::OrderPlaced,
+                    },
+                }),
             };
             run_selected(&selected, opts, run.repeat).await
         }

@@ -190,6 +190,17 @@ pub enum ExitSpec {
     One(i32),
     AnyOf(Vec<i32>),
     Killed(Killed),
+    /// Any exit code (not a signal): what is asked of a team's command
+    /// (`--engine`) where keyshift would give one of its own error codes.
+    /// Set by the runner, never read from a scenario file.
+    #[serde(skip_deserializing)]
+    Any(AnyExit),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnyExit {
+    Any,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +216,7 @@ impl ExitSpec {
             (ExitSpec::One(c), Some(e)) => *c == e,
             (ExitSpec::AnyOf(cs), Some(e)) => cs.contains(&e),
             (ExitSpec::Killed(_), None) => true,
+            (ExitSpec::Any(_), Some(_)) => true,
             _ => false,
         }
     }
@@ -213,7 +225,7 @@ impl ExitSpec {
         match self {
             ExitSpec::One(c) => vec![*c],
             ExitSpec::AnyOf(cs) => cs.clone(),
-            ExitSpec::Killed(_) => Vec::new(),
+            ExitSpec::Killed(_) | ExitSpec::Any(_) => Vec::new(),
         }
     }
 
@@ -222,6 +234,7 @@ impl ExitSpec {
             ExitSpec::One(c) => c.to_string(),
             ExitSpec::AnyOf(cs) => format!("one of {cs:?}"),
             ExitSpec::Killed(_) => "killed".into(),
+            ExitSpec::Any(_) => "any code".into(),
         }
     }
 }

@@ -14,6 +14,7 @@ use keyshift_engine::run::journal::is_journal_key;
 use super::checks;
 use super::dataset;
 use super::expect::evaluate;
+use super::external::{self, ExternalEngine};
 use super::invoke;
 use super::model::{FaultName, MigrationName, Scenario};
 use super::report::{ScenarioReport, Verdict, SCHEMA_VERSION};
@@ -21,6 +22,8 @@ use super::strike;
 use crate::backend::{BackendKind, Deployment};
 use crate::digest::{digest, Digest};
 use crate::gate::checks::redis_version;
+use crate::gate::external::shell_quote;
+use crate::observe::read_all;
 use crate::report::InvariantEntry;
 use crate::seed;
 use crate::writers;
@@ -33,8 +36,10 @@ pub struct RunOptions {
     pub report_dir: PathBuf,
     /// The scenarios directory (for the replay command).
     pub dir: PathBuf,
-    /// The keyshift binary run as the migrator.
+    /// The keyshift binary run as the migrator (and for rollback).
     pub exe: PathBuf,
+    /// A team's command in keyshift's place (`--engine`).
+    pub engine: Option<ExternalEngine>,
 }
 
 const AOF_ARGS: [&str; 4] = ["--appendonly", "yes", "--appendfsync", "always"];
@@ -78,12 +83,20 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> ScenarioReport {
 }
 
 fn replay_command(s: &Scenario, opts: &RunOptions, kind: BackendKind) -> String {
-    format!(
+    let mut line = format!(
         "keyshift scenario run {} --backend {kind} --dir {} --report-dir {}",
         s.name,
         opts.dir.display(),
         opts.report_dir.display()
-    )
+    );
+    if let Some(e) = &opts.engine {
+        line.push_str(&format!(" --engine {}", shell_quote(&e.migrate)));
+        if let Some(r) = &e.rollback {
+            line.push_str(&format!(" --rollback-engine {}", shell_quote(r)));
+        }
+        line.push_str(&format!(" --migration {}", e.migration.as_str()));
+    }
+    line
 }
 
 fn skip_reason(s: &Scenario, kind: BackendKind) -> Option<String> {
@@ -101,7 +114,21 @@ async fn run_into(
     opts: &RunOptions,
     report: &mut ScenarioReport,
 ) -> anyhow::Result<()> {
-    if skipped(report, skip_reason(s, opts.backend)) {
+    let adapted;
+    let (s, left_out) = match &opts.engine {
+        Some(_) => {
+            let (a, note) = external::adapt(s);
+            adapted = a;
+            (&adapted, note)
+        }
+        None => (s, None),
+    };
+    let engine_skip = || {
+        opts.engine
+            .as_ref()
+            .and_then(|e| external::skip_reason(s, e))
+    };
+    if skipped(report, skip_reason(s, opts.backend).or_else(engine_skip)) {
         return Ok(());
     }
     let data = dataset::build(s)?;
@@ -114,23 +141,50 @@ async fn run_into(
         return Ok(());
     }
     let (pre, pre_at) = seed_and_digest(&server, &data, report).await?;
+    let seeded = match &opts.engine {
+        Some(_) => Some(read_all(&connect(&server.url()).await?).await?),
+        None => None,
+    };
     let writers = match s.writers.any() {
         true => Some(start_writers(s, &data, &server).await?),
         false => None,
     };
     let ran = invoke_all(s, opts, &mut server, &data, report).await?;
     let (history, writer_users) = stop_writers(s, writers).await;
-    let used: BTreeSet<MigrationName> = ran.migrations.iter().copied().collect();
-    let mut checked =
-        checks::check(&server, &used, &pre, pre_at, &ran.expired, &writer_users).await?;
-    checked.push("scenario", no_lost_writes(&server, history.as_ref()).await?);
-    if s.expect.rollback {
-        let (entry, commands) =
-            checks::rollback(&opts.exe, &server, &ran.migrations, &pre, pre_at, &checked).await?;
-        checked.push("scenario", entry);
-        report.rollback_commands = commands;
-    }
+    let checked = match (&opts.engine, &seeded) {
+        (Some(engine), Some(seeded)) => {
+            let aside = external::Aside {
+                writer_users: &writer_users,
+                expired: &ran.expired,
+            };
+            let conn = connect(&server.url()).await?;
+            let mut checked = external::check(&conn, engine, seeded, &aside).await?;
+            checked.push("scenario", no_lost_writes(&server, history.as_ref()).await?);
+            if s.expect.rollback {
+                let (entry, commands) =
+                    external::rollback(&conn, &server.url(), engine, seeded, &aside).await?;
+                checked.push("scenario", entry);
+                report.rollback_commands = commands;
+            }
+            checked
+        }
+        _ => {
+            let used: BTreeSet<MigrationName> = ran.migrations.iter().copied().collect();
+            let mut checked =
+                checks::check(&server, &used, &pre, pre_at, &ran.expired, &writer_users).await?;
+            checked.push("scenario", no_lost_writes(&server, history.as_ref()).await?);
+            if s.expect.rollback {
+                let (entry, commands) =
+                    checks::rollback(&opts.exe, &server, &ran.migrations, &pre, pre_at, &checked)
+                        .await?;
+                checked.push("scenario", entry);
+                report.rollback_commands = commands;
+            }
+            checked
+        }
+    };
     conclude(s, report, checked);
+    report.note = report.note.take().or(left_out);
     Ok(())
 }
 
@@ -207,14 +261,18 @@ async fn invoke_all(
                 .filter(|f| f.kind == FaultName::ExpireKeys)
                 .flat_map(|f| f.keys.iter().cloned()),
         );
-        let total = data.legacy_keys(inv.migration);
-        report.legacy_keys = report.legacy_keys.max(total);
+        let legacy = data.legacy_key_names(inv.migration);
+        report.legacy_keys = report.legacy_keys.max(legacy.len());
         let job = invoke::Job {
-            exe: &opts.exe,
+            engine: match &opts.engine {
+                Some(e) => invoke::Engine::External(&e.migrate),
+                None => invoke::Engine::Keyshift(&opts.exe),
+            },
             n,
             inv,
             faults: &faults,
-            legacy_total: total,
+            legacy_total: legacy.len(),
+            legacy_keys: &legacy,
         };
         report.invocations.push(invoke::run(&job, server).await?);
     }
@@ -344,6 +402,7 @@ mod tests {
             report_dir: "out".into(),
             dir: "scenarios".into(),
             exe: "keyshift".into(),
+            engine: None,
         };
         assert_eq!(
             replay_command(&scenario("pause"), &opts, BackendKind::Docker),
