@@ -383,21 +383,6 @@ def migrate_user(pipe, key, ex, user, stamp, migrated_at):
     return ("migrated", len(hashes))
 
 
-def newest_stamp(r, exchanges):
-    """The stamp to roll back: KEYSHIFT_BACKUP_STAMP, else the newest stamp
-    among the backups. A run writes all its backups under one stamp, and
-    backups older than it (left by earlier runs) are not this run's."""
-    stamp = os.environ.get("KEYSHIFT_BACKUP_STAMP") or None
-    if stamp:
-        return stamp
-    for ex in exchanges:
-        for raw_key in scan(r, escape_glob(ex) + ":positions:*:backup:*"):
-            parsed = parse_backup(name_of(raw_key), ex)
-            if parsed and (stamp is None or parsed[1] > stamp):
-                stamp = parsed[1]
-    return stamp
-
-
 def parse_backup(key, ex):
     """(user, stamp) of `{ex}:positions:{user}:backup:{YYYYMMDD_HHMMSS}`."""
     prefix = f"{ex}:positions:"
@@ -408,23 +393,39 @@ def parse_backup(key, ex):
 
 
 def rollback_grid(r, exchanges, run):
-    """Restores each legacy key from its backup of the newest stamp and
-    deletes exactly the keys that user's migration created: the hashes its
-    index lists, and the index. A legacy key that exists again (written
-    since, or never migrated) is left alone, and so are the backups."""
-    stamp = newest_stamp(r, exchanges)
-    if stamp is None:
-        return
+    """Restores each migrated user's legacy key from that user's newest
+    backup (or its backup of KEYSHIFT_BACKUP_STAMP) and deletes exactly the
+    keys that user's migration created: the hashes its index lists, and the
+    index. A legacy key that exists again (written since, or never
+    migrated) is left alone, and so are the backups.
+
+    Which stamps to undo, with no journal: a run killed and run again
+    leaves backups under two stamps, one per run, so the newest stamp alone
+    does not cover every user. A stamp is undone when it is the newest, or
+    when some user backed up under it still has its index (that migration's
+    keys are in place). A backup no index vouches for was left by an
+    earlier migration, since rolled back or cleaned up, and stays as it is."""
+    only = os.environ.get("KEYSHIFT_BACKUP_STAMP") or None
+    newest = {}  # (exchange, user) -> that user's newest stamp
     for ex in exchanges:
-        for raw_key in scan(r, f"{escape_glob(ex)}:positions:*:backup:{escape_glob(stamp)}"):
+        for raw_key in scan(r, escape_glob(ex) + ":positions:*:backup:*"):
             parsed = parse_backup(name_of(raw_key), ex)
-            if not parsed or parsed[1] != stamp:
+            if not parsed or (only is not None and parsed[1] != only):
                 continue
-            user = parsed[0]
-            key, index = f"{ex}:positions:{user}", f"positions:index:{user}:{ex}"
-            backup = raw_key.decode()
-            step = lambda p: rollback_user(p, key, backup, index, user, ex)  # noqa: E731
-            run.settle(key, *atomically(r, [key, backup, index], step))
+            user, stamp = parsed
+            if stamp > newest.get((ex, user), ""):
+                newest[(ex, user)] = stamp
+    live = {max(newest.values())} if newest else set()
+    for (ex, user), stamp in newest.items():
+        if stamp not in live and r.exists(f"positions:index:{user}:{ex}"):
+            live.add(stamp)
+    for (ex, user), stamp in sorted(newest.items()):
+        key, index = f"{ex}:positions:{user}", f"positions:index:{user}:{ex}"
+        if stamp not in live or r.exists(key):
+            continue
+        backup = f"{key}:backup:{stamp}"
+        step = lambda p: rollback_user(p, key, backup, index, user, ex)  # noqa: E731
+        run.settle(key, *atomically(r, [key, backup, index], step))
 
 
 def rollback_user(pipe, key, backup, index, user, ex):
