@@ -308,3 +308,31 @@ fn skip_closed_expects_closed_positions_left_out() {
     o.skip_closed = false;
     assert_eq!(failing(&judge(&b, &a, &o)), ["counts", "index", "fields"]);
 }
+
+#[test]
+fn a_target_there_before_the_run_makes_a_conflict_that_must_stay() {
+    let mut b = before(-1);
+    let theirs = hash(&[("instId", "ETH"), ("pos", "5")], -1, T0);
+    b.image.insert("positions:7:okx:ETH:short", theirs.clone());
+    b.image
+        .insert("positions:index:7:okx", set(&["ETH:short"], -1, T0));
+    // Left as it was: a conflict, counted with the quarantined keys.
+    let mut left = Image::default();
+    for (k, e) in &b.image.keys {
+        left.insert(k.clone(), e.clone());
+    }
+    left.read_until_ms = T0 + 1_000;
+    let v = judge(&b, &left, &opts());
+    assert!(failing(&v).is_empty(), "{:#?}", v.invariants);
+    assert_eq!(status(&v, "counts"), Status::Pass);
+    assert_eq!(v.tally.quarantined_keys, 1);
+    // Migrated over the writer's hash: its data is gone.
+    let v = judge(&b, &migrated(-1), &opts());
+    assert!(failing(&v).contains(&"counts"), "{:?}", failing(&v));
+    let counts = v.get("counts").unwrap();
+    assert!(
+        counts.samples[0].contains("conflict"),
+        "{:?}",
+        counts.samples
+    );
+}

@@ -79,6 +79,23 @@ impl<'a> UserJudge<'a> {
                 positions: 0,
             },
         };
+        // A key the migration would create that was there before it (a
+        // new-layout writer got there first) makes the user a conflict,
+        // which DESIGN §6 counts with the quarantined keys (exit 3): the
+        // legacy key stays, and so does what was there.
+        if let Expectation::Migrate { positions, .. } = &e {
+            let existed = |key: String| self.before.image.keys.contains_key(key.as_bytes());
+            let taken = existed(index_key(self.user, self.exchange))
+                || positions
+                    .iter()
+                    .any(|p| existed(hash_key(self.user, self.exchange, &p.member())));
+            if taken {
+                e = Expectation::Quarantine {
+                    reason: "a key the migration would create existed before it: a conflict".into(),
+                    positions: positions.len(),
+                };
+            }
+        }
         if let (Expectation::Migrate { positions, .. }, Some(max)) =
             (&e, self.opts.max_positions_per_user)
         {
