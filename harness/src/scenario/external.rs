@@ -20,7 +20,7 @@ use keyshift_oracle::keys::{classify, GridKey};
 use keyshift_oracle::{Before, GridOptions, Image};
 
 use super::checks::Checked;
-use super::model::{AnyExit, ExitSpec, MigrationName, Scenario};
+use super::model::{AnyExit, ExitSpec, FaultName, MigrationName, Scenario};
 use crate::commands::exchanges;
 use crate::gate::external::{judgement_entry, rollback_judgement, run_command, CommandRun};
 use crate::observe::read_all;
@@ -39,6 +39,13 @@ pub fn skip_reason(s: &Scenario, engine: &ExternalEngine) -> Option<String> {
     if s.server.cluster {
         return Some(
             "skipped: a cluster scenario (an external command is given one server's REDIS_URL)"
+                .into(),
+        );
+    }
+    let rogue = s.writers.rogue_legacy || s.faults.iter().any(|f| f.kind == FaultName::LegacyWrite);
+    if rogue {
+        return Some(
+            "skipped: a rogue legacy writer (it replays how verify reports one, not a migration)"
                 .into(),
         );
     }
@@ -256,6 +263,11 @@ mod tests {
         assert!(skip_reason(&cluster, &engine)
             .unwrap()
             .contains("cluster scenario"));
+        let mut rogue = s.clone();
+        rogue.writers.rogue_legacy = true;
+        assert!(skip_reason(&rogue, &engine)
+            .unwrap()
+            .contains("rogue legacy writer"));
         let other = ExternalEngine {
             migration: MigrationName::OrderPlaced,
             ..engine
