@@ -17,26 +17,37 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs the gate with `engine` (and a rollback engine), returning its exit
-/// code, stdout and report.json.
-fn gate(engine: &str, extra: &[&str]) -> (Option<i32>, String, serde_json::Value) {
+/// Runs keyshift with `args`, `--report-dir` a temporary directory and
+/// `--engine engine` (then `extra`), on the process backend; returns its
+/// exit code, stdout and the report.json at `report` under the directory.
+fn with_engine(
+    args: &[&str],
+    engine: &str,
+    extra: &[&str],
+    report: &str,
+) -> (Option<i32>, String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::cargo_bin("keyshift")
         .expect("the keyshift binary is built")
         .current_dir(repo_root())
-        .arg("gate")
-        .args(["--backend", "process", "--users", "300", "--seed", "7"])
+        .args(args)
+        .args(["--backend", "process"])
         .args(["--report-dir", dir.path().to_str().unwrap()])
         .args(["--engine", engine])
         .args(extra)
         .env_remove("REDIS_URL")
         .timeout(Duration::from_secs(600))
         .output()
-        .expect("the gate ran");
+        .expect("keyshift ran");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let report = std::fs::read_to_string(dir.path().join("report.json"))
-        .unwrap_or_else(|e| panic!("no report.json ({e}); stdout {stdout}; stderr {stderr}"));
+    let path = dir.path().join(report);
+    let report = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "no {} ({e}); stdout {stdout}; stderr {stderr}",
+            path.display()
+        )
+    });
     (
         out.status.code(),
         stdout,
@@ -44,8 +55,32 @@ fn gate(engine: &str, extra: &[&str]) -> (Option<i32>, String, serde_json::Value
     )
 }
 
-fn statuses(report: &serde_json::Value) -> Vec<(String, String)> {
-    report["phases"][0]["invariants"]
+/// The gate with `engine` in keyshift's place (300 users, seed 7).
+fn gate(engine: &str, extra: &[&str]) -> (Option<i32>, String, serde_json::Value) {
+    let args = ["gate", "--users", "300", "--seed", "7"];
+    with_engine(&args, engine, extra, "report.json")
+}
+
+/// What the oracle judges of any grid-positions migration.
+const JUDGED: [&str; 6] = ["counts", "index", "fields", "backup", "ttl", "untouched"];
+
+fn assert_all_pass<'a>(
+    invariants: &serde_json::Value,
+    ids: impl Iterator<Item = &'a str>,
+    out: &str,
+) {
+    let s = statuses(invariants);
+    for id in ids {
+        assert!(
+            s.contains(&(id.to_owned(), "pass".to_owned())),
+            "{id} did not pass: {s:?}\n{out}"
+        );
+    }
+}
+
+/// (id, status) of each entry of a report's `invariants` array.
+fn statuses(invariants: &serde_json::Value) -> Vec<(String, String)> {
+    invariants
         .as_array()
         .unwrap()
         .iter()
@@ -68,23 +103,10 @@ fn gate_passes_the_correct_example_engine_and_its_rollback() {
         ],
     );
     assert_eq!(code, Some(0), "{stdout}");
-    let s = statuses(&report);
-    for id in [
-        "engine",
-        "counts",
-        "index",
-        "fields",
-        "backup",
-        "ttl",
-        "untouched",
-        "idempotent",
-        "rollback",
-    ] {
-        assert!(
-            s.contains(&(id.to_owned(), "pass".to_owned())),
-            "{id} did not pass: {s:?}\n{stdout}"
-        );
-    }
+    let judged = &report["phases"][0]["invariants"];
+    let (first, then) = (["engine"], ["idempotent", "rollback"]);
+    let ids = first.iter().chain(&JUDGED).chain(&then);
+    assert_all_pass(judged, ids.copied(), &stdout);
     let commands = report["phases"][0]["details"]["commands"]
         .as_array()
         .unwrap();
@@ -95,7 +117,7 @@ fn gate_passes_the_correct_example_engine_and_its_rollback() {
 fn gate_fails_the_lossy_example_engine_naming_fields_and_counts() {
     let (code, stdout, report) = gate("python3 examples/engines/lossy.py", &[]);
     assert_eq!(code, Some(1), "{stdout}");
-    let failed: Vec<String> = statuses(&report)
+    let failed: Vec<String> = statuses(&report["phases"][0]["invariants"])
         .into_iter()
         .filter(|(_, st)| st == "fail")
         .map(|(id, _)| id)
@@ -145,44 +167,10 @@ fn a_command_that_crashes_fails_the_engine_invariant() {
     assert!(stdout.contains("exited 7"), "{stdout}");
 }
 
-/// `keyshift scenario run NAME --engine CMD` on the process backend: its
-/// exit code, stdout and the scenario's report.json.
+/// `keyshift scenario run NAME --engine CMD`.
 fn scenario(name: &str, engine: &str, extra: &[&str]) -> (Option<i32>, String, serde_json::Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::cargo_bin("keyshift")
-        .expect("the keyshift binary is built")
-        .current_dir(repo_root())
-        .args(["scenario", "run", name, "--backend", "process"])
-        .args(["--report-dir", dir.path().to_str().unwrap()])
-        .args(["--engine", engine])
-        .args(extra)
-        .env_remove("REDIS_URL")
-        .timeout(Duration::from_secs(600))
-        .output()
-        .expect("the scenario ran");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let path = dir.path().join("scenarios").join(name).join("report.json");
-    let report = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("no {} ({e}); stdout {stdout}", path.display()));
-    (
-        out.status.code(),
-        stdout,
-        serde_json::from_str(&report).unwrap(),
-    )
-}
-
-fn invariant_statuses(report: &serde_json::Value) -> Vec<(String, String)> {
-    report["invariants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                i["id"].as_str().unwrap().to_owned(),
-                i["status"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
+    let report = format!("scenarios/{name}/report.json");
+    with_engine(&["scenario", "run", name], engine, extra, &report)
 }
 
 #[test]
@@ -208,21 +196,8 @@ fn scenario_sigkills_the_correct_example_engine_and_its_rerun_repairs_the_keyspa
         "{fault}"
     );
     assert_eq!(runs[1]["exit"], 0);
-    let s = invariant_statuses(&report);
-    for id in [
-        "counts",
-        "index",
-        "fields",
-        "backup",
-        "ttl",
-        "untouched",
-        "rollback",
-    ] {
-        assert!(
-            s.contains(&(id.to_owned(), "pass".to_owned())),
-            "{id} did not pass: {s:?}"
-        );
-    }
+    let ids = JUDGED.iter().chain(&["rollback"]);
+    assert_all_pass(&report["invariants"], ids.copied(), &stdout);
 }
 
 #[test]
@@ -231,7 +206,7 @@ fn scenario_fails_the_lossy_example_engine_naming_the_invariants() {
         scenario("sigkill-at-half", "python3 examples/engines/lossy.py", &[]);
     assert_eq!(code, Some(1), "{stdout}");
     assert_eq!(report["verdict"], "failed");
-    let failed: Vec<String> = invariant_statuses(&report)
+    let failed: Vec<String> = statuses(&report["invariants"])
         .into_iter()
         .filter(|(_, st)| st == "fail")
         .map(|(id, _)| id)
