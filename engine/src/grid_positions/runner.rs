@@ -19,6 +19,7 @@ use crate::keys::{
     escape_glob, escape_key, not_legacy_reason, LegacyPositionsKey, BACKUP_TTL_SECS,
 };
 use crate::run;
+use crate::run::checkpoint::Checkpoints;
 use crate::run::journal::{self, outcomes_key, sha256_hex, Outcome, RunRecord, RunStart};
 use crate::run::runner::{
     close_run, journal_entry, record_findings, run_batches, BatchSteps, Batching, Tally,
@@ -172,7 +173,8 @@ pub async fn migrate_grid_positions<S: GridPositionsStore>(
         in_flight: opts.in_flight,
         samples: opts.samples,
     };
-    let result = run_batches(&steps, batching, progress).await;
+    let mut checkpoints = Checkpoints::from_env(conn, &ctx.outcomes_key);
+    let result = run_batches(&steps, batching, progress, &mut checkpoints).await;
     let totals = async || run_totals(conn, &ctx.outcomes_key).await;
     let mut tally = close_run(conn, &mut record, opts.dry_run, result, totals).await?;
     Ok(MigrationReport {

@@ -12,6 +12,7 @@ use crate::connection::RedisConn;
 use crate::error::Result;
 use crate::keys::{escape_key, OrderPlacedKey};
 use crate::run;
+use crate::run::checkpoint::Checkpoints;
 use crate::run::journal::{self, outcomes_key, OrderPlacedOutcome, RunRecord, RunStart};
 use crate::run::runner::{
     close_run, journal_entry, record_findings, run_batches, short_read, BatchSteps, Batching, Tally,
@@ -168,7 +169,8 @@ pub async fn migrate_order_placed<S: OrderPlacedStore>(
         in_flight: opts.in_flight,
         samples: opts.samples,
     };
-    let result = run_batches(&steps, batching, progress).await;
+    let mut checkpoints = Checkpoints::from_env(conn, &outcomes);
+    let result = run_batches(&steps, batching, progress, &mut checkpoints).await;
     let totals = async || run_totals(conn, &outcomes).await;
     let mut tally = close_run(conn, &mut record, opts.dry_run, result, totals).await?;
     Ok(OrderPlacedReport {

@@ -1,8 +1,10 @@
 //! What every migration's run shares: the journal of runs and per-key
 //! outcomes kept in Redis, the runner lock, and the invariant results the
 //! verifiers report, and the run loop and rollback both migrations plug
-//! into (`runner`, `rollback`).
+//! into (`runner`, `rollback`), and the checkpoints a fault harness stops
+//! a run at (`checkpoint`).
 
+pub mod checkpoint;
 pub mod invariant;
 pub mod journal;
 pub mod lock;

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::connection::RedisConn;
 use crate::error::{EngineError, Result};
+use crate::run::checkpoint::Checkpoints;
 use crate::run::journal::{self, RunRecord, RunStart, RunState};
 
 /// Per-exchange counts of one migration, summed across batches.
@@ -127,12 +128,33 @@ pub trait BatchSteps {
 /// SCAN round trip never stalls the writes. It never spawns: batches
 /// overlap as futures on the caller's task, so Redis works on one batch
 /// while the next is planned. `progress` gets each step's key count.
+///
+/// With checkpoints ahead (a fault harness's, `run::checkpoint`), the run
+/// first goes one batch at a time, each no larger than what is left to
+/// the next checkpoint, and stops at each; past the last, it goes on as
+/// usual from where the SCAN is.
 pub async fn run_batches<B: BatchSteps>(
     steps: &B,
     batching: Batching,
     progress: &dyn Fn(usize),
+    checkpoints: &mut Checkpoints,
 ) -> Result<Tally<B::Counts, B::Sample, B::Finding>> {
-    let scan = futures_util::stream::try_unfold(Some(0u64), |cursor| async move {
+    let mut total = Tally::default();
+    let mut cursor = Some(0u64);
+    checkpoints.start().await?;
+    while checkpoints.ahead() {
+        let Some(at) = cursor else { break };
+        let (next, mut keys) = steps.scan(at, batching.scan_count).await?;
+        progress(keys.len());
+        cursor = (next != 0).then_some(next);
+        while !keys.is_empty() {
+            let rest = keys.split_off(checkpoints.room().min(keys.len()));
+            total.merge(steps.process(keys).await?, batching.samples);
+            checkpoints.after_batch().await?;
+            keys = rest;
+        }
+    }
+    let scan = futures_util::stream::try_unfold(cursor, |cursor| async move {
         let Some(cursor) = cursor else {
             return Ok(None);
         };
@@ -144,7 +166,6 @@ pub async fn run_batches<B: BatchSteps>(
         .map_ok(|keys| steps.process(keys))
         .try_buffer_unordered(batching.in_flight.max(1));
     let mut batches = std::pin::pin!(batches);
-    let mut total = Tally::default();
     while let Some(batch) = batches.try_next().await? {
         total.merge(batch, batching.samples);
     }

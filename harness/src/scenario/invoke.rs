@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::grid_positions::store::standalone::{connect, RESPONSE_TIMEOUT_ENV};
+use keyshift_engine::run::checkpoint::{CHECKPOINTS_ENV, CHECKPOINT_LINE};
 use keyshift_engine::run::journal::{latest_run_of, outcomes_key, RunState};
 use keyshift_engine::run::lock::{LOCK_KEY, TTL_ENV};
 use serde::Serialize;
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::model::{Fault, FaultName, Invocation, Timing};
@@ -192,6 +194,12 @@ struct Migrator {
     started: Instant,
     stdout: JoinHandle<String>,
     stderr: JoinHandle<String>,
+    /// The journal length at each checkpoint the run stopped at.
+    reached: mpsc::UnboundedReceiver<usize>,
+    /// One message: one line on its stdin, which releases a checkpoint.
+    release: Option<mpsc::UnboundedSender<()>>,
+    /// It waits at a checkpoint for its release.
+    stopped: bool,
 }
 
 impl Migrator {
@@ -200,7 +208,8 @@ impl Migrator {
             Engine::Keyshift(exe) => keyshift_command(job, exe, url),
             Engine::External(engine) => external_command(job, engine, url),
         };
-        cmd.stdin(Stdio::null())
+        let stops = matches!(job.engine, Engine::Keyshift(_)) && !checkpoints(job).is_empty();
+        cmd.stdin(if stops { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -208,14 +217,33 @@ impl Migrator {
         let mut child = cmd.spawn()?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
+        let (reached_tx, reached) = mpsc::unbounded_channel();
+        let release = child.stdin.take().map(|stdin| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(release_each(stdin, rx));
+            tx
+        });
         Ok(Migrator {
             child,
             group: matches!(job.engine, Engine::External(_)),
             command,
             started,
             stdout: tokio::spawn(read_all(stdout)),
-            stderr: tokio::spawn(read_all(stderr)),
+            stderr: tokio::spawn(read_stderr(stderr, reached_tx)),
+            reached,
+            release,
+            stopped: false,
         })
+    }
+
+    /// Lets a run stopped at a checkpoint go on (nothing when it is not
+    /// stopped).
+    fn release(&mut self) {
+        if std::mem::take(&mut self.stopped) {
+            if let Some(tx) = &self.release {
+                let _ = tx.send(());
+            }
+        }
     }
 
     /// SIGKILL of the migrator: of its whole process group when it has one
@@ -251,6 +279,14 @@ fn keyshift_command(job: &Job<'_>, exe: &Path, url: &str) -> (Command, String) {
         .env_remove("REDIS_URL")
         .env_remove("RUST_LOG");
     let mut env_prefix = format!("{TTL_ENV}={lock_ttl} ");
+    let at = checkpoints(job);
+    if at.is_empty() {
+        cmd.env_remove(CHECKPOINTS_ENV);
+    } else {
+        let at: Vec<String> = at.iter().map(usize::to_string).collect();
+        cmd.env(CHECKPOINTS_ENV, at.join(","));
+        env_prefix.push_str(&format!("{CHECKPOINTS_ENV}={} ", at.join(",")));
+    }
     if frozen {
         cmd.env(RESPONSE_TIMEOUT_ENV, FROZEN_RESPONSE_TIMEOUT_MS);
         env_prefix.push_str(&format!(
@@ -310,6 +346,10 @@ impl<'f> Strikes<'f> {
     ) -> anyhow::Result<Option<ExitStatus>> {
         let mut live = Progress::of(job);
         loop {
+            if let Ok(journaled) = migrator.reached.try_recv() {
+                migrator.stopped = true;
+                live.reached(journaled);
+            }
             if let Some(status) = migrator.child.try_wait()? {
                 return Ok(Some(status));
             }
@@ -323,6 +363,7 @@ impl<'f> Strikes<'f> {
             for (fault, journaled) in due {
                 self.strike(fault, journaled, target, migrator).await?;
             }
+            migrator.release();
             tokio::time::sleep(POLL).await;
         }
     }
@@ -364,19 +405,37 @@ impl<'f> Strikes<'f> {
         target: &mut Target<'_>,
         migrator: &mut Migrator,
     ) -> anyhow::Result<()> {
-        let note = if fault.kind == FaultName::Sigkill && migrator.group {
+        let at_checkpoint = migrator.stopped;
+        let mut note = if fault.kind == FaultName::Sigkill && migrator.group {
             Migrator::kill(&mut migrator.child, true).await?;
             "SIGKILL of the command's process group".into()
         } else {
+            let release = migrator.release.clone();
+            let stopped = &mut migrator.stopped;
+            // A freeze lets the run go on into the frozen server.
+            let mut go_on = || {
+                if std::mem::take(stopped) {
+                    if let Some(tx) = &release {
+                        let _ = tx.send(());
+                    }
+                }
+            };
             strike(
                 fault,
                 target.deployment,
                 &mut target.watch,
                 &mut migrator.child,
                 &target.before,
+                &mut go_on,
             )
             .await?
         };
+        if at_checkpoint {
+            note.push_str(&format!(
+                " (at the checkpoint where the run stopped with {} outcomes journaled)",
+                journaled.unwrap_or(0)
+            ));
+        }
         self.killed |= fault.kind == FaultName::Sigkill;
         self.records.push(FaultRecord::new(fault, journaled, note));
         Ok(())
@@ -429,54 +488,61 @@ fn is_due(f: &Fault, elapsed: Duration, journaled: Option<usize>, total: usize) 
     match f.timing() {
         Timing::AfterMs(ms) => elapsed >= Duration::from_millis(ms),
         Timing::AtExit => false,
-        Timing::Progress(p) => {
-            let target = (p * total as f64).ceil() as usize;
-            journaled.is_some_and(|j| j >= target)
-        }
+        Timing::Progress(p) => journaled.is_some_and(|j| j >= progress_target(p, total)),
     }
 }
 
 /// How far the invocation has got, as a count of legacy keys.
 enum Progress<'a> {
-    /// keyshift's run: its journal's length once its record says `running`
-    /// (`id` then holds the run); then only the length is polled (one
-    /// round trip), so a fault lands close to its target even through
-    /// docker's proxy.
-    Journal { id: Option<String> },
-    /// A command keyshift knows nothing of: how many of the migration's
-    /// legacy keys are gone.
+    /// keyshift's run: its journal's length at the last checkpoint it
+    /// stopped at (`KEYSHIFT_CHECKPOINTS`), where its faults strike.
+    Checkpoint(Option<usize>),
+    /// A command keyshift knows nothing of, which cannot stop for the
+    /// harness: how many of the migration's legacy keys are gone, polled.
     LegacyGone(&'a [String]),
 }
 
 impl<'a> Progress<'a> {
     fn of(job: &Job<'a>) -> Self {
         match job.engine {
-            Engine::Keyshift(_) => Progress::Journal { id: None },
+            Engine::Keyshift(_) => Progress::Checkpoint(None),
             Engine::External(_) => Progress::LegacyGone(job.legacy_keys),
         }
     }
 
-    async fn read(&mut self, conn: &RedisConn, inv: &Invocation) -> Option<usize> {
-        let id = match self {
-            Progress::LegacyGone(keys) => return legacy_gone(conn, keys).await,
-            Progress::Journal { id } => id,
-        };
-        let mut c = conn.clone();
-        if id.is_none() {
-            let run = latest_run_of(&c, inv.migration.as_str()).await.ok()??;
-            // A finished run of an earlier invocation is not this one's.
-            if run.state != RunState::Running {
-                return None;
-            }
-            *id = Some(run.run_id);
+    /// keyshift's run stopped at a checkpoint with `journaled` outcomes.
+    fn reached(&mut self, journaled: usize) {
+        if let Progress::Checkpoint(at) = self {
+            *at = Some(journaled);
         }
-        let id = id.as_ref()?;
-        redis::cmd("HLEN")
-            .arg(outcomes_key(id))
-            .query_async(&mut c)
-            .await
-            .ok()
     }
+
+    async fn read(&mut self, conn: &RedisConn, _inv: &Invocation) -> Option<usize> {
+        match self {
+            Progress::Checkpoint(at) => *at,
+            Progress::LegacyGone(keys) => legacy_gone(conn, keys).await,
+        }
+    }
+}
+
+/// The journal lengths at which keyshift's run stops for this
+/// invocation's progress-timed faults.
+fn checkpoints(job: &Job<'_>) -> Vec<usize> {
+    let mut at: Vec<usize> = job
+        .faults
+        .iter()
+        .filter_map(|f| match f.timing() {
+            Timing::Progress(p) => Some(progress_target(p, job.legacy_total)),
+            _ => None,
+        })
+        .collect();
+    at.sort_unstable();
+    at.dedup();
+    at
+}
+
+fn progress_target(p: f64, total: usize) -> usize {
+    (p * total as f64).ceil() as usize
 }
 
 /// How many of `keys` no longer exist: one pipeline of EXISTS (`None`
@@ -500,6 +566,41 @@ async fn journaled(conn: &RedisConn, inv: &Invocation) -> Option<usize> {
         .query_async(&mut c)
         .await
         .ok()
+}
+
+/// The migrator's stderr, whole, each checkpoint line it prints sent on
+/// as the journal length it names.
+async fn read_stderr(
+    r: impl tokio::io::AsyncRead + Unpin,
+    reached: mpsc::UnboundedSender<usize>,
+) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(r);
+    let mut all = Vec::new();
+    let mut line = Vec::new();
+    while let Ok(n) = lines.read_until(b'\n', &mut line).await {
+        if n == 0 {
+            break;
+        }
+        let text = String::from_utf8_lossy(&line);
+        if let Some(count) = text.trim_end().strip_prefix(CHECKPOINT_LINE) {
+            if let Ok(count) = count.parse() {
+                let _ = reached.send(count);
+            }
+        }
+        all.append(&mut line);
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// Writes one line to the migrator's stdin per release.
+async fn release_each(mut stdin: tokio::process::ChildStdin, mut go: mpsc::UnboundedReceiver<()>) {
+    use tokio::io::AsyncWriteExt;
+    while go.recv().await.is_some() {
+        if stdin.write_all(b"\n").await.is_err() || stdin.flush().await.is_err() {
+            break;
+        }
+    }
 }
 
 async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> String {

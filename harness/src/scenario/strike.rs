@@ -28,13 +28,17 @@ pub fn parse_client_ids(list: &str) -> Vec<i64> {
         .collect()
 }
 
-/// Applies one fault; returns what happened.
+/// Applies one fault; returns what happened. `go_on` lets a run stopped
+/// at a checkpoint go on: a freeze or cut calls it once the server is
+/// frozen or cut off, so the run meets it (the caller releases the run
+/// after the other faults).
 pub async fn strike(
     fault: &Fault,
     deployment: &mut Deployment,
     watch: &mut RedisConn,
     child: &mut Child,
     before: &[i64],
+    go_on: &mut dyn FnMut(),
 ) -> anyhow::Result<String> {
     // Server faults strike one server; the scenario model refuses them on
     // a cluster, and this says so should one get through.
@@ -50,7 +54,9 @@ pub async fn strike(
             child.kill().await?;
             "SIGKILL of the migrator".into()
         }
-        FaultName::Pause => freeze(deployment.server_mut().ok_or_else(on_cluster)?, ms).await?,
+        FaultName::Pause => {
+            freeze(deployment.server_mut().ok_or_else(on_cluster)?, ms, go_on).await?
+        }
         FaultName::CrashRestart => {
             let server = deployment.server_mut().ok_or_else(on_cluster)?;
             server.crash_and_restart().await?;
@@ -67,7 +73,7 @@ pub async fn strike(
         FaultName::DropConnections => drop_connections(watch, before).await?,
         FaultName::NetworkCut => {
             let server = deployment.server_mut().ok_or_else(on_cluster)?;
-            cut_network(server, ms, watch).await?
+            cut_network(server, ms, watch, go_on).await?
         }
         FaultName::Maxmemory if deployment.is_cluster() => return Err(on_cluster()),
         FaultName::Maxmemory => cap_memory(watch).await?,
@@ -79,8 +85,13 @@ pub async fn strike(
     })
 }
 
-async fn freeze(server: &mut RedisServer, ms: u64) -> anyhow::Result<String> {
+async fn freeze(
+    server: &mut RedisServer,
+    ms: u64,
+    go_on: &mut dyn FnMut(),
+) -> anyhow::Result<String> {
     server.pause().await?;
+    go_on();
     tokio::time::sleep(Duration::from_millis(ms)).await;
     server.unpause().await?;
     Ok(format!("server frozen {ms} ms ({})", freeze_how(server)))
@@ -108,8 +119,10 @@ async fn cut_network(
     server: &mut RedisServer,
     ms: u64,
     watch: &mut RedisConn,
+    go_on: &mut dyn FnMut(),
 ) -> anyhow::Result<String> {
     server.disconnect_network().await?;
+    go_on();
     tokio::time::sleep(Duration::from_millis(ms)).await;
     server.reconnect_network().await?;
     *watch = connect(&server.url()).await?;
