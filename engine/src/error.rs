@@ -80,6 +80,18 @@ impl EngineError {
         }
     }
 
+    /// The server did not answer (a timeout, a broken or refused
+    /// connection), as opposed to answering with an error.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            EngineError::Unreachable { .. } => true,
+            EngineError::Redis { source, .. } => {
+                source.is_timeout() || source.is_io_error() || source.is_connection_dropped()
+            }
+            _ => false,
+        }
+    }
+
     pub fn redis(during: &'static str) -> impl FnOnce(redis::RedisError) -> EngineError {
         move |source| {
             if let Some(denied) = no_permission(&source) {

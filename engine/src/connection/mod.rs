@@ -48,6 +48,15 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const RESPONSE_TIMEOUT_ENV: &str = "KEYSHIFT_RESPONSE_TIMEOUT_MS";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Connection set-up waits on the server too (TCP may be accepted by a
+/// proxy or the kernel while the server itself is frozen, and the
+/// handshake's replies never come): it gives up within the response
+/// timeout when that is the shorter, so no wait outlasts the timeout an
+/// operator or a fault scenario set.
+fn connect_timeout() -> Duration {
+    CONNECT_TIMEOUT.min(response_timeout())
+}
+
 fn response_timeout() -> Duration {
     std::env::var(RESPONSE_TIMEOUT_ENV)
         .ok()
@@ -182,7 +191,7 @@ pub fn cluster_client_for(seeds: &[String]) -> Result<redis::cluster::ClusterCli
         return Err(crate::connection::tls::insecure_refused());
     }
     let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
-        .connection_timeout(CONNECT_TIMEOUT)
+        .connection_timeout(connect_timeout())
         .response_timeout(response_timeout())
         .tcp_settings(nodelay());
     if tls {
@@ -201,7 +210,7 @@ pub fn cluster_client_for(seeds: &[String]) -> Result<redis::cluster::ClusterCli
 pub async fn connect_node(url: &str) -> Result<MultiplexedConnection> {
     let config = AsyncConnectionConfig::new()
         .set_response_timeout(Some(response_timeout()))
-        .set_connection_timeout(Some(CONNECT_TIMEOUT));
+        .set_connection_timeout(Some(connect_timeout()));
     client_for(url)?
         .get_multiplexed_async_connection_with_config(&config)
         .await

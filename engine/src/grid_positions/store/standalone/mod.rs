@@ -96,12 +96,20 @@ impl StandaloneStore {
             .await
             .expect("pool sender alive");
         let result = transaction::migrate_batch(&mut conn, ctx, chunk).await;
-        if result.is_err() {
-            // Leave no MULTI or WATCH behind on a pooled connection.
-            let _ = redis::cmd("DISCARD").query_async::<()>(&mut conn).await;
-            let _ = redis::cmd("UNWATCH").query_async::<()>(&mut conn).await;
+        match &result {
+            // An unanswered server: the run stops (exit 4), and asking it
+            // to DISCARD would only wait out the timeout twice more.
+            Err(e) if e.is_unreachable() => {}
+            Err(_) => {
+                // Leave no MULTI or WATCH behind on a pooled connection.
+                let _ = redis::cmd("DISCARD").query_async::<()>(&mut conn).await;
+                let _ = redis::cmd("UNWATCH").query_async::<()>(&mut conn).await;
+                let _ = self.pool.give.send(conn);
+            }
+            Ok(_) => {
+                let _ = self.pool.give.send(conn);
+            }
         }
-        let _ = self.pool.give.send(conn);
         match result? {
             Some(decisions) => self.settle(ctx, chunk, decisions).await,
             None => self.migrate_users_by_script(ctx, chunk).await,
