@@ -62,6 +62,8 @@ pub struct MigrationRow {
     /// verify_s / engine_verify_s.
     pub verify_vs_engine_verify: f64,
     pub cpu: CpuSeconds,
+    /// `cpu` per generated user, in microseconds.
+    pub cpu_per_user_us: CpuSeconds,
 }
 
 /// A child process's end.
@@ -301,6 +303,7 @@ impl Measured {
             verify_peak_rss_mb: mb(verify.peak_rss_kb),
             engine_verify_s: secs(self.engine_verify),
             verify_vs_engine_verify: ratio(verify.wall, self.engine_verify),
+            cpu_per_user_us: cpu.per_user_us(self.users),
             cpu,
         }
     }
@@ -318,6 +321,22 @@ pub struct CpuSeconds {
     pub read_floor_server: f64,
     pub verify_server: f64,
     pub verify_client: f64,
+}
+
+impl CpuSeconds {
+    /// The same split per generated user, in microseconds (one decimal):
+    /// what a user costs each side, comparable across sizes.
+    pub fn per_user_us(&self, users: usize) -> CpuSeconds {
+        let us = |s: f64| (s * 1e6 / users.max(1) as f64 * 10.0).round() / 10.0;
+        CpuSeconds {
+            floor_server: us(self.floor_server),
+            migrate_server: us(self.migrate_server),
+            migrate_client: us(self.migrate_client),
+            read_floor_server: us(self.read_floor_server),
+            verify_server: us(self.verify_server),
+            verify_client: us(self.verify_client),
+        }
+    }
 }
 
 /// The server's CPU time at the start of a step.
@@ -465,6 +484,26 @@ mod tests {
         assert_eq!(parse_vm_hwm("Name:\tzombie\nState:\tZ\n"), None);
         let own = vm_hwm_kb(std::process::id()).expect("this process has a VmHWM");
         assert!(own > 0);
+    }
+
+    #[test]
+    fn cpu_per_user_is_microseconds_to_a_tenth() {
+        let cpu = CpuSeconds {
+            floor_server: 7.97,
+            migrate_server: 12.38,
+            migrate_client: 8.48,
+            read_floor_server: 5.19,
+            verify_server: 6.32,
+            verify_client: 19.4,
+        };
+        let u = cpu.per_user_us(100_000);
+        assert_eq!((u.floor_server, u.migrate_server), (79.7, 123.8));
+        assert_eq!(u.verify_client, 194.0);
+        assert_eq!(
+            cpu.per_user_us(0).floor_server,
+            7_970_000.0,
+            "no division by zero"
+        );
     }
 
     #[test]

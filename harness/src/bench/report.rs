@@ -300,6 +300,26 @@ fn render_migration(out: &mut String, m: &MigrationSection) {
     }
     let _ = writeln!(
         out,
+        "\nThe same per generated user, in microseconds of CPU:\n\n\
+         | users | floor server | migrate server | migrate client | read floor server | verify server | verify client |\n\
+         |---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in &m.rows {
+        let u = &r.cpu_per_user_us;
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.users,
+            u.floor_server,
+            u.migrate_server,
+            u.migrate_client,
+            u.read_floor_server,
+            u.verify_server,
+            u.verify_client,
+        );
+    }
+    let _ = writeln!(
+        out,
         "\nExit 3 from migrate is expected: the generator seeds malformed legacy keys, which are \
          quarantined and reported. Chart: `migration.svg`."
     );
