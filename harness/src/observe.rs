@@ -148,12 +148,13 @@ fn read_command(kind: &str) -> &'static str {
 /// says nothing, or whose type is not the one named, is read in a second.
 async fn read_into(conn: &RedisConn, keys: &[Vec<u8>], image: &mut Image) -> anyhow::Result<()> {
     let mut c = conn.clone();
+    let named: Vec<Option<&str>> = keys.iter().map(|k| named_kind(k)).collect();
     let mut first = redis::pipe();
     first.ignore_errors();
-    for k in keys {
+    for (k, named) in keys.iter().zip(&named) {
         first.cmd("TYPE").arg(k.as_slice());
         first.cmd("PTTL").arg(k.as_slice());
-        if let Some(kind) = named_kind(k) {
+        if let Some(kind) = named {
             first.cmd(read_command(kind)).arg(k.as_slice());
         }
     }
@@ -168,10 +169,9 @@ async fn read_into(conn: &RedisConn, keys: &[Vec<u8>], image: &mut Image) -> any
             .ok_or_else(|| anyhow::anyhow!("a reply short"))
     };
     let mut again: Vec<(&Vec<u8>, String, i64)> = Vec::new();
-    for k in keys {
+    for (k, named) in keys.iter().zip(named) {
         let kind: String = redis::from_redis_value(next()?)?;
         let pttl: i64 = redis::from_redis_value(next()?)?;
-        let named = named_kind(k);
         let value = match named {
             Some(_) => Some(next()?),
             None => None,

@@ -63,30 +63,21 @@ impl Checkpoints {
         })
     }
 
-    /// Reads where the journal starts (a resumed run's holds the earlier
-    /// invocations' outcomes), and stops there for a checkpoint already
-    /// reached (`0`: before the first batch).
-    pub async fn start(&mut self) -> Result<()> {
+    /// Reads the journal's length and stops when it has reached the next
+    /// checkpoint. Called before the first batch (a resumed run's journal
+    /// holds the earlier invocations' outcomes; `0` stops there) and after
+    /// each batch.
+    pub async fn stop_if_reached(&mut self) -> Result<()> {
         if self.ahead() {
             self.journaled = self.journal_length().await?;
-            self.stop_if_reached().await;
-        }
-        Ok(())
-    }
-
-    /// After a batch: when the journal has reached the next checkpoint,
-    /// stops there.
-    pub async fn after_batch(&mut self) -> Result<()> {
-        if self.ahead() {
-            self.journaled = self.journal_length().await?;
-            self.stop_if_reached().await;
+            self.wait_if_reached().await;
         }
         Ok(())
     }
 
     /// Says so on stderr and waits for the harness's line on stdin (EOF
     /// goes on too) when the journal has reached the next checkpoint.
-    async fn stop_if_reached(&mut self) {
+    async fn wait_if_reached(&mut self) {
         let journaled = self.journaled;
         if self.ahead.first().is_none_or(|&next| journaled < next) {
             return;

@@ -141,16 +141,15 @@ pub async fn run_batches<B: BatchSteps>(
 ) -> Result<Tally<B::Counts, B::Sample, B::Finding>> {
     let mut total = Tally::default();
     let mut cursor = Some(0u64);
-    checkpoints.start().await?;
+    checkpoints.stop_if_reached().await?;
     while checkpoints.ahead() {
         let Some(at) = cursor else { break };
-        let (next, mut keys) = steps.scan(at, batching.scan_count).await?;
-        progress(keys.len());
-        cursor = (next != 0).then_some(next);
+        let (mut keys, next) = scan_step(steps, at, batching.scan_count, progress).await?;
+        cursor = next;
         while !keys.is_empty() {
             let rest = keys.split_off(checkpoints.room().min(keys.len()));
             total.merge(steps.process(keys).await?, batching.samples);
-            checkpoints.after_batch().await?;
+            checkpoints.stop_if_reached().await?;
             keys = rest;
         }
     }
@@ -158,9 +157,8 @@ pub async fn run_batches<B: BatchSteps>(
         let Some(cursor) = cursor else {
             return Ok(None);
         };
-        let (next, keys) = steps.scan(cursor, batching.scan_count).await?;
-        progress(keys.len());
-        Ok(Some((keys, (next != 0).then_some(next))))
+        let step = scan_step(steps, cursor, batching.scan_count, progress).await?;
+        Ok(Some(step))
     });
     let batches = scan
         .map_ok(|keys| steps.process(keys))
@@ -170,6 +168,19 @@ pub async fn run_batches<B: BatchSteps>(
         total.merge(batch, batching.samples);
     }
     Ok(total)
+}
+
+/// One SCAN step: its keys (counted to `progress`) and the next cursor,
+/// `None` once the scan is complete.
+async fn scan_step<B: BatchSteps>(
+    steps: &B,
+    cursor: u64,
+    count: usize,
+    progress: &dyn Fn(usize),
+) -> Result<(Vec<B::Key>, Option<u64>)> {
+    let (next, keys) = steps.scan(cursor, count).await?;
+    progress(keys.len());
+    Ok((keys, (next != 0).then_some(next)))
 }
 
 /// Starts a run, or resumes the latest one of `start.migration` when it was

@@ -44,7 +44,7 @@ pub struct CommandRun {
 impl CommandRun {
     /// 0 (done) and 3 (done, keys left for review) are DESIGN §6's
     /// "done"; anything else means the command did not finish.
-    fn finished(&self) -> bool {
+    pub fn finished(&self) -> bool {
         matches!(self.exit_code, Some(0 | 3))
     }
 }
@@ -56,6 +56,23 @@ pub fn migration_name(m: Migration) -> &'static str {
     }
 }
 
+/// `sh -c command` with the contract's environment (docs/engines.md):
+/// REDIS_URL, KEYSHIFT_MIGRATION and KEYSHIFT_EXCHANGES.
+pub fn engine_command(
+    command: &str,
+    url: &str,
+    migration: &str,
+    exchanges: &[String],
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .env("REDIS_URL", url)
+        .env("KEYSHIFT_MIGRATION", migration)
+        .env("KEYSHIFT_EXCHANGES", exchanges.join(" "));
+    cmd
+}
+
 /// Runs `command` through `sh -c` against `url`, output captured.
 pub async fn run_command(
     command: &str,
@@ -64,12 +81,7 @@ pub async fn run_command(
     exchanges: &[String],
 ) -> anyhow::Result<CommandRun> {
     let started = Instant::now();
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .env("REDIS_URL", url)
-        .env("KEYSHIFT_MIGRATION", migration)
-        .env("KEYSHIFT_EXCHANGES", exchanges.join(" "))
+    let mut child = engine_command(command, url, migration, exchanges)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

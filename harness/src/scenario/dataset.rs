@@ -17,13 +17,9 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Legacy keys of `migration` in the dataset: the journal's length when
-    /// a run has settled every one (progress fractions are of this).
-    pub fn legacy_keys(&self, migration: MigrationName) -> usize {
-        self.legacy_key_names(migration).len()
-    }
-
-    /// The names of those legacy keys.
+    /// Legacy keys of `migration` in the dataset: as many as the journal
+    /// holds when a run has settled every one (progress fractions are of
+    /// this).
     pub fn legacy_key_names(&self, migration: MigrationName) -> Vec<String> {
         self.keyspace
             .entries
@@ -127,8 +123,8 @@ mod tests {
         );
         let d = build(&s).unwrap();
         assert_eq!(d.keyspace.len(), 3);
-        assert_eq!(d.legacy_keys(MigrationName::GridPositions), 2);
-        assert_eq!(d.legacy_keys(MigrationName::OrderPlaced), 0);
+        assert_eq!(d.legacy_key_names(MigrationName::GridPositions).len(), 2);
+        assert!(d.legacy_key_names(MigrationName::OrderPlaced).is_empty());
         let seed::KeyValue::String(v) = &d.keyspace.get("okx:positions:u*1").unwrap().value else {
             panic!("a string")
         };

@@ -22,7 +22,7 @@ use keyshift_oracle::{Before, GridOptions, Image};
 use super::checks::Checked;
 use super::model::{AnyExit, ExitSpec, FaultName, MigrationName, Scenario};
 use crate::commands::exchanges;
-use crate::gate::external::{judgement_entry, rollback_judgement, run_command, CommandRun};
+use crate::gate::external::{judgement_entry, rollback_judgement, run_command};
 use crate::observe::read_all;
 use crate::report::InvariantEntry;
 
@@ -155,7 +155,7 @@ pub async fn rollback(
     let restored = without_writers(read_all(conn).await?, aside.writer_users, &exchanges);
     let seeded = before_image(seeded, aside, &exchanges);
     let mut entry = judgement_entry(rollback_judgement(&seeded, &restored, &exchanges));
-    if !finished(&run) {
+    if !run.finished() {
         entry.status = crate::report::Status::Fail;
         entry.samples.push(format!(
             "`{}` exited {:?}; last stderr: {}",
@@ -165,10 +165,6 @@ pub async fn rollback(
         ));
     }
     Ok((entry, vec![run.command]))
-}
-
-fn finished(run: &CommandRun) -> bool {
-    matches!(run.exit_code, Some(0 | 3))
 }
 
 /// The seeded image as the oracle's before-image: writers' users left out,

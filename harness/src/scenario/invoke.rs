@@ -22,7 +22,7 @@ use super::model::{Fault, FaultName, Invocation, Timing};
 use super::strike::{client_ids, strike};
 use crate::backend::Deployment;
 use crate::commands::exchanges;
-use crate::gate::external::shell_quote;
+use crate::gate::external::{engine_command, shell_quote};
 
 /// A short runner lock, so a rerun after a killed runner waits seconds,
 /// not the default 30 s (an invocation may set its own).
@@ -204,11 +204,13 @@ struct Migrator {
 
 impl Migrator {
     fn spawn(job: &Job<'_>, url: &str) -> anyhow::Result<Migrator> {
-        let (mut cmd, command) = match job.engine {
+        let (mut cmd, command, stops) = match job.engine {
             Engine::Keyshift(exe) => keyshift_command(job, exe, url),
-            Engine::External(engine) => external_command(job, engine, url),
+            Engine::External(engine) => {
+                let (cmd, command) = external_command(job, engine, url);
+                (cmd, command, false)
+            }
         };
-        let stops = matches!(job.engine, Engine::Keyshift(_)) && !checkpoints(job).is_empty();
         cmd.stdin(if stops { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -239,11 +241,7 @@ impl Migrator {
     /// Lets a run stopped at a checkpoint go on (nothing when it is not
     /// stopped).
     fn release(&mut self) {
-        if std::mem::take(&mut self.stopped) {
-            if let Some(tx) = &self.release {
-                let _ = tx.send(());
-            }
-        }
+        release(&mut self.stopped, self.release.as_ref());
     }
 
     /// SIGKILL of the migrator: of its whole process group when it has one
@@ -264,9 +262,10 @@ impl Migrator {
 }
 
 /// `keyshift migrate` for `job` on `url`, with the invocation's runner lock
-/// TTL, and a short response timeout when a fault freezes the server; and
-/// its command line as the report shows it.
-fn keyshift_command(job: &Job<'_>, exe: &Path, url: &str) -> (Command, String) {
+/// TTL, its checkpoints, and a short response timeout when a fault freezes
+/// the server; its command line as the report shows it, and whether it
+/// will stop at checkpoints (its stdin then releases it).
+fn keyshift_command(job: &Job<'_>, exe: &Path, url: &str) -> (Command, String, bool) {
     let args = migrate_args(job.inv, url);
     let lock_ttl = job.inv.lock_ttl_ms.unwrap_or(LOCK_TTL_MS);
     let frozen = job
@@ -295,22 +294,24 @@ fn keyshift_command(job: &Job<'_>, exe: &Path, url: &str) -> (Command, String) {
     } else {
         cmd.env_remove(RESPONSE_TIMEOUT_ENV);
     }
-    (cmd, format!("{env_prefix}keyshift {}", args.join(" ")))
+    let stops = !at.is_empty();
+    (
+        cmd,
+        format!("{env_prefix}keyshift {}", args.join(" ")),
+        stops,
+    )
 }
 
-/// The team's command through `sh -c`, in a process group of its own.
+/// The team's command as `gate --engine` runs it, in a process group of
+/// its own.
 fn external_command(job: &Job<'_>, engine: &str, url: &str) -> (Command, String) {
     let migration = job.inv.migration.as_str();
-    let exchanges = exchanges(None).join(" ");
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(engine)
-        .env("REDIS_URL", url)
-        .env("KEYSHIFT_MIGRATION", migration)
-        .env("KEYSHIFT_EXCHANGES", &exchanges)
-        .process_group(0);
+    let exchanges = exchanges(None);
+    let mut cmd = engine_command(engine, url, migration, &exchanges);
+    cmd.process_group(0);
     let command = format!(
-        "REDIS_URL={url} KEYSHIFT_MIGRATION={migration} KEYSHIFT_EXCHANGES='{exchanges}' sh -c {}",
+        "REDIS_URL={url} KEYSHIFT_MIGRATION={migration} KEYSHIFT_EXCHANGES='{}' sh -c {}",
+        exchanges.join(" "),
         shell_quote(engine)
     );
     (cmd, command)
@@ -381,7 +382,7 @@ impl<'f> Strikes<'f> {
         if self.pending.is_empty() {
             return due;
         }
-        let journaled = live.read(watch, job.inv).await;
+        let journaled = live.read(watch).await;
         let mut i = 0;
         while i < self.pending.len() {
             if is_due(
@@ -410,16 +411,9 @@ impl<'f> Strikes<'f> {
             Migrator::kill(&mut migrator.child, true).await?;
             "SIGKILL of the command's process group".into()
         } else {
-            let release = migrator.release.clone();
-            let stopped = &mut migrator.stopped;
+            let (stopped, tx) = (&mut migrator.stopped, migrator.release.as_ref());
             // A freeze lets the run go on into the frozen server.
-            let mut go_on = || {
-                if std::mem::take(stopped) {
-                    if let Some(tx) = &release {
-                        let _ = tx.send(());
-                    }
-                }
-            };
+            let mut go_on = || release(stopped, tx);
             strike(
                 fault,
                 target.deployment,
@@ -517,10 +511,19 @@ impl<'a> Progress<'a> {
         }
     }
 
-    async fn read(&mut self, conn: &RedisConn, _inv: &Invocation) -> Option<usize> {
+    async fn read(&mut self, conn: &RedisConn) -> Option<usize> {
         match self {
             Progress::Checkpoint(at) => *at,
             Progress::LegacyGone(keys) => legacy_gone(conn, keys).await,
+        }
+    }
+}
+
+/// Sends the one line that releases a run stopped at a checkpoint.
+fn release(stopped: &mut bool, tx: Option<&mpsc::UnboundedSender<()>>) {
+    if std::mem::take(stopped) {
+        if let Some(tx) = tx {
+            let _ = tx.send(());
         }
     }
 }

@@ -141,8 +141,9 @@ async fn run_into(
         return Ok(());
     }
     let (pre, pre_at) = seed_and_digest(&server, &data, report).await?;
-    let seeded = match &opts.engine {
-        Some(_) => Some(read_all(&connect(&server.url()).await?).await?),
+    // An external engine is judged against the keyspace as seeded.
+    let team_engine = match &opts.engine {
+        Some(engine) => Some((engine, read_all(&connect(&server.url()).await?).await?)),
         None => None,
     };
     let writers = match s.writers.any() {
@@ -151,38 +152,32 @@ async fn run_into(
     };
     let ran = invoke_all(s, opts, &mut server, &data, report).await?;
     let (history, writer_users) = stop_writers(s, writers).await;
-    let checked = match (&opts.engine, &seeded) {
-        (Some(engine), Some(seeded)) => {
-            let aside = external::Aside {
-                writer_users: &writer_users,
-                expired: &ran.expired,
-            };
-            let conn = connect(&server.url()).await?;
-            let mut checked = external::check(&conn, engine, seeded, &aside).await?;
-            checked.push("scenario", no_lost_writes(&server, history.as_ref()).await?);
-            if s.expect.rollback {
-                let (entry, commands) =
-                    external::rollback(&conn, &server.url(), engine, seeded, &aside).await?;
-                checked.push("scenario", entry);
-                report.rollback_commands = commands;
-            }
-            checked
-        }
-        _ => {
+    let aside = external::Aside {
+        writer_users: &writer_users,
+        expired: &ran.expired,
+    };
+    let conn = connect(&server.url()).await?;
+    let mut checked = match &team_engine {
+        Some((engine, seeded)) => external::check(&conn, engine, seeded, &aside).await?,
+        None => {
             let used: BTreeSet<MigrationName> = ran.migrations.iter().copied().collect();
-            let mut checked =
-                checks::check(&server, &used, &pre, pre_at, &ran.expired, &writer_users).await?;
-            checked.push("scenario", no_lost_writes(&server, history.as_ref()).await?);
-            if s.expect.rollback {
-                let (entry, commands) =
-                    checks::rollback(&opts.exe, &server, &ran.migrations, &pre, pre_at, &checked)
-                        .await?;
-                checked.push("scenario", entry);
-                report.rollback_commands = commands;
-            }
-            checked
+            checks::check(&server, &used, &pre, pre_at, &ran.expired, &writer_users).await?
         }
     };
+    checked.push("scenario", no_lost_writes(&server, history.as_ref()).await?);
+    if s.expect.rollback {
+        let (entry, commands) = match &team_engine {
+            Some((engine, seeded)) => {
+                external::rollback(&conn, &server.url(), engine, seeded, &aside).await?
+            }
+            None => {
+                checks::rollback(&opts.exe, &server, &ran.migrations, &pre, pre_at, &checked)
+                    .await?
+            }
+        };
+        checked.push("scenario", entry);
+        report.rollback_commands = commands;
+    }
     conclude(s, report, checked);
     report.note = report.note.take().or(left_out);
     Ok(())
