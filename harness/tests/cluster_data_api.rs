@@ -229,7 +229,7 @@ async fn calls<S: PositionStore>(s: &S, out: &mut Vec<String>) {
 }
 
 async fn migrate(conn: &RedisConn, url: &str) {
-    let store = GridStore::open(url, conn.clone(), 4).await.unwrap();
+    let store = GridStore::open(url, conn.clone()).await.unwrap();
     let report = migrate_grid_positions(&store, &MigrateOptions::new(exchanges()), &|_| {})
         .await
         .unwrap();

@@ -486,10 +486,10 @@ async fn a_second_run_migrates_nothing() {
     assert!(new.is_empty(), "{new:?}");
 }
 
-/// The per-user script (the fallback when a batch transaction aborts under
-/// a writer) must reach the same end state as the transaction path.
+/// HSET inside the script (the path of a server that refuses RESTORE)
+/// must reach the same end state as the RESTORE path.
 #[tokio::test]
-async fn script_path_and_transaction_path_agree() {
+async fn restore_path_and_hset_path_agree() {
     use keyshift_engine::grid_positions::runner::{migrate_grid_positions, MigrateOptions};
     use keyshift_harness::seed::{generate, load, GenConfig};
 
@@ -499,25 +499,18 @@ async fn script_path_and_transaction_path_agree() {
         ..GenConfig::default()
     });
     let mut reports = Vec::new();
-    for scripts_only in [false, true] {
+    for hset in [false, true] {
         let r = redis().await;
         load(&r.conn, &generated.keyspace).await.unwrap();
         let store = r.store().await;
-        let store = if scripts_only {
-            store.scripts_only()
-        } else {
-            store
-        };
+        let store = if hset { store.without_restore() } else { store };
         let report =
             migrate_grid_positions(&store, &MigrateOptions::new(support::exchanges()), &|_| {})
                 .await
                 .unwrap();
         let run = latest_run(&r.conn).await.unwrap();
         let verified = verify_grid_positions(&r.conn, &run, &|_| {}).await.unwrap();
-        assert!(
-            verified.passed(),
-            "scripts_only={scripts_only}: {verified:#?}"
-        );
+        assert!(verified.passed(), "hset={hset}: {verified:#?}");
         // Hashes carry each run's own migrated_at, so the runs compare by
         // key count, the verifier having checked every field.
         let stamp = format!(":backup:{}", run.stamp);
@@ -541,12 +534,12 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// Regression (issue 15): the journal kept no record of the value a
 /// migration read, so a backup changed afterwards could not be told from
 /// the original. Each outcome now names the SHA-256 of the bytes read:
-/// on the batch transaction's path and on the per-user script's alike.
+/// whether the hashes went by RESTORE or by HSET.
 #[rstest]
-#[case::transaction(false)]
-#[case::script(true)]
+#[case::restore(false)]
+#[case::hset(true)]
 #[tokio::test]
-async fn journal_records_the_digest_of_the_value_read(#[case] scripts_only: bool) {
+async fn journal_records_the_digest_of_the_value_read(#[case] hset: bool) {
     use keyshift_engine::grid_positions::runner::{migrate_grid_positions, MigrateOptions};
     use keyshift_engine::run::journal::{outcomes_key, Outcome};
 
@@ -554,11 +547,7 @@ async fn journal_records_the_digest_of_the_value_read(#[case] scripts_only: bool
     let r = redis_with(&[("okx:positions:d", value), ("okx:positions:junk", "junk")]).await;
     r.cmd::<i64>(&["HSET", "okx:positions:h", "a", "1"]).await;
     let store = r.store().await;
-    let store = if scripts_only {
-        store.scripts_only()
-    } else {
-        store
-    };
+    let store = if hset { store.without_restore() } else { store };
     migrate_grid_positions(&store, &MigrateOptions::new(support::exchanges()), &|_| {})
         .await
         .unwrap();

@@ -3,8 +3,9 @@
 //! byte-exact backup of the legacy value.
 //!
 //! - `plan`: the pure planner, legacy value -> hashes or quarantine;
-//! - `store`: the one seam to a deployment; `standalone` writes a user with
-//!   one Lua script (`lua/migrate_user.lua`), `cluster` with per-user steps
+//! - `store`: the one seam to a deployment; `standalone` writes a user
+//!   inside one Lua script (`lua/migrate_users.lua`, a few users a call),
+//!   `cluster` with per-user steps
 //!   ending in a compare-and-delete, and `GridStore` picks one from the
 //!   connection;
 //! - `runner`: SCAN, read, plan, write, report;

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use futures_util::stream::TryStreamExt;
+use futures_util::stream::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::connection::RedisConn;
@@ -124,10 +124,11 @@ pub trait BatchSteps {
     ) -> Result<Tally<Self::Counts, Self::Sample, Self::Finding>>;
 }
 
-/// SCAN steps as a stream polled together with the batches in flight, so a
-/// SCAN round trip never stalls the writes. It never spawns: batches
-/// overlap as futures on the caller's task, so Redis works on one batch
-/// while the next is planned. `progress` gets each step's key count.
+/// SCAN steps, read ahead into a bounded queue, feed the batches in
+/// flight, so a SCAN round trip never stalls the writes. It never spawns:
+/// the SCAN and the batches overlap as futures on the caller's task, so
+/// Redis works on one batch while the next is planned. `progress` gets
+/// each step's key count as its batch starts.
 ///
 /// With checkpoints ahead (a fault harness's, `run::checkpoint`), the run
 /// first goes one batch at a time, each no larger than what is left to
@@ -144,7 +145,8 @@ pub async fn run_batches<B: BatchSteps>(
     checkpoints.stop_if_reached().await?;
     while checkpoints.ahead() {
         let Some(at) = cursor else { break };
-        let (mut keys, next) = scan_step(steps, at, batching.scan_count, progress).await?;
+        let (mut keys, next) = scan_step(steps, at, batching.scan_count).await?;
+        progress(keys.len());
         cursor = next;
         while !keys.is_empty() {
             let rest = keys.split_off(checkpoints.room().min(keys.len()));
@@ -153,33 +155,53 @@ pub async fn run_batches<B: BatchSteps>(
             keys = rest;
         }
     }
-    let scan = futures_util::stream::try_unfold(cursor, |cursor| async move {
-        let Some(cursor) = cursor else {
-            return Ok(None);
-        };
-        let step = scan_step(steps, cursor, batching.scan_count, progress).await?;
-        Ok(Some(step))
+    // The SCAN runs ahead of the batches, into a bounded queue: keys the
+    // run creates land in buckets the cursor has passed, so the server
+    // walks fewer of them (a SCAN's cost is the keys it walks, not the
+    // keys it returns). The queue bounds what the client holds.
+    let (ahead, mut queued) = tokio::sync::mpsc::channel(READ_AHEAD_STEPS);
+    let scan = async move {
+        let mut cursor = cursor;
+        while let Some(at) = cursor {
+            let (keys, next) = scan_step(steps, at, batching.scan_count).await?;
+            cursor = next;
+            if ahead.send(keys).await.is_err() {
+                break; // the batches stopped; their error is the run's
+            }
+        }
+        Ok(())
+    };
+    let taken = futures_util::stream::poll_fn(|cx| queued.poll_recv(cx)).map(|keys| {
+        progress(keys.len());
+        Ok(keys)
     });
-    let batches = scan
-        .map_ok(|keys| steps.process(keys))
-        .try_buffer_unordered(batching.in_flight.max(1));
-    let mut batches = std::pin::pin!(batches);
-    while let Some(batch) = batches.try_next().await? {
-        total.merge(batch, batching.samples);
-    }
+    let batches = async {
+        let batches = taken
+            .map_ok(|keys| steps.process(keys))
+            .try_buffer_unordered(batching.in_flight.max(1));
+        let mut batches = std::pin::pin!(batches);
+        while let Some(batch) = batches.try_next().await? {
+            total.merge(batch, batching.samples);
+        }
+        Ok::<_, EngineError>(())
+    };
+    futures_util::future::try_join(scan, batches).await?;
     Ok(total)
 }
 
-/// One SCAN step: its keys (counted to `progress`) and the next cursor,
-/// `None` once the scan is complete.
+/// How many SCAN steps may wait for their batch: at COUNT 1000 at most
+/// 128,000 key names (some 7 MB), and on 100,000 users most of the
+/// legacy keys, so the SCAN ends before the run has written much.
+const READ_AHEAD_STEPS: usize = 128;
+
+/// One SCAN step: its keys and the next cursor, `None` once the scan is
+/// complete.
 async fn scan_step<B: BatchSteps>(
     steps: &B,
     cursor: u64,
     count: usize,
-    progress: &dyn Fn(usize),
 ) -> Result<(Vec<B::Key>, Option<u64>)> {
     let (next, keys) = steps.scan(cursor, count).await?;
-    progress(keys.len());
     Ok((keys, (next != 0).then_some(next)))
 }
 

@@ -6,7 +6,7 @@ use keyshift_engine::grid_positions::runner::{
     migrate_grid_positions, MigrateOptions, MigrationReport,
 };
 use keyshift_engine::grid_positions::store::cluster::GridStore;
-use keyshift_engine::grid_positions::store::standalone::{connect, StandaloneStore};
+use keyshift_engine::grid_positions::store::standalone::connect;
 use keyshift_engine::grid_positions::store::GridPositionsStore;
 use keyshift_engine::redact_url;
 
@@ -25,12 +25,7 @@ pub struct MigrateArgs<'a> {
 
 pub async fn run(args: MigrateArgs<'_>) -> anyhow::Result<Outcome> {
     let conn = connect(args.url).await?;
-    let store = GridStore::open(
-        args.url,
-        conn.clone(),
-        StandaloneStore::DEFAULT_TRANSACTIONS,
-    )
-    .await?;
+    let store = GridStore::open(args.url, conn.clone()).await?;
     if !args.dry_run {
         confirm_write(
             args.force,

@@ -32,7 +32,7 @@ pub async fn run(
     };
     let reports = match migration {
         Migration::GridPositions => {
-            let store = GridStore::open(url, conn.clone(), 1).await?;
+            let store = GridStore::open(url, conn.clone()).await?;
             let runs = find_runs(&conn, backup_stamp).await?;
             let work = rollback_grid_positions_runs(&store, &conn, &runs, &opts);
             confirmed(&conn, url, &runs, &opts, "rollback grid-positions", work).await?

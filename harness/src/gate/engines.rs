@@ -7,7 +7,6 @@ use keyshift_engine::connection::RedisConn;
 use keyshift_engine::error::Result;
 use keyshift_engine::grid_positions::plan::{plan_value, Planner};
 use keyshift_engine::grid_positions::store::cluster::GridStore;
-use keyshift_engine::grid_positions::store::standalone::StandaloneStore;
 use keyshift_engine::grid_positions::store::GridPositionsStore;
 use keyshift_engine::order_placed::plan::{plan_key, KeyPlanner};
 use keyshift_engine::order_placed::store::OrderPlacedStore;
@@ -46,7 +45,7 @@ impl Engines for Production {
     type OrderPlaced = AnyOrderPlaced;
 
     async fn grid(&self, url: &str, conn: &RedisConn) -> Result<GridStore> {
-        GridStore::open(url, conn.clone(), StandaloneStore::DEFAULT_TRANSACTIONS).await
+        GridStore::open(url, conn.clone()).await
     }
 
     async fn order_placed(&self, _url: &str, conn: &RedisConn) -> Result<AnyOrderPlaced> {

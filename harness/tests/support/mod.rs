@@ -117,7 +117,7 @@ impl TestRedis {
     }
 
     pub async fn store(&self) -> StandaloneStore {
-        StandaloneStore::open(&self.url(), self.conn.clone(), 4)
+        StandaloneStore::open(&self.url(), self.conn.clone())
             .await
             .unwrap()
     }

@@ -181,13 +181,13 @@ pub enum GridStore {
 
 impl GridStore {
     /// The store for `conn`'s mode: a cluster store on a cluster, else a
-    /// standalone store with `transactions` dedicated connections to `url`.
-    pub async fn open(url: &str, conn: RedisConn, transactions: usize) -> Result<Self> {
+    /// standalone store with a connection of its own to `url` for writes.
+    pub async fn open(url: &str, conn: RedisConn) -> Result<Self> {
         if conn.is_cluster() {
             Ok(GridStore::Cluster(ClusterStore::new(conn)))
         } else {
             Ok(GridStore::Standalone(
-                StandaloneStore::open(url, conn, transactions).await?,
+                StandaloneStore::open(url, conn).await?,
             ))
         }
     }

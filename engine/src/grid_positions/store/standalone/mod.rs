@@ -1,12 +1,12 @@
-//! [`GridPositionsStore`] for one Redis server. Each batch is written in
-//! one WATCH/MULTI/EXEC on a dedicated connection (`transaction`); a batch
-//! whose EXEC aborts because a writer touched one of its keys is written
-//! again user by user with a Lua script, each user atomic on its own.
+//! [`GridPositionsStore`] for one Redis server: each user's migration is
+//! atomic because it runs inside one Lua script (`migrate`, with
+//! `lua/migrate_users.lua`), which covers a small group of users per call,
+//! and each position hash is written as one RESTORE of a payload made here
+//! (`dump`) where the server allows it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, Mutex};
 
-use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 use crate::error::{EngineError, Result};
@@ -17,151 +17,62 @@ use crate::grid_positions::store::{
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
 use crate::run::journal::{sha256_hex, Outcome};
 
-const MIGRATE_USER: &str = include_str!("../../lua/migrate_user.lua");
+const MIGRATE_USERS: &str = include_str!("../../lua/migrate_users.lua");
 const ROLLBACK_USER: &str = include_str!("../../lua/rollback_user.lua");
 
 pub use crate::connection::{connect, RESPONSE_TIMEOUT_ENV};
 use crate::connection::{connect_node, RedisConn};
 
-mod transaction;
+pub mod dump;
+mod migrate;
 
-/// The most positions a user may have and still be written inside a
-/// WATCH / MULTI / EXEC; a larger one is written by the per-user script.
-/// WATCH of 1,000 keys took the server 4.5 ms on Redis 7.0 and grows with
-/// the square of the keys; 200 keep one WATCH well under a millisecond.
-const WATCHED_POSITIONS_MAX: usize = 200;
-
-/// Dedicated connections for WATCH/MULTI/EXEC: a watch belongs to a
-/// connection, so two batches never share one.
-struct Pool {
-    give: mpsc::UnboundedSender<MultiplexedConnection>,
-    take: Mutex<mpsc::UnboundedReceiver<MultiplexedConnection>>,
-}
+use dump::ListpackLimits;
 
 #[derive(Clone)]
 pub struct StandaloneStore {
+    /// SCAN, the legacy reads, the journal and rollback.
     conn: RedisConn,
-    /// Write every user with the per-user script, never a batch transaction.
-    scripts_only: bool,
-    pool: Arc<Pool>,
+    /// The migration's script calls, on a connection of their own: the
+    /// server answers a connection's commands in order, so the next
+    /// batch's reads would otherwise wait behind this batch's writes, and
+    /// the client would plan nothing while the server writes.
+    writes: RedisConn,
     migrate_sha: String,
     rollback_sha: String,
+    /// Hashes go as RESTORE payloads; cleared for good once the server
+    /// refuses one (an ACL without RESTORE, a server older than Redis 7.0).
+    restore: Arc<AtomicBool>,
+    /// The server's listpack limits for hashes, when it tells them.
+    listpack: Option<ListpackLimits>,
 }
 
 impl StandaloneStore {
-    /// Transactions open at once: enough that the server always has the
-    /// next one queued while the client plans.
-    pub const DEFAULT_TRANSACTIONS: usize = 32;
-
-    /// Connects `transactions` dedicated connections beside `conn`: the
-    /// transactions that may be open at once.
-    pub async fn open(url: &str, conn: RedisConn, transactions: usize) -> Result<Self> {
-        let (give, take) = mpsc::unbounded_channel();
-        for _ in 0..transactions.max(1) {
-            give.send(connect_node(url).await?).expect("receiver alive");
-        }
+    /// Loads the scripts and reads what the write path depends on: the
+    /// server's version (RESTORE payloads need Redis 7.0 or later) and its
+    /// listpack limits for hashes.
+    pub async fn open(url: &str, conn: RedisConn) -> Result<Self> {
         let mut store = Self {
             conn,
-            scripts_only: false,
-            pool: Arc::new(Pool {
-                give,
-                take: Mutex::new(take),
-            }),
-            migrate_sha: redis::Script::new(MIGRATE_USER).get_hash().to_owned(),
+            writes: connect_node(url).await?.into(),
+            migrate_sha: redis::Script::new(MIGRATE_USERS).get_hash().to_owned(),
             rollback_sha: redis::Script::new(ROLLBACK_USER).get_hash().to_owned(),
+            restore: Arc::new(AtomicBool::new(false)),
+            listpack: None,
         };
         store.load_scripts().await?;
+        let version = server_major_version(&store.conn).await;
+        store
+            .restore
+            .store(version.is_some_and(|v| v >= 7), Ordering::Relaxed);
+        store.listpack = listpack_limits(&store.conn).await;
         Ok(store)
     }
 
-    /// Writes each user with the per-user Lua script only: slower, but one
-    /// script call per user is all a server must allow (no MULTI/WATCH).
-    pub fn scripts_only(mut self) -> Self {
-        self.scripts_only = true;
+    /// Writes every hash with HSET inside the script, never RESTORE: the
+    /// path a server without RESTORE gets; tests run both.
+    pub fn without_restore(self) -> Self {
+        self.restore.store(false, Ordering::Relaxed);
         self
-    }
-
-    /// One transaction on a pooled connection, or the script when EXEC aborts.
-    async fn migrate_chunk(
-        &self,
-        ctx: &RunContext,
-        chunk: &[UserWrite],
-    ) -> Result<Vec<WriteOutcome>> {
-        let mut conn = self
-            .pool
-            .take
-            .lock()
-            .await
-            .recv()
-            .await
-            .expect("pool sender alive");
-        let result = transaction::migrate_batch(&mut conn, ctx, chunk).await;
-        match &result {
-            // An unanswered server: the run stops (exit 4), and asking it
-            // to DISCARD would only wait out the timeout twice more.
-            Err(e) if e.is_unreachable() => {}
-            Err(_) => {
-                // Leave no MULTI or WATCH behind on a pooled connection.
-                let _ = redis::cmd("DISCARD").query_async::<()>(&mut conn).await;
-                let _ = redis::cmd("UNWATCH").query_async::<()>(&mut conn).await;
-                let _ = self.pool.give.send(conn);
-            }
-            Ok(_) => {
-                let _ = self.pool.give.send(conn);
-            }
-        }
-        match result? {
-            Some(decisions) => self.settle(ctx, chunk, decisions).await,
-            None => self.migrate_users_by_script(ctx, chunk).await,
-        }
-    }
-
-    /// Turns a committed transaction's decisions into outcomes, sending the
-    /// users it left to the script.
-    async fn settle(
-        &self,
-        ctx: &RunContext,
-        users: &[UserWrite],
-        decisions: Vec<transaction::Decision>,
-    ) -> Result<Vec<WriteOutcome>> {
-        let by_script: Vec<UserWrite> = users
-            .iter()
-            .zip(&decisions)
-            .filter(|(_, d)| **d == transaction::Decision::ByScript)
-            .map(|(u, _)| u.clone())
-            .collect();
-        let mut scripted = self
-            .migrate_users_by_script(ctx, &by_script)
-            .await?
-            .into_iter();
-        Ok(decisions
-            .into_iter()
-            .map(|d| match d {
-                transaction::Decision::Write { pttl } => WriteOutcome::Migrated { pttl_ms: pttl },
-                transaction::Decision::Done(o) => o,
-                transaction::Decision::ByScript => {
-                    scripted.next().expect("one outcome per scripted user")
-                }
-            })
-            .collect())
-    }
-
-    /// The per-user Lua path: every user atomic on its own.
-    async fn migrate_users_by_script(
-        &self,
-        ctx: &RunContext,
-        users: &[UserWrite],
-    ) -> Result<Vec<WriteOutcome>> {
-        let args =
-            |pipe: &mut redis::Pipeline, user: &UserWrite| migrate_user_args(pipe, ctx, user);
-        self.script_per_user(
-            &self.migrate_sha,
-            users,
-            "migrating users",
-            args,
-            parse_write_outcome,
-        )
-        .await
     }
 
     /// One call of the script `sha` per user, all in one pipeline: `args`
@@ -188,11 +99,11 @@ impl StandaloneStore {
     }
 
     async fn load_scripts(&mut self) -> Result<()> {
-        for src in [MIGRATE_USER, ROLLBACK_USER] {
+        for src in [MIGRATE_USERS, ROLLBACK_USER] {
             let _: String = redis::cmd("SCRIPT")
                 .arg("LOAD")
                 .arg(src)
-                .query_async(&mut self.conn)
+                .query_async(&mut self.writes)
                 .await
                 .map_err(EngineError::redis("loading the migration scripts"))?;
         }
@@ -211,7 +122,7 @@ impl StandaloneStore {
         if pipe.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.writes.clone();
         match pipe.query_async::<Vec<Value>>(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 let mut again = self.clone();
@@ -225,6 +136,36 @@ impl StandaloneStore {
     }
 }
 
+/// The major version INFO reports, if it does.
+async fn server_major_version(conn: &RedisConn) -> Option<u32> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn.clone())
+        .await
+        .ok()?;
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))?;
+    version.trim().split('.').next()?.parse().ok()
+}
+
+/// `hash-max-listpack-entries` and `-value`, when CONFIG GET is allowed.
+async fn listpack_limits(conn: &RedisConn) -> Option<ListpackLimits> {
+    let get = async |name: &str| -> Option<usize> {
+        let reply: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(&mut conn.clone())
+            .await
+            .ok()?;
+        reply.get(1)?.parse().ok()
+    };
+    Some(ListpackLimits {
+        entries: get("hash-max-listpack-entries").await?,
+        value: get("hash-max-listpack-value").await?,
+    })
+}
+
 impl GridPositionsStore for StandaloneStore {
     fn journal_conn(&self) -> &RedisConn {
         &self.conn
@@ -235,33 +176,7 @@ impl GridPositionsStore for StandaloneStore {
         ctx: &RunContext,
         users: &[UserWrite],
     ) -> Result<Vec<WriteOutcome>> {
-        if self.scripts_only {
-            return self.migrate_users_by_script(ctx, users).await;
-        }
-        // A large user goes to the script alone, one round trip each:
-        // WATCH over its keys would cost the server the square of them
-        // (a 5,000-position user: 225 ms in one WATCH; 20,000: 3 s), and
-        // a pipeline of large scripts runs back to back without letting
-        // another client in between.
-        let (large, small): (Vec<usize>, Vec<usize>) =
-            (0..users.len()).partition(|&i| users[i].positions.len() > WATCHED_POSITIONS_MAX);
-        let small_users: Vec<UserWrite> = small.iter().map(|&i| users[i].clone()).collect();
-        let chunks = small_users
-            .chunks(transaction::USERS_PER_TRANSACTION)
-            .map(|chunk| self.migrate_chunk(ctx, chunk));
-        let done = futures_util::future::try_join_all(chunks).await?;
-        let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; users.len()];
-        for (i, outcome) in small.into_iter().zip(done.into_iter().flatten()) {
-            outcomes[i] = Some(outcome);
-        }
-        for i in large {
-            let one = self.migrate_users_by_script(ctx, std::slice::from_ref(&users[i]));
-            outcomes[i] = one.await?.pop();
-        }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.expect("one outcome per user"))
-            .collect())
+        self.migrate_in_groups(ctx, users).await
     }
 
     async fn rollback_users(
@@ -279,29 +194,6 @@ impl GridPositionsStore for StandaloneStore {
             parse_rollback_outcome,
         )
         .await
-    }
-}
-
-/// `migrate_user.lua`'s keys and arguments for `user` (the layout is in
-/// the script's header).
-fn migrate_user_args(pipe: &mut redis::Pipeline, ctx: &RunContext, user: &UserWrite) {
-    pipe.arg(4 + user.positions.len())
-        .arg(&user.legacy_key)
-        .arg(&ctx.outcomes_key)
-        .arg(&user.backup_key)
-        .arg(&user.index_key);
-    for p in &user.positions {
-        pipe.arg(&p.key);
-    }
-    pipe.arg(&user.expected)
-        .arg(ctx.backup_ttl_secs)
-        .arg(user.skipped_closed)
-        .arg(sha256_hex(&user.expected));
-    for p in &user.positions {
-        // The metadata travels with the fields so the script sets each
-        // hash with one HSET.
-        pipe.arg(&p.member).arg(p.fields.len() + METADATA_PAIRS);
-        arg_hash_pairs(pipe, p, ctx, &user.legacy_key);
     }
 }
 
@@ -356,25 +248,6 @@ pub(in crate::grid_positions::store) fn migrated_outcome(
         digest: sha256_hex(&u.expected),
     };
     serde_json::to_string(&outcome).expect("outcome serialises")
-}
-
-fn parse_write_outcome(reply: Value) -> Result<WriteOutcome> {
-    let Value::Array(parts) = reply else {
-        return Err(unexpected("migrate reply"));
-    };
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    };
-    match (parts.first().and_then(text).as_deref(), parts.get(1)) {
-        (Some("migrated"), Some(Value::Int(pttl))) => Ok(WriteOutcome::Migrated { pttl_ms: *pttl }),
-        (Some("changed"), _) => Ok(WriteOutcome::Changed),
-        (Some("conflict"), Some(key)) => Ok(WriteOutcome::Conflict {
-            key: text(key).unwrap_or_default(),
-        }),
-        _ => Err(unexpected("migrate reply")),
-    }
 }
 
 fn parse_rollback_outcome(reply: Value) -> Result<RollbackOutcome> {
