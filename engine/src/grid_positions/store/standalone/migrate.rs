@@ -22,9 +22,9 @@ use crate::run::journal::sha256_hex;
 
 /// The most positions one call writes, unless one user has more: that user
 /// is a call of its own, as large as `max_positions_per_user` allows.
-const POSITIONS_PER_CALL: usize = 256;
+const POSITIONS_PER_CALL: usize = 64;
 /// The most users one call migrates.
-const USERS_PER_CALL: usize = 64;
+const USERS_PER_CALL: usize = 16;
 
 /// How a call sends each hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
