@@ -590,3 +590,48 @@ async fn verify_fails_a_backup_that_is_not_the_value_read() {
         "{backup_result:#?}"
     );
 }
+
+/// A server that refuses RESTORE (here an ACL user without it) gets every
+/// hash by HSET, the refused users included, and verify passes. (A user
+/// whose second hash is refused is undone like one whose second hash
+/// exists: `existing_target_is_a_conflict_and_nothing_is_written`.)
+#[tokio::test]
+async fn a_refused_restore_falls_back_to_hset() {
+    use keyshift_engine::grid_positions::runner::{migrate_grid_positions, MigrateOptions};
+    use keyshift_engine::grid_positions::store::standalone::StandaloneStore;
+
+    let value = r#"[{"instId":"A","pos":"1"},{"instId":"B","pos":"-2"}]"#;
+    let r = redis_with(&[("okx:positions:u1", value), ("okx:positions:u2", value)]).await;
+    let _: () = r
+        .cmd(&[
+            "ACL",
+            "SETUSER",
+            "norestore",
+            "on",
+            ">pw",
+            "~*",
+            "+@all",
+            "-restore",
+        ])
+        .await;
+    let url = r.url().replacen("redis://", "redis://norestore:pw@", 1);
+    let conn = keyshift_engine::grid_positions::store::standalone::connect(&url)
+        .await
+        .unwrap();
+    let store = StandaloneStore::open(&url, conn).await.unwrap();
+    let report =
+        migrate_grid_positions(&store, &MigrateOptions::new(support::exchanges()), &|_| {})
+            .await
+            .unwrap();
+    assert_eq!(report.totals.keys_migrated, 2);
+    assert_eq!(report.totals.keys_conflicting, 0);
+    let run = latest_run(&r.conn).await.unwrap();
+    let verified = verify_grid_positions(&r.conn, &run, &|_| {}).await.unwrap();
+    assert!(verified.passed(), "{verified:#?}");
+    for user in ["u1", "u2"] {
+        assert_eq!(
+            hash(&r, &format!("positions:{user}:okx:B:short")).await["pos"],
+            "-2"
+        );
+    }
+}

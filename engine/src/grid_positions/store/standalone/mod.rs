@@ -40,30 +40,28 @@ pub struct StandaloneStore {
     migrate_sha: String,
     rollback_sha: String,
     /// Hashes go as RESTORE payloads; cleared for good once the server
-    /// refuses one (an ACL without RESTORE, a server older than Redis 7.0).
+    /// refuses one (an ACL without RESTORE, a server older than Redis 7.0:
+    /// the payloads say RDB version 10). The refusal undoes its user, so
+    /// trying is safe and needs no INFO, which ACL users may lack.
     restore: Arc<AtomicBool>,
-    /// The server's listpack limits for hashes, when it tells them.
+    /// The server's listpack limits for hashes, when CONFIG GET is allowed;
+    /// without them every hash goes as a plain RDB hash.
     listpack: Option<ListpackLimits>,
 }
 
 impl StandaloneStore {
-    /// Loads the scripts and reads what the write path depends on: the
-    /// server's version (RESTORE payloads need Redis 7.0 or later) and its
-    /// listpack limits for hashes.
+    /// Connects the write connection, loads the scripts and reads the
+    /// server's listpack limits for hashes.
     pub async fn open(url: &str, conn: RedisConn) -> Result<Self> {
         let mut store = Self {
             conn,
             writes: connect_node(url).await?.into(),
             migrate_sha: redis::Script::new(MIGRATE_USERS).get_hash().to_owned(),
             rollback_sha: redis::Script::new(ROLLBACK_USER).get_hash().to_owned(),
-            restore: Arc::new(AtomicBool::new(false)),
+            restore: Arc::new(AtomicBool::new(true)),
             listpack: None,
         };
         store.load_scripts().await?;
-        let version = server_major_version(&store.conn).await;
-        store
-            .restore
-            .store(version.is_some_and(|v| v >= 7), Ordering::Relaxed);
         store.listpack = listpack_limits(&store.conn).await;
         Ok(store)
     }
@@ -134,19 +132,6 @@ impl StandaloneStore {
             other => other.map_err(EngineError::redis(during)),
         }
     }
-}
-
-/// The major version INFO reports, if it does.
-async fn server_major_version(conn: &RedisConn) -> Option<u32> {
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut conn.clone())
-        .await
-        .ok()?;
-    let version = info
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))?;
-    version.trim().split('.').next()?.parse().ok()
 }
 
 /// `hash-max-listpack-entries` and `-value`, when CONFIG GET is allowed.
