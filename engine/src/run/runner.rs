@@ -159,7 +159,8 @@ pub async fn run_batches<B: BatchSteps>(
     // run creates land in buckets the cursor has passed, so the server
     // walks fewer of them (a SCAN's cost is the keys it walks, not the
     // keys it returns). The queue bounds what the client holds.
-    let (ahead, mut queued) = tokio::sync::mpsc::channel(READ_AHEAD_STEPS);
+    let steps_ahead = (READ_AHEAD_KEYS / batching.scan_count.max(1)).max(1);
+    let (ahead, mut queued) = tokio::sync::mpsc::channel(steps_ahead);
     let scan = async move {
         let mut cursor = cursor;
         while let Some(at) = cursor {
@@ -189,10 +190,11 @@ pub async fn run_batches<B: BatchSteps>(
     Ok(total)
 }
 
-/// How many SCAN steps may wait for their batch: at COUNT 1000 at most
-/// 128,000 key names (some 7 MB), and on 100,000 users most of the
-/// legacy keys, so the SCAN ends before the run has written much.
-const READ_AHEAD_STEPS: usize = 128;
+/// How many keys SCAN steps may hold while they wait for their batch (at
+/// most; a step returns at most about its COUNT): some 7 MB of names, and
+/// on 100,000 users most of the legacy keys, so the SCAN ends before the
+/// run has written much.
+const READ_AHEAD_KEYS: usize = 128_000;
 
 /// One SCAN step: its keys and the next cursor, `None` once the scan is
 /// complete.
