@@ -1,14 +1,13 @@
 //! [`OrderPlacedStore`] for one Redis server: one Lua script per key,
 //! pipelined a batch at a time.
 //!
-//! Why a script per key and not Phase 2's WATCH/MULTI batch: the decision
-//! (the legacy hash still as planned, the target still absent or still
-//! equal) compares two hashes' contents, which a script does server-side in
-//! the same atomic step as RENAME / DEL; the target's absence must be
-//! checked in that step because RENAME overwrites. A script here makes
-//! four or five calls per key, so the call overhead that made Phase 2's
-//! transaction path worth its second round trip and fallback (many HSETs
-//! per user) has nothing to win.
+//! Why a script per key: the decision (the legacy hash still as planned,
+//! the target still absent or still equal) compares two hashes' contents,
+//! which a script does server-side in the same atomic step as RENAME / DEL;
+//! the target's absence must be checked in that step because RENAME
+//! overwrites. A script here makes four or five calls per key with short
+//! arguments, so grouping keys per call (as Phase 2 does, whose arguments
+//! are whole hashes) has little to win.
 
 use crate::connection::RedisConn;
 use redis::Value;
