@@ -244,10 +244,17 @@ mod tests {
 
     #[test]
     fn users_are_cut_into_calls_by_positions_and_count() {
-        assert_eq!(groups([100, 100, 56, 1].into_iter()), [0..3, 3..4]);
-        assert_eq!(groups([5; 130].into_iter()), [0..64, 64..128, 128..130]);
+        let (p, u) = (POSITIONS_PER_CALL, USERS_PER_CALL);
+        // Positions fill a call up to the bound and no further.
+        assert_eq!(groups([p / 2, p / 2, 1].into_iter()), [0..2, 2..3]);
+        assert_eq!(groups([p / 2, p / 2 - 1, 1].into_iter()), [0..3]);
+        // Users too, however few their positions.
+        assert_eq!(
+            groups(std::iter::repeat_n(0, 2 * u + 1)),
+            [0..u, u..2 * u, 2 * u..2 * u + 1]
+        );
         // A user past the bound is a call of its own.
-        assert_eq!(groups([3, 900, 3].into_iter()), [0..1, 1..2, 2..3]);
+        assert_eq!(groups([3, p + 1, 3].into_iter()), [0..1, 1..2, 2..3]);
         assert_eq!(groups(std::iter::empty()), Vec::<Range<usize>>::new());
     }
 
