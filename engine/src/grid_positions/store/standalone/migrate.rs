@@ -247,7 +247,7 @@ mod tests {
         let (p, u) = (POSITIONS_PER_CALL, USERS_PER_CALL);
         // Positions fill a call up to the bound and no further.
         assert_eq!(groups([p / 2, p / 2, 1].into_iter()), [0..2, 2..3]);
-        assert_eq!(groups([p / 2, p / 2 - 1, 1].into_iter()), [0..3]);
+        assert_eq!(groups([p / 2, p / 2 - 1, 1].into_iter()), vec![0..3]);
         // Users too, however few their positions.
         assert_eq!(
             groups(std::iter::repeat_n(0, 2 * u + 1)),
