@@ -10,9 +10,10 @@ use super::scripts::{
 };
 use crate::connection::RedisConn;
 use crate::error::Result;
-use crate::grid_positions::store::standalone::{arg_hash_pairs, migrated_outcome};
+use crate::grid_positions::store::standalone::arg_hash_pairs;
 use crate::grid_positions::store::{RunContext, UserWrite, WriteOutcome};
 use crate::keys::migrating_sentinel;
+use crate::run::journal::{sha256_hex, Outcome};
 
 pub(super) async fn migrate_users(
     conn: &RedisConn,
@@ -153,6 +154,20 @@ async fn record_migrated(
         })
         .collect();
     crate::run::journal::record_outcomes(conn, &ctx.outcomes_key, &outcomes).await
+}
+
+/// The journal's `migrated` outcome of `u`, as JSON: its legacy TTL
+/// `pttl` (ms) as read at server time `at` (ms), and the digest of the
+/// legacy value as the runner read it, the bytes the backup holds.
+fn migrated_outcome(u: &UserWrite, pttl: i64, at: i64) -> String {
+    let outcome = Outcome::Migrated {
+        positions: u.positions.len(),
+        skipped: u.skipped_closed,
+        pttl,
+        at,
+        digest: sha256_hex(&u.expected),
+    };
+    serde_json::to_string(&outcome).expect("outcome serialises")
 }
 
 /// What step 6 found for one user, and so what step 7 does with it.

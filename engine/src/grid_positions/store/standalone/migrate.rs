@@ -5,8 +5,9 @@
 //! Why groups and not one call per user: the script's own price (its
 //! argument tables, the journal's HSET, the DEL, an EXISTS) is paid once
 //! per call. Why not a whole batch in one call: while a script runs the
-//! server serves nobody else, so a call stays small (a few hundred
-//! positions: about a millisecond of the server's time).
+//! server serves nobody else, so a call stays small (at most 64 positions,
+//! unless one user has more; calls of up to 200 took the server 2.6 ms
+//! each in INFO commandstats, Redis 7.0).
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -14,10 +15,9 @@ use std::sync::atomic::Ordering;
 use redis::Value;
 
 use super::dump::hash_payload;
-use super::{arg_hash_pairs, unexpected, StandaloneStore, METADATA_PAIRS};
+use super::{arg_hash_pairs, hash_pairs, unexpected, StandaloneStore, METADATA_PAIRS};
 use crate::error::Result;
 use crate::grid_positions::store::{PositionWrite, RunContext, UserWrite, WriteOutcome};
-use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
 use crate::run::journal::sha256_hex;
 
 /// The most positions one call writes, unless one user has more: that user
@@ -61,12 +61,10 @@ impl StandaloneStore {
         let refused: Vec<usize> = (0..users.len())
             .filter(|&i| matches!(replies[i], Reply::Refused(_)))
             .collect();
-        if let Some(&first) = refused.first() {
-            if let Reply::Refused(why) = &replies[first] {
-                tracing::warn!(
-                    "the server refused RESTORE ({why}); hashes are written with HSET from now on"
-                );
-            }
+        if let Some(Reply::Refused(why)) = refused.first().map(|&i| &replies[i]) {
+            tracing::warn!(
+                "the server refused RESTORE ({why}); hashes are written with HSET from now on"
+            );
             self.restore.store(false, Ordering::Relaxed);
             let again: Vec<UserWrite> = refused.iter().map(|&i| users[i].clone()).collect();
             let written = self.write_groups(ctx, &again, Hashes::Hset).await?;
@@ -150,11 +148,11 @@ impl StandaloneStore {
             Hashes::Restore => "restore",
             Hashes::Hset => "hset",
         });
+        let per_position = match hashes {
+            Hashes::Restore => |_: &PositionWrite| 2,
+            Hashes::Hset => |p: &PositionWrite| 2 + 2 * (p.fields.len() + METADATA_PAIRS),
+        };
         for u in users {
-            let per_position = match hashes {
-                Hashes::Restore => |_: &PositionWrite| 2,
-                Hashes::Hset => |p: &PositionWrite| 2 + 2 * (p.fields.len() + METADATA_PAIRS),
-            };
             let span: usize = u.positions.iter().map(per_position).sum();
             pipe.arg(u.positions.len())
                 .arg(u.skipped_closed)
@@ -178,12 +176,7 @@ impl StandaloneStore {
 
     /// The RESTORE payload of the hash [`arg_hash_pairs`] would HSET.
     fn payload(&self, p: &PositionWrite, ctx: &RunContext, legacy_key: &str) -> Vec<u8> {
-        let fields = p.fields.iter().map(|(f, v)| (f.as_bytes(), v.as_bytes()));
-        let metadata = [
-            (META_MIGRATED_AT.as_bytes(), ctx.migrated_at.as_bytes()),
-            (META_MIGRATED_FROM.as_bytes(), legacy_key.as_bytes()),
-        ];
-        hash_payload(fields.chain(metadata), self.listpack)
+        hash_payload(hash_pairs(p, ctx, legacy_key), self.listpack)
     }
 }
 

@@ -15,7 +15,6 @@ use crate::grid_positions::store::{
     WriteOutcome,
 };
 use crate::keys::{META_MIGRATED_AT, META_MIGRATED_FROM};
-use crate::run::journal::{sha256_hex, Outcome};
 
 const MIGRATE_USERS: &str = include_str!("../../lua/migrate_users.lua");
 const ROLLBACK_USER: &str = include_str!("../../lua/rollback_user.lua");
@@ -73,25 +72,6 @@ impl StandaloneStore {
         self
     }
 
-    /// One call of the script `sha` per user, all in one pipeline: `args`
-    /// adds a user's key count, keys and arguments, `decode` reads its
-    /// reply. Outcomes in user order.
-    async fn script_per_user<U, T>(
-        &self,
-        sha: &str,
-        users: &[U],
-        during: &'static str,
-        args: impl Fn(&mut redis::Pipeline, &U),
-        decode: fn(Value) -> Result<T>,
-    ) -> Result<Vec<T>> {
-        let mut pipe = redis::pipe();
-        for user in users {
-            args(pipe.cmd("EVALSHA").arg(sha), user);
-        }
-        let replies = self.query_scripts(&pipe, during).await?;
-        replies.into_iter().map(decode).collect()
-    }
-
     pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
@@ -134,20 +114,19 @@ impl StandaloneStore {
     }
 }
 
-/// `hash-max-listpack-entries` and `-value`, when CONFIG GET is allowed.
+/// `hash-max-listpack-entries` and `-value`, when CONFIG GET is allowed:
+/// one round trip, by pattern (a server before 7.0 names neither).
 async fn listpack_limits(conn: &RedisConn) -> Option<ListpackLimits> {
-    let get = async |name: &str| -> Option<usize> {
-        let reply: Vec<String> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg(name)
-            .query_async(&mut conn.clone())
-            .await
-            .ok()?;
-        reply.get(1)?.parse().ok()
-    };
+    let reply: Vec<(String, String)> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("hash-max-listpack-*")
+        .query_async(&mut conn.clone())
+        .await
+        .ok()?;
+    let get = |name: &str| reply.iter().find(|(n, _)| n == name)?.1.parse().ok();
     Some(ListpackLimits {
-        entries: get("hash-max-listpack-entries").await?,
-        value: get("hash-max-listpack-value").await?,
+        entries: get("hash-max-listpack-entries")?,
+        value: get("hash-max-listpack-value")?,
     })
 }
 
@@ -169,16 +148,12 @@ impl GridPositionsStore for StandaloneStore {
         journal_key: &str,
         users: &[UserRollback],
     ) -> Result<Vec<RollbackOutcome>> {
-        let args =
-            |pipe: &mut redis::Pipeline, u: &UserRollback| rollback_user_args(pipe, journal_key, u);
-        self.script_per_user(
-            &self.rollback_sha,
-            users,
-            "rolling back users",
-            args,
-            parse_rollback_outcome,
-        )
-        .await
+        let mut pipe = redis::pipe();
+        for u in users {
+            rollback_user_args(pipe.cmd("EVALSHA").arg(&self.rollback_sha), journal_key, u);
+        }
+        let replies = self.query_scripts(&pipe, "rolling back users").await?;
+        replies.into_iter().map(parse_rollback_outcome).collect()
     }
 }
 
@@ -195,44 +170,36 @@ fn rollback_user_args(pipe: &mut redis::Pipeline, journal_key: &str, u: &UserRol
         .arg(&u.members);
 }
 
-/// The metadata pairs [`arg_hash_pairs`] adds after a position's fields.
+/// The metadata pairs [`hash_pairs`] adds after a position's fields.
 const METADATA_PAIRS: usize = 2;
 
-/// Adds what a migration writes into a position hash to the last command
-/// of `pipe`: the planned field/value pairs, then the metadata naming the
-/// run and the legacy key, by which rollback, cleanup and the cluster's
-/// undo tell the run's hashes. Every store writes a hash through this.
+/// What a migration writes into a position hash: the planned field/value
+/// pairs, then the metadata naming the run and the legacy key, by which
+/// rollback, cleanup and the cluster's undo tell the run's hashes. Every
+/// store writes a hash from this, as HSET arguments or a RESTORE payload.
+pub(in crate::grid_positions::store) fn hash_pairs<'a>(
+    p: &'a PositionWrite,
+    ctx: &'a RunContext,
+    legacy_key: &'a str,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    let fields = p.fields.iter().map(|(f, v)| (f.as_bytes(), v.as_bytes()));
+    let metadata = [
+        (META_MIGRATED_AT.as_bytes(), ctx.migrated_at.as_bytes()),
+        (META_MIGRATED_FROM.as_bytes(), legacy_key.as_bytes()),
+    ];
+    fields.chain(metadata)
+}
+
+/// Adds [`hash_pairs`] to the last command of `pipe`, as HSET takes them.
 pub(in crate::grid_positions::store) fn arg_hash_pairs(
     pipe: &mut redis::Pipeline,
     p: &PositionWrite,
     ctx: &RunContext,
     legacy_key: &str,
 ) {
-    for (f, v) in &p.fields {
+    for (f, v) in hash_pairs(p, ctx, legacy_key) {
         pipe.arg(f).arg(v);
     }
-    pipe.arg(META_MIGRATED_AT)
-        .arg(&ctx.migrated_at)
-        .arg(META_MIGRATED_FROM)
-        .arg(legacy_key);
-}
-
-/// The journal's `migrated` outcome of `u`, as JSON: its legacy TTL
-/// `pttl` (ms) as read at server time `at` (ms), and the digest of the
-/// legacy value as the runner read it, the bytes the backup holds.
-pub(in crate::grid_positions::store) fn migrated_outcome(
-    u: &UserWrite,
-    pttl: i64,
-    at: i64,
-) -> String {
-    let outcome = Outcome::Migrated {
-        positions: u.positions.len(),
-        skipped: u.skipped_closed,
-        pttl,
-        at,
-        digest: sha256_hex(&u.expected),
-    };
-    serde_json::to_string(&outcome).expect("outcome serialises")
 }
 
 fn parse_rollback_outcome(reply: Value) -> Result<RollbackOutcome> {
