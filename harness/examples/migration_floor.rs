@@ -2,12 +2,15 @@
 //! `seed.resp`, the generated legacy keyspace, and `end_state.resp`, the
 //! commands that turn it into the migrated end state.
 //!
-//! cargo run --release -p keyshift-harness --example migration_floor -- USERS SEED OUT_DIR
+//! With a fourth argument, the stamp of a run that migrated that keyspace,
+//! it also writes `end_state_reads.resp`: verify's read floor.
+//!
+//! cargo run --release -p keyshift-harness --example migration_floor -- USERS SEED OUT_DIR [STAMP]
 
 use std::io::BufWriter;
 
 use keyshift_engine::keys::DEFAULT_EXCHANGES;
-use keyshift_harness::floor::write_end_state;
+use keyshift_harness::floor::{write_end_state, write_end_state_reads};
 use keyshift_harness::seed::{generate, write_resp, GenConfig};
 
 fn main() -> std::io::Result<()> {
@@ -38,5 +41,9 @@ fn main() -> std::io::Result<()> {
         generated.truth.legacy_keys,
         generated.truth.positions
     );
+    if let Some(stamp) = args.get(3) {
+        let mut reads = BufWriter::new(std::fs::File::create(dir.join("end_state_reads.resp"))?);
+        write_end_state_reads(&generated.keyspace, &exchanges, stamp, &mut reads)?;
+    }
     Ok(())
 }

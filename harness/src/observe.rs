@@ -143,19 +143,27 @@ fn read_command(kind: &str) -> &'static str {
     }
 }
 
-/// Reads `keys` into `image`: each key's TYPE and PTTL, and, where its
-/// name says what it is, its value, in one round trip; a key whose name
-/// says nothing, or whose type is not the one named, is read in a second.
+/// Reads `keys` into `image`. A key whose name says what it is gets its
+/// PTTL and its value in one round trip, with no TYPE: a missing key
+/// answers PTTL -2 and an empty reply, one of another type WRONGTYPE.
+/// Any other key (a name that says nothing, a type not the one named, a
+/// key that came or went between the two reads) gets TYPE and PTTL, then
+/// the read its type calls for.
 async fn read_into(conn: &RedisConn, keys: &[Vec<u8>], image: &mut Image) -> anyhow::Result<()> {
     let mut c = conn.clone();
     let named: Vec<Option<&str>> = keys.iter().map(|k| named_kind(k)).collect();
     let mut first = redis::pipe();
     first.ignore_errors();
     for (k, named) in keys.iter().zip(&named) {
-        first.cmd("TYPE").arg(k.as_slice());
-        first.cmd("PTTL").arg(k.as_slice());
-        if let Some(kind) = named {
-            first.cmd(read_command(kind)).arg(k.as_slice());
+        match named {
+            Some(kind) => {
+                first.cmd("PTTL").arg(k.as_slice());
+                first.cmd(read_command(kind)).arg(k.as_slice());
+            }
+            None => {
+                first.cmd("TYPE").arg(k.as_slice());
+                first.cmd("PTTL").arg(k.as_slice());
+            }
         }
     }
     first.cmd("TIME");
@@ -168,40 +176,63 @@ async fn read_into(conn: &RedisConn, keys: &[Vec<u8>], image: &mut Image) -> any
             .next()
             .ok_or_else(|| anyhow::anyhow!("a reply short"))
     };
-    let mut again: Vec<(&Vec<u8>, String, i64)> = Vec::new();
+    let mut untyped: Vec<&Vec<u8>> = Vec::new();
+    let mut typed: Vec<(&Vec<u8>, String, i64)> = Vec::new();
     for (k, named) in keys.iter().zip(named) {
-        let kind: String = redis::from_redis_value(next()?)?;
-        let pttl: i64 = redis::from_redis_value(next()?)?;
-        let value = match named {
-            Some(_) => Some(next()?),
-            None => None,
-        };
-        match (named, value) {
-            // Gone since it was listed: nothing to read.
-            _ if kind == "none" => {}
-            (Some(n), Some(reply)) if n == kind && readable(&reply) => {
-                let entry = Entry {
-                    value: decode(&kind, reply)?,
-                    pttl_ms: pttl,
-                    read_at_ms,
-                };
-                image.insert(k.clone(), entry);
+        match named {
+            Some(kind) => {
+                let pttl: i64 = redis::from_redis_value(next()?)?;
+                let reply = next()?;
+                match (pttl, &reply) {
+                    (-2, r) if empty(r) => {} // not there
+                    (_, r) if pttl != -2 && readable(r) && !empty(r) => {
+                        let entry = Entry {
+                            value: decode(kind, reply)?,
+                            pttl_ms: pttl,
+                            read_at_ms,
+                        };
+                        image.insert(k.clone(), entry);
+                    }
+                    _ => untyped.push(k),
+                }
             }
-            _ => again.push((k, kind, pttl)),
+            None => {
+                let kind: String = redis::from_redis_value(next()?)?;
+                let pttl: i64 = redis::from_redis_value(next()?)?;
+                if kind != "none" {
+                    typed.push((k, kind, pttl));
+                }
+            }
         }
     }
-    if again.is_empty() {
+    if !untyped.is_empty() {
+        let mut types = redis::pipe();
+        for k in &untyped {
+            types.cmd("TYPE").arg(k.as_slice());
+            types.cmd("PTTL").arg(k.as_slice());
+        }
+        let replies: Vec<Reply> = types.query_async(&mut c).await?;
+        for (k, pair) in untyped.into_iter().zip(replies.chunks_exact(2)) {
+            let kind: String = redis::from_redis_value_ref(&pair[0])?;
+            let pttl: i64 = redis::from_redis_value_ref(&pair[1])?;
+            // Gone since it was listed: nothing to read.
+            if kind != "none" {
+                typed.push((k, kind, pttl));
+            }
+        }
+    }
+    if typed.is_empty() {
         return Ok(());
     }
     let mut values = redis::pipe();
-    for (k, kind, _) in &again {
+    for (k, kind, _) in &typed {
         values.cmd(read_command(kind)).arg(k.as_slice());
     }
     values.cmd("TIME");
     let mut replies: Vec<Reply> = values.query_async(&mut c).await?;
     let read_at_ms = time_ms(replies.pop())?;
     image.read_until_ms = image.read_until_ms.max(read_at_ms);
-    for ((key, kind, pttl), reply) in again.into_iter().zip(replies) {
+    for ((key, kind, pttl), reply) in typed.into_iter().zip(replies) {
         if matches!(reply, Reply::Nil) {
             continue; // deleted between the two round trips
         }
@@ -213,6 +244,17 @@ async fn read_into(conn: &RedisConn, keys: &[Vec<u8>], image: &mut Image) -> any
         image.insert(key.clone(), entry);
     }
     Ok(())
+}
+
+/// What a read of a missing key answers (a nil string, an empty hash or
+/// set): Redis keeps no empty hash or set.
+fn empty(reply: &Reply) -> bool {
+    match reply {
+        Reply::Nil => true,
+        Reply::Array(items) | Reply::Set(items) => items.is_empty(),
+        Reply::Map(pairs) => pairs.is_empty(),
+        _ => false,
+    }
 }
 
 /// A value reply (not a nil of a key deleted meanwhile, nor an error).

@@ -2,7 +2,9 @@
 //! file) before and after a migration. The oracle only judges them; the
 //! reading is the caller's, so judging stays pure.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::legacy::Expectation;
 
 use sha2::{Digest as _, Sha256};
 
@@ -88,14 +90,20 @@ pub struct Before {
     /// Per legacy key, the SHA-256 (hex) of the value the migration read,
     /// as its journal recorded it: the backup must hash to it.
     pub recorded_digests: BTreeMap<Vec<u8>, String>,
+    /// Per legacy key, DESIGN §2's reading of its value, made once by
+    /// [`crate::grid::add_legacy`] (which also says what keys to read):
+    /// judging reuses it rather than parsing the value a second time.
+    pub expectations: HashMap<Vec<u8>, Expectation>,
 }
 
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let sum = Sha256::digest(bytes);
     let mut out = String::with_capacity(64);
     for b in sum {
-        out.push_str(&format!("{b:02x}"));
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
     }
     out
 }

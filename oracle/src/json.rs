@@ -198,6 +198,15 @@ impl<'a> Reader<'a> {
         let mut out = String::new();
         let mut decodes = true;
         loop {
+            // A run of plain characters is copied whole: most strings are
+            // one such run.
+            let plain = self.text.as_bytes()[self.at..]
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .unwrap_or(self.text.len() - self.at);
+            // The run ends at an ASCII byte or the end: a char boundary.
+            out.push_str(&self.text[self.at..self.at + plain]);
+            self.at += plain;
             let rest = &self.text[self.at..];
             let Some(c) = rest.chars().next() else {
                 return Err(self.err("unterminated string"));

@@ -17,7 +17,7 @@ use keyshift_engine::connection::RedisConn;
 use keyshift_engine::grid_positions::runner::MIGRATION;
 use keyshift_engine::grid_positions::store::standalone::connect;
 use keyshift_engine::run::journal::{runs_of, Outcome, RunRecord, RunState};
-use keyshift_oracle::grid::{expected_keys, orphan};
+use keyshift_oracle::grid::{add_legacy, orphan};
 use keyshift_oracle::keys::{classify, GridKey};
 use keyshift_oracle::{Before, Entry, GridOptions, Image, Judgement, Status, Value, Verdict};
 use serde::Serialize;
@@ -407,31 +407,21 @@ fn plan_reads(chunk: &[Owned], backups: &Image, opts: &GridOptions) -> (Before, 
                 // Already read above: merged into the after-image below.
                 let backup_key = format!("{key}:backup:{stamp}");
                 let value = match backups.get(&backup_key).map(|e| &e.value) {
-                    Some(Value::String(bytes)) => {
-                        wanted.extend(
-                            expected_keys(key, bytes, opts)
-                                .into_iter()
-                                .map(String::into_bytes),
-                        );
-                        Value::String(bytes.clone())
-                    }
+                    Some(Value::String(bytes)) => Value::String(bytes.clone()),
                     // Missing or not a string: the oracle finds it lost.
                     _ => Value::StringDigest(digest.clone()),
                 };
                 before.stamps.insert(legacy.clone(), stamp.clone());
                 if !digest.is_empty() {
-                    before
-                        .recorded_digests
-                        .insert(legacy.clone(), digest.clone());
+                    before.recorded_digests.insert(legacy, digest.clone());
                 }
-                before.image.insert(
-                    legacy,
-                    Entry {
-                        value,
-                        pttl_ms: *pttl,
-                        read_at_ms: *at,
-                    },
-                );
+                let entry = Entry {
+                    value,
+                    pttl_ms: *pttl,
+                    read_at_ms: *at,
+                };
+                let expected = add_legacy(&mut before, key, entry, opts);
+                wanted.extend(expected.into_iter().map(String::into_bytes));
             }
             Outcome::Quarantined {
                 digest: Some(d), ..

@@ -155,13 +155,38 @@ fn finish(c: Checks, before: &Before) -> Verdict {
 /// A verifier reads these (and the index's members) to judge one user
 /// without scanning for them.
 pub fn expected_keys(legacy: &str, value: &[u8], opts: &GridOptions) -> Vec<String> {
+    keys_of(legacy, &crate::legacy::expect(value, opts.skip_closed))
+}
+
+/// Puts the legacy key `legacy`, as `entry` holds it, into `before` and
+/// returns [`expected_keys`] of it, reading a string value once: judging
+/// reuses that reading from [`Before::expectations`].
+pub fn add_legacy(
+    before: &mut Before,
+    legacy: &str,
+    entry: Entry,
+    opts: &GridOptions,
+) -> Vec<String> {
+    let key = legacy.as_bytes().to_vec();
+    let keys = match &entry.value {
+        Value::String(bytes) => {
+            let expectation = crate::legacy::expect(bytes, opts.skip_closed);
+            let keys = keys_of(legacy, &expectation);
+            before.expectations.insert(key.clone(), expectation);
+            keys
+        }
+        _ => Vec::new(),
+    };
+    before.image.insert(key, entry);
+    keys
+}
+
+fn keys_of(legacy: &str, expectation: &crate::legacy::Expectation) -> Vec<String> {
     let Some((exchange, user)) = legacy.split_once(":positions:") else {
         return Vec::new();
     };
     let mut keys = vec![crate::keys::index_key(user, exchange)];
-    if let crate::legacy::Expectation::Migrate { positions, .. } =
-        crate::legacy::expect(value, opts.skip_closed)
-    {
+    if let crate::legacy::Expectation::Migrate { positions, .. } = expectation {
         keys.extend(
             positions
                 .iter()

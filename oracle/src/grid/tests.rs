@@ -336,3 +336,36 @@ fn a_target_there_before_the_run_makes_a_conflict_that_must_stay() {
         counts.samples
     );
 }
+
+#[test]
+fn a_value_read_once_by_add_legacy_is_judged_as_one_read_twice() {
+    let plain = before(-1);
+    let mut cached = Before {
+        complete: true,
+        ..Before::default()
+    };
+    let keys = add_legacy(&mut cached, LEGACY, string(VALUE, -1, T0), &opts());
+    cached.image.insert("unrelated", string("x", -1, T0));
+    cached.image.read_until_ms = T0;
+    assert_eq!(keys, expected_keys(LEGACY, VALUE.as_bytes(), &opts()));
+    assert_eq!(
+        keys,
+        [
+            "positions:index:7:okx",
+            "positions:7:okx:BTC:short",
+            "positions:7:okx:ETH:short"
+        ]
+    );
+    assert!(cached.expectations.contains_key(LEGACY.as_bytes()));
+    // The same verdict on a correct migration and on a broken one.
+    let mut broken = migrated(-1);
+    broken.keys.remove(b"positions:7:okx:ETH:short".as_slice());
+    for (after, fails) in [(migrated(-1), vec![]), (broken, vec!["counts", "fields"])] {
+        let (a, b) = (
+            judge(&plain, &after, &opts()),
+            judge(&cached, &after, &opts()),
+        );
+        assert_eq!(a, b);
+        assert_eq!(failing(&b), fails);
+    }
+}

@@ -1,6 +1,7 @@
 //! One legacy key's judgement: how it ended (left, migrated, gone) and,
 //! when migrated, its backup, hashes, index and TTLs.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use super::{may_have_expired, note, ttl_fits, Checks, GridOptions, BACKUP_TTL_MS};
@@ -67,46 +68,48 @@ impl<'a> UserJudge<'a> {
         }
     }
 
-    fn expectation(&self) -> Expectation {
-        let mut e = match &self.was.value {
-            Value::String(bytes) => expect(bytes, self.opts.skip_closed),
-            Value::StringDigest(_) => Expectation::Quarantine {
+    fn expectation(&self) -> Cow<'a, Expectation> {
+        let cached = self.before.expectations.get(self.legacy.as_bytes());
+        let mut e = match (&self.was.value, cached) {
+            (Value::String(_), Some(e)) => Cow::Borrowed(e),
+            (Value::String(bytes), None) => Cow::Owned(expect(bytes, self.opts.skip_closed)),
+            (Value::StringDigest(_), _) => Cow::Owned(Expectation::Quarantine {
                 reason: "left in place by the run (known by its digest)".into(),
                 positions: 0,
-            },
-            other => Expectation::Quarantine {
+            }),
+            (other, _) => Cow::Owned(Expectation::Quarantine {
                 reason: format!("a Redis {}, not a string", other.kind()),
                 positions: 0,
-            },
+            }),
         };
         // A key the migration would create that was there before it (a
         // new-layout writer got there first) makes the user a conflict,
         // which DESIGN §6 counts with the quarantined keys (exit 3): the
         // legacy key stays, and so does what was there.
-        if let Expectation::Migrate { positions, .. } = &e {
+        if let Expectation::Migrate { positions, .. } = &*e {
             let existed = |key: String| self.before.image.keys.contains_key(key.as_bytes());
             let taken = existed(index_key(self.user, self.exchange))
                 || positions
                     .iter()
                     .any(|p| existed(hash_key(self.user, self.exchange, &p.member())));
             if taken {
-                e = Expectation::Quarantine {
+                e = Cow::Owned(Expectation::Quarantine {
                     reason: "a key the migration would create existed before it: a conflict".into(),
                     positions: positions.len(),
-                };
+                });
             }
         }
         if let (Expectation::Migrate { positions, .. }, Some(max)) =
-            (&e, self.opts.max_positions_per_user)
+            (&*e, self.opts.max_positions_per_user)
         {
             if positions.len() > max {
-                e = Expectation::Ambiguous {
+                e = Cow::Owned(Expectation::Ambiguous {
                     reason: format!(
                         "{} positions, above keyshift's limit {max}",
                         positions.len()
                     ),
                     positions: positions.len(),
-                };
+                });
             }
         }
         e
@@ -135,7 +138,7 @@ impl<'a> UserJudge<'a> {
             });
             return;
         }
-        match (&expectation, &ending) {
+        match (&*expectation, &ending) {
             (
                 _,
                 Ending::Gone {
