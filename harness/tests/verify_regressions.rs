@@ -235,3 +235,64 @@ async fn a_snapshot_cut_short_is_refused() {
     assert_eq!(ran.code, Some(2), "{ran}");
     assert!(ran.stderr.contains("cut short"), "{ran}");
 }
+
+#[tokio::test]
+async fn a_migrated_looking_hash_in_no_index_is_reported_for_a_known_user_and_an_unknown_one() {
+    let r = seeded().await;
+    assert_eq!(migrate(&r).await.code, Some(0));
+    // User 5 was migrated; user 998 no run knows. Neither hash is in an
+    // index, nor does user 5's backup hold SOL.
+    for (hash, legacy) in [
+        ("positions:5:okx:SOL-USDT-SWAP:long", "okx:positions:5"),
+        ("positions:998:okx:SOL-USDT-SWAP:long", "okx:positions:998"),
+    ] {
+        let _: () = r
+            .cmd(&[
+                "HSET",
+                hash,
+                "instId",
+                "SOL-USDT-SWAP",
+                "migrated_from",
+                legacy,
+            ])
+            .await;
+    }
+    // Not migrated-looking: a new-layout writer's, not an orphan.
+    let _: () = r
+        .cmd(&[
+            "HSET",
+            "positions:997:okx:SOL-USDT-SWAP:long",
+            "instId",
+            "SOL",
+        ])
+        .await;
+    let ran = verify(&r).await;
+    fails(&ran, "index");
+    assert!(line(&ran, "index").ends_with("extra 2"), "{ran}");
+    for hash in [
+        "positions:5:okx:SOL-USDT-SWAP:long",
+        "positions:998:okx:SOL-USDT-SWAP:long",
+    ] {
+        assert!(ran.stdout.contains(hash), "{hash}:\n{ran}");
+    }
+    assert!(!ran.stdout.contains("positions:997"), "{ran}");
+}
+
+#[tokio::test]
+async fn a_hash_dropped_from_its_index_is_judged_with_its_user_not_as_an_orphan() {
+    let r = seeded().await;
+    assert_eq!(migrate(&r).await.code, Some(0));
+    let _: () = r
+        .cmd(&["SREM", "positions:index:7:okx", "ETH-USDT-SWAP:short"])
+        .await;
+    let ran = verify(&r).await;
+    fails(&ran, "index");
+    assert!(
+        ran.stdout.contains("lacks [\"ETH-USDT-SWAP:short\"]"),
+        "{ran}"
+    );
+    assert!(!ran.stdout.contains("no run migrated"), "{ran}");
+    for id in ["fields", "counts", "backup", "ttl"] {
+        assert!(line(&ran, id).starts_with("PASS"), "{ran}");
+    }
+}

@@ -7,30 +7,33 @@
 //! that was not rolled back (or `--run ID`), each backup held to the
 //! SHA-256 its run journaled when it read the legacy value, and to 7 days
 //! from when it was written. Users are judged 500 at a time, reading just
-//! the keys the oracle expects them to have; then one SCAN over
-//! `positions:*` finds migrated-looking hashes no run accounts for.
+//! the keys the oracle expects them to have, as the journals are walked
+//! (`journal`); then one SCAN over `positions:*` finds migrated-looking
+//! hashes no run accounts for (`orphans`). Neither holds more than a few
+//! batches: verify's memory does not grow with the keyspace.
 
-use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::grid_positions::runner::MIGRATION;
 use keyshift_engine::grid_positions::store::standalone::connect;
 use keyshift_engine::run::journal::{runs_of, Outcome, RunRecord, RunState};
-use keyshift_oracle::grid::{add_legacy, orphan};
-use keyshift_oracle::keys::{classify, GridKey};
+
+pub mod journal;
+mod orphans;
+use keyshift_oracle::grid::add_legacy;
+use keyshift_oracle::keys::{classify, index_key, GridKey};
 use keyshift_oracle::{Before, Entry, GridOptions, Image, Judgement, Status, Value, Verdict};
 use serde::Serialize;
 
 use super::{print_report, progress_bar};
 use crate::error::HarnessError;
 use crate::exit::Outcome as Exit;
-use crate::gate::checks::read_outcomes;
 use crate::observe::{grid_patterns, read_families, read_keys};
 use crate::snapshot;
 
 /// Legacy keys judged per round of reads.
-const CHUNK: usize = 500;
+const CHUNK: usize = 250;
 
 /// The invariants verify requires: each must pass (not run fails).
 pub const REQUIRED: [&str; 5] = ["counts", "index", "fields", "backup", "ttl"];
@@ -221,28 +224,6 @@ fn pick_runs(runs: &[RunRecord], only: Option<&str>) -> anyhow::Result<Vec<RunLi
         .collect())
 }
 
-/// Every legacy key's latest outcome across the judged runs (a newer run
-/// that met the key again has the last word), with its run.
-async fn latest_outcomes<'r>(
-    conn: &RedisConn,
-    runs: &'r [RunRecord],
-    lines: &[RunLine],
-) -> anyhow::Result<BTreeMap<String, (&'r RunRecord, Outcome)>> {
-    let mut latest = BTreeMap::new();
-    for (run, line) in runs.iter().zip(lines) {
-        if !line.judged {
-            continue;
-        }
-        let outcomes: BTreeMap<String, Outcome> = read_outcomes(conn, &run.run_id).await?;
-        for (key, outcome) in outcomes {
-            if !matches!(outcome, Outcome::Conflict { .. }) {
-                latest.insert(key, (run, outcome));
-            }
-        }
-    }
-    Ok(latest)
-}
-
 /// Without `--before`: the runs' backups as the before-image.
 pub async fn against_runs(conn: &RedisConn, only: Option<&str>) -> anyhow::Result<VerifyReport> {
     let runs = runs_of(conn, MIGRATION).await?;
@@ -250,7 +231,14 @@ pub async fn against_runs(conn: &RedisConn, only: Option<&str>) -> anyhow::Resul
         return Err(keyshift_engine::EngineError::NoRun.into());
     }
     let lines = pick_runs(&runs, only)?;
-    let latest = latest_outcomes(conn, &runs, &lines).await?;
+    // Newest first: the order the journals are walked in.
+    let judged: Vec<&RunRecord> = runs
+        .iter()
+        .zip(&lines)
+        .filter(|(_, line)| line.judged)
+        .map(|(run, _)| run)
+        .rev()
+        .collect();
     let exchanges: Vec<String> = {
         let mut all: Vec<String> = runs.iter().flat_map(|r| r.exchanges.clone()).collect();
         all.sort();
@@ -259,40 +247,36 @@ pub async fn against_runs(conn: &RedisConn, only: Option<&str>) -> anyhow::Resul
     };
     let skip_closed = runs.iter().any(|r| r.skip_closed);
     let opts = options(&exchanges, skip_closed);
-    let bar = progress_bar(latest.len() as u64, "verify grid-positions");
-    let entries: Vec<Owned> = latest
-        .into_iter()
-        .map(|(key, (run, outcome))| (key, run.stamp.clone(), outcome))
-        .collect();
+    let bar = progress_bar(
+        journal::journaled(conn, &judged).await?,
+        "verify grid-positions",
+    );
+    let mut latest = journal::LatestOutcomes::new(conn.clone(), judged.clone());
     let mut verdict: Option<Verdict> = None;
-    let mut accounted: HashSet<u64> = HashSet::new();
     // Each chunk is read and judged by a task of its own, a few at a time:
     // round trips, decoding and judging overlap on every core.
     let mut in_flight = std::collections::VecDeque::new();
-    let mut chunks = entries.chunks(CHUNK).map(<[Owned]>::to_vec);
     loop {
         while in_flight.len() < READS_AHEAD {
-            let Some(chunk) = chunks.next() else { break };
+            let Some(chunk) = latest.next_chunk(CHUNK).await? else {
+                break;
+            };
             let (conn, opts) = (conn.clone(), opts.clone());
             in_flight.push_back(tokio::spawn(async move {
                 let n = chunk.len();
-                let (before, after, read) = chunk_images(&conn, chunk, &opts).await?;
+                let (before, after) = chunk_images(&conn, chunk, &opts).await?;
                 // Judging is CPU work: on a blocking thread it runs beside
                 // the client thread, which goes on decoding replies.
                 let judged = tokio::task::spawn_blocking(move || {
-                    let verdict = keyshift_oracle::judge_grid_positions(&before, &after, &opts);
-                    let read: Vec<u64> = read.iter().map(|k| fingerprint(k)).collect();
-                    (verdict, read)
+                    keyshift_oracle::judge_grid_positions(&before, &after, &opts)
                 });
-                let (verdict, read) = judged.await?;
-                anyhow::Ok((verdict, read, n))
+                anyhow::Ok((judged.await?, n))
             }));
         }
         let Some(next) = in_flight.pop_front() else {
             break;
         };
-        let (v, read, n) = next.await??;
-        accounted.extend(read);
+        let (v, n) = next.await??;
         match &mut verdict {
             Some(all) => all.absorb(&v),
             None => verdict = Some(v),
@@ -303,7 +287,7 @@ pub async fn against_runs(conn: &RedisConn, only: Option<&str>) -> anyhow::Resul
     let mut verdict = verdict.unwrap_or_else(|| {
         keyshift_oracle::judge_grid_positions(&Before::default(), &Image::default(), &opts)
     });
-    sweep_orphans(conn, &exchanges, &accounted, &mut verdict).await?;
+    orphans::sweep(conn, &judged, &opts, &mut verdict).await?;
     let judged = lines.iter().filter(|l| l.judged).count();
     Ok(report(
         format!("the backups of {judged} run(s), each held to the digest its run journaled"),
@@ -314,20 +298,10 @@ pub async fn against_runs(conn: &RedisConn, only: Option<&str>) -> anyhow::Resul
 
 /// A legacy key, the backup stamp of the run that last met it, and the
 /// outcome that run journaled.
-type Owned = (String, String, Outcome);
+type Owned = journal::Latest;
 
 /// Chunks read and judged at once.
-const READS_AHEAD: usize = 4;
-
-/// A key's 64-bit fingerprint: the orphan sweep asks only "was this key
-/// read for a known user?", and 8 bytes a key keep the set small at a
-/// million users (a collision could only hide one orphan).
-fn fingerprint(key: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
-}
+const READS_AHEAD: usize = 3;
 
 /// One chunk's before-image (from backups and the journal) and the keys
 /// of those users as they are now.
@@ -335,7 +309,7 @@ async fn chunk_images(
     conn: &RedisConn,
     chunk: Vec<Owned>,
     opts: &GridOptions,
-) -> anyhow::Result<(Before, Image, Vec<Vec<u8>>)> {
+) -> anyhow::Result<(Before, Image)> {
     let backup_keys: Vec<Vec<u8>> = chunk
         .iter()
         .filter(|(_, _, o)| matches!(o, Outcome::Migrated { .. }))
@@ -350,11 +324,10 @@ async fn chunk_images(
             (before, wanted, backups)
         })
     };
-    let (mut before, mut wanted, backups) = planning.await?;
+    let (mut before, wanted, backups) = planning.await?;
     let mut after = read_keys(conn, &wanted).await?;
     after.keys.extend(backups.keys);
     after.read_until_ms = after.read_until_ms.max(backups.read_until_ms);
-    wanted.extend(backup_keys);
     // The index's members name hashes too (maybe ones not expected).
     let members: Vec<Vec<u8>> = after
         .keys
@@ -386,9 +359,7 @@ async fn chunk_images(
             }
         }
     }
-    let mut read = wanted;
-    read.extend(members);
-    Ok((before, after, read))
+    Ok((before, after))
 }
 
 /// A chunk's before-image, from its backups (`backups`, read already) and
@@ -421,6 +392,16 @@ fn plan_reads(chunk: &[Owned], backups: &Image, opts: &GridOptions) -> (Before, 
                     read_at_ms: *at,
                 };
                 let expected = add_legacy(&mut before, key, entry, opts);
+                if expected.is_empty() {
+                    // No backup to say what was migrated: the index still
+                    // names the user's hashes (orphans::sweep takes them
+                    // as read with the user).
+                    if let GridKey::Legacy { exchange, user } =
+                        classify(key.as_bytes(), &opts.exchanges)
+                    {
+                        wanted.push(index_key(user, exchange).into_bytes());
+                    }
+                }
                 wanted.extend(expected.into_iter().map(String::into_bytes));
             }
             Outcome::Quarantined {
@@ -441,50 +422,6 @@ fn plan_reads(chunk: &[Owned], backups: &Image, opts: &GridOptions) -> (Before, 
         }
     }
     (before, wanted)
-}
-
-/// Migrated-looking hashes under `positions:*` that no judged run
-/// accounts for.
-async fn sweep_orphans(
-    conn: &RedisConn,
-    exchanges: &[String],
-    accounted: &HashSet<u64>,
-    verdict: &mut Verdict,
-) -> anyhow::Result<()> {
-    let mut index = Judgement::new("index", "");
-    let mut candidates: Vec<Vec<u8>> = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let args = [
-            b"MATCH".to_vec(),
-            b"positions:*".to_vec(),
-            b"COUNT".to_vec(),
-            b"1000".to_vec(),
-        ];
-        let reply = conn.scan_raw(cursor, &args).await?;
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)?;
-        candidates.extend(keys.into_iter().filter(|k| {
-            !accounted.contains(&fingerprint(k))
-                && matches!(classify(k, exchanges), GridKey::Hash { .. })
-        }));
-        if candidates.len() >= CHUNK || next == 0 {
-            let image = read_keys(conn, &candidates).await?;
-            for (k, e) in &image.keys {
-                orphan(k, e, &mut index);
-            }
-            candidates.clear();
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    if let Some(mine) = verdict.invariants.iter_mut().find(|j| j.id == "index") {
-        mine.absorb(&index);
-        let why = mine.not_run_reason.take();
-        *mine = mine.clone().finish(why.as_deref().unwrap_or(""));
-    }
-    Ok(())
 }
 
 pub fn render(r: &VerifyReport) -> String {
