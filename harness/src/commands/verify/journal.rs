@@ -5,7 +5,7 @@
 //! A key's latest outcome is the one of the newest judged run that met it
 //! without a conflict. Runs are walked newest first; a key an older run
 //! journaled is judged with that run only when no newer judged run has it,
-//! which the newer journals answer (HGET), not memory.
+//! which the newer journals answer (HMGET), not memory.
 
 use std::collections::VecDeque;
 
@@ -45,18 +45,19 @@ pub async fn latest_of<'r>(
     if runs.is_empty() || keys.is_empty() {
         return Ok(vec![None; keys.len()]);
     }
+    // One HMGET a journal (the read-only user has HMGET, not HGET).
     let mut pipe = redis::pipe();
-    for key in keys {
-        for run in runs {
-            pipe.cmd("HGET").arg(outcomes_key(&run.run_id)).arg(key);
-        }
+    for run in runs {
+        pipe.cmd("HMGET").arg(outcomes_key(&run.run_id)).arg(keys);
     }
-    let replies: Vec<Option<String>> = pipe.query_async(&mut conn.clone()).await?;
+    let per_run: Vec<Vec<Option<String>>> = pipe.query_async(&mut conn.clone()).await?;
     let mut out = Vec::with_capacity(keys.len());
-    for (key, per_run) in keys.iter().zip(replies.chunks_exact(runs.len())) {
+    for (i, key) in keys.iter().enumerate() {
         let mut latest = None;
-        for (run, reply) in runs.iter().zip(per_run) {
-            let Some(json) = reply else { continue };
+        for (run, replies) in runs.iter().zip(&per_run) {
+            let Some(json) = replies.get(i).and_then(Option::as_ref) else {
+                continue;
+            };
             let outcome: Outcome = serde_json::from_str(json).map_err(|e| {
                 keyshift_engine::EngineError::BadJournal {
                     key: outcomes_key(&run.run_id),
