@@ -8,23 +8,13 @@ use std::collections::BTreeMap;
 
 use keyshift_engine::run::journal::{outcomes_key, Outcome, RunRecord, RunState};
 use keyshift_harness::commands::verify::journal::{journaled, LatestOutcomes};
+use support::cluster::run_record;
 use support::{redis, TestRedis};
 
 fn run(id: &str, stamp: &str) -> RunRecord {
     RunRecord {
-        run_id: id.into(),
-        migration: "grid-positions".into(),
         stamp: stamp.into(),
-        state: RunState::Done,
-        started_at: String::new(),
-        started_ms: 0,
-        finished_at: None,
-        skip_closed: false,
-        exchanges: vec!["okx".into()],
-        counts: None,
-        error: None,
-        resumes: 0,
-        rollback: None,
+        ..run_record(id, RunState::Done)
     }
 }
 
