@@ -33,8 +33,8 @@ use crate::observe::{grid_patterns, read_families, read_keys};
 use crate::snapshot;
 
 /// Legacy keys judged per round of reads. With two rounds in flight
-/// (`READS_AHEAD`) the peak RSS at 100k users was 62-68 MB, where 250 and
-/// three held 73-87 MB and 500 and four 146-153 MB, at about the same speed.
+/// (`READS_AHEAD`) three bench runs at 100k users peaked at 47-51 MB, where
+/// 250 and three rounds peaked at 73-87 MB and 500 and four at 146-153 MB.
 const CHUNK: usize = 128;
 
 /// The invariants verify requires: each must pass (not run fails).
