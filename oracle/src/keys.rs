@@ -103,6 +103,21 @@ pub fn index_key(user: &str, exchange: &str) -> String {
     format!("positions:index:{user}:{exchange}")
 }
 
+pub fn legacy_key(user: &str, exchange: &str) -> String {
+    format!("{exchange}:positions:{user}")
+}
+
+pub fn backup_key(legacy: &str, stamp: &str) -> String {
+    format!("{legacy}:backup:{stamp}")
+}
+
+/// [`hash_key`] of an index member as Redis holds it (any bytes).
+pub fn member_hash_key(user: &str, exchange: &str, member: &[u8]) -> Vec<u8> {
+    let mut key = format!("positions:{user}:{exchange}:").into_bytes();
+    key.extend_from_slice(member);
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

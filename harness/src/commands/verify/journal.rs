@@ -135,8 +135,13 @@ impl<'r> LatestOutcomes<'r> {
             .into_iter()
             .filter(|(_, o)| !matches!(o, Outcome::Conflict { .. }))
             .collect();
-        let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
-        let newer = latest_of(&self.conn, &self.runs[..self.at], &keys).await?;
+        // Only an older run's keys need asking whether a newer run has them.
+        let newer = if self.at == 0 {
+            vec![None; batch.len()]
+        } else {
+            let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+            latest_of(&self.conn, &self.runs[..self.at], &keys).await?
+        };
         for ((legacy, outcome), newer) in batch.into_iter().zip(newer) {
             if newer.is_none() {
                 self.ready.push_back((legacy, run.stamp.clone(), outcome));

@@ -22,7 +22,7 @@ use keyshift_engine::run::journal::{runs_of, Outcome, RunRecord, RunState};
 pub mod journal;
 mod orphans;
 use keyshift_oracle::grid::add_legacy;
-use keyshift_oracle::keys::{classify, index_key, GridKey};
+use keyshift_oracle::keys::{backup_key, classify, index_key, member_hash_key, GridKey};
 use keyshift_oracle::{Before, Entry, GridOptions, Image, Judgement, Status, Value, Verdict};
 use serde::Serialize;
 
@@ -315,7 +315,7 @@ async fn chunk_images(
     let backup_keys: Vec<Vec<u8>> = chunk
         .iter()
         .filter(|(_, _, o)| matches!(o, Outcome::Migrated { .. }))
-        .map(|(key, stamp, _)| format!("{key}:backup:{stamp}").into_bytes())
+        .map(|(key, stamp, _)| backup_key(key, stamp).into_bytes())
         .collect();
     let backups = read_keys(conn, &backup_keys).await?;
     // Parsing each backup for the keys it implies is CPU work too.
@@ -337,11 +337,7 @@ async fn chunk_images(
         .filter_map(|(k, e)| match (classify(k, &opts.exchanges), &e.value) {
             (GridKey::Index { user, exchange }, Value::Set(ms)) => Some(
                 ms.iter()
-                    .map(|m| {
-                        let mut key = format!("positions:{user}:{exchange}:").into_bytes();
-                        key.extend_from_slice(m);
-                        key
-                    })
+                    .map(|m| member_hash_key(user, exchange, m))
                     .filter(|k| !after.keys.contains_key(k))
                     .collect::<Vec<_>>(),
             ),
@@ -378,8 +374,7 @@ fn plan_reads(chunk: &[Owned], backups: &Image, opts: &GridOptions) -> (Before, 
                 pttl, at, digest, ..
             } => {
                 // Already read above: merged into the after-image below.
-                let backup_key = format!("{key}:backup:{stamp}");
-                let value = match backups.get(&backup_key).map(|e| &e.value) {
+                let value = match backups.get(&backup_key(key, stamp)).map(|e| &e.value) {
                     Some(Value::String(bytes)) => Value::String(bytes.clone()),
                     // Missing or not a string: the oracle finds it lost.
                     _ => Value::StringDigest(digest.clone()),

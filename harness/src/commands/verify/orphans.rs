@@ -14,7 +14,9 @@
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::run::journal::{Outcome, RunRecord};
 use keyshift_oracle::grid::{expected_keys, orphan};
-use keyshift_oracle::keys::{classify, index_key, GridKey};
+use keyshift_oracle::keys::{
+    backup_key, classify, index_key, legacy_key, member_hash_key, GridKey,
+};
 use keyshift_oracle::{GridOptions, Judgement, Verdict};
 use redis::Value as Reply;
 
@@ -61,10 +63,6 @@ pub async fn sweep(
     Ok(())
 }
 
-fn legacy_key(user: &str, exchange: &str) -> String {
-    format!("{exchange}:positions:{user}")
-}
-
 /// Of one SCAN batch, the position hashes no judged user accounts for.
 async fn unaccounted(
     conn: &RedisConn,
@@ -72,119 +70,97 @@ async fn unaccounted(
     opts: &GridOptions,
     keys: &[Vec<u8>],
 ) -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut hashes: Vec<(&[u8], String, String)> = Vec::new();
-    let mut indexes: Vec<(&[u8], String)> = Vec::new();
-    for key in keys {
-        match classify(key, &opts.exchanges) {
+    // (key, user, exchange, member): member `None` for an index.
+    let found: Vec<(&[u8], &str, &str, Option<&str>)> = keys
+        .iter()
+        .filter_map(|key| match classify(key, &opts.exchanges) {
             GridKey::Hash {
                 user,
                 exchange,
                 member,
-            } => hashes.push((key, index_key(user, exchange), member.to_owned())),
-            GridKey::Index { user, exchange } => indexes.push((key, legacy_key(user, exchange))),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    // Hashes in no index: accounted for only when the backup implies them.
-    let in_index: Vec<bool> = if hashes.is_empty() {
-        Vec::new()
-    } else {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for (_, index, member) in &hashes {
-            pipe.cmd("SISMEMBER").arg(index).arg(member);
-        }
-        let replies: Vec<Reply> = pipe.query_async(&mut conn.clone()).await?;
-        // An index that is not a set (WRONGTYPE) holds no hash.
-        replies.iter().map(|r| matches!(r, Reply::Int(1))).collect()
-    };
-    let loose: Vec<&[u8]> = hashes
-        .iter()
-        .zip(&in_index)
-        .filter(|(_, indexed)| !**indexed)
-        .map(|((key, _, _), _)| *key)
-        .collect();
-    let legacy: Vec<String> = loose
-        .iter()
-        .map(|k| match classify(k, &opts.exchanges) {
-            GridKey::Hash { user, exchange, .. } => legacy_key(user, exchange),
-            _ => unreachable!("classified as a hash above"),
-        })
-        .collect();
-    let latest = latest_of(conn, judged, &legacy).await?;
-    // Each migrated user's backup, for the hashes it implies.
-    let backups: Vec<Option<String>> = latest
-        .iter()
-        .zip(&legacy)
-        .map(|(latest, legacy)| match latest {
-            Some((run, Outcome::Migrated { .. })) => Some(format!("{legacy}:backup:{}", run.stamp)),
+            } => Some((key.as_slice(), user, exchange, Some(member))),
+            GridKey::Index { user, exchange } => Some((key.as_slice(), user, exchange, None)),
             _ => None,
         })
         .collect();
-    let values = replies(conn, "GET", backups.iter().flatten()).await?;
-    let mut values = values.into_iter();
-    for ((key, legacy), backup) in loose.into_iter().zip(&legacy).zip(&backups) {
-        let value = match backup {
-            Some(_) => values.next().unwrap_or(Reply::Nil),
-            None => Reply::Nil,
-        };
-        let implied = match value {
-            Reply::BulkString(v) => expected_keys(legacy, &v, opts)
-                .iter()
-                .any(|k| k.as_bytes() == key),
-            _ => false,
-        };
-        if !implied {
-            out.push(key.to_vec());
+    let mut in_index = redis::pipe();
+    for (_, user, exchange, member) in &found {
+        if let Some(member) = member {
+            in_index
+                .cmd("SISMEMBER")
+                .arg(index_key(user, exchange))
+                .arg(*member);
         }
     }
-    // Indexes of users no judged run migrated: their members are orphans
-    // to judge.
-    let names: Vec<String> = indexes.iter().map(|(_, l)| l.clone()).collect();
-    let latest = latest_of(conn, judged, &names).await?;
-    let unclaimed: Vec<&[u8]> = indexes
-        .iter()
-        .zip(latest)
-        .filter(|(_, latest)| !matches!(latest, Some((_, Outcome::Migrated { .. }))))
-        .map(|((key, _), _)| *key)
+    // An index that is not a set (WRONGTYPE) holds no hash.
+    let mut in_index = query(conn, in_index)
+        .await?
+        .into_iter()
+        .map(|r| matches!(r, Reply::Int(1)));
+    // A hash in its index is the index's matter; what is left: hashes in
+    // no index, and every index, each with its user's latest outcome.
+    let left: Vec<_> = found
+        .into_iter()
+        .filter(|(_, _, _, member)| member.is_none() || in_index.next() == Some(false))
         .collect();
-    let members = replies(conn, "SMEMBERS", unclaimed.iter()).await?;
-    for (key, members) in unclaimed.into_iter().zip(members) {
-        // Not a set (WRONGTYPE): it names no hash.
-        let Reply::Array(members) = members else {
-            continue;
-        };
-        let GridKey::Index { user, exchange } = classify(key, &opts.exchanges) else {
-            unreachable!("classified as an index above")
-        };
-        for m in members {
-            if let Reply::BulkString(m) = m {
-                let mut hash = format!("positions:{user}:{exchange}:").into_bytes();
-                hash.extend_from_slice(&m);
-                out.push(hash);
+    let legacy: Vec<String> = left.iter().map(|(_, u, ex, _)| legacy_key(u, ex)).collect();
+    let latest = latest_of(conn, judged, &legacy).await?;
+    let migrated =
+        |l: &Option<(&RunRecord, Outcome)>| matches!(l, Some((_, Outcome::Migrated { .. })));
+    // A loose hash of a migrated user is accounted for when its backup
+    // implies it; an index of a user no judged run migrated has members to
+    // judge.
+    let mut asks = redis::pipe();
+    for ((key, _, _, member), (legacy, latest)) in left.iter().zip(legacy.iter().zip(&latest)) {
+        match (member, latest) {
+            (Some(_), Some((run, Outcome::Migrated { .. }))) => {
+                asks.cmd("GET").arg(backup_key(legacy, &run.stamp));
             }
+            (None, l) if !migrated(l) => {
+                asks.cmd("SMEMBERS").arg(*key);
+            }
+            _ => {}
+        }
+    }
+    let mut answers = query(conn, asks).await?.into_iter();
+    let mut out = Vec::new();
+    for ((key, user, exchange, member), (legacy, latest)) in
+        left.iter().zip(legacy.iter().zip(&latest))
+    {
+        match (member, migrated(latest)) {
+            (Some(_), true) => {
+                let implied = match answers.next() {
+                    Some(Reply::BulkString(v)) => expected_keys(legacy, &v, opts)
+                        .iter()
+                        .any(|k| k.as_bytes() == *key),
+                    _ => false,
+                };
+                if !implied {
+                    out.push(key.to_vec());
+                }
+            }
+            (Some(_), false) => out.push(key.to_vec()),
+            (None, false) => {
+                // Not a set (WRONGTYPE): it names no hash.
+                if let Some(Reply::Array(members)) = answers.next() {
+                    out.extend(members.into_iter().filter_map(|m| match m {
+                        Reply::BulkString(m) => Some(member_hash_key(user, exchange, &m)),
+                        _ => None,
+                    }));
+                }
+            }
+            (None, true) => {}
         }
     }
     Ok(out)
 }
 
-/// `command KEY` for each key, in one round trip; an error reply stays in
-/// its place.
-async fn replies<K: redis::ToRedisArgs>(
-    conn: &RedisConn,
-    command: &str,
-    keys: impl Iterator<Item = K>,
-) -> anyhow::Result<Vec<Reply>> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    let mut n = 0;
-    for key in keys {
-        pipe.cmd(command).arg(key);
-        n += 1;
-    }
-    if n == 0 {
+/// A pipeline's replies, errors left in their places; nothing to send,
+/// nothing asked.
+async fn query(conn: &RedisConn, mut pipe: redis::Pipeline) -> anyhow::Result<Vec<Reply>> {
+    if pipe.is_empty() {
         return Ok(Vec::new());
     }
+    pipe.ignore_errors();
     Ok(pipe.query_async(&mut conn.clone()).await?)
 }
