@@ -15,6 +15,8 @@
 //!   measured against, and the reads of it, the floor `verify` is measured against.
 //! - `observe`: reads before- and after-images of a keyspace for the oracle
 //!   (keyshift-oracle), which judges them.
+//! - `wire`: how observe and verify read in bulk: the client's connection, or
+//!   on a plain TCP server sockets of their own, decoded in place.
 //! - `snapshot`: `keyshift snapshot`'s file, a bytes-exact before-image.
 //! - `digest`: a type-aware digest of a keyspace, for "untouched" and "rollback".
 //! - `writers`: writer tasks during a migration, their history, and the `no-lost-writes` check.
@@ -32,6 +34,7 @@ pub mod report;
 pub mod scenario;
 pub mod seed;
 pub mod snapshot;
+pub mod wire;
 pub mod writers;
 
 pub use error::HarnessError;

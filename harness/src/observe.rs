@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::keys::escape_glob;
 use keyshift_oracle::{sha256_hex, Entry, Image, Value};
-use redis::Value as Reply;
+
+use crate::wire::{Reader, Reply};
 
 /// Keys read per round trip.
 const BATCH: usize = 500;
@@ -39,23 +40,25 @@ pub fn order_placed_patterns(exchanges: &[String]) -> Vec<String> {
 
 /// Every key on the server: for disposable servers only (the gate's).
 pub async fn read_all(conn: &RedisConn) -> anyhow::Result<Image> {
-    read_matching(conn, &[None]).await
+    read_matching(&Reader::from(conn), &[None]).await
 }
 
 /// Every key matching one of `patterns` (glob-escaped already).
-pub async fn read_families(conn: &RedisConn, patterns: &[String]) -> anyhow::Result<Image> {
+pub async fn read_families(reader: &Reader, patterns: &[String]) -> anyhow::Result<Image> {
     let patterns: Vec<Option<&str>> = patterns.iter().map(|p| Some(p.as_str())).collect();
-    read_matching(conn, &patterns).await
+    read_matching(reader, &patterns).await
 }
 
-async fn read_matching(conn: &RedisConn, patterns: &[Option<&str>]) -> anyhow::Result<Image> {
+async fn read_matching(reader: &Reader, patterns: &[Option<&str>]) -> anyhow::Result<Image> {
     let mut image = Image::default();
-    for_each_key(conn, patterns, &mut |key, entry| {
+    for_each_key(reader, patterns, &mut |key, entry| {
         image.insert(key, entry);
         Ok(())
     })
     .await?;
-    image.read_until_ms = server_time_ms(conn).await?;
+    let mut time = redis::pipe();
+    time.cmd("TIME");
+    image.read_until_ms = time_ms(reader.query(&time).await?.get(0))?;
     Ok(image)
 }
 
@@ -63,27 +66,26 @@ async fn read_matching(conn: &RedisConn, patterns: &[Option<&str>]) -> anyhow::R
 /// `sink`, one batch in memory at a time. Patterns should be disjoint: a
 /// key two of them match is read twice.
 pub async fn for_each_key(
-    conn: &RedisConn,
+    reader: &Reader,
     patterns: &[Option<&str>],
     sink: &mut dyn FnMut(Vec<u8>, Entry) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     for pattern in patterns {
         let mut cursor = 0u64;
         loop {
-            let mut args: Vec<Vec<u8>> = Vec::new();
+            let mut args: Vec<&[u8]> = Vec::new();
             if let Some(p) = pattern {
-                args.push(b"MATCH".to_vec());
-                args.push(p.as_bytes().to_vec());
+                args.push(b"MATCH");
+                args.push(p.as_bytes());
             }
-            args.push(b"COUNT".to_vec());
-            args.push(b"1000".to_vec());
-            let reply = conn.scan_raw(cursor, &args).await?;
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)?;
+            args.push(b"COUNT");
+            args.push(b"1000");
+            let (next, keys) = reader.scan(cursor, &args).await?;
             // SCAN may return a key twice; a duplicate is read twice and
             // the sink sees the later read.
             for chunk in keys.chunks(BATCH) {
                 let mut batch = Image::default();
-                read_into(conn, chunk, &mut batch).await?;
+                read_into(reader, chunk, &mut batch).await?;
                 for (key, entry) in batch.keys {
                     sink(key, entry)?;
                 }
@@ -100,10 +102,10 @@ pub async fn for_each_key(
 /// Exactly these keys (absent ones are left out of the image); the
 /// image's `read_until_ms` is the server time of the last read (0 when
 /// `keys` is empty: nothing was read).
-pub async fn read_keys(conn: &RedisConn, keys: &[Vec<u8>]) -> anyhow::Result<Image> {
+pub async fn read_keys(reader: &Reader, keys: &[Vec<u8>]) -> anyhow::Result<Image> {
     let mut image = Image::default();
     for chunk in keys.chunks(BATCH) {
-        read_into(conn, chunk, &mut image).await?;
+        read_into(reader, chunk, &mut image).await?;
     }
     Ok(image)
 }
@@ -149,11 +151,9 @@ fn read_command(kind: &str) -> &'static str {
 /// Any other key (a name that says nothing, a type not the one named, a
 /// key that came or went between the two reads) gets TYPE and PTTL, then
 /// the read its type calls for.
-async fn read_into(conn: &RedisConn, keys: &[Vec<u8>], image: &mut Image) -> anyhow::Result<()> {
-    let mut c = conn.clone();
+async fn read_into(reader: &Reader, keys: &[Vec<u8>], image: &mut Image) -> anyhow::Result<()> {
     let named: Vec<Option<&str>> = keys.iter().map(|k| named_kind(k)).collect();
     let mut first = redis::pipe();
-    first.ignore_errors();
     for (k, named) in keys.iter().zip(&named) {
         match named {
             Some(kind) => {
@@ -167,10 +167,10 @@ async fn read_into(conn: &RedisConn, keys: &[Vec<u8>], image: &mut Image) -> any
         }
     }
     first.cmd("TIME");
-    let mut replies: Vec<Reply> = first.query_async(&mut c).await?;
-    let read_at_ms = time_ms(replies.pop())?;
+    let replies = reader.query(&first).await?;
+    let read_at_ms = time_ms(replies.get(replies.len().saturating_sub(1)))?;
     image.read_until_ms = image.read_until_ms.max(read_at_ms);
-    let mut replies = replies.into_iter();
+    let mut replies = replies.iter();
     let mut next = || {
         replies
             .next()
@@ -181,13 +181,13 @@ async fn read_into(conn: &RedisConn, keys: &[Vec<u8>], image: &mut Image) -> any
     for (k, named) in keys.iter().zip(named) {
         match named {
             Some(kind) => {
-                let pttl: i64 = redis::from_redis_value(next()?)?;
+                let pttl = next()?.int()?;
                 let reply = next()?;
                 match (pttl, &reply) {
                     (-2, r) if empty(r) => {} // not there
                     (_, r) if pttl != -2 && readable(r) && !empty(r) => {
                         let entry = Entry {
-                            value: decode(kind, reply)?,
+                            value: decode(kind, &reply)?,
                             pttl_ms: pttl,
                             read_at_ms,
                         };
@@ -197,8 +197,8 @@ async fn read_into(conn: &RedisConn, keys: &[Vec<u8>], image: &mut Image) -> any
                 }
             }
             None => {
-                let kind: String = redis::from_redis_value(next()?)?;
-                let pttl: i64 = redis::from_redis_value(next()?)?;
+                let kind = type_name(&next()?)?;
+                let pttl = next()?.int()?;
                 if kind != "none" {
                     typed.push((k, kind, pttl));
                 }
@@ -211,13 +211,16 @@ async fn read_into(conn: &RedisConn, keys: &[Vec<u8>], image: &mut Image) -> any
             types.cmd("TYPE").arg(k.as_slice());
             types.cmd("PTTL").arg(k.as_slice());
         }
-        let replies: Vec<Reply> = types.query_async(&mut c).await?;
-        for (k, pair) in untyped.into_iter().zip(replies.chunks_exact(2)) {
-            let kind: String = redis::from_redis_value_ref(&pair[0])?;
-            let pttl: i64 = redis::from_redis_value_ref(&pair[1])?;
+        let replies = reader.query(&types).await?;
+        let mut replies = replies.iter();
+        for k in untyped {
+            let (Some(kind), Some(pttl)) = (replies.next(), replies.next()) else {
+                anyhow::bail!("a reply short");
+            };
+            let kind = type_name(&kind)?;
             // Gone since it was listed: nothing to read.
             if kind != "none" {
-                typed.push((k, kind, pttl));
+                typed.push((k, kind, pttl.int()?));
             }
         }
     }
@@ -229,15 +232,15 @@ async fn read_into(conn: &RedisConn, keys: &[Vec<u8>], image: &mut Image) -> any
         values.cmd(read_command(kind)).arg(k.as_slice());
     }
     values.cmd("TIME");
-    let mut replies: Vec<Reply> = values.query_async(&mut c).await?;
-    let read_at_ms = time_ms(replies.pop())?;
+    let replies = reader.query(&values).await?;
+    let read_at_ms = time_ms(replies.get(replies.len().saturating_sub(1)))?;
     image.read_until_ms = image.read_until_ms.max(read_at_ms);
-    for ((key, kind, pttl), reply) in typed.into_iter().zip(replies) {
-        if matches!(reply, Reply::Nil) {
+    for ((key, kind, pttl), reply) in typed.into_iter().zip(replies.iter()) {
+        if reply == Reply::Nil {
             continue; // deleted between the two round trips
         }
         let entry = Entry {
-            value: decode(&kind, reply)?,
+            value: decode(&kind, &reply)?,
             pttl_ms: pttl,
             read_at_ms,
         };
@@ -246,47 +249,56 @@ async fn read_into(conn: &RedisConn, keys: &[Vec<u8>], image: &mut Image) -> any
     Ok(())
 }
 
+fn type_name(reply: &Reply) -> anyhow::Result<String> {
+    Ok(String::from_utf8_lossy(reply.data()?).into_owned())
+}
+
 /// What a read of a missing key answers (a nil string, an empty hash or
 /// set): Redis keeps no empty hash or set.
 fn empty(reply: &Reply) -> bool {
     match reply {
         Reply::Nil => true,
-        Reply::Array(items) | Reply::Set(items) => items.is_empty(),
-        Reply::Map(pairs) => pairs.is_empty(),
+        Reply::Items(items) => items.is_empty(),
         _ => false,
     }
 }
 
 /// A value reply (not a nil of a key deleted meanwhile, nor an error).
 fn readable(reply: &Reply) -> bool {
-    !matches!(reply, Reply::Nil | Reply::ServerError(_))
+    !matches!(reply, Reply::Nil | Reply::Error(_))
 }
 
 fn time_ms(reply: Option<Reply>) -> anyhow::Result<i64> {
     let reply = reply.ok_or_else(|| anyhow::anyhow!("no reply to TIME"))?;
-    let (secs, micros): (i64, i64) = redis::from_redis_value(reply)?;
-    Ok(secs * 1000 + micros / 1000)
+    let [secs, micros] = reply.items()? else {
+        anyhow::bail!("TIME answered {reply:?}");
+    };
+    Ok(secs.int_text()? * 1000 + micros.int_text()? / 1000)
 }
 
 /// A value of `kind` as the oracle holds it.
-fn decode(kind: &str, reply: Reply) -> anyhow::Result<Value> {
+fn decode(kind: &str, reply: &Reply) -> anyhow::Result<Value> {
     Ok(match kind {
-        "string" => Value::String(redis::from_redis_value(reply)?),
+        "string" => Value::String(reply.data()?.to_vec()),
         "hash" => {
-            let fields: BTreeMap<Vec<u8>, Vec<u8>> = redis::from_redis_value(reply)?;
+            let items = reply.items()?;
+            if items.len() % 2 != 0 {
+                anyhow::bail!("HGETALL answered an odd number of items");
+            }
+            let fields = items
+                .chunks_exact(2)
+                .map(|pair| Ok((pair[0].data()?.to_vec(), pair[1].data()?.to_vec())))
+                .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
             Value::Hash(fields)
         }
         "set" => {
-            let members: Vec<Vec<u8>> = redis::from_redis_value(reply)?;
-            Value::Set(members.into_iter().collect())
+            let members = reply.items()?.iter().map(|m| Ok(m.data()?.to_vec()));
+            Value::Set(members.collect::<anyhow::Result<_>>()?)
         }
-        _ => {
-            let dump: Vec<u8> = redis::from_redis_value(reply)?;
-            Value::Other {
-                digest: sha256_hex(&dump),
-                kind: kind.to_owned(),
-            }
-        }
+        _ => Value::Other {
+            digest: sha256_hex(reply.data()?),
+            kind: kind.to_owned(),
+        },
     })
 }
 

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::HarnessError;
 use crate::observe::{for_each_key, server_time_ms};
+use crate::wire::Reader;
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -105,7 +106,7 @@ pub async fn write(
     w.write_all(b"\n")?;
     let mut keys = 0u64;
     let patterns: Vec<Option<&str>> = patterns.iter().map(|p| Some(p.as_str())).collect();
-    for_each_key(conn, &patterns, &mut |key, entry| {
+    for_each_key(&Reader::from(conn), &patterns, &mut |key, entry| {
         serde_json::to_writer(&mut w, &line_of(&key, &entry))?;
         w.write_all(b"\n")?;
         keys += 1;

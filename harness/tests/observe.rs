@@ -1,10 +1,12 @@
 //! What the oracle is shown: `observe::read_keys` reads each key as it is,
-//! whatever its name suggests, and leaves out keys that are not there.
+//! whatever its name suggests, and leaves out keys that are not there,
+//! through the client's connection and through sockets of its own alike.
 
 mod support;
 
 use keyshift_harness::observe::read_keys;
-use keyshift_oracle::Value;
+use keyshift_harness::wire::Reader;
+use keyshift_oracle::{Image, Value};
 use support::redis;
 
 fn bytes(keys: &[&str]) -> Vec<Vec<u8>> {
@@ -14,6 +16,55 @@ fn bytes(keys: &[&str]) -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn named_keys_are_read_as_they_are_and_absent_ones_left_out() {
     let r = redis().await;
+    seed(&r).await;
+    let wire = Reader::open(&r.url(), &r.conn).unwrap();
+    assert!(matches!(wire, Reader::Wire(_)), "a plain TCP server");
+    let through_client = read_keys(&Reader::from(&r.conn), &keys()).await.unwrap();
+    let through_wire = read_keys(&wire, &keys()).await.unwrap();
+    for image in [&through_client, &through_wire] {
+        judge_reads(image);
+    }
+    // Both read the same values (the TTLs tick between the reads).
+    let values = |image: &Image| {
+        image
+            .keys
+            .iter()
+            .map(|(k, e)| (k.clone(), e.value.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(values(&through_client), values(&through_wire));
+}
+
+#[tokio::test]
+async fn the_wire_reader_reads_the_database_its_url_names() {
+    let r = redis().await;
+    let mut c = r.conn.clone();
+    let url = format!("{}/3", r.url());
+    let db3 = keyshift_engine::connection::connect(&url).await.unwrap();
+    let mut c3 = db3.clone();
+    redis::cmd("SET")
+        .arg("okx:positions:1")
+        .arg("db0")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    redis::cmd("SET")
+        .arg("okx:positions:1")
+        .arg("db3")
+        .query_async::<()>(&mut c3)
+        .await
+        .unwrap();
+    let reader = Reader::open(&url, &db3).unwrap();
+    let image = read_keys(&reader, &bytes(&["okx:positions:1"]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        &image.get("okx:positions:1").unwrap().value,
+        Value::String(v) if v == b"db3"
+    ));
+}
+
+async fn seed(r: &support::TestRedis) {
     let mut c = r.conn.clone();
     redis::pipe()
         .cmd("HSET")
@@ -59,7 +110,10 @@ async fn named_keys_are_read_as_they_are_and_absent_ones_left_out() {
         .query_async::<()>(&mut c)
         .await
         .unwrap();
-    let keys = bytes(&[
+}
+
+fn keys() -> Vec<Vec<u8>> {
+    bytes(&[
         "positions:7:okx:BTC:long",
         "positions:index:7:okx",
         "okx:positions:7",
@@ -72,8 +126,10 @@ async fn named_keys_are_read_as_they_are_and_absent_ones_left_out() {
         "positions:index:8:okx",
         "okx:positions:10",
         "session:8",
-    ]);
-    let image = read_keys(&r.conn, &keys).await.unwrap();
+    ])
+}
+
+fn judge_reads(image: &Image) {
     let kind = |k: &str| image.get(k).map(|e| e.value.kind().to_owned());
     assert_eq!(kind("positions:7:okx:BTC:long").as_deref(), Some("hash"));
     assert_eq!(kind("positions:index:7:okx").as_deref(), Some("set"));

@@ -57,7 +57,9 @@ fn connect_timeout() -> Duration {
     CONNECT_TIMEOUT.min(response_timeout())
 }
 
-fn response_timeout() -> Duration {
+/// How long a command may go unanswered ([`RESPONSE_TIMEOUT_ENV`]): for
+/// sockets opened beside the client's too.
+pub fn response_timeout() -> Duration {
     std::env::var(RESPONSE_TIMEOUT_ENV)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())

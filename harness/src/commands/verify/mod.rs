@@ -8,9 +8,11 @@
 //! SHA-256 its run journaled when it read the legacy value, and to 7 days
 //! from when it was written. Users are judged 128 at a time, reading just
 //! the keys the oracle expects them to have, as the journals are walked
-//! (`journal`); then one SCAN over `positions:*` finds migrated-looking
-//! hashes no run accounts for (`orphans`). Neither holds more than a few
-//! batches: verify's memory does not grow with the keyspace.
+//! (`journal`); beside that, one SCAN over `positions:*` finds
+//! migrated-looking hashes no run accounts for (`orphans`). Neither holds
+//! more than a few batches: verify's memory does not grow with the
+//! keyspace. On a plain TCP server the keys are read through sockets of
+//! verify's own (`crate::wire`).
 
 use std::path::Path;
 
@@ -31,6 +33,7 @@ use crate::error::HarnessError;
 use crate::exit::Outcome as Exit;
 use crate::observe::{grid_patterns, read_families, read_keys};
 use crate::snapshot;
+use crate::wire::Reader;
 
 /// Legacy keys judged per round of reads. With two rounds in flight
 /// (`READS_AHEAD`) three bench runs at 100k users peaked at 47-51 MB, where
@@ -115,9 +118,10 @@ pub struct VerifyArgs<'a> {
 
 pub async fn run(args: VerifyArgs<'_>) -> anyhow::Result<Exit> {
     let conn = connect(args.url).await?;
+    let reader = Reader::open(args.url, &conn)?;
     let report = match args.before {
-        Some(file) => against_snapshot(&conn, file).await?,
-        None => against_runs(&conn, args.run).await?,
+        Some(file) => against_snapshot(&reader, file).await?,
+        None => against_runs(&conn, &reader, args.run).await?,
     };
     print_report(&report, args.json, render)?;
     Ok(Exit::passed_if(report.passed))
@@ -155,7 +159,7 @@ fn settle(mut report: VerifyReport) -> VerifyReport {
 }
 
 /// `--before FILE`: the snapshot against the families as they are now.
-pub async fn against_snapshot(conn: &RedisConn, file: &Path) -> anyhow::Result<VerifyReport> {
+pub async fn against_snapshot(reader: &Reader, file: &Path) -> anyhow::Result<VerifyReport> {
     let (header, image) = snapshot::read(file)?;
     if header.migration != MIGRATION {
         return Err(HarnessError::Usage(format!(
@@ -165,7 +169,7 @@ pub async fn against_snapshot(conn: &RedisConn, file: &Path) -> anyhow::Result<V
         ))
         .into());
     }
-    let after = read_families(conn, &grid_patterns(&header.exchanges)).await?;
+    let after = read_families(reader, &grid_patterns(&header.exchanges)).await?;
     let before = Before {
         image,
         complete: false,
@@ -226,8 +230,13 @@ fn pick_runs(runs: &[RunRecord], only: Option<&str>) -> anyhow::Result<Vec<RunLi
         .collect())
 }
 
-/// Without `--before`: the runs' backups as the before-image.
-pub async fn against_runs(conn: &RedisConn, only: Option<&str>) -> anyhow::Result<VerifyReport> {
+/// Without `--before`: the runs' backups as the before-image. The
+/// journals are read through `conn`, the keys judged through `reader`.
+pub async fn against_runs(
+    conn: &RedisConn,
+    reader: &Reader,
+    only: Option<&str>,
+) -> anyhow::Result<VerifyReport> {
     let runs = runs_of(conn, MIGRATION).await?;
     if runs.is_empty() {
         return Err(keyshift_engine::EngineError::NoRun.into());
@@ -253,26 +262,51 @@ pub async fn against_runs(conn: &RedisConn, only: Option<&str>) -> anyhow::Resul
         journal::journaled(conn, &judged).await?,
         "verify grid-positions",
     );
-    let mut latest = journal::LatestOutcomes::new(conn.clone(), judged.clone());
+    // The users, chunk by chunk, and the orphan sweep are independent
+    // reads: run side by side, each fills the other's waits on the server.
+    let (mut verdict, orphans) = tokio::try_join!(
+        judge_users(conn, reader, &judged, &opts, &bar),
+        orphans::sweep(conn, reader, &judged, &opts),
+    )?;
+    bar.finish_and_clear();
+    orphans::absorb(&mut verdict, &orphans);
+    let judged = lines.iter().filter(|l| l.judged).count();
+    Ok(report(
+        format!("the backups of {judged} run(s), each held to the digest its run journaled"),
+        lines,
+        verdict,
+    ))
+}
+
+/// Judges every user the journals of `judged` (newest first) name, by
+/// their latest outcome, a chunk at a time.
+async fn judge_users(
+    conn: &RedisConn,
+    reader: &Reader,
+    judged: &[&RunRecord],
+    opts: &GridOptions,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Verdict> {
+    let mut latest = journal::LatestOutcomes::new(conn.clone(), judged.to_vec());
     let mut verdict: Option<Verdict> = None;
-    // Each chunk is read and judged by a task of its own, a few at a time:
-    // round trips, decoding and judging overlap on every core.
+    // Each chunk is read and judged on a blocking thread of its own, which
+    // drives its reads (the client thread's runtime does the I/O): its
+    // replies are decoded, its users planned and judged, and its memory
+    // freed on one thread, where handing images from the client thread to
+    // a judging thread spent a tenth of verify's CPU on cross-thread frees.
     let mut in_flight = std::collections::VecDeque::new();
     loop {
         while in_flight.len() < READS_AHEAD {
             let Some(chunk) = latest.next_chunk(CHUNK).await? else {
                 break;
             };
-            let (conn, opts) = (conn.clone(), opts.clone());
-            in_flight.push_back(tokio::spawn(async move {
+            let (reader, opts) = (reader.clone(), opts.clone());
+            in_flight.push_back(tokio::task::spawn_blocking(move || {
                 let n = chunk.len();
-                let (before, after) = chunk_images(&conn, chunk, &opts).await?;
-                // Judging is CPU work: on a blocking thread it runs beside
-                // the client thread, which goes on decoding replies.
-                let judged = tokio::task::spawn_blocking(move || {
-                    keyshift_oracle::judge_grid_positions(&before, &after, &opts)
-                });
-                anyhow::Ok((judged.await?, n))
+                let (before, after) = tokio::runtime::Handle::current()
+                    .block_on(chunk_images(&reader, chunk, &opts))?;
+                let v = keyshift_oracle::judge_grid_positions(&before, &after, &opts);
+                anyhow::Ok((v, n))
             }));
         }
         let Some(next) = in_flight.pop_front() else {
@@ -285,17 +319,9 @@ pub async fn against_runs(conn: &RedisConn, only: Option<&str>) -> anyhow::Resul
         }
         bar.inc(n as u64);
     }
-    bar.finish_and_clear();
-    let mut verdict = verdict.unwrap_or_else(|| {
-        keyshift_oracle::judge_grid_positions(&Before::default(), &Image::default(), &opts)
-    });
-    orphans::sweep(conn, &judged, &opts, &mut verdict).await?;
-    let judged = lines.iter().filter(|l| l.judged).count();
-    Ok(report(
-        format!("the backups of {judged} run(s), each held to the digest its run journaled"),
-        lines,
-        verdict,
-    ))
+    Ok(verdict.unwrap_or_else(|| {
+        keyshift_oracle::judge_grid_positions(&Before::default(), &Image::default(), opts)
+    }))
 }
 
 /// A legacy key, the backup stamp of the run that last met it, and the
@@ -308,7 +334,7 @@ const READS_AHEAD: usize = 2;
 /// One chunk's before-image (from backups and the journal) and the keys
 /// of those users as they are now.
 async fn chunk_images(
-    conn: &RedisConn,
+    reader: &Reader,
     chunk: Vec<Owned>,
     opts: &GridOptions,
 ) -> anyhow::Result<(Before, Image)> {
@@ -317,17 +343,9 @@ async fn chunk_images(
         .filter(|(_, _, o)| matches!(o, Outcome::Migrated { .. }))
         .map(|(key, stamp, _)| backup_key(key, stamp).into_bytes())
         .collect();
-    let backups = read_keys(conn, &backup_keys).await?;
-    // Parsing each backup for the keys it implies is CPU work too.
-    let planning = {
-        let opts = opts.clone();
-        tokio::task::spawn_blocking(move || {
-            let (before, wanted) = plan_reads(&chunk, &backups, &opts);
-            (before, wanted, backups)
-        })
-    };
-    let (mut before, wanted, backups) = planning.await?;
-    let mut after = read_keys(conn, &wanted).await?;
+    let backups = read_keys(reader, &backup_keys).await?;
+    let (mut before, wanted) = plan_reads(&chunk, &backups, opts);
+    let mut after = read_keys(reader, &wanted).await?;
     after.keys.extend(backups.keys);
     after.read_until_ms = after.read_until_ms.max(backups.read_until_ms);
     // The index's members name hashes too (maybe ones not expected).
@@ -345,7 +363,7 @@ async fn chunk_images(
         })
         .flatten()
         .collect();
-    let more = read_keys(conn, &members).await?;
+    let more = read_keys(reader, &members).await?;
     after.keys.extend(more.keys);
     after.read_until_ms = after.read_until_ms.max(more.read_until_ms);
     // A quarantined key still there keeps the TTL it has now.

@@ -11,6 +11,9 @@
 //! orphans. A hash in no index is read and judged as an orphan unless its
 //! user was migrated and the backup implies it.
 
+use super::journal::latest_of;
+use crate::observe::read_keys;
+use crate::wire::{Reader, Reply};
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::run::journal::{Outcome, RunRecord};
 use keyshift_oracle::grid::{expected_keys, orphan};
@@ -18,35 +21,26 @@ use keyshift_oracle::keys::{
     backup_key, classify, index_key, legacy_key, member_hash_key, GridKey,
 };
 use keyshift_oracle::{GridOptions, Judgement, Verdict};
-use redis::Value as Reply;
-
-use super::journal::latest_of;
-use crate::observe::read_keys;
 
 /// Keys asked of SCAN per call.
 const SCAN_COUNT: usize = 1000;
 
-/// Judges the orphans of `positions:*` into `verdict`'s index invariant;
-/// `judged` newest first.
+/// Judges the orphans of `positions:*` (for the index invariant, see
+/// [`absorb`]); `judged` newest first.
 pub async fn sweep(
     conn: &RedisConn,
+    reader: &Reader,
     judged: &[&RunRecord],
     opts: &GridOptions,
-    verdict: &mut Verdict,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Judgement> {
     let mut index = Judgement::new("index", "");
     let mut cursor = 0u64;
     loop {
-        let args = [
-            b"MATCH".to_vec(),
-            b"positions:*".to_vec(),
-            b"COUNT".to_vec(),
-            SCAN_COUNT.to_string().into_bytes(),
-        ];
-        let reply = conn.scan_raw(cursor, &args).await?;
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)?;
-        let candidates = unaccounted(conn, judged, opts, &keys).await?;
-        let image = read_keys(conn, &candidates).await?;
+        let count = SCAN_COUNT.to_string();
+        let args: [&[u8]; 4] = [b"MATCH", b"positions:*", b"COUNT", count.as_bytes()];
+        let (next, keys) = reader.scan(cursor, &args).await?;
+        let candidates = unaccounted(conn, reader, judged, opts, &keys).await?;
+        let image = read_keys(reader, &candidates).await?;
         for (k, e) in &image.keys {
             orphan(k, e, &mut index);
         }
@@ -55,17 +49,22 @@ pub async fn sweep(
             break;
         }
     }
+    Ok(index)
+}
+
+/// Adds the sweep's findings to `verdict`'s index invariant.
+pub fn absorb(verdict: &mut Verdict, orphans: &Judgement) {
     if let Some(mine) = verdict.invariants.iter_mut().find(|j| j.id == "index") {
-        mine.absorb(&index);
+        mine.absorb(orphans);
         let why = mine.not_run_reason.take();
         *mine = mine.clone().finish(why.as_deref().unwrap_or(""));
     }
-    Ok(())
 }
 
 /// Of one SCAN batch, the position hashes no judged user accounts for.
 async fn unaccounted(
     conn: &RedisConn,
+    reader: &Reader,
     judged: &[&RunRecord],
     opts: &GridOptions,
     keys: &[Vec<u8>],
@@ -93,10 +92,8 @@ async fn unaccounted(
         }
     }
     // An index that is not a set (WRONGTYPE) holds no hash.
-    let mut in_index = query(conn, in_index)
-        .await?
-        .into_iter()
-        .map(|r| matches!(r, Reply::Int(1)));
+    let in_index = reader.query(&in_index).await?;
+    let mut in_index = in_index.iter().map(|r| r == Reply::Int(1));
     // A hash in its index is the index's matter; what is left: hashes in
     // no index, and every index, each with its user's latest outcome.
     let left: Vec<_> = found
@@ -122,7 +119,8 @@ async fn unaccounted(
             _ => {}
         }
     }
-    let mut answers = query(conn, asks).await?.into_iter();
+    let answers = reader.query(&asks).await?;
+    let mut answers = answers.iter();
     let mut out = Vec::new();
     for ((key, user, exchange, member), (legacy, latest)) in
         left.iter().zip(legacy.iter().zip(&latest))
@@ -130,7 +128,7 @@ async fn unaccounted(
         match (member, migrated(latest)) {
             (Some(_), true) => {
                 let implied = match answers.next() {
-                    Some(Reply::BulkString(v)) => expected_keys(legacy, &v, opts)
+                    Some(Reply::Data(v)) => expected_keys(legacy, v, opts)
                         .iter()
                         .any(|k| k.as_bytes() == *key),
                     _ => false,
@@ -142,9 +140,9 @@ async fn unaccounted(
             (Some(_), false) => out.push(key.to_vec()),
             (None, false) => {
                 // Not a set (WRONGTYPE): it names no hash.
-                if let Some(Reply::Array(members)) = answers.next() {
-                    out.extend(members.into_iter().filter_map(|m| match m {
-                        Reply::BulkString(m) => Some(member_hash_key(user, exchange, &m)),
+                if let Some(Reply::Items(members)) = answers.next() {
+                    out.extend(members.iter().filter_map(|m| match m {
+                        Reply::Data(m) => Some(member_hash_key(user, exchange, m)),
                         _ => None,
                     }));
                 }
@@ -153,14 +151,4 @@ async fn unaccounted(
         }
     }
     Ok(out)
-}
-
-/// A pipeline's replies, errors left in their places; nothing to send,
-/// nothing asked.
-async fn query(conn: &RedisConn, mut pipe: redis::Pipeline) -> anyhow::Result<Vec<Reply>> {
-    if pipe.is_empty() {
-        return Ok(Vec::new());
-    }
-    pipe.ignore_errors();
-    Ok(pipe.query_async(&mut conn.clone()).await?)
 }
