@@ -6,7 +6,7 @@
 //! the migration), or else the runs' backups: every run of the migration
 //! that was not rolled back (or `--run ID`), each backup held to the
 //! SHA-256 its run journaled when it read the legacy value, and to 7 days
-//! from when it was written. Users are judged 128 at a time, reading just
+//! from when it was written. Users are judged 64 at a time, reading just
 //! the keys the oracle expects them to have, as the journals are walked
 //! (`journal`); beside that, one SCAN over `positions:*` finds
 //! migrated-looking hashes no run accounts for (`orphans`). Neither holds
@@ -35,10 +35,14 @@ use crate::observe::{grid_patterns, read_families, read_keys};
 use crate::snapshot;
 use crate::wire::Reader;
 
-/// Legacy keys judged per round of reads. With two rounds in flight
-/// (`READS_AHEAD`) three bench runs at 100k users peaked at 47-51 MB, where
-/// 250 and three rounds peaked at 73-87 MB and 500 and four at 146-153 MB.
-const CHUNK: usize = 128;
+/// Legacy keys judged per round of reads. Each chunk waits on the server
+/// between its rounds (backups, then the keys they imply), so more, smaller
+/// chunks in flight (`READS_AHEAD`) keep both cores busy: on one 100k-user
+/// keyspace 64 x 4 took 8.6-9.3 s and peaked at 41-47 MB, 128 x 2 took
+/// 10.1-10.3 s (35-45 MB), 128 x 3 9.3-9.5 s (48-62 MB), 48 x 6 no less
+/// than 64 x 4. (Before chunks ran on threads of their own, 500 x 4 had
+/// peaked at 146-153 MB.)
+const CHUNK: usize = 64;
 
 /// The invariants verify requires: each must pass (not run fails).
 pub const REQUIRED: [&str; 5] = ["counts", "index", "fields", "backup", "ttl"];
@@ -328,8 +332,8 @@ async fn judge_users(
 /// outcome that run journaled.
 type Owned = journal::Latest;
 
-/// Chunks read and judged at once.
-const READS_AHEAD: usize = 2;
+/// Chunks read and judged at once (see `CHUNK`).
+const READS_AHEAD: usize = 4;
 
 /// One chunk's before-image (from backups and the journal) and the keys
 /// of those users as they are now.
