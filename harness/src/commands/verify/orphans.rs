@@ -11,9 +11,6 @@
 //! orphans. A hash in no index is read and judged as an orphan unless its
 //! user was migrated and the backup implies it.
 
-use super::journal::latest_of;
-use crate::observe::read_keys;
-use crate::wire::{Reader, Reply};
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::run::journal::{Outcome, RunRecord};
 use keyshift_oracle::grid::{expected_keys, orphan};
@@ -21,6 +18,10 @@ use keyshift_oracle::keys::{
     backup_key, classify, index_key, legacy_key, member_hash_key, GridKey,
 };
 use keyshift_oracle::{GridOptions, Judgement, Verdict};
+
+use super::journal::latest_of;
+use crate::observe::read_keys;
+use crate::wire::{Reader, Reply};
 
 /// Keys asked of SCAN per call.
 const SCAN_COUNT: usize = 1000;
