@@ -38,22 +38,16 @@ async fn named_keys_are_read_as_they_are_and_absent_ones_left_out() {
 #[tokio::test]
 async fn the_wire_reader_reads_the_database_its_url_names() {
     let r = redis().await;
-    let mut c = r.conn.clone();
     let url = format!("{}/3", r.url());
     let db3 = keyshift_engine::connection::connect(&url).await.unwrap();
-    let mut c3 = db3.clone();
-    redis::cmd("SET")
-        .arg("okx:positions:1")
-        .arg("db0")
-        .query_async::<()>(&mut c)
-        .await
-        .unwrap();
-    redis::cmd("SET")
-        .arg("okx:positions:1")
-        .arg("db3")
-        .query_async::<()>(&mut c3)
-        .await
-        .unwrap();
+    for (conn, value) in [(&r.conn, "db0"), (&db3, "db3")] {
+        redis::cmd("SET")
+            .arg("okx:positions:1")
+            .arg(value)
+            .query_async::<()>(&mut conn.clone())
+            .await
+            .unwrap();
+    }
     let reader = Reader::open(&url, &db3).unwrap();
     let image = read_keys(&reader, &bytes(&["okx:positions:1"]))
         .await
