@@ -56,9 +56,7 @@ async fn read_matching(reader: &Reader, patterns: &[Option<&str>]) -> anyhow::Re
         Ok(())
     })
     .await?;
-    let mut time = redis::pipe();
-    time.cmd("TIME");
-    image.read_until_ms = time_ms(reader.query(&time).await?.get(0))?;
+    image.read_until_ms = server_time_ms(reader).await?;
     Ok(image)
 }
 
@@ -110,10 +108,10 @@ pub async fn read_keys(reader: &Reader, keys: &[Vec<u8>]) -> anyhow::Result<Imag
     Ok(image)
 }
 
-pub async fn server_time_ms(conn: &RedisConn) -> anyhow::Result<i64> {
-    let mut c = conn.clone();
-    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut c).await?;
-    Ok(secs * 1000 + micros / 1000)
+pub async fn server_time_ms(reader: &Reader) -> anyhow::Result<i64> {
+    let mut time = redis::pipe();
+    time.cmd("TIME");
+    time_ms(reader.query(time).await?.last())
 }
 
 /// The type a key's name gives it in the grid families (position hashes,
@@ -167,8 +165,8 @@ async fn read_into(reader: &Reader, keys: &[Vec<u8>], image: &mut Image) -> anyh
         }
     }
     first.cmd("TIME");
-    let replies = reader.query(&first).await?;
-    let read_at_ms = time_ms(replies.get(replies.len().saturating_sub(1)))?;
+    let replies = reader.query(first).await?;
+    let read_at_ms = time_ms(replies.last())?;
     image.read_until_ms = image.read_until_ms.max(read_at_ms);
     let mut replies = replies.iter();
     let mut next = || {
@@ -211,7 +209,7 @@ async fn read_into(reader: &Reader, keys: &[Vec<u8>], image: &mut Image) -> anyh
             types.cmd("TYPE").arg(k.as_slice());
             types.cmd("PTTL").arg(k.as_slice());
         }
-        let replies = reader.query(&types).await?;
+        let replies = reader.query(types).await?;
         let mut replies = replies.iter();
         for k in untyped {
             let (Some(kind), Some(pttl)) = (replies.next(), replies.next()) else {
@@ -232,8 +230,8 @@ async fn read_into(reader: &Reader, keys: &[Vec<u8>], image: &mut Image) -> anyh
         values.cmd(read_command(kind)).arg(k.as_slice());
     }
     values.cmd("TIME");
-    let replies = reader.query(&values).await?;
-    let read_at_ms = time_ms(replies.get(replies.len().saturating_sub(1)))?;
+    let replies = reader.query(values).await?;
+    let read_at_ms = time_ms(replies.last())?;
     image.read_until_ms = image.read_until_ms.max(read_at_ms);
     for ((key, kind, pttl), reply) in typed.into_iter().zip(replies.iter()) {
         if reply == Reply::Nil {

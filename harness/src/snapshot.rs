@@ -94,19 +94,20 @@ pub async fn write(
     let file = std::fs::File::create(out).map_err(|e| {
         HarnessError::Usage(format!("--out {}: cannot create it ({e})", out.display()))
     })?;
+    let reader = Reader::from(conn);
     let mut w = BufWriter::new(file);
     let header = Header {
         keyshift_snapshot: FORMAT_VERSION,
         migration: migration.to_owned(),
         exchanges: exchanges.to_vec(),
         patterns: patterns.to_vec(),
-        started_at_ms: server_time_ms(conn).await?,
+        started_at_ms: server_time_ms(&reader).await?,
     };
     serde_json::to_writer(&mut w, &header)?;
     w.write_all(b"\n")?;
     let mut keys = 0u64;
     let patterns: Vec<Option<&str>> = patterns.iter().map(|p| Some(p.as_str())).collect();
-    for_each_key(&Reader::from(conn), &patterns, &mut |key, entry| {
+    for_each_key(&reader, &patterns, &mut |key, entry| {
         serde_json::to_writer(&mut w, &line_of(&key, &entry))?;
         w.write_all(b"\n")?;
         keys += 1;
@@ -116,7 +117,7 @@ pub async fn write(
     let trailer = Trailer {
         end: true,
         keys,
-        finished_at_ms: server_time_ms(conn).await?,
+        finished_at_ms: server_time_ms(&reader).await?,
     };
     serde_json::to_writer(&mut w, &trailer)?;
     w.write_all(b"\n")?;

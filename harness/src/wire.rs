@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyshift_engine::connection::{client_for, response_timeout, RedisConn};
+use keyshift_engine::connection::{connection_info, response_timeout, RedisConn};
 use keyshift_engine::EngineError;
 use redis::{ConnectionAddr, Value};
 use redis_protocol::resp2::decode::decode_range;
@@ -156,6 +156,11 @@ impl Replies {
         }
     }
 
+    /// The last reply (a round's closing TIME).
+    pub fn last(&self) -> Option<Reply<'_>> {
+        self.get(self.len().checked_sub(1)?)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = Reply<'_>> {
         (0..self.len()).filter_map(|i| self.get(i))
     }
@@ -193,8 +198,7 @@ impl Reader {
         if !matches!(conn, RedisConn::Standalone(_)) {
             return Ok(Reader::from(conn));
         }
-        let client = client_for(url)?;
-        let info = client.get_connection_info();
+        let info = connection_info(url)?;
         let ConnectionAddr::Tcp(host, port) = info.addr() else {
             return Ok(Reader::from(conn));
         };
@@ -212,13 +216,12 @@ impl Reader {
 
     /// Sends `pipe` (not atomic; errors come back in their places) and
     /// returns its replies. An empty pipeline asks nothing.
-    pub async fn query(&self, pipe: &redis::Pipeline) -> Result<Replies, EngineError> {
+    pub async fn query(&self, mut pipe: redis::Pipeline) -> Result<Replies, EngineError> {
         if pipe.is_empty() {
             return Ok(Replies(Held::Client(Vec::new())));
         }
         match self {
             Reader::Client(conn) => {
-                let mut pipe = pipe.clone();
                 pipe.ignore_errors();
                 let values: Vec<Value> = pipe
                     .query_async(&mut conn.clone())
@@ -226,7 +229,7 @@ impl Reader {
                     .map_err(EngineError::redis(DURING))?;
                 Ok(Replies(Held::Client(values)))
             }
-            Reader::Wire(sockets) => Sockets::query(sockets, pipe).await,
+            Reader::Wire(sockets) => Sockets::query(sockets, &pipe).await,
         }
     }
 

@@ -128,7 +128,9 @@ pub fn url_mode(url: &str) -> Result<UrlMode> {
     Ok(UrlMode::Cluster(seeds))
 }
 
-fn connection_info(url: &str) -> Result<ConnectionInfo> {
+/// What `url` names (address, credentials, database), parsed only: no
+/// connection, no TLS files read.
+pub fn connection_info(url: &str) -> Result<ConnectionInfo> {
     use redis::IntoConnectionInfo;
     Ok(url
         .into_connection_info()

@@ -35,10 +35,10 @@ pub async fn sweep(
     opts: &GridOptions,
 ) -> anyhow::Result<Judgement> {
     let mut index = Judgement::new("index", "");
+    let count = SCAN_COUNT.to_string();
+    let args: [&[u8]; 4] = [b"MATCH", b"positions:*", b"COUNT", count.as_bytes()];
     let mut cursor = 0u64;
     loop {
-        let count = SCAN_COUNT.to_string();
-        let args: [&[u8]; 4] = [b"MATCH", b"positions:*", b"COUNT", count.as_bytes()];
         let (next, keys) = reader.scan(cursor, &args).await?;
         let candidates = unaccounted(conn, reader, judged, opts, &keys).await?;
         let image = read_keys(reader, &candidates).await?;
@@ -93,7 +93,7 @@ async fn unaccounted(
         }
     }
     // An index that is not a set (WRONGTYPE) holds no hash.
-    let in_index = reader.query(&in_index).await?;
+    let in_index = reader.query(in_index).await?;
     let mut in_index = in_index.iter().map(|r| r == Reply::Int(1));
     // A hash in its index is the index's matter; what is left: hashes in
     // no index, and every index, each with its user's latest outcome.
@@ -120,7 +120,7 @@ async fn unaccounted(
             _ => {}
         }
     }
-    let answers = reader.query(&asks).await?;
+    let answers = reader.query(asks).await?;
     let mut answers = answers.iter();
     let mut out = Vec::new();
     for ((key, user, exchange, member), (legacy, latest)) in
