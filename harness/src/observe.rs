@@ -4,11 +4,9 @@
 //! typed and bytes-exact, with each key's PTTL and the server time of the
 //! read.
 
-use std::collections::BTreeMap;
-
 use keyshift_engine::connection::RedisConn;
 use keyshift_engine::keys::escape_glob;
-use keyshift_oracle::{sha256_hex, Entry, Image, Value};
+use keyshift_oracle::{sha256_hex, Entry, Fields, Image, Value};
 
 use crate::wire::{Reader, Reply};
 
@@ -283,11 +281,11 @@ fn decode(kind: &str, reply: &Reply) -> anyhow::Result<Value> {
             if items.len() % 2 != 0 {
                 anyhow::bail!("HGETALL answered an odd number of items");
             }
-            let fields = items
+            let pairs = items
                 .chunks_exact(2)
-                .map(|pair| Ok((pair[0].data()?.to_vec(), pair[1].data()?.to_vec())))
-                .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
-            Value::Hash(fields)
+                .map(|pair| Ok((pair[0].data()?, pair[1].data()?)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Value::Hash(Fields::from_pairs(pairs))
         }
         "set" => {
             let members = reply.items()?.iter().map(|m| Ok(m.data()?.to_vec()));

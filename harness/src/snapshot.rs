@@ -150,15 +150,15 @@ fn value_of(file: &Path, n: usize, line: &Line) -> anyhow::Result<Value> {
     Ok(match line.t.as_str() {
         "string" => Value::String(bytes(file, n, v()?)?),
         "hash" => {
-            let mut h = std::collections::BTreeMap::new();
+            let mut h = Vec::new();
             for pair in list(v()?)? {
                 let pair = list(&pair)?;
                 let [f, x] = pair.as_slice() else {
                     return Err(bad(file, n, "a hash field is not a pair"));
                 };
-                h.insert(bytes(file, n, f)?, bytes(file, n, x)?);
+                h.push((bytes(file, n, f)?, bytes(file, n, x)?));
             }
-            Value::Hash(h)
+            Value::Hash(h.into_iter().collect())
         }
         "set" => Value::Set(
             list(v()?)?

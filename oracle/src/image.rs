@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::fields::Fields;
 use crate::legacy::Expectation;
 
 use sha2::{Digest as _, Sha256};
@@ -12,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     String(Vec<u8>),
-    Hash(BTreeMap<Vec<u8>, Vec<u8>>),
+    Hash(Fields),
     Set(BTreeSet<Vec<u8>>),
     /// Any other type (list, zset, stream, ...), by its type name and a
     /// digest the reader computed of its content.

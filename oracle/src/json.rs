@@ -163,7 +163,8 @@ impl<'a> Reader<'a> {
 
     fn object(&mut self, depth: usize) -> Result<Kind<'a>, Error> {
         self.at += 1;
-        let mut members = Vec::new();
+        // Room for a position's fields at once, not grown four times.
+        let mut members = Vec::with_capacity(16);
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.at += 1;
@@ -195,6 +196,17 @@ impl<'a> Reader<'a> {
     /// escape names a lone surrogate.
     fn string(&mut self) -> Result<Option<String>, Error> {
         self.at += 1;
+        let plain = self.text.as_bytes()[self.at..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+        // Most strings hold no escape: their text is the string, copied once.
+        if let Some(len) = plain {
+            if self.text.as_bytes()[self.at + len] == b'"' {
+                let out = self.text[self.at..self.at + len].to_owned();
+                self.at += len + 1;
+                return Ok(Some(out));
+            }
+        }
         let mut out = String::new();
         let mut decodes = true;
         loop {

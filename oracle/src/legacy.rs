@@ -24,12 +24,14 @@ pub struct ExpectedPosition {
     pub fields: Vec<(String, String)>,
     /// `pos` is zero (a closed position).
     pub closed: bool,
+    /// `{instId}:{side}`, made once: judging names it several times.
+    member: String,
 }
 
 impl ExpectedPosition {
     /// `{instId}:{side}`: the index member and the hash key's tail.
-    pub fn member(&self) -> String {
-        format!("{}:{}", self.inst_id, self.side)
+    pub fn member(&self) -> &str {
+        &self.member
     }
 }
 
@@ -89,7 +91,7 @@ pub fn expect(value: &[u8], skip_closed: bool) -> Expectation {
                 }
             }
         }
-        if !members.insert(p.member()) {
+        if !members.insert(p.member().to_owned()) {
             return quarantine(format!("two positions collide on {}", p.member()), count);
         }
         positions.push(p);
@@ -110,11 +112,21 @@ enum Read {
     Ambiguous(String),
 }
 
+/// What JSON value a field held (its text is in the position's fields).
+#[derive(Clone, Copy)]
+enum Shape {
+    Str,
+    Number,
+    Other,
+}
+
 fn position(node: Node) -> Read {
     let Kind::Object(members) = node.kind else {
         return Read::Quarantine("not a position object".into());
     };
     let mut fields: Vec<(String, String)> = Vec::with_capacity(members.len());
+    // Where in `fields` the three fields DESIGN reads are, and what JSON
+    // value each was.
     let (mut inst_id, mut pos_side, mut pos) = (None, None, None);
     for (name, value) in members {
         let Some(name) = name else {
@@ -126,34 +138,38 @@ fn position(node: Node) -> Read {
         if fields.iter().any(|(n, _)| *n == name) {
             return Read::Ambiguous(format!("field {name:?} twice"));
         }
-        let text = match &value.kind {
-            Kind::Str(Some(s)) => s.clone(),
+        let (shape, text) = match value.kind {
+            Kind::Str(Some(s)) => (Shape::Str, s),
             Kind::Str(None) => {
                 return Read::Ambiguous(format!("field {name:?} is not a Unicode string"))
             }
-            _ => json::compact(value.raw),
+            Kind::Number => (Shape::Number, json::compact(value.raw)),
+            _ => (Shape::Other, json::compact(value.raw)),
         };
+        let here = Some((fields.len(), shape));
         match name.as_str() {
-            "instId" => inst_id = Some(value.kind.clone()),
-            "posSide" => pos_side = Some(value.kind.clone()),
-            "pos" => pos = Some((value.kind.clone(), text.clone())),
+            "instId" => inst_id = here,
+            "posSide" => pos_side = here,
+            "pos" => pos = here,
             _ => {}
         }
         fields.push((name, text));
     }
+    let text = |i: usize| fields[i].1.as_str();
     let inst_id = match inst_id {
         None => return Read::Quarantine("no instId".into()),
-        Some(Kind::Str(Some(s))) if !s.is_empty() && !s.contains(':') => s,
+        Some((i, Shape::Str)) if !text(i).is_empty() && !text(i).contains(':') => {
+            text(i).to_owned()
+        }
         Some(_) => return Read::Ambiguous("instId is not a usable key segment".into()),
     };
-    let declared = match &pos_side {
-        Some(Kind::Str(Some(s))) if s.eq_ignore_ascii_case("long") => Some("long"),
-        Some(Kind::Str(Some(s))) if s.eq_ignore_ascii_case("short") => Some("short"),
+    let declared = match pos_side {
+        Some((i, Shape::Str)) if text(i).eq_ignore_ascii_case("long") => Some("long"),
+        Some((i, Shape::Str)) if text(i).eq_ignore_ascii_case("short") => Some("short"),
         _ => None,
     };
-    let sign = match &pos {
-        Some((Kind::Number, text)) => number_sign(text),
-        Some((Kind::Str(Some(_)), text)) => number_sign(text),
+    let sign = match pos {
+        Some((i, Shape::Number | Shape::Str)) => number_sign(text(i)),
         _ => None,
     };
     let side = match (declared, sign) {
@@ -161,9 +177,9 @@ fn position(node: Node) -> Read {
         (None, Some(Sign::Negative)) => "short",
         (None, Some(_)) => "long",
         // A pos that is not a number is not below zero.
-        (None, None) => match &pos {
-            Some((Kind::Str(Some(t)), _)) if looks_numeric(t) => {
-                return Read::Ambiguous(format!("pos {t:?} is not a plain number"))
+        (None, None) => match pos {
+            Some((i, Shape::Str)) if looks_numeric(text(i)) => {
+                return Read::Ambiguous(format!("pos {:?} is not a plain number", text(i)))
             }
             _ => "long",
         },
@@ -172,6 +188,7 @@ fn position(node: Node) -> Read {
     // --skip-closed).
     let closed = sign == Some(Sign::Zero);
     Read::Position(ExpectedPosition {
+        member: format!("{inst_id}:{side}"),
         inst_id,
         side,
         fields,

@@ -10,6 +10,7 @@
 //! each value's source text, which the rules need.
 
 pub mod compare;
+pub mod fields;
 pub mod grid;
 pub mod image;
 pub mod json;
@@ -18,6 +19,7 @@ pub mod legacy;
 pub mod order_placed;
 pub mod verdict;
 
+pub use fields::Fields;
 pub use grid::{judge as judge_grid_positions, GridOptions, BACKUP_TTL_MS};
 pub use image::{sha256_hex, Before, Entry, Image, Value};
 pub use verdict::{Judgement, Status, Tally, Verdict};

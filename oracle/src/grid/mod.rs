@@ -8,7 +8,7 @@
 //! orphans (a migrated-looking hash of a user no run knows) or, when the
 //! before-image is the whole keyspace, unexpected keys.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::image::{show, Before, Entry, Image, Value};
 use crate::keys::{classify, GridKey};
@@ -88,7 +88,7 @@ pub fn judge(before: &Before, after: &Image, opts: &GridOptions) -> Verdict {
         ambiguous: Vec::new(),
     };
     let after_by_user = group_by_user(after, opts);
-    let mut accounted: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut accounted = Accounted::new();
     for (key, entry) in &before.image.keys {
         match classify(key, &opts.exchanges) {
             GridKey::Legacy { exchange, user } => {
@@ -113,13 +113,13 @@ pub fn judge(before: &Before, after: &Image, opts: &GridOptions) -> Verdict {
                 });
                 // Left untouched is the only outcome the judge can see.
                 untouched(&mut c.counts, key, entry, after, opts);
-                accounted.insert(key.clone());
+                accounted.insert(key);
             }
             _ if before.complete => {
                 if !ignored(key, opts) {
                     untouched(&mut c.untouched, key, entry, after, opts);
                 }
-                accounted.insert(key.clone());
+                accounted.insert(key);
             }
             _ => {}
         }
@@ -190,7 +190,7 @@ fn keys_of(legacy: &str, expectation: &crate::legacy::Expectation) -> Vec<String
         keys.extend(
             positions
                 .iter()
-                .map(|p| crate::keys::hash_key(user, exchange, &p.member())),
+                .map(|p| crate::keys::hash_key(user, exchange, p.member())),
         );
     }
     keys
@@ -209,18 +209,39 @@ pub fn orphan(key: &[u8], entry: &Entry, j: &mut Judgement) {
     }
 }
 
-type UserKeys<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a [u8]>>;
+/// Keys a legacy key accounts for, borrowed from the images: only the
+/// after-image's keys are looked up in it (by [`sweep`]).
+type Accounted<'a> = std::collections::HashSet<&'a [u8]>;
+
+/// A user and exchange.
+type Owner<'a> = (&'a str, &'a str);
+
+type UserKeys<'a> = BTreeMap<Owner<'a>, Vec<&'a [u8]>>;
 
 /// The after-image's hash and index keys by (user, exchange).
 fn group_by_user<'a>(after: &'a Image, opts: &GridOptions) -> UserKeys<'a> {
     let mut by_user: UserKeys = BTreeMap::new();
+    // Keys come sorted, so a user's hashes come one after another: they
+    // are gathered before the map is searched for that user.
+    let mut run: Option<(Owner, Vec<&[u8]>)> = None;
     for key in after.keys.keys() {
-        match classify(key, &opts.exchanges) {
+        let owner = match classify(key, &opts.exchanges) {
             GridKey::Hash { user, exchange, .. } | GridKey::Index { user, exchange } => {
-                by_user.entry((user, exchange)).or_default().push(key);
+                (user, exchange)
             }
-            _ => {}
+            _ => continue,
+        };
+        match &mut run {
+            Some((of, keys)) if *of == owner => keys.push(key),
+            _ => {
+                if let Some((of, keys)) = run.replace((owner, vec![key.as_slice()])) {
+                    by_user.entry(of).or_default().extend(keys);
+                }
+            }
         }
+    }
+    if let Some((of, keys)) = run {
+        by_user.entry(of).or_default().extend(keys);
     }
     by_user
 }
@@ -285,11 +306,11 @@ fn sweep(
     before: &Before,
     after: &Image,
     opts: &GridOptions,
-    accounted: &BTreeSet<Vec<u8>>,
+    accounted: &Accounted,
     c: &mut Checks,
 ) {
     for (key, entry) in &after.keys {
-        if accounted.contains(key) || ignored(key, opts) {
+        if accounted.contains(key.as_slice()) || ignored(key, opts) {
             continue;
         }
         match classify(key, &opts.exchanges) {

@@ -1,6 +1,7 @@
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use super::*;
+use crate::fields::Fields;
 use crate::image::sha256_hex;
 use crate::verdict::Status;
 
@@ -27,7 +28,7 @@ fn hash(fields: &[(&str, &str)], pttl: i64, at: i64) -> Entry {
             fields
                 .iter()
                 .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-                .collect::<BTreeMap<_, _>>(),
+                .collect::<Fields>(),
         ),
         pttl_ms: pttl,
         read_at_ms: at,

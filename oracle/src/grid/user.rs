@@ -4,7 +4,8 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 
-use super::{may_have_expired, note, ttl_fits, Checks, GridOptions, BACKUP_TTL_MS};
+use super::{may_have_expired, note, ttl_fits, Accounted, Checks, GridOptions, BACKUP_TTL_MS};
+use crate::fields::Fields;
 use crate::image::{show, Before, Entry, Image, Value};
 use crate::keys::{classify, hash_key, index_key, GridKey};
 use crate::legacy::{expect, Expectation, ExpectedPosition, MIGRATED_AT, MIGRATED_FROM};
@@ -91,7 +92,7 @@ impl<'a> UserJudge<'a> {
             let taken = existed(index_key(self.user, self.exchange))
                 || positions
                     .iter()
-                    .any(|p| existed(hash_key(self.user, self.exchange, &p.member())));
+                    .any(|p| existed(hash_key(self.user, self.exchange, p.member())));
             if taken {
                 e = Cow::Owned(Expectation::Quarantine {
                     reason: "a key the migration would create existed before it: a conflict".into(),
@@ -115,14 +116,14 @@ impl<'a> UserJudge<'a> {
         e
     }
 
-    pub(super) fn judge(&self, c: &mut Checks, accounted: &mut BTreeSet<Vec<u8>>) {
-        accounted.insert(self.legacy.as_bytes().to_vec());
+    pub(super) fn judge(&self, c: &mut Checks, accounted: &mut Accounted<'a>) {
+        accounted.insert(self.legacy.as_bytes());
         c.tally.legacy_keys += 1;
         let expectation = self.expectation();
         let ending = self.ending();
         if let Ending::Migrated(backups) = &ending {
             for (k, _) in backups {
-                accounted.insert(k.to_vec());
+                accounted.insert(k);
             }
         }
         let legacy = self.legacy;
@@ -235,9 +236,9 @@ impl<'a> UserJudge<'a> {
     }
 
     /// Keys of this user that a migration that has since expired wrote.
-    fn account_user_keys(&self, accounted: &mut BTreeSet<Vec<u8>>) {
+    fn account_user_keys(&self, accounted: &mut Accounted<'a>) {
         for k in self.user_keys.into_iter().flatten() {
-            accounted.insert(k.to_vec());
+            accounted.insert(k);
         }
     }
 
@@ -284,16 +285,15 @@ impl<'a> UserJudge<'a> {
         &self,
         c: &mut Checks,
         positions: &[ExpectedPosition],
-        accounted: &mut BTreeSet<Vec<u8>>,
+        accounted: &mut Accounted<'a>,
     ) {
         let (user, exchange, legacy) = (self.user, self.exchange, self.legacy);
         let tol = self.opts.ttl_tolerance_ms;
         let expired = may_have_expired(self.was, self.after, tol);
         let mut present = 0;
         for p in positions {
-            let key = hash_key(user, exchange, &p.member());
-            accounted.insert(key.clone().into_bytes());
-            match self.after.get(&key) {
+            let key = hash_key(user, exchange, p.member());
+            match self.after.keys.get_key_value(key.as_bytes()) {
                 None if expired => {
                     // Gone when the carried-over TTL says it would be.
                     c.fields.expired();
@@ -302,7 +302,8 @@ impl<'a> UserJudge<'a> {
                 None => c
                     .fields
                     .fail(|| format!("{key}: missing ({legacy} holds {})", p.member())),
-                Some(now) => {
+                Some((held, now)) => {
+                    accounted.insert(held);
                     present += 1;
                     c.fields.check(fields_match(&key, &now.value, p, legacy));
                     c.ttl
@@ -317,31 +318,47 @@ impl<'a> UserJudge<'a> {
                 .fail(|| format!("{legacy}: {} positions, {present} hashes", positions.len()));
         }
         let index = index_key(user, exchange);
-        accounted.insert(index.clone().into_bytes());
-        let wanted: BTreeSet<Vec<u8>> = positions.iter().map(|p| p.member().into_bytes()).collect();
-        match self.after.get(&index) {
-            None if wanted.is_empty() || expired => c.index.pass(),
+        // The members are unique (DESIGN quarantines a collision), so the
+        // index holds exactly them when it holds as many, each of them.
+        let exact = |members: &BTreeSet<Vec<u8>>| {
+            members.len() == positions.len()
+                && positions
+                    .iter()
+                    .all(|p| members.contains(p.member().as_bytes()))
+        };
+        match self.after.keys.get_key_value(index.as_bytes()) {
+            None if positions.is_empty() || expired => c.index.pass(),
             None => c.index.fail(|| format!("{index}: missing")),
-            Some(now) => match &now.value {
-                Value::Set(members) if *members == wanted => {
-                    c.index.pass();
-                    c.ttl
-                        .check(ttl_fits(self.was, now, tol).map_err(|e| format!("{index}: {e}")));
+            Some((held, now)) => {
+                accounted.insert(held);
+                match &now.value {
+                    Value::Set(members) if exact(members) => {
+                        c.index.pass();
+                        c.ttl.check(
+                            ttl_fits(self.was, now, tol).map_err(|e| format!("{index}: {e}")),
+                        );
+                    }
+                    Value::Set(members) => c.index.fail(|| {
+                        let wanted: BTreeSet<Vec<u8>> = positions
+                            .iter()
+                            .map(|p| p.member().as_bytes().to_vec())
+                            .collect();
+                        let lacks: Vec<String> =
+                            wanted.difference(members).map(|m| show(m)).collect();
+                        let extra: Vec<String> =
+                            members.difference(&wanted).map(|m| show(m)).collect();
+                        format!("{index}: lacks {lacks:?}, has extra {extra:?}")
+                    }),
+                    other => c
+                        .index
+                        .fail(|| format!("{index}: a {}, not a set", other.kind())),
                 }
-                Value::Set(members) => c.index.fail(|| {
-                    let lacks: Vec<String> = wanted.difference(members).map(|m| show(m)).collect();
-                    let extra: Vec<String> = members.difference(&wanted).map(|m| show(m)).collect();
-                    format!("{index}: lacks {lacks:?}, has extra {extra:?}")
-                }),
-                other => c
-                    .index
-                    .fail(|| format!("{index}: a {}, not a set", other.kind())),
-            },
+            }
         }
         // Any other hash of this user: not in the legacy value.
         for k in self.user_keys.into_iter().flatten() {
             if !accounted.contains(*k) && !self.before.image.keys.contains_key(*k) {
-                accounted.insert(k.to_vec());
+                accounted.insert(k);
                 c.index
                     .extra(|| format!("{}: not a position of {legacy}", show(k)));
             }
@@ -349,7 +366,7 @@ impl<'a> UserJudge<'a> {
     }
 
     /// For a migrated ambiguous value: the index and the hashes agree.
-    fn judge_index_only(&self, c: &mut Checks, accounted: &mut BTreeSet<Vec<u8>>) {
+    fn judge_index_only(&self, c: &mut Checks, accounted: &mut Accounted<'a>) {
         let index = index_key(self.user, self.exchange);
         let members: BTreeSet<Vec<u8>> = match self.after.get(&index).map(|e| &e.value) {
             Some(Value::Set(m)) => m.clone(),
@@ -376,6 +393,10 @@ fn fields_match(key: &str, got: &Value, p: &ExpectedPosition, legacy: &str) -> R
     let Value::Hash(h) = got else {
         return Err(format!("{key}: a {}, not a hash", got.kind()));
     };
+    if exactly(h, p, legacy) {
+        return Ok(());
+    }
+    // Not so: say how, field by field.
     for (name, want) in &p.fields {
         match h.get(name.as_bytes()) {
             None => return Err(format!("{key}: lacks field {name:?} ({want:?})")),
@@ -393,32 +414,56 @@ fn fields_match(key: &str, got: &Value, p: &ExpectedPosition, legacy: &str) -> R
         other => {
             return Err(format!(
                 "{key}: migrated_from is {:?}, expected {legacy:?}",
-                other.map(|v| show(v))
+                other.map(show)
             ))
         }
     }
-    match h
-        .get(MIGRATED_AT.as_bytes())
-        .map(|v| std::str::from_utf8(v))
-    {
-        Some(Ok(t))
-            if chrono::DateTime::parse_from_rfc3339(t)
-                .is_ok_and(|d| d.offset().local_minus_utc() == 0) => {}
-        other => return Err(format!("{key}: migrated_at {other:?} is not RFC 3339 UTC")),
+    match h.get(MIGRATED_AT.as_bytes()) {
+        Some(t) if utc_rfc3339(t) => {}
+        other => {
+            let other = other.map(|v| std::str::from_utf8(v));
+            return Err(format!("{key}: migrated_at {other:?} is not RFC 3339 UTC"));
+        }
     }
     let expected = p.fields.len() + 2;
     if h.len() != expected {
         let extra: Vec<String> = h
             .keys()
-            .filter(|k| {
-                let k = k.as_slice();
+            .filter(|&k| {
                 k != MIGRATED_AT.as_bytes()
                     && k != MIGRATED_FROM.as_bytes()
                     && !p.fields.iter().any(|(n, _)| n.as_bytes() == k)
             })
-            .map(|k| show(k))
+            .map(show)
             .collect();
         return Err(format!("{key}: extra fields {extra:?}"));
     }
     Ok(())
+}
+
+/// Whether `h` holds exactly the position's fields and the metadata, in
+/// one pass over `h`: each of its fields is found among the few expected
+/// ones by equality. Names are unique on both sides (DESIGN's reading
+/// makes a twice-named field ambiguous, and metadata names are not among
+/// them), so as many fields, each found, is the same set.
+fn exactly(h: &Fields, p: &ExpectedPosition, legacy: &str) -> bool {
+    h.len() == p.fields.len() + 2
+        && h.iter().all(|(name, value)| {
+            if name == MIGRATED_FROM.as_bytes() {
+                value == legacy.as_bytes()
+            } else if name == MIGRATED_AT.as_bytes() {
+                utc_rfc3339(value)
+            } else {
+                p.fields
+                    .iter()
+                    .any(|(n, want)| n.as_bytes() == name && want.as_bytes() == value)
+            }
+        })
+}
+
+/// `migrated_at`'s form: RFC 3339 at UTC.
+fn utc_rfc3339(value: &[u8]) -> bool {
+    std::str::from_utf8(value).is_ok_and(|t| {
+        chrono::DateTime::parse_from_rfc3339(t).is_ok_and(|d| d.offset().local_minus_utc() == 0)
+    })
 }
