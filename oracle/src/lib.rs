@@ -3,11 +3,12 @@
 //! this crate does not depend on keyshift-engine).
 //!
 //! Judging is pure: the caller reads a before-image and an after-image
-//! ([`image`]) and [`grid::judge`] turns them into each invariant's verdict
-//! ([`verdict`]). [`legacy`] is DESIGN §2's rule for one legacy value,
-//! [`keys`] DESIGN §1's key names, [`order_placed`] Phase 1's judge,
-//! [`compare`] the idempotent and rollback comparisons, and [`json`] a JSON reader that keeps
-//! each value's source text, which the rules need.
+//! ([`image`]; a hash's fields are [`fields`], held in one buffer) and
+//! [`grid::judge`] turns them into each invariant's verdict ([`verdict`]).
+//! [`legacy`] is DESIGN §2's rule for one legacy value, [`keys`] DESIGN
+//! §1's key names, [`order_placed`] Phase 1's judge, [`compare`] the
+//! idempotent and rollback comparisons, and [`json`] a JSON reader that
+//! keeps each value's source text, which the rules need.
 
 pub mod compare;
 pub mod fields;
