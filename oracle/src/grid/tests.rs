@@ -135,6 +135,43 @@ fn a_hash_field_re_printed_through_a_float_fails_fields() {
 }
 
 #[test]
+fn as_many_fields_or_members_as_expected_but_not_the_same_ones_fail() {
+    // The one-pass checks count fields and members: a swap keeps the count.
+    let key = "positions:7:okx:BTC:short";
+    let at = T0 + 1_000;
+    let renamed = [
+        ("instId", "BTC"),
+        ("posSide", "short"),
+        ("pos", "3"),
+        ("qx", "3.50"),
+        ("migrated_at", "2026-12-07T04:00:00Z"),
+        ("migrated_from", LEGACY),
+    ];
+    let no_stamp = [
+        ("instId", "BTC"),
+        ("posSide", "short"),
+        ("pos", "3"),
+        ("px", "3.50"),
+        ("note", "x"),
+        ("migrated_from", LEGACY),
+    ];
+    for (fields, says) in [(&renamed, "lacks field \"px\""), (&no_stamp, "migrated_at")] {
+        let mut a = migrated(-1);
+        a.insert(key, hash(fields, -1, at));
+        let v = judge(&before(-1), &a, &opts());
+        assert_eq!(failing(&v), ["fields"]);
+        assert!(v.get("fields").unwrap().samples[0].contains(says), "{v:#?}");
+    }
+    let mut a = migrated(-1);
+    a.insert(
+        "positions:index:7:okx",
+        set(&["BTC:short", "ETH:long"], -1, at),
+    );
+    let v = judge(&before(-1), &a, &opts());
+    assert!(failing(&v).contains(&"index"), "{:?}", failing(&v));
+}
+
+#[test]
 fn a_backup_one_byte_off_fails_backup() {
     let mut a = migrated(-1);
     let key = format!("{LEGACY}:backup:20261207_040000");
