@@ -138,12 +138,8 @@ impl Fields {
 
 impl FromIterator<(Vec<u8>, Vec<u8>)> for Fields {
     fn from_iter<I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>>(pairs: I) -> Fields {
-        let mut fields = Fields::default();
-        for (name, value) in pairs {
-            fields.push(&name, &value);
-        }
-        fields.settle();
-        fields
+        let pairs: Vec<_> = pairs.into_iter().collect();
+        Fields::from_pairs(pairs.iter().map(|(n, v)| (n.as_slice(), v.as_slice())))
     }
 }
 

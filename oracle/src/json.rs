@@ -196,17 +196,6 @@ impl<'a> Reader<'a> {
     /// escape names a lone surrogate.
     fn string(&mut self) -> Result<Option<String>, Error> {
         self.at += 1;
-        let plain = self.text.as_bytes()[self.at..]
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20);
-        // Most strings hold no escape: their text is the string, copied once.
-        if let Some(len) = plain {
-            if self.text.as_bytes()[self.at + len] == b'"' {
-                let out = self.text[self.at..self.at + len].to_owned();
-                self.at += len + 1;
-                return Ok(Some(out));
-            }
-        }
         let mut out = String::new();
         let mut decodes = true;
         loop {
@@ -217,13 +206,18 @@ impl<'a> Reader<'a> {
                 .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
                 .unwrap_or(self.text.len() - self.at);
             // The run ends at an ASCII byte or the end: a char boundary.
-            out.push_str(&self.text[self.at..self.at + plain]);
+            let run = &self.text[self.at..self.at + plain];
             self.at += plain;
             let rest = &self.text[self.at..];
             let Some(c) = rest.chars().next() else {
                 return Err(self.err("unterminated string"));
             };
             self.at += c.len_utf8();
+            // A string with no escape is its run, copied once.
+            if c == '"' && out.is_empty() {
+                return Ok(decodes.then(|| run.to_owned()));
+            }
+            out.push_str(run);
             match c {
                 '"' => return Ok(decodes.then_some(out)),
                 '\\' => match self.escape()? {

@@ -213,35 +213,18 @@ pub fn orphan(key: &[u8], entry: &Entry, j: &mut Judgement) {
 /// after-image's keys are looked up in it (by [`sweep`]).
 type Accounted<'a> = std::collections::HashSet<&'a [u8]>;
 
-/// A user and exchange.
-type Owner<'a> = (&'a str, &'a str);
-
-type UserKeys<'a> = BTreeMap<Owner<'a>, Vec<&'a [u8]>>;
+type UserKeys<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a [u8]>>;
 
 /// The after-image's hash and index keys by (user, exchange).
 fn group_by_user<'a>(after: &'a Image, opts: &GridOptions) -> UserKeys<'a> {
     let mut by_user: UserKeys = BTreeMap::new();
-    // Keys come sorted, so a user's hashes come one after another: they
-    // are gathered before the map is searched for that user.
-    let mut run: Option<(Owner, Vec<&[u8]>)> = None;
     for key in after.keys.keys() {
-        let owner = match classify(key, &opts.exchanges) {
+        match classify(key, &opts.exchanges) {
             GridKey::Hash { user, exchange, .. } | GridKey::Index { user, exchange } => {
-                (user, exchange)
+                by_user.entry((user, exchange)).or_default().push(key);
             }
-            _ => continue,
-        };
-        match &mut run {
-            Some((of, keys)) if *of == owner => keys.push(key),
-            _ => {
-                if let Some((of, keys)) = run.replace((owner, vec![key.as_slice()])) {
-                    by_user.entry(of).or_default().extend(keys);
-                }
-            }
+            _ => {}
         }
-    }
-    if let Some((of, keys)) = run {
-        by_user.entry(of).or_default().extend(keys);
     }
     by_user
 }
